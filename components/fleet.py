@@ -1,0 +1,239 @@
+"""The whole fleet: hosts, Ollama nodes, the gateway and monitoring, wired from one typed config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_tls as tls
+
+from components.host import Host
+from components.secrets import Secrets, SecretsArgs
+from fleet import catalog
+from fleet.config import PROJECT, FleetSettings
+
+TOKEN = f"{PROJECT}:index:Fleet"
+
+
+@dataclass
+class FleetArgs:
+    settings: FleetSettings
+    stack: str
+    # Secret config values (None where the stack does not set them; then they are generated).
+    api_keys_json: pulumi.Output[str] | None = None
+    admin_key: pulumi.Output[str] | None = None
+    grafana_password: pulumi.Output[str] | None = None
+    tls_certificate: pulumi.Output[str] | None = None
+    tls_private_key: pulumi.Output[str] | None = None
+
+
+@dataclass
+class _Site:
+    """Where things run (the gateway/monitoring host(s), one host per Ollama node by group) and how clients reach it."""
+
+    gateway_hosts: list[Host]
+    node_hosts: dict[str, list[Host]] = field(default_factory=dict)
+    server_name: str | None = None
+    certificate: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
+    # The public URL where DNS names the gateway; None means the gateway's own address.
+    url: pulumi.Output[str] | None = None
+
+
+class Fleet(pulumi.ComponentResource):
+    gateway_url: pulumi.Output[str]
+    node_addresses: pulumi.Output[list[str]]
+    grafana_url: pulumi.Output[str] | None
+    prometheus_url: pulumi.Output[str] | None
+    api_keys: pulumi.Output[dict[str, str]]
+    admin_key: pulumi.Output[str]
+    grafana_password: pulumi.Output[str]
+
+    def __init__(self, name: str, args: FleetArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TOKEN, name, None, opts)
+        settings = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+
+        secrets = Secrets(
+            f"{name}-secrets",
+            SecretsArgs(settings, args.api_keys_json, args.admin_key, args.grafana_password),
+            child,
+        )
+
+        site = self._aws(name, args) if settings.target == "aws" else self._local(name, args)
+
+        from components.gateway import Gateway, GatewayArgs
+        from components.ollama_node import OllamaNode, OllamaNodeArgs
+
+        upstreams: dict[str, list[pulumi.Output[str]]] = {}
+        targets: dict[str, list[pulumi.Output[str]]] = {}
+        for group in settings.node_groups:
+            for index, host in enumerate(site.node_hosts[group.name]):
+                node = OllamaNode(
+                    f"{name}-{group.name}-{index}",
+                    OllamaNodeArgs(settings=settings, group=group, host=host, index=index),
+                    child,
+                )
+                upstreams.setdefault(group.name, []).append(node.upstream_address)
+                for job, target in node.metrics_targets.items():
+                    targets.setdefault(job, []).append(target)
+
+        gateways = []
+        for index, host in enumerate(site.gateway_hosts):
+            gateway = Gateway(
+                f"{name}-gateway-{index}",
+                GatewayArgs(
+                    settings=settings,
+                    host=host,
+                    upstreams=upstreams,
+                    api_keys=secrets.api_keys,
+                    admin_key=secrets.admin_key,
+                    certificate_pem=site.certificate[0] if site.certificate else None,
+                    private_key_pem=site.certificate[1] if site.certificate else None,
+                    server_name=site.server_name,
+                ),
+                child,
+            )
+            gateways.append(gateway)
+            targets.setdefault("nginx", []).append(gateway.status_target)
+
+        self.grafana_url = None
+        self.prometheus_url = None
+        if settings.monitoring.enabled:
+            from components.monitoring import Monitoring, MonitoringArgs
+
+            monitoring = Monitoring(
+                f"{name}-monitoring",
+                MonitoringArgs(
+                    settings=settings,
+                    host=site.gateway_hosts[0],
+                    targets=targets,
+                    grafana_password=secrets.grafana_password,
+                ),
+                child,
+            )
+            self.grafana_url = monitoring.grafana_url
+            self.prometheus_url = monitoring.prometheus_url
+
+        self.gateway_url = site.url or gateways[0].url
+        self.node_addresses = pulumi.Output.all(*[a for group in upstreams.values() for a in group])
+        self.api_keys = secrets.api_keys
+        self.admin_key = secrets.admin_key
+        self.grafana_password = secrets.grafana_password
+        self.register_outputs(
+            {
+                "gatewayUrl": self.gateway_url,
+                "nodeAddresses": self.node_addresses,
+                "grafanaUrl": self.grafana_url,
+                "prometheusUrl": self.prometheus_url,
+            }
+        )
+
+    def _local(self, name: str, args: FleetArgs) -> _Site:
+        from components.local_host import LocalHost, LocalHostArgs
+        from components.tls import GatewayCertificate, GatewayCertificateArgs
+
+        settings = args.settings
+        local = LocalHost(f"{name}-local", LocalHostArgs(settings=settings), pulumi.ResourceOptions(parent=self))
+        certificate = None
+        if settings.gateway.tls.mode != "off":
+            cert = GatewayCertificate(
+                f"{name}-cert",
+                GatewayCertificateArgs(
+                    settings=settings,
+                    stack=args.stack,
+                    fqdn=settings.gateway.domain or "localhost",
+                    zone_id=None,
+                    provided_cert=args.tls_certificate,
+                    provided_key=args.tls_private_key,
+                ),
+                pulumi.ResourceOptions(parent=self),
+            )
+            certificate = (cert.certificate_pem, cert.private_key_pem)
+        return _Site(
+            gateway_hosts=[local.host],
+            node_hosts={g.name: [local.host] * g.count for g in settings.node_groups},
+            server_name=settings.gateway.domain or "localhost",
+            certificate=certificate,
+        )
+
+    def _aws(self, name: str, args: FleetArgs) -> _Site:
+        from components.dns import Dns, DnsArgs
+        from components.gpu_host import GpuHost, GpuHostArgs
+        from components.network import Network, NetworkArgs
+        from components.tls import GatewayCertificate, GatewayCertificateArgs
+
+        settings = args.settings
+        aws = settings.aws
+        assert aws is not None  # guaranteed by FleetSettings validation
+        child = pulumi.ResourceOptions(parent=self)
+        network = Network(f"{name}-net", NetworkArgs(settings=settings, stack=args.stack), child)
+        # One SSH key pair for the Docker provider and remote commands; it never leaves Pulumi state (secret).
+        ssh_key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=child)
+
+        def host(host_name: str, role: str, instance_type: str, zone_index: int, volume_gb: int | None) -> GpuHost:
+            zone_index %= len(aws.zones)
+            return GpuHost(
+                host_name,
+                GpuHostArgs(
+                    settings=settings,
+                    stack=args.stack,
+                    role=role,
+                    instance_type=instance_type,
+                    zone=aws.zones[zone_index],
+                    subnet_id=network.subnet_ids[zone_index],
+                    security_group_ids=[network.gateway_sg_id if role == "gateway" else network.node_sg_id],
+                    ssh_public_key=ssh_key.public_key_openssh,
+                    ssh_private_key=pulumi.Output.secret(ssh_key.private_key_openssh),
+                    model_volume_gb=volume_gb,
+                    gpus=catalog.INSTANCES[instance_type].gpus if instance_type in catalog.INSTANCES else 0,
+                ),
+                child,
+            )
+
+        gateway_count = 2 if settings.gateway.high_availability else 1
+        gateway_hosts = [
+            host(f"{name}-gateway-host-{i}", "gateway", settings.gateway.instance_type, i, None)
+            for i in range(gateway_count)
+        ]
+        node_hosts: dict[str, list[Host]] = {}
+        for group in settings.node_groups:
+            # Spread each group's nodes round-robin over the zones.
+            node_hosts[group.name] = [
+                host(f"{name}-{group.name}-host-{i}", "node", group.instance_type, i, group.model_volume_gb).host
+                for i in range(group.count)
+            ]
+
+        fqdn = settings.gateway.domain
+        dns = None
+        if fqdn:
+            dns = Dns(
+                f"{name}-dns",
+                DnsArgs(
+                    settings=settings,
+                    gateway_public_ips=[h.public_ip for h in gateway_hosts],
+                    gateway_instance_ids=[h.instance.id for h in gateway_hosts],
+                ),
+                child,
+            )
+        certificate = None
+        if settings.gateway.tls.mode != "off":
+            cert = GatewayCertificate(
+                f"{name}-cert",
+                GatewayCertificateArgs(
+                    settings=settings,
+                    stack=args.stack,
+                    fqdn=fqdn,
+                    zone_id=dns.zone_id if dns else None,
+                    provided_cert=args.tls_certificate,
+                    provided_key=args.tls_private_key,
+                ),
+                child,
+            )
+            certificate = (cert.certificate_pem, cert.private_key_pem)
+        return _Site(
+            gateway_hosts=[h.host for h in gateway_hosts],
+            node_hosts=node_hosts,
+            server_name=fqdn,
+            certificate=certificate,
+            url=dns.url if dns else None,
+        )

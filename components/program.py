@@ -1,0 +1,40 @@
+"""The Pulumi program: load the stack's config, build the fleet, export its outputs.
+
+Kept apart from `__main__.py` so the offline preview and the tests run exactly this code under mocks.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from components.fleet import Fleet, FleetArgs
+from fleet.config import PROJECT
+from fleet.stack_file import settings_from_pulumi_config
+
+
+def run() -> Fleet:
+    stack = pulumi.get_stack()
+    settings = settings_from_pulumi_config(f"Pulumi.{stack}.yaml")
+    config = pulumi.Config(PROJECT)
+    fleet = Fleet(
+        "ollama",
+        FleetArgs(
+            settings=settings,
+            stack=stack,
+            api_keys_json=config.get_secret("apiKeys"),
+            admin_key=config.get_secret("adminApiKey"),
+            grafana_password=config.get_secret("grafanaAdminPassword"),
+            tls_certificate=config.get_secret("tlsCertificate"),
+            tls_private_key=config.get_secret("tlsPrivateKey"),
+        ),
+    )
+    pulumi.export("gatewayUrl", fleet.gateway_url)
+    pulumi.export("nodeAddresses", fleet.node_addresses)
+    if fleet.grafana_url is not None:
+        pulumi.export("grafanaUrl", fleet.grafana_url)
+        pulumi.export("prometheusUrl", fleet.prometheus_url)
+    # Secret outputs: `pulumi stack output apiKeys --show-secrets` hands keys to their holders.
+    pulumi.export("apiKeys", pulumi.Output.secret(fleet.api_keys))
+    pulumi.export("adminApiKey", pulumi.Output.secret(fleet.admin_key))
+    pulumi.export("grafanaAdminPassword", pulumi.Output.secret(fleet.grafana_password))
+    return fleet

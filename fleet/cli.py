@@ -1,0 +1,112 @@
+"""The `fleet` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fleet.stack_file import StackConfigError, load_stack
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="ollama-fleet: preview, plan, render, test and tune a production Ollama service.",
+)
+console = Console()
+err = Console(stderr=True)
+
+EXIT_CONFIG = 2  # bad stack configuration
+EXIT_POLICY = 3  # a mandatory policy failed
+
+
+def fail_config(error: StackConfigError) -> None:
+    err.print(f"[bold red]error:[/bold red] {error}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_CONFIG)
+
+
+@app.command()
+def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml).")) -> None:
+    """Check a stack file: known keys, types, allowed values, secrets stored encrypted."""
+    try:
+        config = load_stack(stack)
+    except StackConfigError as error:
+        fail_config(error)
+    console.print(f"{config.path.name}: valid ({config.settings.node_count} nodes, target {config.settings.target})")
+
+
+@app.command()
+def preview(
+    stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the recorded resources as JSON here."),
+    tree: bool = typer.Option(True, "--tree/--no-tree", help="Print the resource tree."),
+) -> None:
+    """Offline preview: the resource plan, the capacity table and the policy verdict, with no cloud and no Pulumi CLI."""
+    from fleet import preview as preview_mod
+
+    try:
+        stack_config = load_stack(stack)
+    except StackConfigError as error:
+        fail_config(error)
+    try:
+        result = preview_mod.run_program(stack_config)
+    except StackConfigError as error:
+        fail_config(error)
+    if tree:
+        console.print(preview_mod.resource_tree(result))
+    console.print(preview_mod.counts_table(result))
+    if json_out:
+        json_out.write_text(json.dumps(preview_mod.to_json(result), indent=2))
+        console.print(f"resources written to {json_out}")
+
+    code = 0
+    try:
+        from fleet import cli_capacity
+
+        capacity_ok = cli_capacity.print_plan(console, stack_config)
+    except ImportError:
+        capacity_ok = True
+    try:
+        from fleet.policy_runner import evaluate
+    except ImportError:
+        evaluate = None
+    if evaluate is not None:
+        report = evaluate(result.resources, stack_config.stack)
+        console.print(report.render())
+        if report.mandatory_failed:
+            code = EXIT_POLICY
+    if not capacity_ok and code == 0 and stack_config.settings.policy.enforcement == "mandatory":
+        code = EXIT_POLICY
+    raise typer.Exit(code)
+
+
+@app.command()
+def docs(out: Path = typer.Option(Path("docs/configuration.md"), "--out", help="Where to write the reference.")) -> None:
+    """Write the configuration reference, generated from the config models."""
+    from fleet.config_docs import render_reference
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_reference())
+    console.print(f"wrote {out}")
+
+
+def _register_subcommands() -> None:
+    from fleet import cli_capacity, cli_render
+
+    cli_capacity.register(app)
+    cli_render.register(app)
+
+
+def main() -> None:
+    try:
+        _register_subcommands()
+    except ImportError:
+        pass
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""Typed configuration of one stack.
+
+A stack file (`Pulumi.<stack>.yaml`) holds the whole fleet under one object key, ``ollama-fleet:fleet``, plus a
+few secret keys. Everything a stack can set is a field below, with its default and a description; the
+reference in docs/configuration.md is generated from these models so it cannot drift.
+
+Keys are camelCase in YAML (Pulumi's convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from fleet import catalog
+
+PROJECT = "ollama-fleet"
+FLEET_KEY = f"{PROJECT}:fleet"
+
+Quantization = Literal["q4_0", "q4_1", "q4_K_M", "q5_K_M", "q6_K", "q8_0", "fp16"]
+KvCacheType = Literal["f16", "q8_0", "q4_0"]
+Environment = Literal["dev", "staging", "prod"]
+Target = Literal["local", "aws"]
+TlsMode = Literal["self-signed", "acme", "provided", "off"]
+Enforcement = Literal["advisory", "mandatory", "disabled"]
+
+_DURATION = re.compile(r"^(-1|0|\d+(ms|s|m|h))$")
+_PROM_DURATION = re.compile(r"^\d+(ms|s|m|h|d|w|y)$")
+_SIZE = re.compile(r"^\d+[kKmMgG]?$")
+_DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
+_IMAGE = re.compile(
+    r"^(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+/[a-z0-9._/-]+)?)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+
+
+class Model(BaseModel):
+    """Base for every settings model: camelCase keys, unknown keys refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ModelSpec(Model):
+    """One model served by a node group."""
+
+    name: str = Field(description="Model family as Ollama names it, e.g. `llama3.1`, `qwen2.5`, `nomic-embed-text`.")
+    tag: str = Field(description="Size tag, e.g. `8b`, `70b`, `135m`. The served name is `name:tag`.")
+    quantization: Quantization = Field(
+        "q4_K_M", description="Weight quantization pulled for this model; decides the weight bytes in VRAM."
+    )
+    num_ctx: int | None = Field(
+        None,
+        ge=256,
+        le=1_048_576,
+        description=(
+            "Context window per request slot, in tokens. Unset means Ollama's VRAM-tiered default "
+            "(4096 / 32768 / 262144 tokens), which reserves a large KV cache on big GPUs: set it in prod."
+        ),
+    )
+    gguf: str | None = Field(
+        None,
+        description="Path to a GGUF file for a model not in the catalog: its header gives the architecture and it is imported with `ollama create`.",
+    )
+    digest: str | None = Field(
+        None,
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="Pinned Ollama manifest digest of the pulled model (promotion copies it between stacks).",
+    )
+    keep_loaded: bool = Field(
+        True, description="Keep this model resident; all resident models of a node must fit in VRAM together."
+    )
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.tag}"
+
+    @model_validator(mode="after")
+    def _known_model(self) -> "ModelSpec":
+        if self.gguf is None and catalog.find_model(self.ref) is None:
+            raise ValueError(
+                f"unknown model {self.ref!r}; known models: {', '.join(sorted(catalog.MODELS))} "
+                "(or set `gguf` to a GGUF file for a custom model)"
+            )
+        if self.gguf is None:
+            entry = catalog.find_model(self.ref)
+            if self.quantization not in entry.weights:
+                raise ValueError(
+                    f"quantization {self.quantization!r} is not published for {self.ref}; "
+                    f"allowed: {', '.join(entry.weights)}"
+                )
+            if self.num_ctx is not None and self.num_ctx > entry.max_context:
+                raise ValueError(f"numCtx {self.num_ctx} exceeds {self.ref}'s maximum context {entry.max_context}")
+        return self
+
+
+class OllamaSettings(Model):
+    """Ollama server knobs for every node of a group (environment variables of the container)."""
+
+    num_parallel: int = Field(
+        2, ge=1, le=64, description="OLLAMA_NUM_PARALLEL: parallel requests per loaded model; each slot has its own KV cache."
+    )
+    max_queue: int = Field(
+        512, ge=1, le=65_536, description="OLLAMA_MAX_QUEUE: requests waiting for a model before Ollama answers 503."
+    )
+    max_loaded_models: int | None = Field(
+        None, ge=1, le=64, description="OLLAMA_MAX_LOADED_MODELS; unset means the number of models of the group."
+    )
+    keep_alive: str = Field(
+        "24h", description="OLLAMA_KEEP_ALIVE: how long an idle model stays loaded (`5m`, `24h`, `-1` for ever)."
+    )
+    flash_attention: bool = Field(True, description="OLLAMA_FLASH_ATTENTION; required for a quantized KV cache.")
+    kv_cache_type: KvCacheType = Field(
+        "f16", description="OLLAMA_KV_CACHE_TYPE: f16, q8_0 (about half the KV bytes) or q4_0 (about a quarter)."
+    )
+    context_length: int | None = Field(
+        None,
+        ge=256,
+        le=1_048_576,
+        description="OLLAMA_CONTEXT_LENGTH for requests to models without numCtx; unset means the largest numCtx of the group.",
+    )
+    gpu_overhead_bytes: int = Field(
+        0, ge=0, description="OLLAMA_GPU_OVERHEAD: VRAM per GPU that Ollama leaves unused, in bytes."
+    )
+    sched_spread: bool = Field(False, description="OLLAMA_SCHED_SPREAD: spread each model over all GPUs.")
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not _DURATION.match(value):
+            raise ValueError("must be a duration such as `5m`, `24h`, `0` or `-1`")
+        return value
+
+    @model_validator(mode="after")
+    def _quantized_kv_needs_flash(self) -> "OllamaSettings":
+        if self.kv_cache_type != "f16" and not self.flash_attention:
+            raise ValueError(
+                f"kvCacheType {self.kv_cache_type} needs flashAttention: true "
+                "(llama.cpp refuses a quantized V cache without flash attention); allowed without it: f16"
+            )
+        return self
+
+
+class NodeGroup(Model):
+    """A set of identical Ollama hosts serving the same models."""
+
+    name: str = Field(description="Short DNS-safe name of the group, e.g. `chat`.")
+    instance_type: str = Field(
+        description="AWS GPU instance type (g5.xlarge, g6e.xlarge, p5.48xlarge, ...) or `local-cpu` for the local Docker host."
+    )
+    count: int = Field(1, ge=1, le=64, description="Number of nodes (hosts) in the group.")
+    models: list[ModelSpec] = Field(min_length=1, description="Models every node of the group serves.")
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings, description="Ollama server knobs.")
+    model_volume_gb: int = Field(200, ge=20, le=16_384, description="Size of the retained EBS volume holding the models.")
+    root_volume_gb: int = Field(100, ge=30, le=2_048, description="Size of the encrypted root volume.")
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError("must be lower-case letters, digits and '-', starting with a letter, at most 32 characters")
+        return value
+
+    @field_validator("instance_type")
+    @classmethod
+    def _known_instance(cls, value: str) -> str:
+        if catalog.find_instance(value) is None:
+            raise ValueError(f"unknown instance type {value!r}; allowed: {', '.join(sorted(catalog.INSTANCES))}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        seen: set[str] = set()
+        for model in models:
+            if model.ref in seen:
+                raise ValueError(f"model {model.ref} is listed twice; each model appears once per group")
+            seen.add(model.ref)
+        return models
+
+    @property
+    def resident_models(self) -> list[ModelSpec]:
+        return [m for m in self.models if m.keep_loaded]
+
+    @property
+    def max_loaded_models(self) -> int:
+        return self.ollama.max_loaded_models or len(self.models)
+
+
+def _validate_image(value: str) -> str:
+    match = _IMAGE.match(value)
+    if not match:
+        raise ValueError("must be an image reference `repository:tag@sha256:<64 hex>`")
+    if not match.group("tag"):
+        raise ValueError("must name a tag (`repository:tag@sha256:...`); an untagged image means `latest`")
+    if match.group("tag") == "latest":
+        raise ValueError("`latest` is not allowed: pin a release tag and its digest")
+    return value
+
+
+ImageRef = Annotated[str, Field(description="Image reference `repository:tag@sha256:digest`.")]
+
+
+class Images(Model):
+    """Container images, pinned by tag and digest (policy `pinned-images` requires the digest in prod)."""
+
+    ollama: ImageRef = Field(
+        "ollama/ollama:0.13.1@sha256:8850b8b33936b9fb246e7b3e02849941f1151ea847e5fb15511f17de9589aea1",
+        description="Ollama server image (GPU and CPU builds in one multi-arch image).",
+    )
+    nginx: ImageRef = Field(
+        "nginx:1.28.0-alpine@sha256:30f1c0d78e0ad60901648be663a710bdadf19e4c10ac6782c235200619158284",
+        description="nginx image of the gateway.",
+    )
+    prometheus: ImageRef = Field(
+        "prom/prometheus:v3.5.0@sha256:63805ebb8d2b3920190daf1cb14a60871b16fd38bed42b857a3182bc621f4996",
+        description="Prometheus (v3.5 LTS).",
+    )
+    grafana: ImageRef = Field(
+        "grafana/grafana:12.1.1@sha256:a1701c2180249361737a99a01bc770db39381640e4d631825d38ff4535efa47d",
+        description="Grafana.",
+    )
+    node_exporter: ImageRef = Field(
+        "prom/node-exporter:v1.9.1@sha256:d00a542e409ee618a4edc67da14dd48c5da66726bbd5537ab2af9c1dfc442c8a",
+        description="Host metrics exporter.",
+    )
+    nginx_exporter: ImageRef = Field(
+        "nginx/nginx-prometheus-exporter:1.5.1@sha256:9f6d963bb2b19d706d401cc3e2c3ea8de2f1c471b96a2156ca45e76f650b1625",
+        description="Exporter of nginx stub_status.",
+    )
+    dcgm_exporter: ImageRef = Field(
+        "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04@sha256:3d4e0dfa5fc4d7d12689d29fc6b56cd6c610750e8d187a393882e341fbba6c12",
+        description="NVIDIA DCGM exporter (GPU utilisation and memory) on GPU hosts.",
+    )
+    python: ImageRef = Field(
+        "python:3.11-slim@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff",
+        description="Base image of the metering exporter container.",
+    )
+
+    @field_validator("*")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        return _validate_image(value)
+
+
+class RateLimits(Model):
+    """Request rate limits: per API key first, per client IP as a backstop (a NAT'd team shares one IP)."""
+
+    per_key_per_minute: int = Field(600, ge=1, le=1_000_000, description="Sustained requests per minute per API key.")
+    per_key_burst: int = Field(60, ge=0, le=100_000, description="Requests above the rate a key may burst.")
+    per_ip_per_minute: int = Field(3000, ge=1, le=1_000_000, description="Sustained requests per minute per client IP.")
+    per_ip_burst: int = Field(300, ge=0, le=100_000, description="Burst per client IP.")
+
+
+class Client(Model):
+    """An API key holder. The key itself comes from secret config or is generated (pulumi_random)."""
+
+    name: str = Field(description="Name of the key holder (team or application); appears in logs and metrics, never the key.")
+    per_minute: int | None = Field(None, ge=1, le=1_000_000, description="Override of the per-key rate for this client.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
+        return value
+
+
+class Tls(Model):
+    """How the gateway gets its TLS certificate."""
+
+    mode: TlsMode = Field(
+        "self-signed",
+        description="`self-signed` (pulumi-tls), `acme` (DNS-01 via Route53), `provided` (certificate and key as secret config) or `off` (dev only).",
+    )
+    acme_email: str | None = Field(None, description="Contact address for the ACME account (mode `acme`).")
+    acme_server: str = Field(
+        "https://acme-v02.api.letsencrypt.org/directory", description="ACME directory URL (use the staging URL for staging)."
+    )
+
+
+class Gateway(Model):
+    """The nginx gateway in front of the nodes."""
+
+    domain: str | None = Field(None, description="Public DNS name of the API, e.g. `llm.example.com` (required on AWS with DNS).")
+    hosted_zone: str | None = Field(None, description="Existing Route53 hosted zone (name or id) that holds `domain`.")
+    tls: Tls = Field(default_factory=Tls, description="How the gateway gets its certificate.")
+    https_port: int = Field(443, ge=1, le=65_535, description="Port the gateway serves HTTPS on.")
+    http_port: int = Field(80, ge=1, le=65_535, description="Port that redirects to HTTPS.")
+    client_cidrs: list[str] = Field(["0.0.0.0/0"], description="CIDRs allowed to reach the gateway.")
+    admin_cidrs: list[str] = Field(
+        [], description="CIDRs from which the admin key may use admin routes and reach monitoring. Empty: nowhere."
+    )
+    clients: list[Client] = Field(
+        default_factory=lambda: [Client(name="default")], min_length=1, description="API key holders."
+    )
+    rate_limits: RateLimits = Field(default_factory=RateLimits, description="Rate limits per key and per IP.")
+    max_body_size: str = Field("16m", description="Largest request body (nginx size: `16m`); larger gets 413.")
+    connect_timeout_s: int = Field(5, ge=1, le=300, description="Upstream connect timeout, seconds.")
+    read_timeout_s: int = Field(600, ge=5, le=86_400, description="Upstream read timeout (time between streamed chunks), seconds.")
+    send_timeout_s: int = Field(600, ge=5, le=86_400, description="Upstream send timeout, seconds.")
+    queue_per_node: int = Field(
+        4,
+        ge=0,
+        le=10_000,
+        description="Requests a node may hold waiting beyond its parallel slots; the gateway sheds (503) beyond it.",
+    )
+    retry_after_s: int = Field(5, ge=1, le=3_600, description="Retry-After seconds sent with 429 and 503.")
+    high_availability: bool = Field(False, description="Two gateway hosts in two zones behind Route53 failover (AWS).")
+    instance_type: str = Field("t3.medium", description="Instance type of the gateway/monitoring host (AWS).")
+
+    @field_validator("client_cidrs", "admin_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a CIDR such as 203.0.113.0/24 ({exc})") from None
+        return values
+
+    @field_validator("max_body_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not _SIZE.match(value):
+            raise ValueError("must be an nginx size such as `16m`, `512k` or `1g`")
+        return value
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_clients(cls, clients: list[Client]) -> list[Client]:
+        names = [c.name for c in clients]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"client names must be unique; repeated: {', '.join(duplicates)}")
+        return clients
+
+
+class Alerts(Model):
+    """Thresholds of the alert rules."""
+
+    ttft_p95_seconds: float = Field(5.0, gt=0, description="Alert when p95 time to first token exceeds this.")
+    error_ratio: float = Field(0.05, gt=0, lt=1, description="Alert when 5xx responses exceed this share.")
+    refusal_ratio: float = Field(0.10, gt=0, lt=1, description="Alert when 429/503 refusals exceed this share.")
+    vram_full_ratio: float = Field(0.95, gt=0, le=1, description="Alert when used VRAM exceeds this share of total.")
+    queue_growth_per_minute: float = Field(5.0, gt=0, description="Alert when in-flight requests grow faster than this.")
+
+
+class Monitoring(Model):
+    """Prometheus, Grafana, exporters and alert rules."""
+
+    enabled: bool = Field(True, description="Deploy Prometheus, Grafana and the exporters.")
+    retention: str = Field("15d", description="Prometheus TSDB retention (`15d`, `720h`).")
+    scrape_interval: str = Field("15s", description="Prometheus scrape interval.")
+    grafana_admin_user: str = Field("admin", description="Grafana admin user (the password is secret config or generated).")
+    alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
+
+    @field_validator("retention", "scrape_interval")
+    @classmethod
+    def _prom_duration(cls, value: str) -> str:
+        if not _PROM_DURATION.match(value):
+            raise ValueError("must be a Prometheus duration such as `15s`, `15d` or `720h`")
+        return value
+
+
+class Policy(Model):
+    """How the policy pack treats this stack."""
+
+    enforcement: Enforcement = Field("advisory", description="`advisory` warns, `mandatory` blocks the update, `disabled` skips.")
+    vram_headroom: float = Field(
+        0.10, ge=0, lt=0.9, description="Share of each GPU's VRAM kept free beyond the estimate (fragmentation, spikes)."
+    )
+
+
+class Aws(Model):
+    """AWS placement of the hosts."""
+
+    region: str = Field(description="AWS region, e.g. `us-east-1`.")
+    zones: list[str] = Field(min_length=1, description="Availability zones the nodes are spread over.")
+    vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$", description="Existing VPC to use; unset creates one.")
+    subnet_ids: list[str] = Field([], description="Existing subnets (one per zone) when `vpcId` is set.")
+    vpc_cidr: str = Field("10.42.0.0/16", description="CIDR of the VPC that is created when `vpcId` is unset.")
+    ami_id: str | None = Field(
+        None, pattern=r"^ami-[0-9a-f]{8,17}$", description="Pinned AMI; unset looks up the newest AWS Deep Learning Base GPU AMI."
+    )
+    ssh_cidrs: list[str] = Field(
+        [], description="CIDRs allowed to SSH (port 22). Empty (default): no SSH port; access goes through SSM Session Manager."
+    )
+    ssh_user: str = Field("ubuntu", description="Login user of the AMI, used by the Docker provider over SSH-through-SSM.")
+
+    @field_validator("zones")
+    @classmethod
+    def _zones_in_region(cls, zones: list[str], info) -> list[str]:
+        region = info.data.get("region")
+        for zone in zones:
+            if region and not zone.startswith(region):
+                raise ValueError(f"zone {zone!r} is not in region {region!r}")
+        if len(set(zones)) != len(zones):
+            raise ValueError("zones must be distinct")
+        return zones
+
+    @field_validator("ssh_cidrs")
+    @classmethod
+    def _ssh_cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            net = ipaddress.ip_network(value, strict=False)
+            if net.prefixlen == 0:
+                raise ValueError("SSH from 0.0.0.0/0 is not allowed; name an admin CIDR or leave empty to use SSM")
+        return values
+
+
+class Local(Model):
+    """The local Docker host used by the dev stack."""
+
+    docker_host: str = Field("unix:///var/run/docker.sock", description="Docker endpoint of the local host.")
+    bind_address: str = Field("127.0.0.1", description="Address the gateway and monitoring ports are published on.")
+
+
+class FleetSettings(Model):
+    """Everything one stack sets, under the `ollama-fleet:fleet` key of `Pulumi.<stack>.yaml`."""
+
+    environment: Environment = Field(description="`dev`, `staging` or `prod`; decides which policies are strict.")
+    target: Target = Field(description="`local` (a Docker host, CPU Ollama) or `aws` (GPU instances).")
+    aws: Aws | None = Field(None, description="AWS placement; required when target is `aws`.")
+    local: Local = Field(default_factory=Local, description="Local Docker host; used when target is `local`.")
+    node_groups: list[NodeGroup] = Field(min_length=1, description="Groups of identical Ollama nodes.")
+    images: Images = Field(default_factory=Images, description="Pinned container images.")
+    gateway: Gateway = Field(default_factory=Gateway, description="The nginx gateway.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Prometheus, Grafana and alerts.")
+    policy: Policy = Field(default_factory=Policy, description="Policy pack enforcement for this stack.")
+    tags: dict[str, str] = Field({}, description="Extra tags put on every AWS resource.")
+
+    @model_validator(mode="after")
+    def _target_consistency(self) -> "FleetSettings":
+        if self.target == "aws" and self.aws is None:
+            raise ValueError("target `aws` needs an `aws` section (region, zones)")
+        for group in self.node_groups:
+            is_local = group.instance_type == catalog.LOCAL_INSTANCE
+            if self.target == "local" and not is_local:
+                raise ValueError(f"node group {group.name!r}: target `local` runs on `{catalog.LOCAL_INSTANCE}` only")
+            if self.target == "aws" and is_local:
+                raise ValueError(f"node group {group.name!r}: `{catalog.LOCAL_INSTANCE}` is for target `local`; name an AWS GPU instance type")
+        names = [g.name for g in self.node_groups]
+        if len(set(names)) != len(names):
+            raise ValueError("node group names must be unique")
+        if self.gateway.tls.mode == "acme" and not (self.gateway.domain and self.gateway.hosted_zone):
+            raise ValueError("gateway.tls.mode `acme` needs gateway.domain and gateway.hostedZone")
+        if self.gateway.domain and self.target == "aws" and not self.gateway.hosted_zone:
+            raise ValueError("gateway.domain on AWS needs gateway.hostedZone (the Route53 zone that holds it)")
+        return self
+
+    @property
+    def node_count(self) -> int:
+        return sum(g.count for g in self.node_groups)
+
+
+# Secret keys a stack may set besides the fleet object. Each must be stored encrypted (`--secret`).
+SECRET_KEYS: dict[str, str] = {
+    f"{PROJECT}:apiKeys": "JSON object mapping client name to API key; clients without one get a generated key.",
+    f"{PROJECT}:adminApiKey": "Admin API key for the admin routes (/api/pull, ...); generated when unset.",
+    f"{PROJECT}:grafanaAdminPassword": "Grafana admin password; generated when unset.",
+    f"{PROJECT}:tlsCertificate": "PEM certificate chain for gateway.tls.mode `provided`.",
+    f"{PROJECT}:tlsPrivateKey": "PEM private key for gateway.tls.mode `provided`.",
+}
+# Non-secret keys of other namespaces that a stack may carry.
+PASSTHROUGH_PREFIXES = ("aws:", "pulumi:", "docker:")

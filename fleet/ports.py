@@ -1,0 +1,14 @@
+"""Well-known ports of the services a fleet runs (container side; host-side ports may be remapped in tests)."""
+
+OLLAMA = 11434  # Ollama API, reached only through the metering proxy on the same host
+METER = 11435  # metering pass-through in front of Ollama; the gateway's upstreams point here
+METER_METRICS = 9778  # the metering exporter's /metrics
+NODE_EXPORTER = 9100
+DCGM_EXPORTER = 9400
+NGINX_STATUS = 8081  # nginx stub_status, internal only
+NGINX_EXPORTER = 9113
+PROMETHEUS = 9090
+GRAFANA = 3000
+
+# Never open to 0.0.0.0/0 (policy `no-public-inference-ports`).
+PRIVATE_PORTS = (OLLAMA, METER, METER_METRICS, NODE_EXPORTER, DCGM_EXPORTER, NGINX_STATUS, NGINX_EXPORTER, PROMETHEUS, GRAFANA)

@@ -1,0 +1,166 @@
+"""Offline preview: run the real Pulumi program under mocks, then show the plan, the capacity and the policy verdict.
+
+No cloud credentials and no Pulumi CLI: the program registers its resources with a recording mock monitor
+(`fleet.mock_cloud`), and the recorded inputs go to the same policies `pulumi preview --policy-pack policies`
+runs. Secret config values cannot be decrypted offline; they are replaced by placeholders (still secret).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.config import FLEET_KEY, PROJECT, SECRET_KEYS
+from fleet.resources import RegisteredResource
+from fleet.stack_file import StackConfig
+
+# Placeholder for a secret value that only the Pulumi CLI could decrypt.
+_SECRET_PLACEHOLDERS = {f"{PROJECT}:apiKeys": "{}"}
+
+# Properties worth a glance per resource type (the rest is in --json).
+KEY_PROPERTIES: dict[str, tuple[str, ...]] = {
+    "aws:ec2/instance:Instance": ("instanceType", "availabilityZone"),
+    "aws:ebs/volume:Volume": ("size", "type", "encrypted"),
+    "aws:ec2/vpc:Vpc": ("cidrBlock",),
+    "aws:ec2/subnet:Subnet": ("cidrBlock", "availabilityZone"),
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": ("fromPort", "cidrIpv4", "referencedSecurityGroupId"),
+    "aws:route53/record:Record": ("name", "type"),
+    "docker:index/container:Container": ("image",),
+    "docker:index/remoteImage:RemoteImage": ("name",),
+    "command:remote:Command": ("create",),
+    "command:local:Command": ("create",),
+}
+
+
+@dataclass
+class PreviewResult:
+    stack: str
+    resources: list[RegisteredResource]
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(r.type for r in self.resources)
+
+
+def _config_for_mocks(stack_config: StackConfig) -> tuple[dict[str, str], list[str]]:
+    values: dict[str, str] = {}
+    secret_keys: list[str] = []
+    for key, value in stack_config.raw_config.items():
+        if key in SECRET_KEYS:
+            values[key] = _SECRET_PLACEHOLDERS.get(key, f"offline-preview-placeholder-{key.split(':')[1]}")
+            secret_keys.append(key)
+        elif isinstance(value, (dict, list)):
+            values[key] = json.dumps(value)
+        else:
+            values[key] = str(value)
+    values.setdefault(FLEET_KEY, json.dumps(stack_config.raw_config[FLEET_KEY]))
+    return values, secret_keys
+
+
+def run_program(stack_config: StackConfig) -> PreviewResult:
+    """Run components.program under recording mocks. Mocks are process-global: call once per process."""
+    import pulumi
+    from pulumi.runtime import mocks as pulumi_mocks
+    from pulumi.runtime.config import set_all_config
+
+    from fleet.mock_cloud import FleetMocks, RecordingMonitor
+
+    mocks = FleetMocks()
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack_config.stack, preview=False, monitor=monitor)
+    values, secret_keys = _config_for_mocks(stack_config)
+    set_all_config(values, secret_keys)
+
+    outputs: dict[str, Any] = {}
+
+    def program():
+        from components.program import run
+
+        fleet = run()
+        return pulumi.Output.all(
+            gatewayUrl=fleet.gateway_url,
+            nodeAddresses=fleet.node_addresses,
+            grafanaUrl=fleet.grafana_url,
+        ).apply(outputs.update)
+
+    pulumi_mocks.test(program)()
+    return PreviewResult(stack=stack_config.stack, resources=monitor.registered, outputs=outputs)
+
+
+def resource_tree(result: PreviewResult):
+    """A rich Tree of the registered resources, by parent."""
+    from rich.tree import Tree
+
+    children: dict[str | None, list[RegisteredResource]] = {}
+    for resource in result.resources:
+        children.setdefault(resource.parent_urn, []).append(resource)
+    known = {r.urn for r in result.resources}
+
+    def label(resource: RegisteredResource) -> str:
+        props = []
+        for key in KEY_PROPERTIES.get(resource.type, ()):
+            value = resource.inputs.get(key)
+            if value not in (None, "", [], {}):
+                text = str(value)
+                props.append(f"{key}={text if len(text) <= 60 else text[:57] + '...'}")
+        flags = [f for f, on in (("protect", resource.protect), ("retain", resource.retain_on_delete)) if on]
+        kind = "[bold cyan]" if not resource.custom else "[green]"
+        extra = f" [dim]{' '.join(props)}[/dim]" if props else ""
+        marks = f" [yellow]({', '.join(flags)})[/yellow]" if flags else ""
+        return f"{kind}{resource.type}[/] {resource.name}{extra}{marks}"
+
+    tree = Tree(f"[bold]stack {result.stack}[/bold]")
+
+    def add(node, parent_urn: str | None) -> None:
+        for resource in children.get(parent_urn, []):
+            add(node.add(label(resource)), resource.urn)
+
+    roots = [urn for urn in children if urn is None or urn not in known]
+    for urn in roots:
+        add(tree, urn)
+    return tree
+
+
+def counts_table(result: PreviewResult):
+    from rich.table import Table
+
+    table = Table(title=f"Resources by type ({len(result.resources)} in all)")
+    table.add_column("type")
+    table.add_column("count", justify="right")
+    for type_, count in sorted(result.counts.items()):
+        table.add_row(type_, str(count))
+    return table
+
+
+def to_json(result: PreviewResult) -> dict[str, Any]:
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        return str(value)
+
+    return {
+        "stack": result.stack,
+        "counts": dict(result.counts),
+        "outputs": clean(result.outputs),
+        "resources": [
+            {
+                "type": r.type,
+                "name": r.name,
+                "urn": r.urn,
+                "custom": r.custom,
+                "parent": r.parent_urn,
+                "protect": r.protect,
+                "retainOnDelete": r.retain_on_delete,
+                "dependsOn": r.depends_on,
+                "inputs": clean(r.inputs),
+            }
+            for r in result.resources
+        ],
+    }

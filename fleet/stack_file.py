@@ -1,0 +1,191 @@
+"""Read and validate a stack file (`Pulumi.<stack>.yaml`) into typed settings, with errors a person can act on.
+
+Every problem becomes a `StackConfigError` naming the stack file, the key path (as written in YAML) and what
+is allowed; callers print it and exit non-zero instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fleet.config import FLEET_KEY, PASSTHROUGH_PREFIXES, PROJECT, SECRET_KEYS, FleetSettings
+
+
+class StackConfigError(Exception):
+    """Bad stack configuration. `problems` holds one line per problem: `<key path>: <what is wrong>`."""
+
+    def __init__(self, stack_file: str, problems: list[str]):
+        self.stack_file = stack_file
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{stack_file}: invalid stack configuration\n{lines}")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """A validated stack: the typed settings plus which secret keys the file sets (values stay encrypted)."""
+
+    stack: str
+    path: Path
+    settings: FleetSettings
+    secret_keys_set: frozenset[str] = frozenset()
+    raw_config: dict[str, Any] = field(default_factory=dict)
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding Pulumi.yaml: from `start` (or the working directory) upwards, else the package's own."""
+    here = (start or Path.cwd()).resolve()
+    for folder in [here, *here.parents]:
+        if (folder / "Pulumi.yaml").is_file():
+            return folder
+    bundled = Path(__file__).resolve().parent.parent
+    if (bundled / "Pulumi.yaml").is_file():
+        return bundled
+    raise FileNotFoundError("no Pulumi.yaml found in the working directory or its parents")
+
+
+def stack_path(stack: str, root: Path | None = None) -> Path:
+    return (root or project_root()) / f"Pulumi.{stack}.yaml"
+
+
+def available_stacks(root: Path | None = None) -> list[str]:
+    folder = root or project_root()
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in folder.glob("Pulumi.*.yaml"))
+
+
+def _is_secure(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"secure"}
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings model that the location `loc` (pydantic error loc, by alias) points into."""
+    model: type[BaseModel] = FleetSettings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        match = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if match is None:
+            return model
+        annotation = match.annotation
+        candidates = [annotation, *get_args(annotation)]
+        for arg in list(candidates):
+            candidates.extend(get_args(arg))
+        nested = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nested is None:
+            return None
+        model = nested
+    return model
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    path = FLEET_KEY
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = ", ".join(_allowed_keys(parent)) if parent else "none"
+        return f"{_key_path(loc)}: unknown key; allowed keys here: {allowed}"
+    if kind == "missing":
+        return f"{_key_path(loc)}: required key is missing"
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {json.dumps(got)})"
+    return f"{_key_path(loc)}: {message}{shown}"
+
+
+def parse_settings(data: Any, stack_file: str) -> FleetSettings:
+    """Validate the `ollama-fleet:fleet` object, translating pydantic's errors into `StackConfigError`."""
+    if not isinstance(data, dict):
+        raise StackConfigError(stack_file, [f"{FLEET_KEY}: must be a mapping of settings (see docs/configuration.md)"])
+    try:
+        return FleetSettings.model_validate(data)
+    except ValidationError as exc:
+        raise StackConfigError(stack_file, [_describe(e) for e in exc.errors()]) from None
+
+
+def read_stack_yaml(path: Path) -> dict[str, Any]:
+    name = path.name
+    if not path.is_file():
+        raise StackConfigError(name, [f"stack file not found at {path}"])
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise StackConfigError(name, [f"not valid YAML: {exc}"]) from None
+    if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):
+        raise StackConfigError(name, ["the file must be a mapping with a `config:` mapping"])
+    return document.get("config") or {}
+
+
+def check_keys(config: dict[str, Any], stack_file: str) -> frozenset[str]:
+    """Top-level key rules: known keys only, secrets stored encrypted. Returns the secret keys that are set."""
+    problems: list[str] = []
+    secrets_set: set[str] = set()
+    for key, value in config.items():
+        if key == FLEET_KEY:
+            continue
+        if key in SECRET_KEYS:
+            if not _is_secure(value):
+                problems.append(
+                    f"{key}: must be a secret; store it with `pulumi config set --secret {key.split(':', 1)[1]} ...` "
+                    "(a plain value would sit unencrypted in the repository)"
+                )
+            else:
+                secrets_set.add(key)
+            continue
+        if key.startswith(f"{PROJECT}:"):
+            allowed = ", ".join([FLEET_KEY, *SECRET_KEYS])
+            problems.append(f"{key}: unknown key; allowed keys of {PROJECT}: {allowed}")
+        elif not key.startswith(PASSTHROUGH_PREFIXES):
+            problems.append(f"{key}: unknown namespace; allowed: {PROJECT}:*, {', '.join(PASSTHROUGH_PREFIXES)}*")
+    if FLEET_KEY not in config:
+        problems.append(f"{FLEET_KEY}: required key is missing (the whole fleet is configured under it)")
+    if problems:
+        raise StackConfigError(stack_file, problems)
+    return frozenset(secrets_set)
+
+
+def load_stack(stack: str, root: Path | None = None) -> StackConfig:
+    """Load `Pulumi.<stack>.yaml` from the project root and validate it."""
+    path = stack_path(stack, root)
+    if not path.is_file():
+        known = ", ".join(available_stacks(path.parent)) or "none"
+        raise StackConfigError(path.name, [f"no stack file for stack {stack!r}; stacks here: {known}"])
+    return load_stack_file(path, stack)
+
+
+def load_stack_file(path: Path, stack: str | None = None) -> StackConfig:
+    config = read_stack_yaml(path)
+    secrets_set = check_keys(config, path.name)
+    settings = parse_settings(config[FLEET_KEY], path.name)
+    name = stack or path.name[len("Pulumi.") : -len(".yaml")]
+    return StackConfig(stack=name, path=path, settings=settings, secret_keys_set=secrets_set, raw_config=config)
+
+
+def settings_from_pulumi_config(stack_file: str) -> FleetSettings:
+    """Inside a Pulumi program: read the fleet object through `pulumi.Config` and validate it."""
+    import pulumi
+
+    raw = pulumi.Config(PROJECT).get_object("fleet")
+    if raw is None:
+        raise StackConfigError(stack_file, [f"{FLEET_KEY}: required key is missing"])
+    return parse_settings(raw, stack_file)
+
