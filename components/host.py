@@ -29,7 +29,16 @@ class Host:
     # SSH connection (through SSM) for remote commands; None on the local host (use pulumi_command.local).
     connection: remote.ConnectionArgs | None = None
     zone: str | None = None
-    # Host path of the model store (the mounted retained EBS volume on AWS).
+    # Host path of the model store (the mounted retained EBS volume on AWS), or the name of a Docker volume
+    # (no leading '/') as on the local host.
     models_path: str = "/var/lib/ollama-fleet/models"
     # Host folder where rendered configs are written before being mounted into containers.
     config_path: str = "/etc/ollama-fleet"
+    # Single-host deployments (the local Docker host): one user-defined network joining every fleet container,
+    # so containers reach each other by container name and publish only the gateway and operator ports.
+    # None on AWS: each component keeps its own network and publishes private ports on `private_address`.
+    shared_network: docker.Network | None = None
+    # Shell prefix (`ssh … user@host`) that runs a command on the host from the deployer, for
+    # pulumi_command.local steps: on AWS it goes through SSM Session Manager, which `connection`
+    # (pulumi-command's own SSH client) cannot use. None on the local host.
+    ssh_command: pulumi.Output[str] | None = None

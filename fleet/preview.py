@@ -102,9 +102,9 @@ def resource_tree(result: PreviewResult):
     def label(resource: RegisteredResource) -> str:
         props = []
         for key in KEY_PROPERTIES.get(resource.type, ()):
-            value = resource.inputs.get(key)
+            value = clean(resource.inputs.get(key))
             if value not in (None, "", [], {}):
-                text = str(value)
+                text = " ".join(str(value).split())
                 props.append(f"{key}={text if len(text) <= 60 else text[:57] + '...'}")
         flags = [f for f, on in (("protect", resource.protect), ("retain", resource.retain_on_delete)) if on]
         kind = "[bold cyan]" if not resource.custom else "[green]"
@@ -135,16 +135,25 @@ def counts_table(result: PreviewResult):
     return table
 
 
-def to_json(result: PreviewResult) -> dict[str, Any]:
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            return value
-        return str(value)
+SECRET_MASK = "[secret]"
 
+
+def clean(value: Any) -> Any:
+    """Plain JSON-able data with every secret value masked, so previews never print a secret."""
+    from pulumi.runtime.rpc import is_rpc_secret
+
+    if is_rpc_secret(value):
+        return SECRET_MASK
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def to_json(result: PreviewResult) -> dict[str, Any]:
     return {
         "stack": result.stack,
         "counts": dict(result.counts),

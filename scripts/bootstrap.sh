@@ -41,4 +41,6 @@ if [ "$full" = 1 ]; then
   if [ -x scripts/build-ollama.sh ] || [ -f scripts/build-ollama.sh ]; then
     bash scripts/build-ollama.sh
   fi
+  # actionlint (pinned, built with Go, cached) checks .github/workflows in tests/unit/test_workflows.py.
+  if [ -f scripts/install-actionlint.sh ]; then bash scripts/install-actionlint.sh; fi
 fi

@@ -1,0 +1,131 @@
+"""What every fleet container shares: labels, restart policy, log rotation, and where its ports are reachable.
+
+Two placements exist. On the local Docker host every container joins the host's shared network: peers reach
+each other by container name and nothing is published except the gateway and the operator ports (bound to
+`local.bindAddress`). On AWS each component keeps a private bridge network for its own containers, and ports
+that other hosts need are published on the host's private address only (the security groups decide who may
+connect); the gateway alone listens on every address.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+import pulumi
+import pulumi_docker as docker
+
+from components.host import Host
+from fleet.config import PROJECT, FleetSettings
+
+RESTART = "unless-stopped"
+# json-file with rotation: without it a busy gateway or a chatty Ollama fills the host's disk.
+LOG_DRIVER = "json-file"
+LOG_OPTS = {"max-size": "50m", "max-file": "5"}
+LABEL_PREFIX = f"{PROJECT}."
+ROLES = (
+    "ollama",
+    "meter",
+    "gateway",
+    "nginx-exporter",
+    "prometheus",
+    "grafana",
+    "node-exporter",
+    "dcgm-exporter",
+)
+ALL_ADDRESSES = "0.0.0.0"
+
+_CONTAINER_NAME = re.compile(r"[^a-zA-Z0-9_.-]")
+
+
+def container_name(component: str, role: str) -> str:
+    """The Docker name of a component's container; on the shared network it is also the peers' address."""
+    return _CONTAINER_NAME.sub("-", f"{component}-{role}")
+
+
+def labels(
+    settings: FleetSettings, role: str, extra: Mapping[str, pulumi.Input[str]] | None = None
+) -> list[docker.ContainerLabelArgs]:
+    """`ollama-fleet.role` and `ollama-fleet.environment` on every container (the policy pack reads them)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown container role {role!r}; roles: {', '.join(ROLES)}")
+    values: dict[str, pulumi.Input[str]] = {"role": role, "environment": settings.environment}
+    values.update(extra or {})
+    return [docker.ContainerLabelArgs(label=f"{LABEL_PREFIX}{key}", value=value) for key, value in values.items()]
+
+
+def json_label(value: object) -> str:
+    """A label value holding structured data: compact JSON with sorted keys, so it only changes with the data."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def healthcheck(test: Sequence[str], *, interval: str = "30s", timeout: str = "10s", retries: int = 3,
+                start_period: str = "30s") -> docker.ContainerHealthcheckArgs:
+    return docker.ContainerHealthcheckArgs(
+        tests=list(test), interval=interval, timeout=timeout, retries=retries, start_period=start_period
+    )
+
+
+class Placement:
+    """Where one component's containers sit on a host, which ports they publish and how peers address them."""
+
+    def __init__(self, component: str, settings: FleetSettings, host: Host, parent: pulumi.Resource):
+        self.settings = settings
+        self.host = host
+        self.shared = host.shared_network is not None
+        if host.shared_network is not None:
+            self.network = host.shared_network
+        else:
+            self.network = docker.Network(
+                f"{component}-net",
+                name=f"{component}-net",
+                driver="bridge",
+                labels=[
+                    docker.NetworkLabelArgs(label=f"{LABEL_PREFIX}environment", value=settings.environment),
+                ],
+                opts=self.resource_options(parent),
+            )
+
+    def resource_options(self, parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:
+        """Options of every Docker resource of the component: its host's daemon, after the host is ready."""
+        return pulumi.ResourceOptions(
+            parent=parent,
+            provider=self.host.docker_provider,
+            depends_on=[*self.host.ready, *depends_on],
+        )
+
+    def networks(self, name: str) -> list[docker.ContainerNetworksAdvancedArgs]:
+        return [docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[name])]
+
+    def peer_address(self, name: str, port: int) -> pulumi.Output[str]:
+        """`address:port` at which containers of other components (and other hosts) reach this service."""
+        if self.shared:
+            return pulumi.Output.from_input(f"{name}:{port}")
+        return pulumi.Output.from_input(self.host.private_address).apply(lambda address: f"{address}:{port}")
+
+    def private_ports(self, *ports: int) -> list[docker.ContainerPortArgs]:
+        """Ports other hosts need (metering, exporters): unpublished on the shared network, else on the
+        private address only."""
+        if self.shared:
+            return []
+        return [docker.ContainerPortArgs(internal=p, external=p, ip=self.host.private_address) for p in ports]
+
+    @property
+    def operator_address(self) -> pulumi.Input[str]:
+        """Where operator UIs (Prometheus, Grafana) are published: the local bind address (loopback by
+        default), or the host's private address on AWS (reached through SSM port forwarding or an admin CIDR)."""
+        if self.settings.target == "local":
+            return self.settings.local.bind_address
+        return self.host.private_address
+
+    def operator_ports(self, *ports: int) -> list[docker.ContainerPortArgs]:
+        return [docker.ContainerPortArgs(internal=p, external=p, ip=self.operator_address) for p in ports]
+
+    def public_ports(self, *ports: int) -> list[docker.ContainerPortArgs]:
+        """The gateway's client ports: the local bind address, or every address of an AWS gateway host."""
+        address = self.settings.local.bind_address if self.settings.target == "local" else ALL_ADDRESSES
+        return [docker.ContainerPortArgs(internal=p, external=p, ip=address) for p in ports]
+
+    def operator_url(self, port: int, path: str = "") -> pulumi.Output[str]:
+        return pulumi.Output.from_input(self.operator_address).apply(lambda address: f"http://{address}:{port}{path}")

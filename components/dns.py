@@ -1,0 +1,139 @@
+"""The gateway's public name: Route 53 records in an existing hosted zone, with health-checked failover
+between two gateway hosts when `gateway.highAvailability` is set (trade-offs in docs/architecture.md)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from fleet.config import PROJECT, FleetSettings
+from fleet.stack_file import StackConfigError
+from fleet.tags import fleet_tags
+
+TOKEN = f"{PROJECT}:index:Dns"
+COMPONENT = "dns"
+# Short TTL: a replaced or failed-over gateway is found within a minute.
+RECORD_TTL = 60
+HEALTH_PATH = "/health"
+# Standard interval (30 s) and 3 failures: failover in about 1.5 minutes, at the cheaper health check price.
+HEALTH_INTERVAL_S = 30
+HEALTH_FAILURES = 3
+_ZONE_ID = re.compile(r"^Z[A-Z0-9]{4,32}$")
+
+
+@dataclass
+class DnsArgs:
+    settings: FleetSettings
+    gateway_public_ips: list[pulumi.Output[str]]
+    gateway_instance_ids: list[pulumi.Output[str]]
+
+
+def gateway_url(settings: FleetSettings, host: str) -> str:
+    """The URL clients use for the gateway at `host` (the port only where it is not the scheme's default)."""
+    gateway = settings.gateway
+    if gateway.tls.mode == "off":
+        return f"http://{host}" + ("" if gateway.http_port == 80 else f":{gateway.http_port}")
+    return f"https://{host}" + ("" if gateway.https_port == 443 else f":{gateway.https_port}")
+
+
+def _in_zone(fqdn: str, zone: str) -> bool:
+    fqdn, zone = fqdn.rstrip(".").lower(), zone.rstrip(".").lower()
+    return fqdn == zone or fqdn.endswith("." + zone)
+
+
+class Dns(pulumi.ComponentResource):
+    fqdn: pulumi.Output[str]
+    url: pulumi.Output[str]
+    zone_id: pulumi.Output[str] | None
+
+    def __init__(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TOKEN, name, None, opts)
+        settings = args.settings
+        gateway = settings.gateway
+        stack = pulumi.get_stack()
+        stack_file = f"Pulumi.{stack}.yaml"
+        child = pulumi.ResourceOptions(parent=self)
+        expected = 2 if gateway.high_availability else 1
+        if len(args.gateway_public_ips) != expected or len(args.gateway_instance_ids) != expected:
+            raise ValueError(
+                f"Dns needs {expected} gateway host(s) (gateway.highAvailability={gateway.high_availability}), "
+                f"got {len(args.gateway_public_ips)} address(es) and {len(args.gateway_instance_ids)} instance id(s)"
+            )
+
+        if not gateway.domain:
+            # No DNS name: clients use the (first) gateway's address.
+            self.zone_id = None
+            self.fqdn = args.gateway_public_ips[0]
+            self.url = self.fqdn.apply(lambda ip: gateway_url(settings, ip))
+            self.register_outputs({"fqdn": self.fqdn, "url": self.url})
+            return
+        if not gateway.hosted_zone:
+            raise StackConfigError(stack_file, ["gateway.hostedZone: required with gateway.domain (the Route 53 zone that holds it)"])
+        fqdn = gateway.domain.rstrip(".").lower()
+        zone_ref = gateway.hosted_zone
+        by_id = bool(_ZONE_ID.match(zone_ref))
+        if not by_id and not _in_zone(fqdn, zone_ref):
+            raise StackConfigError(stack_file, [f"gateway.domain: {fqdn} is not inside the hosted zone {zone_ref}"])
+        lookup = (
+            aws.route53.get_zone_output(zone_id=zone_ref, opts=pulumi.InvokeOutputOptions(parent=self))
+            if by_id
+            else aws.route53.get_zone_output(name=zone_ref, private_zone=False, opts=pulumi.InvokeOutputOptions(parent=self))
+        )
+
+        def checked(zone) -> str:
+            if not _in_zone(fqdn, zone.name):
+                raise StackConfigError(stack_file, [f"gateway.domain: {fqdn} is not inside the hosted zone {zone.name} ({zone_ref})"])
+            return zone.zone_id
+
+        self.zone_id = lookup.apply(checked)
+        self.fqdn = pulumi.Output.from_input(fqdn)
+        self.url = pulumi.Output.from_input(gateway_url(settings, fqdn))
+
+        def tags(resource: str) -> dict[str, str]:
+            return fleet_tags(settings, stack, COMPONENT, f"{name}-{resource}")
+
+        if not gateway.high_availability:
+            aws.route53.Record(
+                f"{name}-gateway",
+                zone_id=self.zone_id,
+                name=fqdn,
+                type="A",
+                ttl=RECORD_TTL,
+                records=[args.gateway_public_ips[0]],
+                opts=child,
+            )
+        else:
+            # Two gateway hosts, one per zone: Route 53 answers with the primary while its /health answers,
+            # with the secondary otherwise. Clients follow within the TTL plus the detection time.
+            for role, ip, instance_id in zip(("primary", "secondary"), args.gateway_public_ips, args.gateway_instance_ids):
+                check = aws.route53.HealthCheck(
+                    f"{name}-{role}-health",
+                    type="HTTPS" if gateway.tls.mode != "off" else "HTTP",
+                    ip_address=ip,
+                    port=gateway.https_port if gateway.tls.mode != "off" else gateway.http_port,
+                    resource_path=HEALTH_PATH,
+                    # Host header and SNI, so nginx answers as the API's server; the certificate is not
+                    # validated by Route 53 (self-signed works too).
+                    fqdn=fqdn,
+                    enable_sni=gateway.tls.mode != "off",
+                    request_interval=HEALTH_INTERVAL_S,
+                    failure_threshold=HEALTH_FAILURES,
+                    tags={**tags(f"{role}-health"), "instance": instance_id},
+                    opts=child,
+                )
+                aws.route53.Record(
+                    f"{name}-{role}",
+                    zone_id=self.zone_id,
+                    name=fqdn,
+                    type="A",
+                    ttl=RECORD_TTL,
+                    records=[ip],
+                    set_identifier=f"{fqdn}-{role}",
+                    failover_routing_policies=[aws.route53.RecordFailoverRoutingPolicyArgs(type=role.upper())],
+                    health_check_id=check.id,
+                    opts=child,
+                )
+        self.register_outputs({"fqdn": self.fqdn, "url": self.url, "zoneId": self.zone_id})

@@ -1,0 +1,192 @@
+"""The nginx gateway on a host: nginx with the rendered config, and the nginx exporter reading its stub_status.
+
+nginx.conf holds no secret and is uploaded as plain content (the policy pack reads it); the API-key include
+and the TLS certificate and key are uploaded as secret content. Both are rendered from Outputs with
+`Output.all(...).apply(render)` and handed to the container as inputs: a change of keys, certificate or node
+addresses replaces the container with the new files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from components import containers
+from components.containers import Placement, container_name, healthcheck, json_label, labels
+from components.host import Host
+from components.images import pinned_image
+from fleet import ports
+from fleet.capacity import max_conns_per_node
+from fleet.config import PROJECT, FleetSettings
+from fleet.render import nginx
+
+TOKEN = f"{PROJECT}:index:Gateway"
+NGINX_CONF = "/etc/nginx/nginx.conf"
+# Secret files: readable by nginx's master process (root) only.
+SECRET_MODE = "0600"
+PLAIN_MODE = "0644"
+
+
+@dataclass
+class GatewayArgs:
+    settings: FleetSettings
+    host: Host
+    upstreams: dict[str, list[pulumi.Output[str]]]  # node group -> `address:port` of each node's meter
+    api_keys: pulumi.Output[dict[str, str]]  # secret: client name -> key
+    admin_key: pulumi.Output[str]  # secret
+    certificate_pem: pulumi.Output[str] | None = None  # secret
+    private_key_pem: pulumi.Output[str] | None = None  # secret
+    server_name: str | None = None
+
+
+# Docker's default address pools. A client on the Docker host itself reaches a port published on loopback
+# through docker-proxy, so nginx sees the network's gateway address (in these pools), never 127.0.0.1.
+DOCKER_ADDRESS_POOLS = ("172.16.0.0/12", "192.168.0.0/16")
+
+
+def _with_docker_loopback(cidrs: list[str]) -> list[str]:
+    allows_loopback = any(ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(c, strict=False) for c in cidrs)
+    return [*cidrs, *[p for p in DOCKER_ADDRESS_POOLS if p not in cidrs]] if allows_loopback else cidrs
+
+
+def gateway_plan(settings: FleetSettings, upstreams: dict[str, list[str]], server_name: str | None) -> nginx.GatewayPlan:
+    """The plan of the deployed gateway: the stack's ports and TLS, stub_status reachable by the exporter
+    container on the Docker network (private networks only), the given node addresses.
+
+    On the local Docker host, CIDR lists that admit loopback also admit Docker's address pools, where
+    loopback clients appear from (the published ports are bound to `local.bindAddress` all the same)."""
+    gateway = settings.gateway
+    updates: dict = {}
+    if server_name and server_name != gateway.domain:
+        updates["domain"] = server_name
+    if settings.target == "local":
+        updates["client_cidrs"] = _with_docker_loopback(gateway.client_cidrs)
+        updates["admin_cidrs"] = _with_docker_loopback(gateway.admin_cidrs)
+    if updates:
+        settings = settings.model_copy(update={"gateway": gateway.model_copy(update=updates)})
+    return nginx.build_gateway_plan(settings, upstreams, status_listen=f"0.0.0.0:{ports.NGINX_STATUS}")
+
+
+def upstream_max_conns(settings: FleetSettings) -> dict[str, int]:
+    """max_conns per node of each group, from the capacity model (the gateway's `upstream-max-conns` label)."""
+    return {g.name: max_conns_per_node(g, settings.gateway.queue_per_node) for g in settings.node_groups}
+
+
+class Gateway(pulumi.ComponentResource):
+    url: pulumi.Output[str]
+    status_target: pulumi.Output[str]
+    container: docker.Container
+
+    def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TOKEN, name, None, opts)
+        settings, host = args.settings, args.host
+        gateway = settings.gateway
+        tls = gateway.tls.mode != "off"
+        if tls and (args.certificate_pem is None or args.private_key_pem is None):
+            raise ValueError(
+                f"gateway.tls.mode {gateway.tls.mode!r} needs a certificate and private key; "
+                "only mode `off` runs without them"
+            )
+        place = Placement(name, settings, host, self)
+        groups = list(args.upstreams)
+        addresses = [address for group in groups for address in args.upstreams[group]]
+        counts = [len(args.upstreams[group]) for group in groups]
+
+        def regroup(values: list[str]) -> dict[str, list[str]]:
+            grouped, start = {}, 0
+            for group, count in zip(groups, counts):
+                grouped[group] = list(values[start : start + count])
+                start += count
+            return grouped
+
+        # The plan depends on the node addresses (known after their containers exist), not on any secret.
+        plan = pulumi.Output.all(*addresses).apply(lambda values: gateway_plan(settings, regroup(values), args.server_name))
+        nginx_conf = plan.apply(nginx.render_nginx)
+        api_keys_conf = pulumi.Output.secret(
+            pulumi.Output.all(args.api_keys, args.admin_key).apply(lambda v: nginx.render_api_keys(v[0], v[1]))
+        )
+        paths = nginx.GatewayPaths()
+        uploads = [
+            docker.ContainerUploadArgs(file=NGINX_CONF, content=nginx_conf, permissions=PLAIN_MODE),
+            docker.ContainerUploadArgs(file=paths.api_keys_include, content=api_keys_conf, permissions=SECRET_MODE),
+        ]
+        if tls:
+            uploads += [
+                docker.ContainerUploadArgs(
+                    file=paths.certificate, content=pulumi.Output.secret(args.certificate_pem), permissions=PLAIN_MODE
+                ),
+                docker.ContainerUploadArgs(
+                    file=paths.certificate_key, content=pulumi.Output.secret(args.private_key_pem), permissions=SECRET_MODE
+                ),
+            ]
+
+        image = pinned_image(f"{name}-nginx-image", settings.images.nginx, place, self)
+        nginx_name = container_name(name, "gateway")
+        client_ports = [gateway.https_port, gateway.http_port] if tls else [gateway.http_port]
+        self.container = docker.Container(
+            f"{name}-nginx",
+            name=nginx_name,
+            image=image.image_id,
+            uploads=uploads,
+            networks_advanced=place.networks(nginx_name),
+            ports=place.public_ports(*client_ports),
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTS,
+            # /health is answered by nginx itself on the plain-HTTP server (busybox wget is in nginx:alpine).
+            healthcheck=healthcheck(
+                ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{gateway.http_port}/health"], start_period="10s"
+            ),
+            wait=True,
+            wait_timeout=120,
+            labels=labels(
+                settings,
+                "gateway",
+                {
+                    "tls-mode": gateway.tls.mode,
+                    "upstream-max-conns": json_label(upstream_max_conns(settings)),
+                    "queue-per-node": str(gateway.queue_per_node),
+                },
+            ),
+            opts=place.resource_options(self),
+        )
+
+        exporter_name = container_name(name, "nginx-exporter")
+        exporter_image = pinned_image(f"{name}-nginx-exporter-image", settings.images.nginx_exporter, place, self)
+        self.exporter = docker.Container(
+            f"{name}-nginx-exporter",
+            name=exporter_name,
+            image=exporter_image.image_id,
+            command=[
+                f"--nginx.scrape-uri=http://{nginx_name}:{ports.NGINX_STATUS}/stub_status",
+                f"--web.listen-address=:{ports.NGINX_EXPORTER}",
+            ],
+            networks_advanced=place.networks(exporter_name),
+            ports=place.private_ports(ports.NGINX_EXPORTER),
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTS,
+            # A distroless image (no shell, no wget): Prometheus' `up` for this job is its health signal.
+            labels=labels(settings, "nginx-exporter"),
+            opts=place.resource_options(self, depends_on=[self.container]),
+        )
+
+        self.status_target = place.peer_address(exporter_name, ports.NGINX_EXPORTER)
+        self.url = self._url(settings, host, args.server_name, tls)
+        self.register_outputs({"url": self.url, "statusTarget": self.status_target})
+
+    @staticmethod
+    def _url(settings: FleetSettings, host: Host, server_name: str | None, tls: bool) -> pulumi.Output[str]:
+        gateway = settings.gateway
+        scheme, port, default = ("https", gateway.https_port, 443) if tls else ("http", gateway.http_port, 80)
+        suffix = "" if port == default else f":{port}"
+        if server_name:
+            address: pulumi.Input[str] = server_name
+        elif settings.target == "local":
+            address = settings.local.bind_address
+        else:
+            address = host.public_address or host.private_address
+        return pulumi.Output.from_input(address).apply(lambda a: f"{scheme}://{a}{suffix}")

@@ -1,0 +1,68 @@
+"""The local Docker host of the dev stack: one daemon runs every container, CPU only.
+
+Containers join one user-defined network (`Host.shared_network`) and reach each other by container name,
+so the nodes, exporters and stub_status are never published; only the gateway and the Prometheus/Grafana
+UIs are published, on `local.bindAddress` (loopback by default). Models live in a named Docker volume that
+outlives the stack, so `pulumi destroy` followed by `pulumi up` does not download them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from components.containers import LABEL_PREFIX
+from components.host import Host
+from fleet.config import PROJECT, FleetSettings
+
+TOKEN = f"{PROJECT}:index:LocalHost"
+
+
+@dataclass
+class LocalHostArgs:
+    settings: FleetSettings
+
+
+class LocalHost(pulumi.ComponentResource):
+    host: Host
+
+    def __init__(self, name: str, args: LocalHostArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TOKEN, name, None, opts)
+        settings = args.settings
+        local = settings.local
+        self.provider = docker.Provider(f"{name}-docker", host=local.docker_host, opts=pulumi.ResourceOptions(parent=self))
+        on_host = pulumi.ResourceOptions(parent=self, provider=self.provider)
+        environment_label = {"label": f"{LABEL_PREFIX}environment", "value": settings.environment}
+
+        self.network = docker.Network(
+            f"{name}-net",
+            name=f"{name}-net",
+            driver="bridge",
+            labels=[docker.NetworkLabelArgs(**environment_label)],
+            opts=on_host,
+        )
+        models_volume = f"{name}-models"
+        self.models = docker.Volume(
+            models_volume,
+            name=models_volume,
+            labels=[docker.VolumeLabelArgs(**environment_label)],
+            # Models are gigabytes: keep them when the stack is destroyed.
+            opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(retain_on_delete=True)),
+        )
+
+        bind_address = pulumi.Output.from_input(local.bind_address)
+        self.host = Host(
+            name="local",
+            docker_provider=self.provider,
+            # Peers use container names on the shared network; the address is where published ports listen.
+            private_address=bind_address,
+            public_address=bind_address,
+            ready=[self.network, self.models],
+            gpus=0,
+            connection=None,
+            models_path=models_volume,
+            shared_network=self.network,
+        )
+        self.register_outputs({"dockerHost": local.docker_host, "network": self.network.name})

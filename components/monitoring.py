@@ -1,0 +1,213 @@
+"""Prometheus and Grafana on a host, with the rendered scrape config, alert rules, datasource and dashboard.
+
+Prometheus keeps its TSDB in a named Docker volume (it survives container replacement; retention is a flag).
+Grafana is stateless: everything it shows is provisioned from files, and the admin password comes from a
+secret environment variable, which Grafana applies when it creates its database, so a new password takes
+effect with the container it replaces. Both UIs are published on the operator address only (loopback on the
+local host, the private address on AWS, reached through SSM port forwarding or an admin CIDR).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from components import containers
+from components.containers import Placement, container_name, healthcheck, labels
+from components.host import Host
+from components.images import pinned_image
+from fleet import ports
+from fleet.config import PROJECT, FleetSettings
+from fleet.render import grafana, prometheus, rules
+
+TOKEN = f"{PROJECT}:index:Monitoring"
+PROMETHEUS_CONF = "/etc/prometheus/prometheus.yml"
+PROMETHEUS_DATA = "/prometheus"
+GRAFANA_DATASOURCE = "/etc/grafana/provisioning/datasources/ollama-fleet.yaml"
+GRAFANA_PROVIDER = "/etc/grafana/provisioning/dashboards/ollama-fleet.yaml"
+GRAFANA_DASHBOARD = f"{grafana.DASHBOARDS_PATH}/{grafana.DASHBOARD_FILE}"
+
+_TARGET = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
+
+
+@dataclass
+class MonitoringArgs:
+    settings: FleetSettings
+    host: Host
+    # Scrape job -> `address:port` targets. Node jobs (`ollama-meter`, `node`, `dcgm`) list the nodes in the
+    # order of the stack's node groups and indexes (dcgm: GPU groups only); `nginx` lists the gateways.
+    targets: dict[str, list[pulumi.Output[str]]]
+    grafana_password: pulumi.Output[str]  # secret
+
+
+def _split(target: str, where: str) -> tuple[str, int]:
+    match = _TARGET.match(target)
+    if not match:
+        raise prometheus.PrometheusPlanError(f"{where}: {target!r} must be `address:port`")
+    return match.group("host"), int(match.group("port"))
+
+
+def node_targets(settings: FleetSettings, targets: dict[str, list[str]]) -> list[prometheus.NodeTarget]:
+    """The nodes for the scrape plan, from the resolved per-job targets: node `<group>-<index>` is the i-th
+    entry of each node job; a node's exporters share its address (they may differ in port)."""
+    meters = list(targets.get(prometheus.JOB_METER, []))
+    node_exporters = list(targets.get(prometheus.JOB_NODE, []))
+    dcgms = list(targets.get(prometheus.JOB_DCGM, []))
+    names = [(g, f"{g.name}-{i}") for g in settings.node_groups for i in range(g.count)]
+    gpu_names = [name for g, name in names if prometheus.is_gpu_group(g)]
+    for job, found, expected in (
+        (prometheus.JOB_METER, meters, len(names)),
+        (prometheus.JOB_NODE, node_exporters, len(names)),
+        (prometheus.JOB_DCGM, dcgms, len(gpu_names)),
+    ):
+        if len(found) != expected:
+            raise prometheus.PrometheusPlanError(
+                f"targets[{job!r}]: {len(found)} given, the stack's node groups have {expected} such nodes"
+            )
+    dcgm_of = dict(zip(gpu_names, dcgms))
+    nodes = []
+    for (group, name), meter, node_exporter in zip(names, meters, node_exporters):
+        host, meter_port = _split(meter, f"meter of {name}")
+        exporter_host, exporter_port = _split(node_exporter, f"node exporter of {name}")
+        dcgm_port = None
+        if name in dcgm_of:
+            dcgm_host, dcgm_port = _split(dcgm_of[name], f"dcgm exporter of {name}")
+            if dcgm_host != host:
+                raise prometheus.PrometheusPlanError(f"dcgm exporter of {name} is on {dcgm_host}, its meter on {host}")
+        if exporter_host != host:
+            raise prometheus.PrometheusPlanError(f"node exporter of {name} is on {exporter_host}, its meter on {host}")
+        nodes.append(
+            prometheus.NodeTarget(
+                name=name,
+                group=group.name,
+                host=host,
+                gpu=dcgm_port is not None,
+                meter_port=meter_port,
+                node_exporter_port=exporter_port,
+                dcgm_port=dcgm_port,
+            )
+        )
+    return nodes
+
+
+def scrape_plan(settings: FleetSettings, targets: dict[str, list[str]], stack: str) -> prometheus.PrometheusPlan:
+    return prometheus.build_prometheus_plan(
+        settings,
+        nodes=node_targets(settings, targets),
+        nginx_exporters=list(targets.get(prometheus.JOB_NGINX, [])),
+        stack=stack,
+    )
+
+
+def grafana_environment(settings: FleetSettings, password: pulumi.Output[str]) -> list[pulumi.Input[str]]:
+    """Grafana's settings: fixed admin user, secret password, no sign-up, no anonymous access, no phoning home."""
+    return [
+        f"GF_SECURITY_ADMIN_USER={settings.monitoring.grafana_admin_user}",
+        pulumi.Output.secret(pulumi.Output.concat("GF_SECURITY_ADMIN_PASSWORD=", password)),
+        f"GF_SERVER_HTTP_PORT={ports.GRAFANA}",
+        "GF_USERS_ALLOW_SIGN_UP=false",
+        "GF_AUTH_ANONYMOUS_ENABLED=false",
+        "GF_ANALYTICS_REPORTING_ENABLED=false",
+        "GF_ANALYTICS_CHECK_FOR_UPDATES=false",
+        "GF_NEWS_NEWS_FEED_ENABLED=false",
+    ]
+
+
+class Monitoring(pulumi.ComponentResource):
+    prometheus_url: pulumi.Output[str]
+    grafana_url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TOKEN, name, None, opts)
+        settings, host = args.settings, args.host
+        place = Placement(name, settings, host, self)
+        stack = pulumi.get_stack()
+
+        jobs = list(args.targets)
+        flat = [target for job in jobs for target in args.targets[job]]
+        counts = [len(args.targets[job]) for job in jobs]
+
+        def resolved(values: list[str]) -> dict[str, list[str]]:
+            grouped, start = {}, 0
+            for job, count in zip(jobs, counts):
+                grouped[job] = list(values[start : start + count])
+                start += count
+            return grouped
+
+        plan = pulumi.Output.all(*flat).apply(lambda values: scrape_plan(settings, resolved(values), stack))
+        prometheus_name = container_name(name, "prometheus")
+        self.tsdb = docker.Volume(
+            f"{name}-tsdb",
+            name=f"{name}-tsdb",
+            labels=[docker.VolumeLabelArgs(label=f"{containers.LABEL_PREFIX}environment", value=settings.environment)],
+            opts=place.resource_options(self),
+        )
+        prometheus_image = pinned_image(f"{name}-prometheus-image", settings.images.prometheus, place, self)
+        self.prometheus = docker.Container(
+            f"{name}-prometheus",
+            name=prometheus_name,
+            image=prometheus_image.image_id,
+            command=plan.apply(
+                lambda p: prometheus.prometheus_args(
+                    p,
+                    config_file=PROMETHEUS_CONF,
+                    storage_path=PROMETHEUS_DATA,
+                    listen_address=f"0.0.0.0:{ports.PROMETHEUS}",
+                )
+            ),
+            uploads=[
+                docker.ContainerUploadArgs(file=PROMETHEUS_CONF, content=plan.apply(prometheus.render_prometheus)),
+                docker.ContainerUploadArgs(file=prometheus.DEFAULT_RULES_FILE, content=rules.render_rules(settings)),
+            ],
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.tsdb.name, container_path=PROMETHEUS_DATA)],
+            networks_advanced=place.networks(prometheus_name),
+            ports=place.operator_ports(ports.PROMETHEUS),
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTS,
+            healthcheck=healthcheck(
+                ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{ports.PROMETHEUS}/-/healthy"], start_period="30s"
+            ),
+            wait=True,
+            wait_timeout=120,
+            labels=labels(settings, "prometheus", {"retention": settings.monitoring.retention}),
+            opts=place.resource_options(self),
+        )
+
+        grafana_name = container_name(name, "grafana")
+        grafana_image = pinned_image(f"{name}-grafana-image", settings.images.grafana, place, self)
+        self.grafana = docker.Container(
+            f"{name}-grafana",
+            name=grafana_name,
+            image=grafana_image.image_id,
+            envs=grafana_environment(settings, args.grafana_password),
+            uploads=[
+                docker.ContainerUploadArgs(
+                    file=GRAFANA_DATASOURCE,
+                    content=grafana.render_datasource(
+                        f"http://{prometheus_name}:{ports.PROMETHEUS}", settings.monitoring.scrape_interval
+                    ),
+                ),
+                docker.ContainerUploadArgs(file=GRAFANA_PROVIDER, content=grafana.render_dashboard_provider()),
+                docker.ContainerUploadArgs(file=GRAFANA_DASHBOARD, content=grafana.render_dashboard(settings)),
+            ],
+            networks_advanced=place.networks(grafana_name),
+            ports=place.operator_ports(ports.GRAFANA),
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTS,
+            healthcheck=healthcheck(
+                ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{ports.GRAFANA}/api/health"], start_period="60s"
+            ),
+            wait=True,
+            wait_timeout=180,
+            labels=labels(settings, "grafana"),
+            opts=place.resource_options(self, depends_on=[self.prometheus]),
+        )
+
+        self.prometheus_url = place.operator_url(ports.PROMETHEUS)
+        self.grafana_url = place.operator_url(ports.GRAFANA)
+        self.register_outputs({"prometheusUrl": self.prometheus_url, "grafanaUrl": self.grafana_url})

@@ -1,0 +1,474 @@
+"""One Ollama node: the Ollama server, the metering pass-through in front of it, the host exporters, and the
+steps that pull, name and warm its models.
+
+The gateway never talks to Ollama directly: its upstream is the metering exporter (`ports.METER`), which
+forwards to Ollama on the node's Docker network. Ollama's own port is published nowhere.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import pulumi
+import pulumi_docker as docker
+from pulumi_command import local, remote
+
+from components import containers
+from components.containers import Placement, container_name, healthcheck, json_label, labels
+from components.host import Host
+from components.images import exporter_image, pinned_image
+from fleet import catalog, ports
+from fleet.capacity import context_length_env
+from fleet.config import PROJECT, FleetSettings, ModelSpec, NodeGroup
+from fleet.render.prometheus import JOB_DCGM, JOB_METER, JOB_NODE
+
+TOKEN = f"{PROJECT}:index:OllamaNode"
+MODELS_DIR = "/models"
+# How long the model steps wait for the Ollama server in a fresh container.
+SERVER_WAIT_S = 180
+WARM_PROMPT = "Reply with the single word OK."
+
+
+@dataclass
+class OllamaNodeArgs:
+    settings: FleetSettings
+    group: NodeGroup
+    host: Host
+    index: int
+
+
+# ---- the container's specification (pure functions of the config) ------------------------------------
+
+
+def ollama_environment(group: NodeGroup) -> dict[str, str]:
+    """The Ollama server's environment: only knobs Ollama reads (DESIGN.md), every one from the config."""
+    knobs = group.ollama
+    env = {
+        "OLLAMA_HOST": f"0.0.0.0:{ports.OLLAMA}",
+        "OLLAMA_MODELS": MODELS_DIR,
+        "OLLAMA_NUM_PARALLEL": str(knobs.num_parallel),
+        "OLLAMA_MAX_QUEUE": str(knobs.max_queue),
+        "OLLAMA_MAX_LOADED_MODELS": str(group.max_loaded_models),
+        "OLLAMA_KEEP_ALIVE": knobs.keep_alive,
+        "OLLAMA_FLASH_ATTENTION": "1" if knobs.flash_attention else "0",
+        "OLLAMA_KV_CACHE_TYPE": knobs.kv_cache_type,
+        "OLLAMA_GPU_OVERHEAD": str(knobs.gpu_overhead_bytes),
+        "OLLAMA_SCHED_SPREAD": "1" if knobs.sched_spread else "0",
+    }
+    # Without it Ollama picks a VRAM-tiered default (up to 262144 tokens on a 48 GB GPU); the capacity model
+    # decides the value it sized the node with.
+    context = context_length_env(group)
+    if context is not None:
+        env["OLLAMA_CONTEXT_LENGTH"] = str(context)
+    return env
+
+
+def models_label(group: NodeGroup) -> list[dict[str, object]]:
+    """The `ollama-fleet.models` label: what the policy pack sizes against the GPUs."""
+    return [
+        {
+            "name": m.name,
+            "tag": m.tag,
+            "quantization": m.quantization,
+            "numCtx": m.num_ctx,
+            "keepLoaded": m.keep_loaded,
+            "gguf": m.gguf,
+        }
+        for m in group.models
+    ]
+
+
+def pull_reference(model: ModelSpec) -> str | None:
+    """The Ollama library reference pulled for a catalog model; None for a model imported from a GGUF file."""
+    if model.gguf is not None:
+        return None
+    entry = catalog.find_model(model.ref)
+    assert entry is not None  # ModelSpec validation guarantees it
+    return entry.pull_tag(model.quantization)
+
+
+def import_path(model: ModelSpec) -> str:
+    """Where a GGUF file is placed inside the container for `ollama create` (removed afterwards)."""
+    return f"/tmp/{model.name}-{model.tag}.gguf".replace(":", "-")
+
+
+def modelfile(model: ModelSpec) -> str:
+    """The Modelfile that names the served model `name:tag` and pins its context window."""
+    source = pull_reference(model) or import_path(model)
+    lines = [f"FROM {source}"]
+    if model.num_ctx:
+        lines.append(f"PARAMETER num_ctx {model.num_ctx}")
+    return "\n".join(lines) + "\n"
+
+
+def meter_command(ollama_container: str, node: str, group: NodeGroup) -> list[str]:
+    """Arguments of `python -m fleet.exporter`: proxy Ollama on the node's network, label series with the node
+    and, from the start, with the models it serves."""
+    command = [
+        "--upstream",
+        f"http://{ollama_container}:{ports.OLLAMA}",
+        "--listen",
+        f"0.0.0.0:{ports.METER}",
+        "--metrics-listen",
+        f"0.0.0.0:{ports.METER_METRICS}",
+        "--node",
+        node,
+    ]
+    for model in group.models:
+        command += ["--model", model.ref]
+    return command
+
+
+def cli_keep_alive(value: str) -> str:
+    # `ollama run --keepalive` takes a Go duration; the config's "-1" (keep for ever) is any negative one.
+    return "-1s" if value == "-1" else value
+
+
+_SCRIPT_HEAD = """\
+set -eu
+container={container}
+tries=0
+until docker exec "$container" ollama list >/dev/null 2>&1; do
+  tries=$((tries + 1))
+  if [ "$tries" -ge {tries} ]; then
+    echo "the Ollama server in $container did not answer within {wait}s" >&2
+    exit 1
+  fi
+  sleep 2
+done
+# Run a step quietly (progress bars would flood the deployment log); on failure show its last lines.
+step() {{
+  what=$1
+  shift
+  if ! out=$("$@" 2>&1); then
+    printf '%s\\n' "$out" | tail -n 20 >&2
+    echo "$what failed on $container" >&2
+    exit 1
+  fi
+}}
+"""
+
+_CREATE = """\
+create() {  # served name, Modelfile text
+  printf '%s' "$2" | docker exec -i "$container" sh -c \\
+    'f=$(mktemp) && cat > "$f" && ollama create "$1" -f "$f"; s=$?; rm -f "$f"; exit $s' sh "$1"
+}
+check_digest() {  # pulled reference, pinned manifest digest
+  got=$(docker exec "$container" ollama list | awk -v ref="$1" '$1 == ref { print $2 }')
+  case "$got" in
+    "") echo "$1 is missing on $container after the pull" >&2; exit 1 ;;
+  esac
+  case "$2" in
+    "sha256:$got"*) ;;
+    *) echo "$1 on $container has digest $got..., the stack pins $2" >&2; exit 1 ;;
+  esac
+}
+"""
+
+
+def _head(container: str) -> str:
+    return _SCRIPT_HEAD.format(container=shlex.quote(container), tries=SERVER_WAIT_S // 2, wait=SERVER_WAIT_S)
+
+
+def pull_script(container: str, group: NodeGroup, staged: dict[str, str] | None = None) -> str:
+    """Shell steps (run where the Docker CLI reaches the node's daemon) that pull every model of the group,
+    check pinned digests, and create each served name `name:tag` with its pinned num_ctx.
+
+    `staged` maps the served name of a GGUF model to the path of its file on the machine running the script.
+    """
+    staged = staged or {}
+    lines = [_head(container), _CREATE]
+    for model in group.models:
+        q = shlex.quote
+        reference = pull_reference(model)
+        if reference is None:
+            source = staged.get(model.ref, model.gguf)
+            lines.append(f'step {q("copy of " + model.ref)} docker cp {q(source)} "$container:{import_path(model)}"')
+        else:
+            lines.append(f"step {q('ollama pull ' + reference)} docker exec \"$container\" ollama pull {q(reference)}")
+            if model.digest:
+                lines.append(f"check_digest {q(reference)} {q(model.digest)}")
+        lines.append(f"step {q('ollama create ' + model.ref)} create {q(model.ref)} {q(modelfile(model))}")
+        if reference is None:
+            lines.append(f'docker exec "$container" rm -f {q(import_path(model))}')
+    return "\n".join(lines) + "\n"
+
+
+def warm_script(container: str, group: NodeGroup) -> str | None:
+    """Shell steps that load every resident model with a tiny generate, kept loaded per `keepAlive`.
+    None when the group has no resident model (they load on first use)."""
+    resident = group.resident_models
+    if not resident:
+        return None
+    keep_alive = cli_keep_alive(group.ollama.keep_alive)
+    q = shlex.quote
+    lines = [_head(container)]
+    for model in resident:
+        lines.append(
+            f"step {q('warm-up of ' + model.ref)} docker exec \"$container\" "
+            f"ollama run --keepalive {q(keep_alive)} {q(model.ref)} {q(WARM_PROMPT)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---- the component ---------------------------------------------------------------------------------------
+
+
+class OllamaNode(pulumi.ComponentResource):
+    upstream_address: pulumi.Output[str]
+    metrics_targets: dict[str, pulumi.Output[str]]
+    container: docker.Container
+
+    def __init__(self, name: str, args: OllamaNodeArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TOKEN, name, None, opts)
+        settings, group, host = args.settings, args.group, args.host
+        node = f"{group.name}-{args.index}"
+        gpu = host.gpus > 0
+        place = Placement(name, settings, host, self)
+        images = settings.images
+
+        ollama_image = pinned_image(f"{name}-ollama-image", images.ollama, place, self)
+        ollama_name = container_name(name, "ollama")
+        models_json = json_label(models_label(group))
+        models_mount = (
+            docker.ContainerVolumeArgs(host_path=host.models_path, container_path=MODELS_DIR)
+            if host.models_path.startswith("/")
+            else docker.ContainerVolumeArgs(volume_name=host.models_path, container_path=MODELS_DIR)
+        )
+        self.container = docker.Container(
+            f"{name}-ollama",
+            name=ollama_name,
+            image=ollama_image.image_id,
+            envs=[f"{key}={value}" for key, value in sorted(ollama_environment(group).items())],
+            volumes=[models_mount],
+            # All GPUs of the host; none on a CPU host (the dev stack).
+            device_requests=[_gpu_request()] if gpu else None,
+            networks_advanced=place.networks(ollama_name),
+            # No ports: Ollama is reached only by the metering exporter on the node's Docker network.
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTS,
+            # The image has no curl; `ollama list` asks the local server.
+            healthcheck=healthcheck(["CMD", "ollama", "list"], start_period="60s"),
+            wait=True,
+            wait_timeout=300,
+            labels=labels(
+                settings,
+                "ollama",
+                {
+                    "node": node,
+                    "node-group": group.name,
+                    "instance-type": group.instance_type,
+                    "models": models_json,
+                    "vram-headroom": str(settings.policy.vram_headroom),
+                },
+            ),
+            opts=place.resource_options(self),
+        )
+
+        meter_name = container_name(name, "meter")
+        meter_image = exporter_image(f"{name}-meter-image", settings, place, self)
+        self.meter = docker.Container(
+            f"{name}-meter",
+            name=meter_name,
+            image=meter_image.repo_digest,
+            command=meter_command(ollama_name, node, group),
+            networks_advanced=place.networks(meter_name),
+            ports=place.private_ports(ports.METER, ports.METER_METRICS),
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTS,
+            healthcheck=healthcheck(
+                [
+                    "CMD",
+                    "python",
+                    "-c",
+                    f"import urllib.request as u; u.urlopen('http://127.0.0.1:{ports.METER_METRICS}/metrics', timeout=5)",
+                ],
+                start_period="10s",
+            ),
+            wait=True,
+            wait_timeout=120,
+            labels=labels(settings, "meter", {"node": node, "node-group": group.name}),
+            opts=place.resource_options(self, depends_on=[self.container]),
+        )
+
+        self.node_exporter = self._node_exporter(name, settings, place, node)
+        # Keyed by Prometheus job. Every exporter of a node answers on the node's one address (the meter's
+        # container name on the shared network, the host's private address on AWS), as the scrape plan expects.
+        self.metrics_targets: dict[str, pulumi.Output[str]] = {
+            JOB_METER: place.peer_address(meter_name, ports.METER_METRICS),
+            JOB_NODE: place.peer_address(meter_name, ports.NODE_EXPORTER),
+        }
+        self.dcgm_exporter = None
+        if gpu:
+            self.dcgm_exporter = self._dcgm_exporter(name, settings, place, node)
+            self.metrics_targets[JOB_DCGM] = place.peer_address(meter_name, ports.DCGM_EXPORTER)
+
+        self.pull, self.warm = self._model_steps(name, settings, group, host, ollama_name, models_json)
+        self.upstream_address = place.peer_address(meter_name, ports.METER)
+        self.register_outputs(
+            {
+                "upstreamAddress": self.upstream_address,
+                "metricsTargets": self.metrics_targets,
+                "models": models_json,
+            }
+        )
+
+    def _node_exporter(self, name: str, settings: FleetSettings, place: Placement, node: str) -> docker.Container:
+        exporter_name = container_name(name, "node-exporter")
+        image = pinned_image(f"{name}-node-exporter-image", settings.images.node_exporter, place, self)
+        command: list[pulumi.Input[str]] = []
+        extra: dict = {}
+        if place.shared:
+            # In the meter's network namespace: the node's exporters share one address, the meter's name. No
+            # root filesystem mount: Docker Desktop refuses to share `/`, and a dev host's disks matter little.
+            extra = {"network_mode": pulumi.Output.concat("container:", self.meter.id)}
+            probe: pulumi.Input[str] = f"127.0.0.1:{ports.NODE_EXPORTER}"
+        else:
+            # Host networking (the host's interfaces, not the container's), listening on the private address
+            # only; the host's filesystems read-only, rslave so that later mounts (the model volume) show.
+            probe = pulumi.Output.from_input(place.host.private_address).apply(
+                lambda address: f"{address}:{ports.NODE_EXPORTER}"
+            )
+            command = ["--path.rootfs=/host", pulumi.Output.concat("--web.listen-address=", probe)]
+            extra = {
+                "network_mode": "host",
+                "mounts": [
+                    docker.ContainerMountArgs(
+                        type="bind",
+                        source="/",
+                        target="/host",
+                        read_only=True,
+                        bind_options=docker.ContainerMountBindOptionsArgs(propagation="rslave"),
+                    )
+                ],
+            }
+        return docker.Container(
+            f"{name}-node-exporter",
+            name=exporter_name,
+            image=image.image_id,
+            command=command or None,
+            pid_mode="host",
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTS,
+            # The image is busybox-based: wget exists.
+            healthcheck=healthcheck(
+                ["CMD", "wget", "-qO", "/dev/null", pulumi.Output.concat("http://", probe, "/metrics")],
+                start_period="10s",
+            ),
+            labels=labels(settings, "node-exporter", {"node": node}),
+            opts=place.resource_options(self),
+            **extra,
+        )
+
+    def _dcgm_exporter(self, name: str, settings: FleetSettings, place: Placement, node: str) -> docker.Container:
+        exporter_name = container_name(name, "dcgm-exporter")
+        image = pinned_image(f"{name}-dcgm-exporter-image", settings.images.dcgm_exporter, place, self)
+        return docker.Container(
+            f"{name}-dcgm-exporter",
+            name=exporter_name,
+            image=image.image_id,
+            device_requests=[_gpu_request()],
+            # DCGM's profiling metrics need it (NVIDIA's documented `docker run` line).
+            capabilities=docker.ContainerCapabilitiesArgs(adds=["SYS_ADMIN"]),
+            networks_advanced=place.networks(exporter_name),
+            ports=place.private_ports(ports.DCGM_EXPORTER),
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTS,
+            # Ubuntu-based image without curl or wget: bash's /dev/tcp checks the port answers.
+            healthcheck=healthcheck(
+                ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{ports.DCGM_EXPORTER}"], start_period="30s"
+            ),
+            labels=labels(settings, "dcgm-exporter", {"node": node}),
+            opts=place.resource_options(self),
+        )
+
+    def _model_steps(
+        self, name: str, settings: FleetSettings, group: NodeGroup, host: Host, ollama_name: str, models_json: str
+    ) -> tuple[pulumi.CustomResource, pulumi.CustomResource | None]:
+        """Pull/create, then warm, as commands run against the node's Docker daemon. They re-run when the model
+        list changes; the warm-up also when the Ollama container is replaced (it starts with nothing loaded)."""
+        after_container = pulumi.ResourceOptions(parent=self, depends_on=[self.container])
+        staged: dict[str, str] = {}
+        staging: list[pulumi.Resource] = []
+        remote_host = host.connection is not None or host.ssh_command is not None
+        for model in group.models if remote_host else ():
+            if model.gguf is None:
+                continue
+            # GGUF files live on the deployer: copy them to the host first.
+            path = str(PurePosixPath(host.config_path) / "imports" / PurePosixPath(model.gguf).name)
+            step_name = f"{name}-stage-{model.name}-{model.tag}".replace(".", "-").replace(":", "-")
+            if host.connection is not None:
+                staging.append(
+                    remote.CopyToRemote(
+                        step_name,
+                        connection=host.connection,
+                        source=pulumi.FileAsset(model.gguf),
+                        remote_path=path,
+                        triggers=[models_json],
+                        opts=after_container,
+                    )
+                )
+            else:
+                receive = shlex.quote(f"mkdir -p {shlex.quote(str(PurePosixPath(path).parent))} && cat > {shlex.quote(path)}")
+                staging.append(
+                    local.Command(
+                        step_name,
+                        create=pulumi.Output.concat(host.ssh_command, " ", receive, " < ", shlex.quote(model.gguf)),
+                        triggers=[models_json],
+                        opts=after_container,
+                    )
+                )
+            staged[model.ref] = path
+
+        pull = self._command(
+            f"{name}-models",
+            settings,
+            host,
+            pull_script(ollama_name, group, staged),
+            [models_json],
+            pulumi.ResourceOptions(parent=self, depends_on=[self.container, *staging]),
+        )
+        script = warm_script(ollama_name, group)
+        warm = None
+        if script is not None:
+            warm = self._command(
+                f"{name}-warm",
+                settings,
+                host,
+                script,
+                [models_json, self.container.id],
+                pulumi.ResourceOptions(parent=self, depends_on=[self.container, pull]),
+            )
+        return pull, warm
+
+    @staticmethod
+    def _command(
+        name: str, settings: FleetSettings, host: Host, script: str, triggers: list, opts: pulumi.ResourceOptions
+    ) -> pulumi.CustomResource:
+        if host.connection is not None:
+            # On the host, through pulumi-command's SSH client; the login user is in the docker group.
+            return remote.Command(name, connection=host.connection, create=script, triggers=triggers, opts=opts)
+        if host.ssh_command is not None:
+            # On the host, through the deployer's ssh (SSM Session Manager); the script comes on stdin.
+            return local.Command(
+                name, create=pulumi.Output.concat(host.ssh_command, " sh -s"), stdin=script, triggers=triggers, opts=opts
+            )
+        # The local Docker host: the deployer's docker CLI talks to the same daemon as the provider.
+        return local.Command(
+            name,
+            create=script,
+            environment={"DOCKER_HOST": settings.local.docker_host},
+            triggers=triggers,
+            opts=opts,
+        )
+
+
+def _gpu_request() -> docker.ContainerDeviceRequestArgs:
+    # pulumi-docker v5 takes capabilities as a flat list (the provider wraps it into Docker's [["gpu"]]).
+    return docker.ContainerDeviceRequestArgs(driver="nvidia", count=-1, capabilities=["gpu"])

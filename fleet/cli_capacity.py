@@ -1,0 +1,215 @@
+"""`fleet plan` and `fleet fit`: the capacity model's verdict as tables (or JSON), with what to change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from fleet import capacity
+from fleet.capacity import CapacityError, NodeEstimate, human
+from fleet.catalog import GIB, MIB
+from fleet.stack_file import StackConfig, StackConfigError, load_stack
+
+EXIT_DOES_NOT_FIT = 1
+EXIT_CONFIG = 2
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Capacity planning.")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _size(value: int) -> str:
+    """Compact bytes for table cells: 4.29G (GiB), 180M (MiB)."""
+    if value >= 100 * GIB:
+        return f"{value / GIB:.0f}G"
+    if value >= GIB:
+        return f"{value / GIB:.2f}G"
+    return f"{value / MIB:.0f}M"
+
+
+def _verdict(estimate: NodeEstimate) -> str:
+    if not estimate.has_verdict:
+        return "[yellow]n/a (CPU)[/yellow]"
+    return "[green]fits[/green]" if estimate.fits else "[bold red]no fit[/bold red]"
+
+
+def estimate_table(estimate: NodeEstimate, title: str | None = None) -> Table:
+    """One row per model and a node row: weights, KV, graph, overhead, total against VRAM and headroom."""
+    first = estimate.models[0] if estimate.models else None
+    knobs = f"kv {first.kv_cache_type}, flash attention {'on' if first.flash_attention else 'off'}" if first else ""
+    where = (
+        f"{estimate.gpus} × {human(estimate.vram_per_gpu)} {estimate.gpu_model}"
+        if not estimate.cpu_only
+        else (f"RAM {human(estimate.memory)}" if estimate.memory else "CPU, system RAM")
+    )
+    heading = title or f"node group {estimate.group} on {estimate.instance_type}"
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"{heading}\n{where}; {knobs}; headroom ≥{estimate.headroom:.0%}; G = GiB, M = MiB",
+        title_justify="left",
+    )
+    for column in ("model", "quant", "ctx×par", "weights", "KV", "graph", "overhead", "total", "VRAM", "headroom", "verdict"):
+        left = column in ("model", "quant", "verdict")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
+    for model in estimate.models:
+        ctx = f"{model.num_ctx}" + ("*" if model.num_ctx_source == "vram-tier" else "") + f"×{model.num_parallel}"
+        spans = f"×{model.gpus}" if model.gpus > 1 else ""
+        table.add_row(
+            model.ref + ("" if model.resident else " (on demand)"),
+            model.quantization,
+            ctx,
+            _size(model.weights),
+            _size(model.kv_cache),
+            _size(model.graph) + spans,
+            "",
+            _size(model.total),
+            "",
+            "",
+            "",
+        )
+    table.add_row(
+        "[b]node[/b]",
+        "",
+        "",
+        _size(estimate.weights),
+        _size(estimate.kv_cache),
+        _size(estimate.graph),
+        _size(estimate.overhead),
+        f"[b]{_size(estimate.total)}[/b]",
+        _size(estimate.capacity) if estimate.capacity else "-",
+        _share(estimate.free_share),
+        _verdict(estimate),
+    )
+    return table
+
+
+TABLE_WIDTH = 110  # the table's natural width; logs and pipes get it in full
+
+
+def print_estimate(console: Console, estimate: NodeEstimate, title: str | None = None) -> None:
+    target = console
+    if not console.is_terminal and console.width < TABLE_WIDTH:
+        # Logs and pipes default to 80 columns, which would truncate the numbers.
+        target = Console(width=TABLE_WIDTH, file=console.file, color_system=None, highlight=False)
+    target.print(estimate_table(estimate, title))
+    if any(m.num_ctx_source == "vram-tier" for m in estimate.models):
+        console.print("  * numCtx unset: Ollama's VRAM-tier default context")
+    if not estimate.cpu_only and len(estimate.gpu_usage) > 1:
+        used = [g for g in estimate.gpu_usage if g.models]
+        parts = ", ".join(f"GPU{g.index} {human(g.total)}/{human(g.usable)}" for g in used)
+        console.print(f"  per GPU: {parts}")
+    for problem in estimate.problems:
+        console.print(f"  [red]✗[/red] {problem}", highlight=False, soft_wrap=True)
+    if estimate.suggestions:
+        console.print("  to make it fit, any one of:")
+        for suggestion in estimate.suggestions:
+            console.print(f"    • {suggestion}", highlight=False, soft_wrap=True)
+
+
+def print_plan(console: Console, stack_config: StackConfig) -> bool:
+    """Print the capacity table of every node group; True when every group fits (CPU groups always pass)."""
+    settings = stack_config.settings
+    headroom = settings.policy.vram_headroom
+    ok = True
+    for group in settings.node_groups:
+        estimate = capacity.estimate_node(group, headroom, stack_config.path.parent)
+        title = f"{stack_config.stack}: node group {group.name}, {group.count} × {group.instance_type}"
+        print_estimate(console, estimate, title)
+        conns = capacity.max_conns_per_node(group, settings.gateway.queue_per_node)
+        console.print(
+            f"  gateway max_conns per node: {conns} "
+            f"(numParallel {group.ollama.num_parallel} × {max(1, len(group.resident_models))} resident + "
+            f"queue {settings.gateway.queue_per_node})"
+        )
+        ok = ok and estimate.fits
+    return ok
+
+
+def _error(console: Console, message: str, code: int) -> None:
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _validation_message(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return "; ".join(lines)
+
+
+def plan(
+    stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the estimates as JSON (every term in bytes)."),
+) -> None:
+    """Capacity per node group: weights, KV cache, graph and overhead against VRAM; exits 1 when something does not fit."""
+    out = Console()
+    err = Console(stderr=True)
+    try:
+        config = load_stack(stack)
+    except StackConfigError as error:
+        _error(err, str(error), EXIT_CONFIG)
+    try:
+        if json_out:
+            headroom = config.settings.policy.vram_headroom
+            estimates = [capacity.estimate_node(g, headroom, config.path.parent) for g in config.settings.node_groups]
+            payload = {
+                "stack": config.stack,
+                "groups": [
+                    {**e.to_dict(), "maxConnsPerNode": capacity.max_conns_per_node(g, config.settings.gateway.queue_per_node)}
+                    for e, g in zip(estimates, config.settings.node_groups)
+                ],
+            }
+            typer.echo(json.dumps(payload, indent=2))
+            ok = all(e.fits for e in estimates)
+        else:
+            ok = print_plan(out, config)
+    except (CapacityError, ValueError) as error:
+        _error(err, f"{config.path.name}: {error}", EXIT_CONFIG)
+    raise typer.Exit(0 if ok else EXIT_DOES_NOT_FIT)
+
+
+def fit(
+    model: str = typer.Option(..., "--model", "-m", help="Model `name:tag` from the catalog, or a path to a GGUF file."),
+    quant: str = typer.Option("q4_K_M", "--quant", "-q", help="Weight quantization (q4_0, q4_K_M, q5_K_M, q8_0, fp16, ...)."),
+    num_ctx: int | None = typer.Option(None, "--num-ctx", help="Context per slot; unset means Ollama's VRAM-tier default."),
+    num_parallel: int = typer.Option(1, "--num-parallel", "-p", help="OLLAMA_NUM_PARALLEL."),
+    instance: str = typer.Option(..., "--instance", "-i", help="Instance type (g6e.xlarge, p5.48xlarge, local-cpu, ...)."),
+    kv_cache_type: str = typer.Option("f16", "--kv-cache-type", help="OLLAMA_KV_CACHE_TYPE: f16, q8_0 or q4_0."),
+    flash_attention: bool = typer.Option(True, "--flash-attention/--no-flash-attention", help="OLLAMA_FLASH_ATTENTION."),
+    headroom: float = typer.Option(capacity.DEFAULT_HEADROOM, "--headroom", help="Share of VRAM kept free beyond the estimate."),
+    json_out: bool = typer.Option(False, "--json", help="Print every term in bytes and the verdict as JSON."),
+) -> None:
+    """Does one model fit one instance type at this quantization, context and concurrency?"""
+    out = Console()
+    err = Console(stderr=True)
+    try:
+        group = capacity.single_model_group(model, quant, num_ctx, num_parallel, instance, kv_cache_type, flash_attention)
+        estimate = capacity.estimate_node(group, headroom, Path.cwd())
+    except ValidationError as error:
+        _error(err, _validation_message(error), EXIT_CONFIG)
+    except (CapacityError, ValueError) as error:
+        _error(err, str(error), EXIT_CONFIG)
+    if json_out:
+        typer.echo(json.dumps(estimate.to_dict(), indent=2))
+    else:
+        print_estimate(out, estimate, f"{group.models[0].ref} on {instance}")
+    raise typer.Exit(0 if estimate.fits else EXIT_DOES_NOT_FIT)
+
+
+def register(target: typer.Typer) -> None:
+    """Add `plan` and `fit` to the `fleet` app."""
+    target.command("plan")(plan)
+    target.command("fit")(fit)
+
+
+register(app)

@@ -1,0 +1,397 @@
+"""`fleet loadtest` and `fleet tune`: the load generator and the concurrency / NUM_PARALLEL sweep."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fleet import loadtest as lt
+from fleet import tune as tn
+
+console = Console()
+err = Console(stderr=True)
+
+EXIT_NO_SUCCESS = 1  # loadtest: no request succeeded; tune: no value within bounds
+EXIT_USAGE = 2  # bad options or stack configuration
+EXIT_REFUSED = 3  # tune: the capacity model refuses the value
+
+
+class RichProgress(lt.ProgressSink):
+    """A progress bar per level: requests done (of --requests when set) with ok/error counts."""
+
+    def __init__(self, console: Console, enabled: bool = True) -> None:
+        self.console = console
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task = None
+        self._ok = self._errors = 0
+        self._label = ""
+
+    def start_level(self, spec: lt.LoadSpec, level: float) -> None:
+        if not self.enabled:
+            return
+        self._ok = self._errors = 0
+        unit = "req/s" if spec.mode == "open" else "clients"
+        self._label = f"{lt._level_name(level)} {unit}"
+        bound = f" ≤{spec.duration_s:g}s" if spec.duration_s else ""
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(f"{self._label}{bound}", total=spec.requests, counts="")
+
+    def advance(self, record: lt.RequestRecord) -> None:
+        if self._progress is None:
+            return
+        if record.ok:
+            self._ok += 1
+        else:
+            self._errors += 1
+        self._progress.update(self._task, advance=1, counts=f"ok {self._ok} err {self._errors}")
+
+    def end_level(self, summary: lt.LevelSummary) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=summary.requests, completed=summary.requests)
+            self._progress.stop()
+            self._progress = None
+
+
+def _fmt(value: float | None, unit: str = "s", digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}{unit}"
+
+
+def summary_table(result: lt.LoadResult) -> Table:
+    spec = result.spec
+    table = Table(title=f"{spec.url}{spec.route} ({spec.mode} loop, model {spec.model})")
+    table.add_column("req/s" if spec.mode == "open" else "clients", justify="right")
+    for name in ("requests", "ok", "err %", "ok req/s", "tok/s", "TTFT p50", "TTFT p95", "latency p95", "refusals"):
+        table.add_column(name, justify="right")
+    for s in result.levels:
+        table.add_row(
+            lt._level_name(s.level),
+            str(s.requests),
+            str(s.ok),
+            f"{100 * s.error_rate:.1f}",
+            f"{s.throughput_rps:.1f}",
+            f"{s.tokens_per_s:.1f}",
+            _fmt(s.ttft_p50_s),
+            _fmt(s.ttft_p95_s),
+            _fmt(s.latency_p95_s),
+            str(s.refusals),
+        )
+    return table
+
+
+def error_lines(result: lt.LoadResult) -> list[str]:
+    """One line per level with failures: each kind (HTTP status, or transport failure and its phase)."""
+    unit = "req/s" if result.spec.mode == "open" else "clients"
+    lines = []
+    for s in result.levels:
+        if s.error_counts:
+            kinds = ", ".join(f"{k} ×{v}" for k, v in s.error_counts.items())
+            retry = f"; Retry-After seen {s.retry_after_seen}× ({', '.join(s.retry_after_values)})" if s.retry_after_seen else ""
+            lines.append(f"errors at {lt._level_name(s.level)} {unit}: {kinds}{retry}")
+    return lines
+
+
+def _verify(insecure: bool, ca_cert: Optional[Path]) -> bool | str:
+    if ca_cert is not None:
+        return str(ca_cert)
+    return not insecure
+
+
+def _build_spec(
+    url: str, api: str, model: str, prompt: str, max_tokens: int, concurrency: str, rate: Optional[str],
+    requests: Optional[int], duration: Optional[float], timeout: float, read_timeout: float, api_key: Optional[str],
+    insecure: bool, ca_cert: Optional[Path], source_ips: Optional[list[str]] = None,
+) -> lt.LoadSpec:
+    levels = lt.parse_levels(concurrency, int, "--concurrency")
+    rates = lt.parse_levels(rate, float, "--rate") if rate else ()
+    return lt.LoadSpec(
+        url=url,
+        api=api,  # type: ignore[arg-type]
+        model=model,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        concurrency=levels,
+        rate=rates,
+        requests=requests,
+        duration_s=duration,
+        timeout_s=timeout,
+        read_timeout_s=min(read_timeout, timeout),
+        api_key=api_key,
+        verify_tls=_verify(insecure, ca_cert),
+        source_addresses=tuple(source_ips or ()),
+    ).validate()
+
+
+def _usage_error(message: str) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+# Options shared by both commands.
+API_HELP = "ollama: /api/generate; chat: /api/chat; openai: /v1/chat/completions (streamed, SSE)."
+KEY_HELP = "API key, sent as `Authorization: Bearer <key>` (or set FLEET_API_KEY)."
+
+
+def loadtest(
+    url: str = typer.Argument(..., help="Base URL of an Ollama-compatible endpoint, e.g. https://127.0.0.1:8443 or http://127.0.0.1:11434."),
+    api: str = typer.Option("ollama", "--api", help=API_HELP),
+    model: str = typer.Option("smollm2:135m", "--model", "-m", help="Model name as the server knows it."),
+    prompt: str = typer.Option("Why is the sky blue? Answer in one sentence.", "--prompt"),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Output cap per request (num_predict / max_tokens)."),
+    concurrency: str = typer.Option("1,2,4,8", "--concurrency", "-c", help="Closed-loop levels: clients sending back to back."),
+    rate: Optional[str] = typer.Option(None, "--rate", "-r", help="Open-loop levels in requests/s (e.g. 5,10,20); replaces --concurrency."),
+    requests: Optional[int] = typer.Option(None, "--requests", "-n", help="Requests per level."),
+    duration: Optional[float] = typer.Option(None, "--duration", "-d", help="Seconds per level (no request starts after it)."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Whole-request timeout, seconds."),
+    read_timeout: float = typer.Option(60.0, "--read-timeout", help="Longest silence between streamed chunks, seconds."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="FLEET_API_KEY", help=KEY_HELP, show_default=False),
+    insecure: bool = typer.Option(False, "--insecure", "-k", help="Do not verify the TLS certificate (self-signed gateway)."),
+    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", help="CA bundle to verify the gateway's certificate with."),
+    source_ip: Optional[list[str]] = typer.Option(None, "--source-ip", help="Local address to send from; repeat to spread clients over several (per-IP limits)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results.json, summary.csv, requests-*.csv and plot.png here."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per level."),
+) -> None:
+    """Load an Ollama-compatible endpoint: TTFT, tokens/s, latency and errors per concurrency level or rate."""
+    try:
+        spec = _build_spec(url, api, model, prompt, max_tokens, concurrency, rate, requests, duration, timeout,
+                           read_timeout, api_key, insecure, ca_cert, source_ip)
+    except lt.LoadSpecError as exc:
+        _usage_error(str(exc))
+    result = lt.run_load(spec, RichProgress(console, enabled=progress))
+    console.print(summary_table(result))
+    for line in error_lines(result):
+        console.print(line, highlight=False, soft_wrap=True)
+    if out is not None:
+        written = lt.write_results(result, out)
+        console.print(f"results written to {out}/ ({', '.join(p.name for p in written)})")
+    if not any(s.ok for s in result.levels):
+        err.print("[bold red]no request succeeded[/bold red]")
+        raise typer.Exit(EXIT_NO_SUCCESS)
+
+
+def _sweep_table(points: list[tn.Point], knee: tn.Knee, bounds: tn.Bounds, param: str, refused: dict[int, str]) -> Table:
+    table = Table(title=f"sweep over {param} (bounds: p95 TTFT ≤ {bounds.max_p95_ttft_s:g}s, errors ≤ {bounds.max_error_rate:.1%})")
+    for name in (param, "clients", "ok req/s", "tok/s", "TTFT p50", "TTFT p95", "err %", "verdict"):
+        table.add_column(name, justify="left" if name == "verdict" else "right")
+    chosen = knee.point.value if knee.point else None
+    for p in points:
+        s = p.summary
+        reasons = knee.reasons.get(p.value)
+        verdict = "[bold green]knee[/]" if p.value == chosen else ("; ".join(reasons) if reasons else "within bounds")
+        table.add_row(
+            str(p.value), lt._level_name(s.level), f"{s.throughput_rps:.1f}", f"{s.tokens_per_s:.1f}",
+            _fmt(s.ttft_p50_s), _fmt(s.ttft_p95_s), f"{100 * s.error_rate:.1f}", verdict,
+        )
+    for value, reason in sorted(refused.items()):
+        table.add_row(str(value), "-", "-", "-", "-", "-", "-", f"[red]refused (capacity)[/]: {reason}")
+    return table
+
+
+@contextlib.contextmanager
+def _local_ollama_sweep(work: Path):
+    """Restart a loopback Ollama (fleet.local) per numParallel value; yields apply(value) -> URL and the model name."""
+    from fleet.local.ollama import TEST_MODEL_NAME, OllamaServer, OllamaSettings, smollm2_gguf
+    from fleet.local.ollama_build import ensure_ollama
+
+    binary = ensure_ollama(log=lambda line: err.print(line, highlight=False))
+    models = work / "models"
+    current: list[OllamaServer] = []
+
+    def apply(value: int) -> str:
+        for server in current:
+            server.stop()
+        current.clear()
+        server = OllamaServer(binary, work / f"ollama-np{value}", models,
+                              settings=OllamaSettings(num_parallel=value, keep_alive="30m"), name=f"tune-np{value}")
+        current.append(server)
+        server.start()
+        server.ensure_model(TEST_MODEL_NAME, smollm2_gguf())
+        return server.base_url
+
+    try:
+        yield apply, TEST_MODEL_NAME
+    finally:
+        for server in current:
+            server.stop()
+
+
+def tune(
+    stack: str = typer.Option(..., "--stack", "-s", help="Stack whose config the recommendation is for (Pulumi.<stack>.yaml)."),
+    group: str = typer.Option(..., "--group", "-g", help="Node group to tune."),
+    url: Optional[str] = typer.Option(None, "--url", help="Endpoint to load (the gateway or a node); not used with --local or --from-results."),
+    param: str = typer.Option("concurrency", "--param", help="concurrency (client load, sets gateway admission) or num_parallel (OLLAMA_NUM_PARALLEL)."),
+    values: Optional[str] = typer.Option(None, "--values", help="Values to sweep, e.g. 1,2,4,8 (default per --param)."),
+    max_p95_ttft: float = typer.Option(2.0, "--max-p95-ttft", help="Bound on p95 time to first token, seconds."),
+    max_error_rate: float = typer.Option(0.01, "--max-error-rate", help="Bound on the error rate (0.01 = 1%)."),
+    metric: str = typer.Option("tokens", "--metric", help="Throughput to maximise: tokens (tokens/s) or requests (req/s)."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="On a plateau, the smallest value within this share of the best wins."),
+    restart_cmd: Optional[str] = typer.Option(None, "--restart-cmd", help="num_parallel: shell command restarting the server(s) with {value}, e.g. \"ssh node 'OLLAMA_NUM_PARALLEL={value} systemctl restart ollama'\"."),
+    local: bool = typer.Option(False, "--local", help="num_parallel: sweep a loopback Ollama (fleet.local) restarted per value, with the test model."),
+    clients: Optional[int] = typer.Option(None, "--clients", help="num_parallel: concurrent clients per value (default: value × nodes × resident models)."),
+    from_results: Optional[Path] = typer.Option(None, "--from-results", help="Pick the knee from a `fleet loadtest --out` folder instead of loading."),
+    api: str = typer.Option("ollama", "--api", help=API_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to load (default: the group's first model)."),
+    prompt: str = typer.Option("Why is the sky blue? Answer in one sentence.", "--prompt"),
+    max_tokens: int = typer.Option(64, "--max-tokens"),
+    requests: Optional[int] = typer.Option(None, "--requests", "-n", help="Requests per value."),
+    duration: Optional[float] = typer.Option(None, "--duration", "-d", help="Seconds per value."),
+    timeout: float = typer.Option(120.0, "--timeout"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="FLEET_API_KEY", help=KEY_HELP, show_default=False),
+    insecure: bool = typer.Option(False, "--insecure", "-k"),
+    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the sweep (results, plot) and tune.json here."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Sweep concurrency or NUM_PARALLEL, pick the knee, and print the stack config change to make."""
+    from fleet.stack_file import StackConfigError, load_stack
+
+    try:
+        stack_config = load_stack(stack)
+    except StackConfigError as exc:
+        _usage_error(str(exc))
+    settings = stack_config.settings
+    if param not in tn.DEFAULT_VALUES:
+        _usage_error(f"--param {param!r}: allowed: {', '.join(tn.DEFAULT_VALUES)}")
+    if metric not in ("tokens", "requests"):
+        _usage_error(f"--metric {metric!r}: allowed: tokens, requests")
+    try:
+        index, node_group = tn.find_group(settings, group, stack_config.path.name)
+        swept = lt.parse_levels(values, int, "--values") if values else tn.DEFAULT_VALUES[param]
+        if any(v < 1 for v in swept):
+            raise lt.LoadSpecError(f"--values {values}: every value must be at least 1")
+    except (tn.TuneError, lt.LoadSpecError) as exc:
+        _usage_error(str(exc))
+    bounds = tn.Bounds(max_p95_ttft_s=max_p95_ttft, max_error_rate=max_error_rate)
+    headroom = settings.policy.vram_headroom
+
+    refused: dict[int, str] = {}
+    if param == "num_parallel":
+        swept_list, refused = tn.split_fitting(node_group, swept, headroom)
+        for value, reason in sorted(refused.items()):
+            err.print(f"[yellow]refused:[/yellow] {reason}", highlight=False, soft_wrap=True)
+        if not swept_list:
+            err.print(f"[bold red]error:[/bold red] no value of --values fits group {group!r}; nothing to sweep")
+            raise typer.Exit(EXIT_REFUSED)
+        swept = tuple(swept_list)
+
+    sink = RichProgress(console, enabled=progress)
+    points: list[tn.Point]
+    sweep: lt.LoadResult | None = None
+    if from_results is not None:
+        points = _points_from_results(from_results, param, swept)
+    else:
+        if local and param != "num_parallel":
+            _usage_error("--local restarts a loopback Ollama per numParallel value: use it with --param num_parallel")
+        if param == "num_parallel" and not (restart_cmd or local):
+            _usage_error("--param num_parallel restarts the server per value: give --restart-cmd '... {value} ...' or --local")
+        if not local and not url:
+            _usage_error("--url is required (or --local / --from-results)")
+        try:
+            spec = lt.LoadSpec(
+                url=url or "http://127.0.0.1:0", api=api, model=model or node_group.models[0].ref, prompt=prompt,  # type: ignore[arg-type]
+                max_tokens=max_tokens, requests=requests, duration_s=duration, timeout_s=timeout,
+                read_timeout_s=timeout, api_key=api_key, verify_tls=_verify(insecure, ca_cert),
+            ).validate()
+            if param == "concurrency":
+                points, sweep = tn.sweep_concurrency(spec, swept, sink)
+            else:
+                slots_per_value = node_group.count * max(1, len(node_group.resident_models))
+                clients_for = (lambda v: clients) if clients else (lambda v: v * slots_per_value)
+                if local:
+                    with tempfile.TemporaryDirectory(prefix="fleet-tune-") as work, _local_ollama_sweep(Path(work)) as (apply, local_model):
+                        spec = lt.LoadSpec(**{**tn._spec_fields(spec), "model": model or local_model})
+                        points = tn.sweep_num_parallel(spec, swept, apply, clients_for, sink)
+                else:
+                    def apply(value: int) -> None:
+                        console.print(f"restarting with numParallel {value}")
+                        tn.restart_with_command(restart_cmd, value)
+                        tn.wait_ready(spec.url, api_key=api_key, verify=spec.verify_tls)
+                        return None
+
+                    points = tn.sweep_num_parallel(spec, swept, apply, clients_for, sink)
+                sweep = tn.sweep_result(spec, points)
+        except (lt.LoadSpecError, tn.TuneError) as exc:
+            _usage_error(str(exc))
+        except (OSError, RuntimeError) as exc:  # fleet.local: no Ollama build, no test model, a server that died
+            err.print(f"[bold red]error:[/bold red] the loopback Ollama could not run: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_NO_SUCCESS)
+
+    knee = tn.pick_knee(points, bounds, metric=metric, tolerance=tolerance)  # type: ignore[arg-type]
+    console.print(_sweep_table(points, knee, bounds, param, refused))
+    try:
+        rec = tn.recommend(param, knee.point.value if knee.point else None, settings, index, refused)  # type: ignore[arg-type]
+    except tn.TuneError as exc:
+        err.print(f"[bold red]refused:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_REFUSED)
+    if out is not None:
+        if sweep is not None:
+            lt.write_results(sweep, out, x_label="OLLAMA_NUM_PARALLEL" if param == "num_parallel" else None)
+        _write_tune(out, stack, group, param, bounds, points, knee, rec)
+    if knee.point is None:
+        err.print(f"[bold red]no value of {param} stays within the bounds[/bold red]; nothing to recommend")
+        raise typer.Exit(EXIT_NO_SUCCESS)
+    console.print(f"knee: {param} = {knee.point.value}")
+    for note in rec.notes:
+        console.print(f"  {note}", highlight=False)
+    if rec.changes:
+        console.print(f"change in {stack_config.path.name}:")
+        for change in rec.changes:
+            console.print(f"  {change.key_path}: {change.current} → [bold]{change.value}[/bold]", highlight=False)
+            console.print(f"  ({change.command(stack)})", highlight=False, soft_wrap=True)
+
+
+def _points_from_results(folder: Path, param: str, wanted: tuple[int, ...]) -> list[tn.Point]:
+    path = folder / "results.json" if folder.is_dir() else folder
+    try:
+        data = json.loads(path.read_text())
+        summaries = [lt.LevelSummary(**level) for level in data["levels"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _usage_error(f"--from-results {path}: not a `fleet loadtest` results.json ({exc})")
+    if param != "concurrency":
+        _usage_error("--from-results holds a concurrency sweep: use it with --param concurrency")
+    return [tn.Point(int(s.level), s) for s in summaries]
+
+
+def _write_tune(out: Path, stack: str, group: str, param: str, bounds: tn.Bounds, points, knee: tn.Knee, rec) -> None:
+    from dataclasses import asdict
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = {
+        "stack": stack,
+        "group": group,
+        "param": param,
+        "bounds": asdict(bounds),
+        "points": [{"value": p.value, **asdict(p.summary)} for p in points],
+        "knee": knee.point.value if knee.point else None,
+        "out_of_bounds": {str(k): v for k, v in knee.reasons.items()},
+        "refused": {str(k): v for k, v in rec.refused.items()},
+        "changes": [{"keyPath": c.key_path, "current": c.current, "value": c.value} for c in rec.changes],
+        "notes": rec.notes,
+    }
+    (out / "tune.json").write_text(json.dumps(data, indent=2) + "\n")
+    console.print(f"sweep written to {out / 'tune.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `loadtest` and `tune` to the `fleet` app."""
+    app.command("loadtest")(loadtest)
+    app.command("tune")(tune)

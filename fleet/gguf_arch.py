@@ -1,0 +1,119 @@
+"""Read a model's architecture from a real GGUF file header, so custom models get the same capacity math.
+
+The fields are those Ollama's scheduler reads (`<arch>.block_count`, `<arch>.embedding_length`,
+`<arch>.attention.head_count`, `<arch>.attention.head_count_kv`, `<arch>.attention.key_length`,
+`<arch>.context_length`, `<arch>.attention.sliding_window`, `<arch>.feed_forward_length`) plus the vocabulary
+size (`tokenizer.ggml.tokens`) and the tensors themselves (parameter count, exact bytes, tied output).
+The weight size is the file's size, like the blob Ollama imports with `ollama create`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fleet.catalog import ModelArch
+
+
+class GgufError(ValueError):
+    """The file is missing, not a GGUF file, or lacks a field the capacity model needs."""
+
+
+# general.file_type (llama.cpp's llama_ftype) -> the quantization names the config uses.
+_FILE_TYPES: dict[int, str] = {0: "fp32", 1: "fp16", 2: "q4_0", 3: "q4_1", 7: "q8_0", 15: "q4_K_M", 17: "q5_K_M", 18: "q6_K", 32: "bf16"}
+
+# Layers that use the sliding window, per architecture (the rest hold the full context).
+# gemma2 alternates local/global layers; gemma3 has five local layers per global one.
+_SLIDING_LAYERS = {
+    "gemma2": lambda n: n // 2,
+    "gemma3": lambda n: n - n // 6,
+}
+
+
+def _value(fields: dict[str, Any], key: str, default: Any = None) -> Any:
+    field = fields.get(key)
+    if field is None:
+        return default
+    value = field.contents()
+    if isinstance(value, list):  # per-layer arrays (some models vary heads by layer): take the largest
+        numbers = [v for v in value if isinstance(v, (int, float))]
+        return max(numbers) if numbers else default
+    return value
+
+
+def quantization_name(file_type: int | None) -> str:
+    if file_type is None:
+        return "unknown"
+    return _FILE_TYPES.get(int(file_type), f"file_type_{int(file_type)}")
+
+
+@lru_cache(maxsize=32)
+def _read(path: str, mtime_ns: int, size: int) -> ModelArch:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # noqa: BLE001 - the gguf package raises ValueError/struct errors on bad files
+        raise GgufError(f"{path}: not a readable GGUF file ({exc})") from None
+    fields = reader.fields
+    arch = _value(fields, "general.architecture")
+    if not arch:
+        raise GgufError(f"{path}: GGUF header has no general.architecture")
+
+    def need(key: str) -> int:
+        value = _value(fields, f"{arch}.{key}")
+        if value is None:
+            raise GgufError(f"{path}: GGUF header lacks {arch}.{key}")
+        return int(value)
+
+    n_layer = need("block_count")
+    n_embd = need("embedding_length")
+    n_head = need("attention.head_count")
+    n_head_kv = int(_value(fields, f"{arch}.attention.head_count_kv", n_head))
+    head_dim = int(_value(fields, f"{arch}.attention.key_length", n_embd // max(n_head, 1)))
+    context = int(_value(fields, f"{arch}.context_length", 2048))
+    window = _value(fields, f"{arch}.attention.sliding_window")
+    tokens = fields.get("tokenizer.ggml.tokens")
+    vocab = len(tokens.data) if tokens is not None else int(_value(fields, f"{arch}.vocab_size", 0))
+    quant = quantization_name(_value(fields, "general.file_type"))
+
+    names = {t.name for t in reader.tensors}
+    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    sliding_layers = _SLIDING_LAYERS.get(arch, lambda n: 0)(n_layer) if window else 0
+    return ModelArch(
+        ref=Path(path).stem,
+        arch=str(arch),
+        parameters=float(sum(int(t.n_elements) for t in reader.tensors)),
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        max_context=context,
+        weights={quant: size},
+        sliding_window=int(window) if window and sliding_layers else None,
+        sliding_window_layers=sliding_layers,
+        embedding=arch in {"bert", "nomic-bert"},
+        source=f"GGUF header of {path}",
+        vocab_size=vocab,
+        n_ff=int(_value(fields, f"{arch}.feed_forward_length", 0) or 0),
+        tied_embeddings="output.weight" not in names,
+        n_expert=int(_value(fields, f"{arch}.expert_count", 0) or 0),
+        token_embd_bytes={quant: int(embd.n_bytes)} if embd is not None else {},
+    )
+
+
+def read_arch(path: str | Path) -> ModelArch:
+    """The architecture of the GGUF file at `path` (its only quantization is the file's own)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise GgufError(f"{file}: GGUF file not found")
+    stat = file.stat()
+    return _read(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def file_quantization(path: str | Path) -> str:
+    """The quantization of a GGUF file (`q4_1`, `q8_0`, `fp16`, ...)."""
+    arch = read_arch(path)
+    return next(iter(arch.weights))

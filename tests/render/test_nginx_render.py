@@ -1,0 +1,258 @@
+"""The rendered nginx gateway: loaded by the real nginx (`nginx -t`) and checked structurally."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fleet import capacity
+from fleet.config import FleetSettings
+from fleet.render import nginx as ng
+from fleet.stack_file import load_stack
+from render_tools import Directive, make_prefix, nginx_test, nginx_user, parse_nginx
+
+KEYS = {"search": "k-search-0123456789abcdef", "support-bot": "k-support-0123456789abcdef", "ci": "k-ci-0123456789ABCDEF"}
+ADMIN_KEY = "admin-key-0123456789abcdef"
+
+
+def _plan(settings: FleetSettings, prefix=None, **overrides) -> ng.GatewayPlan:
+    return ng.build_gateway_plan(
+        settings,
+        ng.placeholder_upstreams(settings),
+        paths=prefix,
+        listen_address="127.0.0.1",
+        https_port=18443,
+        http_port=18080,
+        status_listen="127.0.0.1:18081",
+        user=nginx_user(),
+        **overrides,
+    )
+
+
+def _two_groups(settings: FleetSettings) -> FleetSettings:
+    first = settings.node_groups[0]
+    second = first.model_copy(update={"name": "embed", "count": 2})
+    return settings.model_copy(update={"node_groups": [first, second]})
+
+
+def _locations(conf: str) -> dict[str, Directive]:
+    return {" ".join(d.args): d for d in parse_nginx(conf).walk() if d.name == "location"}
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+def test_nginx_accepts_every_stack(settings, tmp_path, tls):
+    paths = make_prefix(tmp_path)
+    plan = _plan(settings, paths, tls=tls)
+    (tmp_path / "nginx.conf").write_text(ng.render_nginx(plan))
+    clients = {name: f"key-{name}-0123456789abcdef" for name in plan.clients}
+    (tmp_path / "api-keys.conf").write_text(ng.render_api_keys(clients, ADMIN_KEY))
+    result = nginx_test(tmp_path / "nginx.conf", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+@pytest.mark.tools
+def test_nginx_accepts_several_node_groups(tmp_path):
+    settings = _two_groups(load_stack("prod").settings)
+    paths = make_prefix(tmp_path)
+    plan = _plan(settings, paths)
+    (tmp_path / "nginx.conf").write_text(ng.render_nginx(plan))
+    (tmp_path / "api-keys.conf").write_text(ng.render_api_keys(KEYS, ADMIN_KEY))
+    result = nginx_test(tmp_path / "nginx.conf", tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.tools
+def test_nginx_refuses_a_broken_key_include(tmp_path):
+    """The check is real: nginx -t fails when the include is missing."""
+    paths = make_prefix(tmp_path)
+    (tmp_path / "nginx.conf").write_text(ng.render_nginx(_plan(load_stack("dev").settings, paths)))
+    result = nginx_test(tmp_path / "nginx.conf", tmp_path)
+    assert result.returncode != 0
+    assert "api-keys.conf" in result.stderr
+
+
+def test_max_conns_come_from_the_capacity_model(settings):
+    plan = _plan(settings)
+    conf = parse_nginx(ng.render_nginx(plan))
+    upstreams = {d.args[0]: d for d in conf.walk() if d.name == "upstream"}
+    assert set(upstreams) == {g.upstream for g in plan.groups}
+    for group in settings.node_groups:
+        block = upstreams[f"fleet_{group.name}"]
+        expected = capacity.max_conns_per_node(group, settings.gateway.queue_per_node)
+        servers = block.values("server")
+        assert len(servers) == group.count
+        for args in servers:
+            params = dict(a.split("=", 1) for a in args[1:])
+            assert int(params["max_conns"]) == expected
+            assert "max_fails" in params and "fail_timeout" in params
+        assert block.find("least_conn") and block.find("keepalive") and block.find("zone")
+    assert plan.max_conns_by_group() == {
+        g.name: capacity.max_conns_per_node(g, settings.gateway.queue_per_node) for g in settings.node_groups
+    }
+
+
+def test_admin_routes_are_closed_to_client_keys(settings):
+    plan = _plan(_two_groups(settings))
+    locations = _locations(ng.render_nginx(plan))
+    guarded = set()
+    for key, block in locations.items():
+        ifs = [d for d in block.find("if") if d.args == ["($fleet_admin_allowed", "=", "0)"]]
+        if ifs:
+            assert ifs[0].values("return") == [["403"]]
+            guarded.add(key.split()[-1])
+    expected = {
+        prefix + route
+        for group in plan.groups
+        for prefix in group.prefixes
+        for route in ng.ADMIN_ROUTES + ng.ADMIN_PREFIXES
+    }
+    assert guarded == expected
+    # every route that proxies is a known route, and only admin routes are guarded
+    allowed = ng.INFERENCE_ROUTES + ng.READ_ONLY_ROUTES + ng.READ_ONLY_PREFIXES + ng.ADMIN_ROUTES + ng.ADMIN_PREFIXES
+    proxied = {key.split()[-1] for key, block in locations.items() if block.find("proxy_pass")}
+    assert proxied == {prefix + route for group in plan.groups for prefix in group.prefixes for route in allowed}
+    # the admin check needs the admin key AND an admin network
+    conf = ng.render_nginx(plan)
+    assert '"_admin:1" 1;' in conf
+    for cidr in settings.gateway.admin_cidrs:
+        assert f"{cidr} 1;" in conf
+
+
+def test_unknown_routes_are_404_and_health_is_open(settings):
+    locations = _locations(ng.render_nginx(_plan(settings)))
+    assert locations["/"].values("return") == [["404"]]
+    health = locations["= /health"]
+    assert health.values("return")[0][0] == "200"
+    assert not health.find("limit_req") and not health.find("proxy_pass")
+
+
+def test_groups_are_routed_by_prefix():
+    settings = _two_groups(load_stack("prod").settings)
+    locations = _locations(ng.render_nginx(_plan(settings)))
+    assert locations["= /api/chat"].values("proxy_pass") == [["http://fleet_chat/api/chat"]]
+    assert locations["= /groups/chat/api/chat"].values("proxy_pass") == [["http://fleet_chat/api/chat"]]
+    assert locations["= /groups/embed/api/embed"].values("proxy_pass") == [["http://fleet_embed/api/embed"]]
+    # one try per node of the group: every other node gets the request once before the first byte
+    assert locations["= /api/chat"].values("proxy_next_upstream_tries") == [["2"]]
+    assert locations["= /groups/embed/api/embed"].values("proxy_next_upstream_tries") == [["2"]]
+    # state-changing admin calls are not resent once sent
+    assert locations["= /api/delete"].values("proxy_next_upstream") == [["error", "timeout"]]
+    assert "= /groups/embed/api/embed" in locations and "= /embed/api/embed" not in locations
+
+
+def test_streaming_retry_and_header_directives(settings):
+    http = parse_nginx(ng.render_nginx(_plan(settings))).find("http")[0]
+    assert http.values("proxy_buffering") == [["off"]]
+    # request buffering must stay on: nginx resends a buffered body to the next node only
+    assert http.values("proxy_request_buffering") == [["on"]]
+    assert http.values("proxy_http_version") == [["1.1"]]
+    headers = {args[0]: args[1] for args in http.values("proxy_set_header")}
+    assert headers["Connection"] == "" and headers["Authorization"] == "" and headers["X-API-Key"] == ""
+    assert headers["X-Fleet-Client"] == "$fleet_client"
+    assert http.values("proxy_read_timeout") == [[f"{settings.gateway.read_timeout_s}s"]]
+    assert http.values("proxy_connect_timeout") == [[f"{settings.gateway.connect_timeout_s}s"]]
+    assert http.values("proxy_next_upstream") == [
+        ["error", "timeout", "invalid_header", "http_502", "http_503", "non_idempotent"]
+    ]
+    assert http.values("proxy_next_upstream_timeout")
+    assert http.values("limit_req_status") == [["429"]]
+    assert http.values("client_max_body_size") == [[settings.gateway.max_body_size]]
+    # no location overrides the proxy headers (an override would drop the cleared Authorization)
+    for directive in http.walk():
+        if directive.name == "location":
+            assert not directive.find("proxy_set_header")
+
+
+def test_rate_limit_zones_follow_the_clients():
+    settings = load_stack("prod").settings  # `ci` has its own rate
+    plan = _plan(settings)
+    conf = ng.render_nginx(plan)
+    assert "limit_req_zone $fleet_key_1200rpm zone=fleet_key_1200rpm:10m rate=1200r/m;" in conf
+    assert "limit_req_zone $fleet_key_600rpm zone=fleet_key_600rpm:10m rate=600r/m;" in conf
+    assert f"rate={settings.gateway.rate_limits.per_ip_per_minute}r/m" in conf
+    zones = {z.rate_per_minute: set(z.clients) for z in plan.key_zones}
+    assert zones == {600: {"search", "support-bot", ng.ADMIN_CLIENT}, 1200: {"ci"}}
+    chat = _locations(conf)["= /api/chat"]
+    assert [a[0] for a in chat.values("limit_req")] == [
+        "zone=fleet_key_600rpm",
+        "zone=fleet_key_1200rpm",
+        "zone=fleet_ip",
+    ]
+    assert all("nodelay" in a for a in chat.values("limit_req"))
+
+
+def test_tls_redirect_and_hsts():
+    prod = _plan(load_stack("prod").settings)
+    conf = ng.render_nginx(prod)
+    servers = parse_nginx(conf).find("http")[0].find("server")
+    listens = [s.values("listen")[0] for s in servers]
+    assert ["127.0.0.1:18443", "ssl", "default_server"] in listens
+    redirect = next(s for s in servers if s.values("listen")[0] == ["127.0.0.1:18080", "default_server"])
+    root = next(d for d in redirect.find("location") if d.args == ["/"])
+    assert root.values("return") == [["308", "https://llm.example.com:18443$request_uri"]]
+    assert "Strict-Transport-Security" in conf  # acme certificate
+    staging = ng.render_nginx(_plan(load_stack("staging").settings))
+    assert "Strict-Transport-Security" not in staging  # self-signed: no HSTS
+    plain = ng.render_nginx(_plan(load_stack("dev").settings, tls=False))
+    assert "ssl_certificate" not in plain and "return 308" not in plain
+
+
+def test_stub_status_is_internal(settings):
+    servers = parse_nginx(ng.render_nginx(_plan(settings))).find("http")[0].find("server")
+    status = [s for s in servers for d in s.walk() if d.name == "stub_status"]
+    assert len(status) == 1
+    assert status[0].values("listen") == [["127.0.0.1:18081"]]
+    location = next(d for d in status[0].find("location") if d.args == ["=", "/stub_status"])
+    assert location.values("deny") == [["all"]]
+    assert all(not a[0].startswith("0.0.0.0") for a in location.values("allow"))
+    default = ng.build_gateway_plan(settings, ng.placeholder_upstreams(settings))
+    assert default.status_listen == "127.0.0.1:8081"
+
+
+def test_no_key_material_in_nginx_conf(settings):
+    clients = {name: f"secret-{name}-0123456789abcdef" for name in (c.name for c in settings.gateway.clients)}
+    conf = ng.render_nginx(_plan(settings))
+    include = ng.render_api_keys(clients, ADMIN_KEY)
+    for key in [*clients.values(), ADMIN_KEY]:
+        assert key not in conf
+        assert re.escape(key) in include
+    assert "api-keys.conf" in conf
+    # the access log names the client, never the key or the Authorization header
+    log_format = next(d for d in parse_nginx(conf).walk() if d.name == "log_format")
+    joined = "".join(log_format.args)
+    assert "$fleet_client" in joined and "$upstream_header_time" in joined
+    assert "authorization" not in joined.lower() and "api_key" not in joined.lower()
+
+
+def test_api_key_include_is_case_sensitive_and_validated():
+    include = ng.render_api_keys({"team": "Abc-0123456789_xyz.~"}, ADMIN_KEY)
+    assert '"~^Abc\\-0123456789_xyz\\.\\~$" "team";' in include
+    assert f'"~^{re.escape(ADMIN_KEY)}$" "{ng.ADMIN_CLIENT}";' in include
+    with pytest.raises(ng.GatewayPlanError, match="16 to 256"):
+        ng.render_api_keys({"team": "short"}, ADMIN_KEY)
+    with pytest.raises(ng.GatewayPlanError, match="16 to 256"):
+        ng.render_api_keys({"team": 'has"quote-0123456789'}, ADMIN_KEY)
+    with pytest.raises(ng.GatewayPlanError, match="keys must differ"):
+        ng.render_api_keys({"team": ADMIN_KEY}, ADMIN_KEY)
+    with pytest.raises(ng.GatewayPlanError, match="DNS label"):
+        ng.render_api_keys({"_admin": "k-0123456789abcdefgh"}, ADMIN_KEY)
+
+
+def test_plan_refuses_bad_inputs():
+    settings = load_stack("prod").settings
+    with pytest.raises(ng.GatewayPlanError, match="unknown node group"):
+        ng.build_gateway_plan(settings, {"chat": ["10.0.0.1:11435"], "nope": ["10.0.0.2:11435"]})
+    with pytest.raises(ng.GatewayPlanError, match="at least one node"):
+        ng.build_gateway_plan(settings, {"chat": []})
+    with pytest.raises(ng.GatewayPlanError, match="host:port"):
+        ng.build_gateway_plan(settings, {"chat": ["10.0.0.1"]})
+    with pytest.raises(ng.GatewayPlanError, match="host:port"):
+        ng.build_gateway_plan(settings, {"chat": ["10.0.0.1:11435; include /etc/passwd"]})
+    with pytest.raises(ng.GatewayPlanError, match="paths.pid"):
+        ng.GatewayPaths(pid="/run/nginx.pid; evil")
+    plan = ng.build_gateway_plan(settings, {"chat": ["10.0.0.1:11435", "10.0.0.2:11435"]})
+    assert [s.address for s in plan.groups[0].servers] == ["10.0.0.1:11435", "10.0.0.2:11435"]
+    assert plan.groups[0].next_upstream_tries == 2

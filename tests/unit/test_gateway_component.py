@@ -1,0 +1,314 @@
+"""Gateway under Pulumi mocks: the nginx container with its rendered files (plain config, secret keys and TLS
+key), labels for the policy pack, ports, health check, and the nginx exporter beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+import pytest
+
+from components.gateway import Gateway, GatewayArgs, gateway_plan
+from docker_mocks import (
+    PRIVATE_ADDRESS,
+    PUBLIC_ADDRESS,
+    WireMonitor,
+    is_wire_secret,
+    make_host,
+    settings_of,
+    unwrap,
+    use_mocks,
+)
+from fleet import ports
+from fleet.capacity import max_conns_per_node
+from fleet.config import FleetSettings
+from fleet.render import nginx
+
+API_KEYS = {"dev": "devkey0123456789abcdefghijABCDEFGHIJ"}
+ADMIN_KEY = "adminkey0123456789abcdefghijABCDEFGHIJKLMN"
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIEsecretkeymaterial\n-----END PRIVATE KEY-----\n"
+
+
+@dataclass
+class Built:
+    monitor: WireMonitor
+    settings: FleetSettings
+    upstreams: dict[str, list[str]]
+    outputs: dict = field(default_factory=dict)
+
+    @property
+    def nginx(self):
+        return self.monitor.container("gateway")
+
+    def uploads(self) -> dict[str, dict]:
+        """Wire form of each upload, by file path (secret markers kept per element)."""
+        return {unwrap(u["file"]): u for u in self.monitor.wire_inputs(self.nginx)["uploads"]}
+
+
+def build_gateway(
+    stack: str,
+    upstreams: dict[str, list[str]],
+    *,
+    settings: FleetSettings | None = None,
+    tls: bool = True,
+    server_name: str | None = "localhost",
+    **host: object,
+) -> Built:
+    monitor = use_mocks(stack)
+    settings = settings or settings_of(stack)
+    built = Built(monitor, settings, upstreams)
+
+    @pulumi.runtime.test
+    def program():
+        gateway = Gateway(
+            "ollama-gateway-0",
+            GatewayArgs(
+                settings=settings,
+                host=make_host(**host),
+                upstreams={g: [pulumi.Output.from_input(a) for a in addresses] for g, addresses in upstreams.items()},
+                api_keys=pulumi.Output.secret(API_KEYS),
+                admin_key=pulumi.Output.secret(ADMIN_KEY),
+                certificate_pem=pulumi.Output.secret(CERT) if tls else None,
+                private_key_pem=pulumi.Output.secret(KEY) if tls else None,
+                server_name=server_name,
+            ),
+        )
+
+        async def collect():
+            built.outputs["uploads_secret"] = await gateway.container.uploads.is_secret()
+            built.outputs["url"] = await gateway.url.future()
+            built.outputs["status_target"] = await gateway.status_target.future()
+
+        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+
+    program()
+    return built
+
+
+DEV_UPSTREAMS = {"cpu": [f"ollama-cpu-0-meter:{ports.METER}"]}
+PROD_UPSTREAMS = {"chat": [f"10.70.1.10:{ports.METER}", f"10.70.2.11:{ports.METER}"]}
+
+
+@pytest.fixture
+def dev() -> Built:
+    return build_gateway("dev", DEV_UPSTREAMS, transport="local")
+
+
+@pytest.fixture
+def prod() -> Built:
+    return build_gateway("prod", PROD_UPSTREAMS, server_name="llm.example.com", transport="ssh")
+
+
+def test_nginx_conf_is_plain_and_is_the_rendered_config(dev):
+    uploads = dev.uploads()
+    conf = uploads["/etc/nginx/nginx.conf"]
+    assert not is_wire_secret(conf["content"])
+    expected = nginx.render_nginx(gateway_plan(dev.settings, DEV_UPSTREAMS, "localhost"))
+    assert conf["content"] == expected
+    assert f"server ollama-cpu-0-meter:{ports.METER} max_conns=" in expected
+    for key in [*API_KEYS.values(), ADMIN_KEY]:
+        assert key not in expected
+
+
+def test_keys_certificate_and_private_key_are_uploaded_as_secrets(dev):
+    uploads = dev.uploads()
+    paths = nginx.GatewayPaths()
+    for path in (paths.api_keys_include, paths.certificate, paths.certificate_key):
+        assert is_wire_secret(uploads[path]["content"]), path
+    keys_file = unwrap(uploads[paths.api_keys_include]["content"])
+    assert keys_file == nginx.render_api_keys(API_KEYS, ADMIN_KEY)
+    assert unwrap(uploads[paths.certificate_key]["content"]) == KEY
+    assert unwrap(uploads[paths.api_keys_include]["permissions"]) == "0600"
+    assert unwrap(uploads[paths.certificate_key]["permissions"]) == "0600"
+    assert dev.outputs["uploads_secret"] is True
+    # No secret reaches any other input of any resource in plain form.
+    for resource in dev.monitor.registered:
+        wire = dev.monitor.wire_inputs(resource)
+
+        def plain_strings(value):
+            if is_wire_secret(value):
+                return
+            if isinstance(value, dict):
+                for v in value.values():
+                    yield from plain_strings(v)
+            elif isinstance(value, list):
+                for v in value:
+                    yield from plain_strings(v)
+            elif isinstance(value, str):
+                yield value
+
+        for text in plain_strings(wire):
+            for secret in (*API_KEYS.values(), ADMIN_KEY, "secretkeymaterial"):
+                assert secret not in text, f"{resource.name} carries a secret in plain form"
+
+
+def test_labels_carry_tls_mode_and_the_capacity_model_max_conns(dev):
+    labels = dev.nginx.label_map
+    group = dev.settings.node_groups[0]
+    expected = max_conns_per_node(group, dev.settings.gateway.queue_per_node)
+    assert labels["ollama-fleet.role"] == "gateway"
+    assert labels["ollama-fleet.tls-mode"] == "self-signed"
+    assert json.loads(labels["ollama-fleet.upstream-max-conns"]) == {"cpu": expected}
+    assert labels["ollama-fleet.queue-per-node"] == str(dev.settings.gateway.queue_per_node)
+    # The label and the config nginx runs agree.
+    conf = dev.uploads()["/etc/nginx/nginx.conf"]["content"]
+    assert f"max_conns={expected} " in conf
+
+
+def test_local_gateway_listens_on_the_bind_address_with_restart_logs_and_health(dev):
+    inputs = dev.nginx.inputs
+    gateway = dev.settings.gateway
+    assert sorted((p["ip"], p["internal"], p["external"]) for p in inputs["ports"]) == sorted(
+        [("127.0.0.1", gateway.https_port, gateway.https_port), ("127.0.0.1", gateway.http_port, gateway.http_port)]
+    )
+    assert inputs["restart"] == "unless-stopped"
+    assert inputs["logDriver"] == "json-file" and set(inputs["logOpts"]) == {"max-size", "max-file"}
+    assert inputs["healthcheck"]["tests"] == ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{gateway.http_port}/health"]
+    # /health is answered on that port without a key, even with TLS on (the rest redirects to HTTPS).
+    conf = dev.uploads()["/etc/nginx/nginx.conf"]["content"]
+    http_server = conf.split(f"listen {gateway.http_port} default_server;")[1].split("server {")[0]
+    assert "location = /health" in http_server
+    assert dev.outputs["url"] == f"https://localhost:{gateway.https_port}"
+
+
+def test_exporter_scrapes_stub_status_where_nginx_serves_it(dev):
+    exporter = dev.monitor.container("nginx-exporter")
+    nginx_name = dev.nginx.inputs["name"]
+    uri = f"http://{nginx_name}:{ports.NGINX_STATUS}/stub_status"
+    assert f"--nginx.scrape-uri={uri}" in exporter.inputs["command"]
+    conf = dev.uploads()["/etc/nginx/nginx.conf"]["content"]
+    assert f"listen 0.0.0.0:{ports.NGINX_STATUS};" in conf and "location = /stub_status" in conf
+    assert not exporter.inputs.get("ports")  # the shared network suffices; nothing published
+    assert dev.outputs["status_target"] == f"{exporter.inputs['name']}:{ports.NGINX_EXPORTER}"
+    assert dev.nginx.urn in exporter.depends_on
+
+
+def test_containers_wait_for_the_host_and_run_pinned_images(dev):
+    ready = dev.monitor.urn_of("host-ready")
+    for container in dev.monitor.containers():
+        assert ready in container.depends_on
+        image = next(r for r in dev.monitor.registered if r.outputs.get("imageId") == container.inputs["image"])
+        assert "@sha256:" in image.inputs["name"] and image.inputs["keepLocally"] is True
+    assert {dev.monitor.named(n).inputs["name"] for n in ("ollama-gateway-0-nginx-image", "ollama-gateway-0-nginx-exporter-image")} == {
+        dev.settings.images.nginx,
+        dev.settings.images.nginx_exporter,
+    }
+
+
+def test_aws_gateway_is_public_on_its_client_ports_only(prod):
+    gateway = prod.settings.gateway
+    published = [(p["ip"], p["internal"]) for c in prod.monitor.containers() for p in c.inputs.get("ports") or []]
+    assert sorted(published) == sorted(
+        [("0.0.0.0", gateway.https_port), ("0.0.0.0", gateway.http_port), (PRIVATE_ADDRESS, ports.NGINX_EXPORTER)]
+    )
+    assert prod.outputs["status_target"] == f"{PRIVATE_ADDRESS}:{ports.NGINX_EXPORTER}"
+    assert prod.outputs["url"] == "https://llm.example.com"
+    labels = prod.nginx.label_map
+    assert labels["ollama-fleet.tls-mode"] == "acme"
+    conf = prod.uploads()["/etc/nginx/nginx.conf"]["content"]
+    for address in PROD_UPSTREAMS["chat"]:
+        assert f"server {address} max_conns=" in conf
+    assert "server_name llm.example.com;" in conf
+
+
+def test_without_dns_the_url_is_the_public_address():
+    built = build_gateway("prod", PROD_UPSTREAMS, server_name=None, transport="ssh")
+    assert built.outputs["url"] == f"https://{PUBLIC_ADDRESS}"
+
+
+def test_upstreams_of_several_groups_keep_their_nodes():
+    settings = settings_of("dev")
+    group = settings.node_groups[0]
+    second = group.model_copy(update={"name": "batch", "count": 2})
+    two = settings.model_copy(update={"node_groups": [group, second]})
+    upstreams = {"cpu": ["a-meter:11435"], "batch": ["b-meter:11435", "c-meter:11435"]}
+    built = build_gateway("dev", upstreams, settings=two, transport="local")
+    conf = built.uploads()["/etc/nginx/nginx.conf"]["content"]
+    blocks = {name: conf.split(f"upstream fleet_{name} {{")[1].split("}")[0] for name in ("cpu", "batch")}
+    assert "a-meter:11435" in blocks["cpu"] and "b-meter" not in blocks["cpu"]
+    assert "b-meter:11435" in blocks["batch"] and "c-meter:11435" in blocks["batch"] and "a-meter" not in blocks["batch"]
+    assert json.loads(built.nginx.label_map["ollama-fleet.upstream-max-conns"]) == {
+        "cpu": max_conns_per_node(group, settings.gateway.queue_per_node),
+        "batch": max_conns_per_node(second, settings.gateway.queue_per_node),
+    }
+
+
+def test_tls_off_serves_plain_http_without_certificate_files():
+    settings = settings_of("dev")
+    gateway = settings.gateway.model_copy(update={"tls": settings.gateway.tls.model_copy(update={"mode": "off"})})
+    plain = settings.model_copy(update={"gateway": gateway})
+    built = build_gateway("dev", DEV_UPSTREAMS, settings=plain, tls=False, transport="local")
+    assert set(built.uploads()) == {"/etc/nginx/nginx.conf", nginx.GatewayPaths().api_keys_include}
+    assert [p["internal"] for p in built.nginx.inputs["ports"]] == [gateway.http_port]
+    assert built.outputs["url"] == f"http://localhost:{gateway.http_port}"
+
+
+def test_tls_without_a_certificate_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs a certificate and private key"):
+        build_gateway("dev", DEV_UPSTREAMS, tls=False, transport="local")
+
+
+def _geo(conf: str, variable: str) -> list[str]:
+    block = conf.split(f"geo ${variable} {{")[1].split("}")[0]
+    return [line.split()[0] for line in block.strip().splitlines() if line.strip().endswith(" 1;")]
+
+
+def test_local_loopback_clients_are_admitted_as_docker_proxies_them(dev, prod):
+    # docker-proxy connects loopback clients from the Docker network's gateway, never from 127.0.0.1.
+    conf = dev.uploads()["/etc/nginx/nginx.conf"]["content"]
+    gateway = dev.settings.gateway
+    assert _geo(conf, "fleet_client_network") == [*gateway.client_cidrs, "172.16.0.0/12", "192.168.0.0/16"]
+    assert _geo(conf, "fleet_admin_network") == [*gateway.admin_cidrs, "172.16.0.0/12", "192.168.0.0/16"]
+    # Published only on the bind address all the same, and on AWS the lists are the stack's own.
+    assert {p["ip"] for p in dev.nginx.inputs["ports"]} == {dev.settings.local.bind_address}
+    prod_conf = prod.uploads()["/etc/nginx/nginx.conf"]["content"]
+    assert _geo(prod_conf, "fleet_admin_network") == prod.settings.gateway.admin_cidrs
+
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+@pytest.mark.tools
+def test_the_uploaded_files_load_in_real_nginx(tmp_path):
+    """nginx -t on exactly what the container gets (paths moved under a temporary prefix)."""
+    if NGINX is None or shutil.which("openssl") is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx and openssl are needed (scripts/bootstrap.sh installs them)")
+        pytest.skip("nginx or openssl is not installed")
+    # Addresses nginx can resolve here; the local stack's CIDR additions and stub_status listener stay.
+    built = build_gateway("dev", {"cpu": [f"127.0.0.1:{ports.METER}"]}, transport="local")
+    uploads = {path: unwrap(u["content"]) for path, u in built.uploads().items()}
+    deployed, local = nginx.GatewayPaths(), nginx.GatewayPaths.under(str(tmp_path))
+    moves = sorted(zip(dataclasses.astuple(deployed), dataclasses.astuple(local)), key=lambda m: -len(m[0]))
+    conf = uploads.pop("/etc/nginx/nginx.conf")
+    for old, new in moves:
+        conf = conf.replace(old, new)
+    if os.geteuid() != 0:
+        conf = conf.replace("user nginx;\n", "")
+    else:
+        conf = conf.replace("user nginx;", "user root root;")
+    for old, new in moves:
+        if old in uploads:
+            Path(new).parent.mkdir(parents=True, exist_ok=True)
+            Path(new).write_text(uploads.pop(old))
+    assert not uploads, f"uploads nginx.conf does not refer to: {sorted(uploads)}"
+    for folder in ("logs", "temp"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    (tmp_path / "nginx.conf").write_text(conf)
+    # The uploaded certificate is a placeholder: swap in a real one for the key/cert pair nginx loads.
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", local.certificate_key, "-out", local.certificate, "-days", "1", "-subj", "/CN=localhost"],
+        check=True, capture_output=True,
+    )
+    proc = subprocess.run([NGINX, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,207 @@
+"""Monitoring under Pulumi mocks: Prometheus with the rendered scrape config and rules, its TSDB volume and
+retention; Grafana with provisioned datasource and dashboard and a secret admin password; ports kept off
+public addresses."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pulumi
+import pytest
+import yaml
+
+from components.monitoring import Monitoring, MonitoringArgs, node_targets
+from docker_mocks import (
+    PRIVATE_ADDRESS,
+    VOLUME,
+    WireMonitor,
+    is_wire_secret,
+    make_host,
+    settings_of,
+    unwrap,
+    use_mocks,
+)
+from fleet import ports
+from fleet.config import FleetSettings
+from fleet.render import grafana, prometheus, rules
+
+PASSWORD = "grafana-Admin-Password-0123456789"
+
+
+@dataclass
+class Built:
+    monitor: WireMonitor
+    settings: FleetSettings
+    outputs: dict = field(default_factory=dict)
+
+    def uploads(self, role: str) -> dict[str, dict]:
+        container = self.monitor.container(role)
+        return {unwrap(u["file"]): u for u in self.monitor.wire_inputs(container)["uploads"]}
+
+    def scrape_config(self) -> dict:
+        return yaml.safe_load(self.uploads("prometheus")["/etc/prometheus/prometheus.yml"]["content"])
+
+
+def build_monitoring(stack: str, targets: dict[str, list[str]], **host: object) -> Built:
+    monitor = use_mocks(stack)
+    settings = settings_of(stack)
+    built = Built(monitor, settings)
+
+    @pulumi.runtime.test
+    def program():
+        monitoring = Monitoring(
+            "ollama-monitoring",
+            MonitoringArgs(
+                settings=settings,
+                host=make_host(**host),
+                targets={job: [pulumi.Output.from_input(t) for t in values] for job, values in targets.items()},
+                grafana_password=pulumi.Output.secret(PASSWORD),
+            ),
+        )
+
+        async def collect():
+            grafana_container = monitoring.grafana
+            built.outputs["envs_secret"] = await grafana_container.envs.is_secret()
+            built.outputs["prometheus_url"] = await monitoring.prometheus_url.future()
+            built.outputs["grafana_url"] = await monitoring.grafana_url.future()
+
+        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+
+    program()
+    return built
+
+
+DEV_TARGETS = {
+    prometheus.JOB_METER: [f"ollama-cpu-0-meter:{ports.METER_METRICS}"],
+    prometheus.JOB_NODE: [f"ollama-cpu-0-meter:{ports.NODE_EXPORTER}"],
+    prometheus.JOB_NGINX: [f"ollama-gateway-0-nginx-exporter:{ports.NGINX_EXPORTER}"],
+}
+PROD_TARGETS = {
+    prometheus.JOB_METER: [f"10.70.1.10:{ports.METER_METRICS}", f"10.70.2.11:{ports.METER_METRICS}"],
+    prometheus.JOB_NODE: [f"10.70.1.10:{ports.NODE_EXPORTER}", f"10.70.2.11:{ports.NODE_EXPORTER}"],
+    prometheus.JOB_DCGM: [f"10.70.1.10:{ports.DCGM_EXPORTER}", f"10.70.2.11:{ports.DCGM_EXPORTER}"],
+    prometheus.JOB_NGINX: [f"10.70.1.5:{ports.NGINX_EXPORTER}", f"10.70.2.6:{ports.NGINX_EXPORTER}"],
+}
+
+
+@pytest.fixture
+def dev() -> Built:
+    return build_monitoring("dev", DEV_TARGETS, transport="local")
+
+
+@pytest.fixture
+def prod() -> Built:
+    return build_monitoring("prod", PROD_TARGETS, transport="ssh")
+
+
+def _targets(config: dict, job: str) -> list[tuple[str, dict]]:
+    scrape = next(c for c in config["scrape_configs"] if c["job_name"] == job)
+    return [(t, g.get("labels", {})) for g in scrape["static_configs"] for t in g["targets"]]
+
+
+def test_prometheus_scrapes_every_node_exporter_and_gateway(dev, prod):
+    config = dev.scrape_config()
+    assert _targets(config, prometheus.JOB_METER) == [
+        (DEV_TARGETS[prometheus.JOB_METER][0], {"group": "cpu", "instance_type": "local-cpu"})
+    ]
+    assert _targets(config, prometheus.JOB_NODE) == [(DEV_TARGETS[prometheus.JOB_NODE][0], {"node": "cpu-0", "group": "cpu"})]
+    assert [t for t, _ in _targets(config, prometheus.JOB_NGINX)] == DEV_TARGETS[prometheus.JOB_NGINX]
+    assert prometheus.JOB_DCGM not in {c["job_name"] for c in config["scrape_configs"]}
+    config = prod.scrape_config()
+    dcgm = _targets(config, prometheus.JOB_DCGM)
+    assert dcgm == [
+        (PROD_TARGETS[prometheus.JOB_DCGM][0], {"node": "chat-0", "group": "chat"}),
+        (PROD_TARGETS[prometheus.JOB_DCGM][1], {"node": "chat-1", "group": "chat"}),
+    ]
+    assert config["global"]["external_labels"]["environment"] == "prod"
+
+
+def test_prometheus_runs_the_rules_with_retention_from_the_config(dev):
+    container = dev.monitor.container("prometheus")
+    uploads = dev.uploads("prometheus")
+    assert uploads[prometheus.DEFAULT_RULES_FILE]["content"] == rules.render_rules(dev.settings)
+    assert dev.scrape_config()["rule_files"] == [prometheus.DEFAULT_RULES_FILE]
+    command = container.inputs["command"]
+    assert f"--storage.tsdb.retention.time={dev.settings.monitoring.retention}" in command
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command
+    assert container.label_map["ollama-fleet.retention"] == dev.settings.monitoring.retention
+
+
+def test_prometheus_keeps_its_data_in_a_named_volume(dev):
+    volume = dev.monitor.named("ollama-monitoring-tsdb")
+    assert volume.type == VOLUME
+    container = dev.monitor.container("prometheus")
+    assert container.inputs["volumes"] == [{"volumeName": volume.inputs["name"], "containerPath": "/prometheus"}]
+    assert "--storage.tsdb.path=/prometheus" in container.inputs["command"]
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_dashboard(dev):
+    uploads = dev.uploads("grafana")
+    prometheus_name = dev.monitor.container("prometheus").inputs["name"]
+    datasource = yaml.safe_load(uploads["/etc/grafana/provisioning/datasources/ollama-fleet.yaml"]["content"])
+    assert datasource["datasources"][0]["url"] == f"http://{prometheus_name}:{ports.PROMETHEUS}"
+    assert datasource["datasources"][0]["uid"] == grafana.DATASOURCE_UID
+    provider = yaml.safe_load(uploads["/etc/grafana/provisioning/dashboards/ollama-fleet.yaml"]["content"])
+    folder = provider["providers"][0]["options"]["path"]
+    dashboard = f"{folder}/{grafana.DASHBOARD_FILE}"
+    assert uploads[dashboard]["content"] == grafana.render_dashboard(dev.settings)
+    assert dev.monitor.container("prometheus").urn in dev.monitor.container("grafana").depends_on
+
+
+def test_grafana_password_stays_secret(dev):
+    container = dev.monitor.container("grafana")
+    envs = dev.monitor.wire_inputs(container)["envs"]
+    secret = [e for e in envs if is_wire_secret(e)]
+    assert [unwrap(e) for e in secret] == [f"GF_SECURITY_ADMIN_PASSWORD={PASSWORD}"]
+    plain = [e for e in envs if not is_wire_secret(e)]
+    assert f"GF_SECURITY_ADMIN_USER={dev.settings.monitoring.grafana_admin_user}" in plain
+    assert "GF_USERS_ALLOW_SIGN_UP=false" in plain and "GF_AUTH_ANONYMOUS_ENABLED=false" in plain
+    assert dev.outputs["envs_secret"] is True
+    for resource in dev.monitor.registered:
+        assert PASSWORD not in str(list(_plain_values(dev.monitor.wire_inputs(resource)))), resource.name
+
+
+def _plain_values(value):
+    if is_wire_secret(value):
+        return
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _plain_values(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _plain_values(v)
+    else:
+        yield value
+
+
+def test_uis_are_published_on_loopback_locally_and_on_the_private_address_on_aws(dev, prod):
+    for built, address in ((dev, "127.0.0.1"), (prod, PRIVATE_ADDRESS)):
+        published = sorted((p["ip"], p["internal"]) for c in built.monitor.containers() for p in c.inputs.get("ports") or [])
+        assert published == [(address, ports.GRAFANA), (address, ports.PROMETHEUS)]
+    assert dev.outputs["prometheus_url"] == f"http://127.0.0.1:{ports.PROMETHEUS}"
+    assert prod.outputs["grafana_url"] == f"http://{PRIVATE_ADDRESS}:{ports.GRAFANA}"
+
+
+def test_containers_wait_for_the_host_restart_and_check_health(dev):
+    ready = dev.monitor.urn_of("host-ready")
+    for role, url in (("prometheus", "/-/healthy"), ("grafana", "/api/health")):
+        container = dev.monitor.container(role)
+        assert ready in container.depends_on
+        assert container.inputs["restart"] == "unless-stopped"
+        assert container.inputs["logDriver"] == "json-file" and "max-size" in container.inputs["logOpts"]
+        test = container.inputs["healthcheck"]["tests"]
+        assert test[:2] == ["CMD", "wget"] and test[-1].endswith(url)
+        image = next(r for r in dev.monitor.registered if r.outputs.get("imageId") == container.inputs["image"])
+        assert image.inputs["name"] == getattr(dev.settings.images, role)
+
+
+def test_node_targets_must_match_the_stack_nodes():
+    settings = settings_of("prod")
+    with pytest.raises(prometheus.PrometheusPlanError, match=r"targets\['ollama-meter'\]: 1 given.*2"):
+        node_targets(settings, {**PROD_TARGETS, prometheus.JOB_METER: PROD_TARGETS[prometheus.JOB_METER][:1]})
+    moved = {**PROD_TARGETS, prometheus.JOB_NODE: [f"10.9.9.9:{ports.NODE_EXPORTER}", PROD_TARGETS[prometheus.JOB_NODE][1]]}
+    with pytest.raises(prometheus.PrometheusPlanError, match="node exporter of chat-0 is on 10.9.9.9"):
+        node_targets(settings, moved)
+    nodes = node_targets(settings, PROD_TARGETS)
+    assert [(n.name, n.host, n.gpu) for n in nodes] == [("chat-0", "10.70.1.10", True), ("chat-1", "10.70.2.11", True)]

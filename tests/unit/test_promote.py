@@ -1,0 +1,281 @@
+"""`fleet promote FROM TO` on temporary copies of the real stack files: what moves, what stays, and refusals."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from fleet import promote
+from fleet.capacity import estimate_node
+from fleet.cli_delivery import register
+from fleet.config import FLEET_KEY
+from fleet.stack_file import load_stack_file
+
+ROOT = Path(__file__).resolve().parents[2]
+NEW_OLLAMA = "ollama/ollama:0.13.2@sha256:" + "b" * 64
+MODEL_DIGEST = "sha256:" + "a" * 64
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project folder holding copies of Pulumi.yaml and the three real stack files."""
+    for path in [ROOT / "Pulumi.yaml", *ROOT.glob("Pulumi.*.yaml")]:
+        shutil.copy(path, tmp_path / path.name)
+    return tmp_path
+
+
+def edit(path: Path, *replacements: tuple[str, str]) -> None:
+    text = path.read_text()
+    for old, new in replacements:
+        assert old in text, f"{old!r} not in {path.name}"
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items: dict[str, Any] = {}
+        for key, sub in value.items():
+            items.update(flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return items
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        items = {}
+        for index, sub in enumerate(value):
+            name = sub.get("name", index) if isinstance(sub, dict) else index
+            items.update(flatten(sub, f"{prefix}[{name}]"))
+        return items
+    return {prefix: value}
+
+
+def changed_keys(before: str, after: str) -> set[str]:
+    old, new = flatten(yaml.safe_load(before)), flatten(yaml.safe_load(after))
+    return {k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>")}
+
+
+def tested_staging(project: Path) -> None:
+    """Staging after a round of testing: a new Ollama image, a pinned model digest, other knobs and limits —
+    plus staging-only changes (node count, domain, retention, clients, tags, enforcement) that must not move."""
+    edit(
+        project / "Pulumi.staging.yaml",
+        ("            numCtx: 8192\n", f"            numCtx: 8192\n            digest: {MODEL_DIGEST}\n"),
+        ("          numParallel: 4\n", "          numParallel: 3\n"),
+        ("          maxQueue: 128\n", "          maxQueue: 96\n"),
+        ("    gateway:\n", f"    images:\n      ollama: {NEW_OLLAMA}\n    gateway:\n      rateLimits:\n        perKeyPerMinute: 900\n      readTimeoutS: 300\n"),
+        ("      queuePerNode: 8\n", "      queuePerNode: 6\n"),
+        ("        count: 1\n", "        count: 3\n"),
+        ("llm-staging.example.com", "llm-stg.example.com"),
+        ("      retention: 7d\n", "      retention: 3d\n"),
+        ("        - name: platform\n", "        - name: platform\n        - name: qa\n"),
+        ("      cost-center: ml-platform\n", "      cost-center: staging-tests\n"),
+    )
+
+
+PROMOTED_BY_TESTED_STAGING = {
+    f"config.{FLEET_KEY}.images.ollama",
+    f"config.{FLEET_KEY}.nodeGroups[chat].models[llama3.1].digest",
+    f"config.{FLEET_KEY}.nodeGroups[chat].ollama.numParallel",
+    f"config.{FLEET_KEY}.nodeGroups[chat].ollama.maxQueue",
+    f"config.{FLEET_KEY}.gateway.rateLimits.perKeyPerMinute",
+    f"config.{FLEET_KEY}.gateway.readTimeoutS",
+    f"config.{FLEET_KEY}.gateway.queuePerNode",
+}
+
+
+def run_cli(project: Path, monkeypatch, *args: str):
+    app = typer.Typer()
+    register(app)
+    monkeypatch.chdir(project)
+    return CliRunner().invoke(app, ["promote", *args])
+
+
+# --- what moves, what stays ----------------------------------------------------------------------------------
+
+
+def test_nothing_to_promote_between_stacks_that_share_the_tested_values(project):
+    # staging and prod differ in placement, counts, domain, TLS, clients, retention, HA — none of that moves.
+    plan = promote.plan_promotion("staging", "prod", project)
+    assert not plan.changed and plan.changes == [] and plan.diff == ""
+
+
+def test_the_diff_shows_exactly_the_promoted_keys(project):
+    tested_staging(project)
+    plan = promote.plan_promotion("staging", "prod", project)
+    assert changed_keys(plan.original, plan.candidate) == PROMOTED_BY_TESTED_STAGING
+    assert {c.path for c in plan.changes} == {
+        f"{FLEET_KEY}.images.ollama",
+        f"{FLEET_KEY}.nodeGroups[chat].models[0].digest",
+        f"{FLEET_KEY}.nodeGroups[chat].ollama.numParallel",
+        f"{FLEET_KEY}.nodeGroups[chat].ollama.maxQueue",
+        f"{FLEET_KEY}.gateway.rateLimits.perKeyPerMinute",
+        f"{FLEET_KEY}.gateway.readTimeoutS",
+        f"{FLEET_KEY}.gateway.queuePerNode",
+    }
+    changed_lines = [l[1:].strip() for l in plan.diff.splitlines() if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    assert sorted(changed_lines) == sorted(
+        [
+            f"digest: {MODEL_DIGEST}",
+            "numParallel: 4", "numParallel: 3",
+            "maxQueue: 128", "maxQueue: 96",
+            "images:", f"ollama: {NEW_OLLAMA}",
+            "rateLimits:", "perKeyPerMinute: 900", "readTimeoutS: 300",
+            "queuePerNode: 8", "queuePerNode: 6",
+        ]
+    )
+    numparallel = next(c for c in plan.changes if c.path.endswith("numParallel"))
+    assert (numparallel.before, numparallel.after) == (4, 3)
+
+
+def test_target_specific_values_and_layout_are_kept(project):
+    tested_staging(project)
+    plan = promote.plan_promotion("staging", "prod", project)
+    settings = load_stack_file(_write(project, "candidate", plan.candidate), "prod").settings
+    assert settings.environment == "prod" and settings.target == "aws"
+    assert settings.node_groups[0].count == 2 and settings.node_groups[0].instance_type == "g6e.xlarge"
+    assert settings.aws.vpc_cidr == "10.70.0.0/16"
+    assert settings.gateway.domain == "llm.example.com" and settings.gateway.tls.mode == "acme"
+    assert [c.name for c in settings.gateway.clients] == ["search", "support-bot", "ci"]
+    assert settings.gateway.high_availability is True
+    assert settings.monitoring.retention == "30d"
+    assert settings.policy.enforcement == "mandatory"
+    assert settings.tags == {"cost-center": "ml-platform"}
+    # ... while the promoted values arrived
+    assert settings.images.ollama == NEW_OLLAMA
+    assert settings.node_groups[0].models[0].digest == MODEL_DIGEST
+    assert settings.node_groups[0].ollama.num_parallel == 3
+    assert settings.gateway.rate_limits.per_key_per_minute == 900
+    # Round-trip editing: the header comment, quoting and flow lists of the target stay as written.
+    assert plan.candidate.startswith("# prod: AWS, GPU nodes in two zones")
+    assert '          keepAlive: "-1"\n' in plan.candidate
+    assert "      zones: [us-east-1a, us-east-1b]\n" in plan.candidate
+
+
+def test_comments_on_changed_and_neighbouring_keys_survive(project):
+    edit(project / "Pulumi.prod.yaml",
+         ("          numParallel: 4\n", "          numParallel: 4  # sized with fleet tune\n"),
+         ("        modelVolumeGb: 200\n", "        # the model volume outlives the host\n        modelVolumeGb: 200\n"))
+    edit(project / "Pulumi.staging.yaml", ("          numParallel: 4\n", "          numParallel: 2\n"))
+    plan = promote.plan_promotion("staging", "prod", project)
+    assert "          numParallel: 2  # sized with fleet tune\n" in plan.candidate
+    assert "        # the model volume outlives the host\n        modelVolumeGb: 200\n" in plan.candidate
+    assert changed_keys(plan.original, plan.candidate) == {f"config.{FLEET_KEY}.nodeGroups[chat].ollama.numParallel"}
+
+
+def test_a_value_left_to_its_default_in_the_source_is_removed_from_the_target(project):
+    edit(project / "Pulumi.prod.yaml", ("      queuePerNode: 8\n", "      queuePerNode: 8\n      readTimeoutS: 900\n"))
+    plan = promote.plan_promotion("staging", "prod", project)
+    assert "readTimeoutS" not in plan.candidate
+    (change,) = plan.changes
+    assert change.path == f"{FLEET_KEY}.gateway.readTimeoutS" and change.before == 900
+    assert change.show(change.after) == "(unset: default)"
+
+
+def test_groups_are_matched_by_name(project):
+    plan = promote.plan_promotion("dev", "staging", project)
+    candidate = yaml.safe_load(plan.candidate)["config"][FLEET_KEY]
+    original = yaml.safe_load(plan.original)["config"][FLEET_KEY]
+    # dev's CPU group has no counterpart in staging: staging's GPU group keeps its own models and knobs.
+    assert candidate["nodeGroups"] == original["nodeGroups"]
+    assert any("'cpu'" in note and "not promoted" in note for note in plan.notes)
+    # gateway limits are promoted all the same (dev sets them explicitly)
+    assert candidate["gateway"]["rateLimits"] == yaml.safe_load((project / "Pulumi.dev.yaml").read_text())["config"][FLEET_KEY]["gateway"]["rateLimits"]
+
+
+def test_an_invalid_source_or_a_missing_stack_is_refused(project):
+    edit(project / "Pulumi.staging.yaml", ("          numParallel: 4\n", "          numParallel: 0\n"))
+    with pytest.raises(promote.PromotionError, match=r"source stack is not valid(.|\n)*numParallel"):
+        promote.plan_promotion("staging", "prod", project)
+    with pytest.raises(promote.PromotionError, match="no stack file Pulumi.qa.yaml"):
+        promote.plan_promotion("dev", "qa", project)
+    with pytest.raises(promote.PromotionError, match="same stack"):
+        promote.plan_promotion("prod", "prod", project)
+
+
+# --- the command: diff first, checks, refusals -----------------------------------------------------------------
+
+
+def test_refused_when_the_promoted_models_do_not_fit_the_target_gpus(project, monkeypatch):
+    """staging runs on 48 GiB L40S; a 24 GiB A10G target cannot hold the context staging was tested with."""
+    edit(project / "Pulumi.staging.yaml", ("            numCtx: 8192\n", "            numCtx: 32768\n"))
+    edit(project / "Pulumi.prod.yaml", ("        instanceType: g6e.xlarge\n", "        instanceType: g5.xlarge\n"))
+    staging = load_stack_file(project / "Pulumi.staging.yaml")
+    assert estimate_node(staging.settings.node_groups[0], 0.10).fits  # it fits where it was tested
+    before = (project / "Pulumi.prod.yaml").read_bytes()
+
+    result = run_cli(project, monkeypatch, "staging", "prod", "--yes")
+
+    assert result.exit_code == 3, result.output
+    assert "+            numCtx: 32768" in result.output
+    assert result.output.index("+            numCtx: 32768") < result.output.index("refused")  # the diff comes first
+    assert "does not fit g5.xlarge" in result.output
+    assert (project / "Pulumi.prod.yaml").read_bytes() == before
+
+
+def test_refused_when_a_mandatory_policy_fails_on_the_target(project, monkeypatch):
+    """An image without a digest passes staging's policies but not prod's pinned-images (digest required in prod)."""
+    edit(project / "Pulumi.staging.yaml", ("    gateway:\n", "    images:\n      ollama: ollama/ollama:0.13.1\n    gateway:\n"))
+    before = (project / "Pulumi.prod.yaml").read_bytes()
+
+    result = run_cli(project, monkeypatch, "staging", "prod", "--yes")
+
+    assert result.exit_code == 3, result.output
+    assert "pinned-images" in result.output
+    assert "a mandatory policy fails on the promoted prod stack" in result.output
+    assert (project / "Pulumi.prod.yaml").read_bytes() == before
+
+
+def test_dry_run_shows_the_diff_and_the_verdict_and_writes_nothing(project, monkeypatch):
+    tested_staging(project)
+    before = (project / "Pulumi.prod.yaml").read_bytes()
+    result = run_cli(project, monkeypatch, "staging", "prod", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f"+      ollama: {NEW_OLLAMA}" in result.output
+    assert "the promoted prod stack passes validation, capacity and its policies" in result.output
+    assert "dry run: Pulumi.prod.yaml is unchanged" in result.output
+    assert (project / "Pulumi.prod.yaml").read_bytes() == before
+
+
+def test_without_yes_and_without_a_terminal_nothing_is_written(project, monkeypatch):
+    tested_staging(project)
+    before = (project / "Pulumi.prod.yaml").read_bytes()
+    result = run_cli(project, monkeypatch, "staging", "prod")
+    assert result.exit_code == 1, result.output
+    assert "pass --yes" in result.output
+    assert (project / "Pulumi.prod.yaml").read_bytes() == before
+
+
+def test_promotion_with_yes_writes_the_checked_candidate(project, monkeypatch):
+    tested_staging(project)
+    plan = promote.plan_promotion("staging", "prod", project)
+    result = run_cli(project, monkeypatch, "staging", "prod", "--yes")
+    assert result.exit_code == 0, result.output
+    assert (project / "Pulumi.prod.yaml").read_text() == plan.candidate
+    # promoting again finds nothing left to do
+    again = run_cli(project, monkeypatch, "staging", "prod", "--yes")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
+
+def test_secrets_of_the_target_are_untouched(project):
+    secure = "v1:c2VjcmV0LWNpcGhlcnRleHQ=:AAAAAAAAAAAAAAAAAAAAAAAA"
+    edit(project / "Pulumi.prod.yaml", ("  aws:region: us-east-1\n", f"  aws:region: us-east-1\n  ollama-fleet:adminApiKey:\n    secure: {secure}\n"))
+    tested_staging(project)
+    plan = promote.plan_promotion("staging", "prod", project)
+    assert f"  ollama-fleet:adminApiKey:\n    secure: {secure}\n" in plan.candidate
+    assert changed_keys(plan.original, plan.candidate) == PROMOTED_BY_TESTED_STAGING
+
+
+def _write(folder: Path, stack: str, text: str) -> Path:
+    path = folder / f"Pulumi.{stack}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_runbook_lists_every_promoted_key():
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    for path in promote.PROMOTED:
+        assert f"`{'.'.join(path)}`" in runbook, f"docs/runbook.md does not list the promoted key {'.'.join(path)}"

@@ -1,0 +1,216 @@
+"""`fleet tune`: the knee on synthetic sweeps, the config change it names, and refusal of values that the
+capacity model says do not fit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fleet import capacity
+from fleet import loadtest as lt
+from fleet import tune as tn
+from fleet.cli_load import register
+from fleet.fake_backend import Behavior, BackendThread, FakeBackend
+from fleet.stack_file import load_stack
+
+BOUNDS = tn.Bounds(max_p95_ttft_s=1.0, max_error_rate=0.02)
+
+
+def summary(level: int, tokens_per_s: float, p95: float | None, error_rate: float = 0.0) -> lt.LevelSummary:
+    """A level summary with the figures the knee depends on (the rest consistent but irrelevant)."""
+    base = lt.summarize("closed", level, [], 10.0)
+    return replace(
+        base,
+        requests=100,
+        ok=round(100 * (1 - error_rate)),
+        errors=round(100 * error_rate),
+        error_rate=error_rate,
+        tokens_per_s=tokens_per_s,
+        throughput_rps=tokens_per_s / 50,
+        ttft_p50_s=None if p95 is None else p95 / 2,
+        ttft_p95_s=p95,
+    )
+
+
+def points(rows) -> list[tn.Point]:
+    return [tn.Point(value, summary(value, *rest)) for value, *rest in rows]
+
+
+def test_knee_is_the_best_throughput_within_bounds():
+    sweep = points([(1, 100, 0.2), (2, 190, 0.3), (4, 350, 0.6), (8, 420, 1.4), (16, 430, 3.0)])
+    knee = tn.pick_knee(sweep, BOUNDS)
+    assert knee.point.value == 4
+    assert knee.eligible == (1, 2, 4)
+    assert set(knee.reasons) == {8, 16} and "p95 TTFT 1.400s > 1s" in knee.reasons[8][0]
+
+
+def test_error_rate_bound_excludes_a_faster_value():
+    sweep = points([(2, 200, 0.3), (4, 380, 0.5, 0.05), (8, 400, 0.7, 0.0)])
+    knee = tn.pick_knee(sweep, BOUNDS)
+    assert knee.point.value == 8
+    assert knee.reasons[4] == ["error rate 5.0% > 2.0%"]
+
+
+def test_on_a_plateau_the_smallest_value_within_tolerance_wins():
+    sweep = points([(2, 300, 0.2), (4, 400, 0.3), (8, 410, 0.5), (16, 415, 0.9)])
+    assert tn.pick_knee(sweep, BOUNDS, tolerance=0.05).point.value == 4
+    assert tn.pick_knee(sweep, BOUNDS, tolerance=0.0).point.value == 16
+
+
+def test_request_metric_is_used_when_asked_or_when_there_are_no_tokens():
+    a = tn.Point(2, replace(summary(2, 100, 0.2), throughput_rps=10.0))
+    b = tn.Point(4, replace(summary(4, 200, 0.3), throughput_rps=9.0))
+    assert tn.pick_knee([a, b], BOUNDS, metric="tokens", tolerance=0).point.value == 4
+    assert tn.pick_knee([a, b], BOUNDS, metric="requests", tolerance=0).point.value == 2
+    no_tokens = [tn.Point(p.value, replace(p.summary, tokens_per_s=0.0)) for p in (a, b)]
+    assert tn.pick_knee(no_tokens, BOUNDS, metric="tokens", tolerance=0).point.value == 2
+
+
+def test_no_value_within_bounds_gives_no_knee():
+    sweep = points([(1, 100, 2.0), (2, 150, None)])
+    knee = tn.pick_knee(sweep, BOUNDS)
+    assert knee.point is None
+    assert knee.reasons[2] == ["no request produced a token"]
+
+
+def test_num_parallel_change_names_the_yaml_key_and_command():
+    settings = load_stack("prod").settings
+    rec = tn.recommend("num_parallel", 8, settings, 0)
+    (change,) = rec.changes
+    assert change.key_path == "ollama-fleet:fleet.nodeGroups[0].ollama.numParallel"
+    assert (change.current, change.value) == (settings.node_groups[0].ollama.num_parallel, 8)
+    assert change.command("prod") == "pulumi config set --stack prod --path 'fleet.nodeGroups[0].ollama.numParallel' 8"
+
+
+def test_num_parallel_beyond_the_capacity_model_is_refused():
+    settings = load_stack("prod").settings
+    group = settings.node_groups[0]
+    headroom = settings.policy.vram_headroom
+    largest = capacity.max_num_parallel(group, headroom)
+    assert largest is not None and largest < 64
+    assert tn.recommend("num_parallel", largest, settings, 0).changes[0].value == largest
+    with pytest.raises(tn.TuneError, match=f"numParallel {largest + 1} does not fit g6e.xlarge.*largest numParallel that fits is {largest}"):
+        tn.recommend("num_parallel", largest + 1, settings, 0)
+    fitting, refused = tn.split_fitting(group, [1, largest, largest + 1, 64], headroom)
+    assert fitting == [1, largest] and set(refused) == {largest + 1, 64}
+
+
+def test_concurrency_knee_becomes_the_gateway_queue():
+    settings = load_stack("prod").settings  # 2 nodes, numParallel 4, one resident model
+    group = settings.node_groups[0]
+    slots = capacity.max_conns_per_node(group, 0)
+    rec = tn.recommend("concurrency", 2 * (slots + 3), settings, 0)
+    (change,) = rec.changes
+    assert change.key_path == "ollama-fleet:fleet.gateway.queuePerNode" and change.value == 3
+    # the gateway then admits exactly the knee per node
+    assert capacity.max_conns_per_node(group, change.value) == slots + 3
+
+
+def test_concurrency_knee_below_the_slots_lowers_num_parallel():
+    settings = load_stack("prod").settings
+    rec = tn.recommend("concurrency", 4, settings, 0)  # 2 per node, below numParallel 4
+    changes = {c.key_path.rsplit(".", 1)[1]: c.value for c in rec.changes}
+    assert changes == {"numParallel": 2, "queuePerNode": 0}
+
+
+def test_unknown_group_is_a_clear_error():
+    settings = load_stack("prod").settings
+    with pytest.raises(tn.TuneError, match="no node group 'gpu'.*groups: chat"):
+        tn.find_group(settings, "gpu", "Pulumi.prod.yaml")
+
+
+def test_num_parallel_sweep_restarts_per_value():
+    """Each value gets its own backend (slots = value), a warm-up request, then `clients_for(value)` clients."""
+    started: list[BackendThread] = []
+
+    def apply(value: int) -> str:
+        for server in started:
+            server.__exit__(None, None, None)
+        started.clear()
+        server = BackendThread(FakeBackend(Behavior(tokens=3, first_token_delay_s=0.05), slots=value)).__enter__()
+        started.append(server)
+        return server.url
+
+    try:
+        spec = lt.LoadSpec(url="http://127.0.0.1:1", requests=6, timeout_s=10)
+        sweep = tn.sweep_num_parallel(spec, [1, 2], apply, clients_for=lambda v: 2 * v)
+        peak = started[-1].backend.stats.peak_active
+        served = started[-1].backend.stats.requests
+    finally:
+        for server in started:
+            server.__exit__(None, None, None)
+    assert [p.value for p in sweep] == [1, 2]
+    assert [p.summary.level for p in sweep] == [2, 4]  # clients per value
+    assert all(p.summary.ok == 6 for p in sweep)
+    assert peak <= 2 and served == 7  # the warm-up and six measured requests
+    assert [lv.level for lv in tn.sweep_result(spec, sweep).levels] == [1, 2]
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """test app"""
+
+    register(app)
+    return app
+
+
+def test_cli_refuses_num_parallel_values_that_do_not_fit():
+    settings = load_stack("prod").settings
+    largest = capacity.max_num_parallel(settings.node_groups[0], settings.policy.vram_headroom)
+    result = CliRunner().invoke(
+        _cli(),
+        ["tune", "--stack", "prod", "--group", "chat", "--param", "num_parallel", "--values", f"{largest + 1},64",
+         "--restart-cmd", "true {value}", "--url", "http://127.0.0.1:9", "-n", "1"],
+    )
+    assert result.exit_code == 3
+    assert f"numParallel {largest + 1} does not fit" in result.output
+    assert "nothing to sweep" in result.output
+
+
+def test_cli_num_parallel_needs_a_way_to_restart():
+    result = CliRunner().invoke(
+        _cli(), ["tune", "--stack", "prod", "--group", "chat", "--param", "num_parallel", "--url", "http://127.0.0.1:9", "-n", "1"]
+    )
+    assert result.exit_code == 2 and "--restart-cmd" in result.output
+
+
+def test_cli_tune_sweeps_concurrency_and_prints_the_change(tmp_path):
+    with BackendThread(FakeBackend(Behavior(tokens=4))) as server:
+        result = CliRunner().invoke(
+            _cli(),
+            ["tune", "--stack", "dev", "--group", "cpu", "--url", server.url, "--values", "1,2", "-n", "5",
+             "--max-p95-ttft", "30", "--no-progress", "-o", str(tmp_path)],
+        )
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "tune.json").read_text())
+    assert [p["value"] for p in data["points"]] == [1, 2] and data["knee"] in (1, 2)
+    assert f"knee: concurrency = {data['knee']}" in result.output
+    assert (tmp_path / "plot.png").is_file()
+
+
+def test_cli_tune_from_results_without_loading(tmp_path):
+    sweep = [summary(1, 100, 0.2), summary(2, 200, 0.4), summary(4, 210, 5.0)]
+    spec = lt.LoadSpec(url="http://127.0.0.1:1", concurrency=(1, 2, 4), requests=1)
+    lt.write_results(lt.LoadResult(spec=spec, levels=sweep, records={}), tmp_path, plot=False)
+    result = CliRunner().invoke(
+        _cli(), ["tune", "--stack", "dev", "--group", "cpu", "--from-results", str(tmp_path), "--max-p95-ttft", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "knee: concurrency = 2" in result.output
+    assert "ollama-fleet:fleet.gateway.queuePerNode" in result.output
+
+
+def test_cli_tune_with_nothing_in_bounds_exits_non_zero(tmp_path):
+    spec = lt.LoadSpec(url="http://127.0.0.1:1", concurrency=(1,), requests=1)
+    lt.write_results(lt.LoadResult(spec=spec, levels=[summary(1, 100, 9.0)], records={}), tmp_path, plot=False)
+    result = CliRunner().invoke(
+        _cli(), ["tune", "--stack", "dev", "--group", "cpu", "--from-results", str(tmp_path), "--max-p95-ttft", "1"]
+    )
+    assert result.exit_code == 1 and "no value of concurrency stays within the bounds" in result.output
