@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 
 from common import (
-    API_KEY, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, seed_gateway, workdir,
+    API_KEY, REPO, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, seed_gateway, workdir,
 )
 
 from fleet import capacity
+from fleet.stack_file import load_stack
 from fleet.loadtest import LoadSpec, percentile, run_load
 
 SLOTS = 4
@@ -46,8 +47,7 @@ def main() -> None:
     capacity_rps = SLOTS / service_s
     offered = round(2 * capacity_rps, 1)
     many = tuple(f"127.0.0.{i}" for i in range(2, 2 + args.ips))
-    dev = bench_settings()  # only to read the dev stack's rate limits
-    limits = dev.gateway.rate_limits
+    limits = load_stack("dev", REPO).settings.gateway.rate_limits  # the dev stack's own rate limits
     settings = bench_settings(
         num_parallel=SLOTS, queue_per_node=QUEUE_PER_NODE,
         per_key_per_minute=limits.per_key_per_minute, per_key_burst=limits.per_key_burst,

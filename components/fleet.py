@@ -170,7 +170,9 @@ class Fleet(pulumi.ComponentResource):
         # One SSH key pair for the Docker provider and remote commands; it never leaves Pulumi state (secret).
         ssh_key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=child)
 
-        def host(host_name: str, role: str, instance_type: str, zone_index: int, volume_gb: int | None) -> GpuHost:
+        def host(
+            host_name: str, role: str, instance_type: str, zone_index: int, volume_gb: int | None, root_volume_gb: int | None = None
+        ) -> GpuHost:
             zone_index %= len(aws.zones)
             return GpuHost(
                 host_name,
@@ -186,6 +188,7 @@ class Fleet(pulumi.ComponentResource):
                     ssh_private_key=pulumi.Output.secret(ssh_key.private_key_openssh),
                     model_volume_gb=volume_gb,
                     gpus=catalog.INSTANCES[instance_type].gpus if instance_type in catalog.INSTANCES else 0,
+                    root_volume_gb=root_volume_gb,
                 ),
                 child,
             )
@@ -199,7 +202,9 @@ class Fleet(pulumi.ComponentResource):
         for group in settings.node_groups:
             # Spread each group's nodes round-robin over the zones.
             node_hosts[group.name] = [
-                host(f"{name}-{group.name}-host-{i}", "node", group.instance_type, i, group.model_volume_gb).host
+                host(
+                    f"{name}-{group.name}-host-{i}", "node", group.instance_type, i, group.model_volume_gb, group.root_volume_gb
+                ).host
                 for i in range(group.count)
             ]
 

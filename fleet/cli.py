@@ -63,21 +63,14 @@ def preview(
         console.print(f"resources written to {json_out}")
 
     code = 0
-    try:
-        from fleet import cli_capacity
+    from fleet import cli_capacity
+    from fleet.policy_runner import evaluate
 
-        capacity_ok = cli_capacity.print_plan(console, stack_config)
-    except ImportError:
-        capacity_ok = True
-    try:
-        from fleet.policy_runner import evaluate
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        report = evaluate(result.resources, stack_config.stack)
-        console.print(report.render())
-        if report.mandatory_failed:
-            code = EXIT_POLICY
+    capacity_ok = cli_capacity.print_plan(console, stack_config)
+    report = evaluate(result.resources, stack_config.stack)
+    console.print(report.render())
+    if report.mandatory_failed:
+        code = EXIT_POLICY
     if not capacity_ok and code == 0 and stack_config.settings.policy.enforcement == "mandatory":
         code = EXIT_POLICY
     raise typer.Exit(code)
@@ -94,17 +87,16 @@ def docs(out: Path = typer.Option(Path("docs/configuration.md"), "--out", help="
 
 
 def _register_subcommands() -> None:
-    from fleet import cli_capacity, cli_render
+    from fleet import cli_capacity, cli_delivery, cli_load, cli_render
 
-    cli_capacity.register(app)
-    cli_render.register(app)
+    for module in (cli_capacity, cli_render, cli_load, cli_delivery):
+        module.register(app)
+
+
+_register_subcommands()
 
 
 def main() -> None:
-    try:
-        _register_subcommands()
-    except ImportError:
-        pass
     app()
 
 

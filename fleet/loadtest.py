@@ -370,7 +370,7 @@ class _Clients:
         self._free.clear()
 
 
-async def _closed_level(spec: LoadSpec, concurrency: int, sink: ProgressSink) -> tuple[list[RequestRecord], float, float]:
+async def _closed_level(spec: LoadSpec, concurrency: int, sink: ProgressSink) -> tuple[list[RequestRecord], float, float, float]:
     body = json.dumps(spec.body()).encode()
     records: list[RequestRecord] = []
     issued = 0
@@ -396,10 +396,10 @@ async def _closed_level(spec: LoadSpec, concurrency: int, sink: ProgressSink) ->
         wall = time.perf_counter() - start
     finally:
         await clients.aclose()
-    return records, wall, 0.0
+    return records, wall, 0.0, start
 
 
-async def _open_level(spec: LoadSpec, rate: float, sink: ProgressSink) -> tuple[list[RequestRecord], float, float]:
+async def _open_level(spec: LoadSpec, rate: float, sink: ProgressSink) -> tuple[list[RequestRecord], float, float, float]:
     body = json.dumps(spec.body()).encode()
     records: list[RequestRecord] = []
     pending: set[asyncio.Task] = set()
@@ -443,7 +443,7 @@ async def _open_level(spec: LoadSpec, rate: float, sink: ProgressSink) -> tuple[
         wall = time.perf_counter() - start
     finally:
         await clients.aclose()
-    return records, wall, max_lag
+    return records, wall, max_lag, start
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -549,6 +549,7 @@ class LoadResult:
     levels: list[LevelSummary]
     records: dict[float, list[RequestRecord]]
     started_at: str = ""
+    level_starts: dict[float, float] = field(default_factory=dict)  # time.perf_counter() at each level's start
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -565,18 +566,19 @@ async def run_load_async(spec: LoadSpec, sink: ProgressSink | None = None) -> Lo
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     summaries: list[LevelSummary] = []
     by_level: dict[float, list[RequestRecord]] = {}
+    starts: dict[float, float] = {}
     for level in spec.levels:
         sink.start_level(spec, level)
         if spec.mode == "open":
-            records, wall, lag = await _open_level(spec, float(level), sink)
+            records, wall, lag, starts[level] = await _open_level(spec, float(level), sink)
         else:
-            records, wall, lag = await _closed_level(spec, int(level), sink)
+            records, wall, lag, starts[level] = await _closed_level(spec, int(level), sink)
         records.sort(key=lambda r: r.index)
         summary = summarize(spec.mode, level, records, wall, lag)
         summaries.append(summary)
         by_level[level] = records
         sink.end_level(summary)
-    return LoadResult(spec=spec, levels=summaries, records=by_level, started_at=started_at)
+    return LoadResult(spec=spec, levels=summaries, records=by_level, started_at=started_at, level_starts=starts)
 
 
 def run_load(spec: LoadSpec, sink: ProgressSink | None = None) -> LoadResult:

@@ -36,6 +36,7 @@ def fake_outputs(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, di
         outputs.setdefault("tagsAll", inputs.get("tags", {}))
     if type_ == "aws:ec2/instance:Instance":
         resource_id = f"i-{short}"
+        outputs.setdefault("availabilityZone", inputs.get("availabilityZone"))
         outputs.update(privateIp=_address("10.70", name), publicIp=_address("198.51", name), privateDns=f"ip-{short}.ec2.internal")
     elif type_ == "aws:ec2/vpc:Vpc":
         resource_id = f"vpc-{short}"
@@ -47,6 +48,17 @@ def fake_outputs(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, di
         resource_id = f"vol-{short}"
     elif type_ == "aws:ec2/eip:Eip":
         outputs.update(publicIp=_address("198.51", name), allocationId=f"eipalloc-{short}")
+    elif type_ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
+        # Auto-named by the provider: the name is an output others refer to.
+        outputs.setdefault("name", f"{name}-{short[:7]}")
+    elif type_ == "acme:index/certificate:Certificate":
+        outputs.update(
+            certificatePem=f"-----BEGIN CERTIFICATE-----\nleaf-{short}\n-----END CERTIFICATE-----\n",
+            issuerPem=f"-----BEGIN CERTIFICATE-----\nissuer-{short}\n-----END CERTIFICATE-----\n",
+            privateKeyPem=f"-----BEGIN EC PRIVATE KEY-----\nacme-{short}\n-----END EC PRIVATE KEY-----\n",
+        )
+    elif type_ == "acme:index/registration:Registration":
+        outputs.setdefault("registrationUrl", f"https://acme.invalid/acct/{short}")
     elif type_ == "aws:route53/healthCheck:HealthCheck":
         resource_id = f"hc-{short}"
     elif type_ == "random:index/randomPassword:RandomPassword":
@@ -87,6 +99,8 @@ def fake_invoke(token: str, args: dict[str, Any]) -> dict[str, Any]:
         return {"name": "us-east-1", "region": "us-east-1", "id": "us-east-1"}
     if token == "aws:index/getPartition:getPartition":
         return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
+    if token == "aws:ec2/getManagedPrefixList:getManagedPrefixList":
+        return {"id": "pl-0" + _digest(token, str(args.get("name")))[:16], "name": args.get("name"), "addressFamily": "IPv4"}
     if token == "aws:iam/getPolicyDocument:getPolicyDocument":
         return {"json": '{"Version":"2012-10-17","Statement":[]}'}
     return {}

@@ -62,6 +62,11 @@ def _config_for_mocks(stack_config: StackConfig) -> tuple[dict[str, str], list[s
 
 def run_program(stack_config: StackConfig) -> PreviewResult:
     """Run components.program under recording mocks. Mocks are process-global: call once per process."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
     import pulumi
     from pulumi.runtime import mocks as pulumi_mocks
     from pulumi.runtime.config import set_all_config
@@ -75,6 +80,11 @@ def run_program(stack_config: StackConfig) -> PreviewResult:
     set_all_config(values, secret_keys)
 
     outputs: dict[str, Any] = {}
+    # The AWS hosts write the deployer's SSH files for the Docker provider; a preview keeps them out of the way.
+    if "OLLAMA_FLEET_SSH_DIR" not in os.environ:
+        ssh_dir = tempfile.mkdtemp(prefix="fleet-preview-ssh-")
+        os.environ["OLLAMA_FLEET_SSH_DIR"] = ssh_dir
+        atexit.register(shutil.rmtree, ssh_dir, ignore_errors=True)
 
     def program():
         from components.program import run

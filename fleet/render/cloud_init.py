@@ -281,15 +281,15 @@ def render_readiness_script(
 
 
 def bundle_files(settings: FleetSettings) -> dict[str, str]:
-    """The host setup scripts of an AWS stack for review (`fleet render`): one per node group and for the
-    gateway host. The user data itself is not included: it carries the host's private SSH key."""
+    """The host setup scripts of an AWS stack for review (`fleet render`): the first host of each node group and
+    the first gateway host (the others differ only in name and volume id). The user data itself is not included: it carries the host's private SSH key."""
     if settings.target != "aws" or settings.aws is None:
         return {}
     files = {}
     for group in settings.node_groups:
         instance = catalog.find_instance(group.instance_type)
-        files[f"cloud-init/{group.name}-setup.sh"] = render_setup_script(
-            host_name=f"{group.name}-N",
+        files[f"cloud-init/{group.name}-0-setup.sh"] = render_setup_script(
+            host_name=f"{group.name}-0",
             role="node",
             ssh_user=settings.aws.ssh_user,
             gpus=instance.gpus if instance else 0,
@@ -297,8 +297,8 @@ def bundle_files(settings: FleetSettings) -> dict[str, str]:
             models_path=MODELS_PATH,
             config_path=CONFIG_PATH,
         )
-    files["cloud-init/gateway-setup.sh"] = render_setup_script(
-        host_name="gateway-N",
+    files["cloud-init/gateway-0-setup.sh"] = render_setup_script(
+        host_name="gateway-0",
         role="gateway",
         ssh_user=settings.aws.ssh_user,
         gpus=0,

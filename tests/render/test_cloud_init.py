@@ -142,9 +142,9 @@ def test_review_bundle_has_a_setup_script_per_group_and_for_the_gateway(tmp_path
 
     assert cloud_init.bundle_files(load_stack("dev").settings) == {}
     files = cloud_init.bundle_files(load_stack("prod").settings)
-    assert set(files) == {"cloud-init/chat-setup.sh", "cloud-init/gateway-setup.sh"}
-    assert "nvidia-ctk" in files["cloud-init/chat-setup.sh"] and "mount_model_volume" in files["cloud-init/chat-setup.sh"]
-    assert "nvidia-ctk" not in files["cloud-init/gateway-setup.sh"]
+    assert set(files) == {"cloud-init/chat-0-setup.sh", "cloud-init/gateway-0-setup.sh"}
+    assert "nvidia-ctk" in files["cloud-init/chat-0-setup.sh"] and "mount_model_volume" in files["cloud-init/chat-0-setup.sh"]
+    assert "nvidia-ctk" not in files["cloud-init/gateway-0-setup.sh"]
     for name, content in files.items():
         path = tmp_path / name.replace("/", "_")
         path.write_text(content)

@@ -8,7 +8,6 @@ fresh mocks for each run: test files using it can share one pytest session with 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -17,18 +16,13 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from fleet.config import PROJECT, FleetSettings
-from fleet.mock_cloud import FleetMocks, RecordingMonitor, fake_invoke, fake_outputs
+from fleet.mock_cloud import FleetMocks, RecordingMonitor, fake_invoke
 from fleet.resources import RegisteredResource
 from fleet.stack_file import load_stack
 
 GPU_AMI = "ami-0gpu0000000000001"
 UBUNTU_AMI = "ami-0ubuntu000000002"
 ZONE_ID = "Z0EXAMPLE12345"
-PREFIX_LIST_ID = "pl-0route53hc00001"
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()
 
 
 class AwsMocks(FleetMocks):
@@ -70,29 +64,7 @@ class AwsMocks(FleetMocks):
                 raise Exception(f"no matching EC2 Subnet found ({subnet_id})")
             zone, vpc_id = self.subnets[subnet_id]
             return {"id": subnet_id, "availabilityZone": zone, "vpcId": vpc_id, "mapPublicIpOnLaunch": False}
-        if token == "aws:ec2/getManagedPrefixList:getManagedPrefixList":
-            return {"id": PREFIX_LIST_ID, "name": inputs.get("name"), "addressFamily": "IPv4"}
         return fake_invoke(token, inputs)
-
-    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
-        if not args.custom:
-            return ["", {}]
-        resource_id, outputs = fake_outputs(args.typ, args.name, args.inputs)
-        short = _digest(args.typ, args.name)[:12]
-        if args.typ == "acme:index/certificate:Certificate":
-            outputs.update(
-                certificatePem=f"-----BEGIN CERTIFICATE-----\nleaf-{short}\n-----END CERTIFICATE-----\n",
-                issuerPem=f"-----BEGIN CERTIFICATE-----\nissuer-{short}\n-----END CERTIFICATE-----\n",
-                privateKeyPem=f"-----BEGIN EC PRIVATE KEY-----\nacme-{short}\n-----END EC PRIVATE KEY-----\n",
-            )
-        elif args.typ == "acme:index/registration:Registration":
-            outputs.setdefault("registrationUrl", f"https://acme.invalid/acct/{short}")
-        elif args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
-            # Auto-named by the provider: the name is an output others refer to.
-            outputs.setdefault("name", f"{args.name}-{short[:7]}")
-        elif args.typ == "aws:ec2/instance:Instance":
-            outputs.setdefault("availabilityZone", args.inputs.get("availabilityZone"))
-        return [resource_id, outputs]
 
 
 @dataclass
