@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ if str(REPO) not in sys.path:  # `python bench/x.py` from the repository root
     sys.path.insert(0, str(REPO))
 
 from fleet.config import FleetSettings  # noqa: E402
+from fleet.fake_backend import raise_nofile  # noqa: E402,F401  (re-exported for the benchmarks)
 from fleet.local.processes import ManagedProcess, clean_env, free_port  # noqa: E402
 from fleet.stack_file import load_stack  # noqa: E402
 
@@ -32,16 +32,6 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 API_KEY = "bench-key-0123456789abcdef"
 ADMIN_KEY = "bench-admin-0123456789abcdef"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def raise_nofile(wanted: int) -> int:
-    """Raise this process's open-files limit towards `wanted` (children such as nginx inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft
 
 
 def group_cpu_seconds(leader_pid: int) -> float:
@@ -264,12 +254,6 @@ def workdir(name: str) -> Iterator[Path]:
         yield Path(folder)
 
 
-def fmt(value: float | None, unit: str = "", digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}{unit}"
-
-
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{1000 * value:.1f} ms"
 
@@ -289,21 +273,12 @@ def machine_line() -> str:
     return f"machine: {os.cpu_count()} CPUs, {os.uname().sysname} {os.uname().release}, python {sys.version.split()[0]}"
 
 
-@contextlib.contextmanager
-def timer() -> Iterator[list[float]]:
-    box: list[float] = []
-    started = time.perf_counter()
-    try:
-        yield box
-    finally:
-        box.append(time.perf_counter() - started)
-
-
 @dataclass
 class Measured:
     """One load level with the CPU each party used meanwhile (seconds of CPU per second of wall time)."""
 
     summary: object  # fleet.loadtest.LevelSummary
+    records: list  # fleet.loadtest.RequestRecord of the level
     generator_cpu: float
     backend_cpu: float | None
     gateway_cpu: float | None
@@ -321,6 +296,7 @@ def measure(spec, backends: Sequence[Backend] = (), gateway: Nginx | None = None
     wall = max(summary.wall_s, 1e-9)
     return Measured(
         summary=summary,
+        records=result.records[spec.levels[0]],
         generator_cpu=(self_cpu_seconds() - gen0) / wall,
         backend_cpu=(sum(b.cpu_seconds() for b in backends) - back0) / wall if backends else None,
         gateway_cpu=(gateway.cpu_seconds() - gw0) / wall if gateway else None,
@@ -329,3 +305,10 @@ def measure(spec, backends: Sequence[Backend] = (), gateway: Nginx | None = None
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def cpu_per_request(share: float | None, rate: float) -> str:
+    """CPU time per request from a CPU share (of one core) and a request rate."""
+    if share is None or rate <= 0:
+        return "-"
+    return f"{1000 * share / rate:.3f} ms"

@@ -3,7 +3,8 @@
 The generator (fleet loadtest, one Python process) against the trivial fake backend (one token per answer,
 no delay): its closed-loop request rate at saturation, the CPU it spends per request, and whether it keeps an
 open-loop schedule; then the same load through this project's nginx gateway in front of the same backend, in
-the same run. A generator rate well above the gateway's means gateway figures measure the gateway.
+the same run, with the CPU nginx spends per request. Comparing the generator's ceiling with the rates the
+other benchmarks drive tells whether their figures measure the gateway or the generator.
 
 Run: .venv/bin/python bench/generator_rate.py [--seconds 8]
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 import argparse
 
 from common import (
-    API_KEY, bench_settings, fake_backends, fleet_gateway, machine_line, measure, pct, print_table, workdir,
+    API_KEY, bench_settings, cpu_per_request, fake_backends, fleet_gateway, machine_line, measure, pct, print_table,
+    workdir,
 )
 
 from fleet.loadtest import LoadSpec
@@ -51,10 +53,12 @@ def main() -> None:
     for name, run in (("direct to fake backend", direct), ("through the gateway", through)):
         s = run.summary
         rows.append([name, s.requests, s.errors, f"{s.throughput_rps:.0f}", pct(run.generator_cpu), pct(run.backend_cpu),
-                     pct(run.gateway_cpu), f"{1e3 * run.generator_cpu / max(s.throughput_rps, 1e-9):.2f} ms"])
+                     pct(run.gateway_cpu), cpu_per_request(run.generator_cpu, s.throughput_rps),
+                     cpu_per_request(run.gateway_cpu, s.throughput_rps)])
     print_table(
         f"closed loop, {args.concurrency} clients, {args.seconds:g} s each (CPU: share of one core)",
-        ["target", "requests", "errors", "req/s", "generator CPU", "backend CPU", "nginx CPU", "generator CPU/request"],
+        ["target", "requests", "errors", "req/s", "generator CPU", "backend CPU", "nginx CPU", "generator CPU/request",
+         "nginx CPU/request"],
         rows,
     )
     print_table("open loop against the fake backend (schedule kept?)", ["offered", "sent", "sent/s", "max lag", "errors", "generator CPU"], open_rows)
@@ -62,6 +66,14 @@ def main() -> None:
     print(f"\ngenerator rate against the trivial backend: {direct.summary.throughput_rps:.0f} req/s")
     print(f"rate through the gateway (same generator, same backend): {through.summary.throughput_rps:.0f} req/s")
     print(f"generator / gateway rate: {ratio:.2f}x")
+    gen_ms = 1e3 * direct.generator_cpu / max(direct.summary.throughput_rps, 1e-9)
+    gw_ms = 1e3 * through.gateway_cpu / max(through.summary.throughput_rps, 1e-9)
+    print(f"CPU per request: generator {gen_ms:.3f} ms, nginx gateway {gw_ms:.3f} ms ({gen_ms / max(gw_ms, 1e-9):.0f}x less)")
+    if direct.generator_cpu >= 0.9:
+        print("the generator saturated its core first: the rates above are the generator's ceiling on this machine, "
+              "and the gateway's own ceiling (CPU per request) lies above it")
+    else:
+        print("the generator did not saturate its core: the backend or the machine set the rate")
 
 
 if __name__ == "__main__":

@@ -128,27 +128,34 @@ class Fleet(pulumi.ComponentResource):
             }
         )
 
+    def _certificate(
+        self, name: str, args: FleetArgs, fqdn: str | None, zone_id: pulumi.Output[str] | None
+    ) -> tuple[pulumi.Output[str], pulumi.Output[str]] | None:
+        """The gateway's certificate and key (secret Outputs), or None when TLS is off."""
+        from components.tls import GatewayCertificate, GatewayCertificateArgs
+
+        if args.settings.gateway.tls.mode == "off":
+            return None
+        cert = GatewayCertificate(
+            f"{name}-cert",
+            GatewayCertificateArgs(
+                settings=args.settings,
+                stack=args.stack,
+                fqdn=fqdn,
+                zone_id=zone_id,
+                provided_cert=args.tls_certificate,
+                provided_key=args.tls_private_key,
+            ),
+            pulumi.ResourceOptions(parent=self),
+        )
+        return cert.certificate_pem, cert.private_key_pem
+
     def _local(self, name: str, args: FleetArgs) -> _Site:
         from components.local_host import LocalHost, LocalHostArgs
-        from components.tls import GatewayCertificate, GatewayCertificateArgs
 
         settings = args.settings
         local = LocalHost(f"{name}-local", LocalHostArgs(settings=settings), pulumi.ResourceOptions(parent=self))
-        certificate = None
-        if settings.gateway.tls.mode != "off":
-            cert = GatewayCertificate(
-                f"{name}-cert",
-                GatewayCertificateArgs(
-                    settings=settings,
-                    stack=args.stack,
-                    fqdn=settings.gateway.domain or "localhost",
-                    zone_id=None,
-                    provided_cert=args.tls_certificate,
-                    provided_key=args.tls_private_key,
-                ),
-                pulumi.ResourceOptions(parent=self),
-            )
-            certificate = (cert.certificate_pem, cert.private_key_pem)
+        certificate = self._certificate(name, args, settings.gateway.domain or "localhost", None)
         return _Site(
             gateway_hosts=[local.host],
             node_hosts={g.name: [local.host] * g.count for g in settings.node_groups},
@@ -160,7 +167,6 @@ class Fleet(pulumi.ComponentResource):
         from components.dns import Dns, DnsArgs
         from components.gpu_host import GpuHost, GpuHostArgs
         from components.network import Network, NetworkArgs
-        from components.tls import GatewayCertificate, GatewayCertificateArgs
 
         settings = args.settings
         aws = settings.aws
@@ -220,21 +226,7 @@ class Fleet(pulumi.ComponentResource):
                 ),
                 child,
             )
-        certificate = None
-        if settings.gateway.tls.mode != "off":
-            cert = GatewayCertificate(
-                f"{name}-cert",
-                GatewayCertificateArgs(
-                    settings=settings,
-                    stack=args.stack,
-                    fqdn=fqdn,
-                    zone_id=dns.zone_id if dns else None,
-                    provided_cert=args.tls_certificate,
-                    provided_key=args.tls_private_key,
-                ),
-                child,
-            )
-            certificate = (cert.certificate_pem, cert.private_key_pem)
+        certificate = self._certificate(name, args, fqdn, dns.zone_id if dns else None)
         return _Site(
             gateway_hosts=[h.host for h in gateway_hosts],
             node_hosts=node_hosts,

@@ -43,6 +43,7 @@ def preview(
     stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the recorded resources as JSON here."),
     tree: bool = typer.Option(True, "--tree/--no-tree", help="Print the resource tree."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback when the program fails."),
 ) -> None:
     """Offline preview: the resource plan, the capacity table and the policy verdict, with no cloud and no Pulumi CLI."""
     from fleet import preview as preview_mod
@@ -55,6 +56,12 @@ def preview(
         result = preview_mod.run_program(stack_config)
     except StackConfigError as error:
         fail_config(error)
+    except Exception as error:  # the program refused the stack (a renderer or component check)
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/bold red] {stack_config.path.name}: the program failed: {error}", highlight=False)
+        err.print("(run with --debug for the traceback)")
+        raise typer.Exit(1) from None
     if tree:
         console.print(preview_mod.resource_tree(result))
     console.print(preview_mod.counts_table(result))
@@ -87,9 +94,9 @@ def docs(out: Path = typer.Option(Path("docs/configuration.md"), "--out", help="
 
 
 def _register_subcommands() -> None:
-    from fleet import cli_capacity, cli_delivery, cli_load, cli_render
+    from fleet import cli_capacity, cli_delivery, cli_load, cli_local, cli_render
 
-    for module in (cli_capacity, cli_render, cli_load, cli_delivery):
+    for module in (cli_capacity, cli_render, cli_load, cli_delivery, cli_local):
         module.register(app)
 
 

@@ -29,6 +29,7 @@ def smoke(
     ),
     model: str | None = typer.Option(None, "--model", help="Model to generate with; default: the first one /api/tags lists."),
     insecure: bool = typer.Option(False, "--insecure", help="Do not verify the TLS certificate (self-signed dev/staging)."),
+    ca_cert: str | None = typer.Option(None, "--ca-cert", help="Verify the gateway's certificate with this CA bundle instead."),
     metrics_url: str | None = typer.Option(
         None, "--metrics-url",
         help="Prometheus base URL (query API) or a metering exporter's …/metrics URL; checks ollama_inference_tokens_total.",
@@ -42,7 +43,7 @@ def smoke(
 
     options = SmokeOptions(
         url=url, api_key=api_key, admin_key=admin_key, model=model, metrics_url=metrics_url, insecure=insecure,
-        timeout_s=timeout, generate_timeout_s=generate_timeout, metrics_wait_s=metrics_wait,
+        ca_cert=ca_cert, timeout_s=timeout, generate_timeout_s=generate_timeout, metrics_wait_s=metrics_wait,
     )
     table = Table(title=f"smoke test of {url}")
     for column in ("check", "expected", "got", "result"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -40,7 +42,7 @@ class RichProgress(lt.ProgressSink):
             return
         self._ok = self._errors = 0
         unit = "req/s" if spec.mode == "open" else "clients"
-        self._label = f"{lt._level_name(level)} {unit}"
+        self._label = f"{lt.level_name(level)} {unit}"
         bound = f" ≤{spec.duration_s:g}s" if spec.duration_s else ""
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -84,7 +86,7 @@ def summary_table(result: lt.LoadResult) -> Table:
         table.add_column(name, justify="right")
     for s in result.levels:
         table.add_row(
-            lt._level_name(s.level),
+            lt.level_name(s.level),
             str(s.requests),
             str(s.ok),
             f"{100 * s.error_rate:.1f}",
@@ -106,7 +108,7 @@ def error_lines(result: lt.LoadResult) -> list[str]:
         if s.error_counts:
             kinds = ", ".join(f"{k} ×{v}" for k, v in s.error_counts.items())
             retry = f"; Retry-After seen {s.retry_after_seen}× ({', '.join(s.retry_after_values)})" if s.retry_after_seen else ""
-            lines.append(f"errors at {lt._level_name(s.level)} {unit}: {kinds}{retry}")
+            lines.append(f"errors at {lt.level_name(s.level)} {unit}: {kinds}{retry}")
     return lines
 
 
@@ -198,7 +200,7 @@ def _sweep_table(points: list[tn.Point], knee: tn.Knee, bounds: tn.Bounds, param
         reasons = knee.reasons.get(p.value)
         verdict = "[bold green]knee[/]" if p.value == chosen else ("; ".join(reasons) if reasons else "within bounds")
         table.add_row(
-            str(p.value), lt._level_name(s.level), f"{s.throughput_rps:.1f}", f"{s.tokens_per_s:.1f}",
+            str(p.value), lt.level_name(s.level), f"{s.throughput_rps:.1f}", f"{s.tokens_per_s:.1f}",
             _fmt(s.ttft_p50_s), _fmt(s.ttft_p95_s), f"{100 * s.error_rate:.1f}", verdict,
         )
     for value, reason in sorted(refused.items()):
@@ -227,11 +229,15 @@ def _local_ollama_sweep(work: Path):
         server.ensure_model(TEST_MODEL_NAME, smollm2_gguf())
         return server.base_url
 
+    # A terminated sweep must not leave Ollama servers behind (they run in their own sessions).
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         yield apply, TEST_MODEL_NAME
     finally:
         for server in current:
             server.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def tune(

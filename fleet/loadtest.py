@@ -235,17 +235,6 @@ class StreamParser:
 # ---------------------------------------------------------------------------------------------------------
 # One request
 # ---------------------------------------------------------------------------------------------------------
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (the delta-seconds form; an HTTP date gives None)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
 async def send_one(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, record: RequestRecord) -> RequestRecord:
     """Send one streaming request and fill `record` from what arrives. Never raises for network trouble."""
     started = time.perf_counter()
@@ -336,12 +325,16 @@ class _Clients:
 
     One shared pool with many connections costs O(connections) per request in httpcore, which would make
     the generator, not the server, the bottleneck at high concurrency; a client per in-flight request keeps
-    every request O(1). The TLS context is built once and shared.
+    every request O(1). The TLS context is built once and shared. With source addresses, each `acquire`
+    takes the next address in turn (closed loop: one per client; open loop: one per request).
     """
 
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
-        self._free: list[httpx.AsyncClient] = []
+        self._sources: tuple[str | None, ...] = spec.source_addresses or (None,)
+        self._turn = 0
+        self._free: dict[str | None, list[httpx.AsyncClient]] = {source: [] for source in self._sources}
+        self._source_of: dict[int, str | None] = {}
         self._all: list[httpx.AsyncClient] = []
         # Built once: httpx would otherwise build (and load the CA store into) a context per client, even for http.
         self._tls = httpx.create_ssl_context(verify=spec.verify_tls)
@@ -350,24 +343,27 @@ class _Clients:
         )
 
     def acquire(self) -> httpx.AsyncClient:
-        if self._free:
-            return self._free.pop()
+        source = self._sources[self._turn % len(self._sources)]
+        self._turn += 1
+        if self._free[source]:
+            return self._free[source].pop()
         # Retries off: every refusal and failure is what the server did.
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=60)
-        sources = self.spec.source_addresses
-        local = sources[len(self._all) % len(sources)] if sources else None
-        transport = httpx.AsyncHTTPTransport(retries=0, limits=limits, verify=self._tls, local_address=local)
+        transport = httpx.AsyncHTTPTransport(retries=0, limits=limits, verify=self._tls, local_address=source)
         client = httpx.AsyncClient(base_url=self.spec.url.rstrip("/"), timeout=self._timeout, transport=transport)
         self._all.append(client)
+        self._source_of[id(client)] = source
         return client
 
     def release(self, client: httpx.AsyncClient) -> None:
-        self._free.append(client)
+        self._free[self._source_of[id(client)]].append(client)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self._all), return_exceptions=True)
         self._all.clear()
-        self._free.clear()
+        self._source_of.clear()
+        for free in self._free.values():
+            free.clear()
 
 
 async def _closed_level(spec: LoadSpec, concurrency: int, sink: ProgressSink) -> tuple[list[RequestRecord], float, float, float]:
@@ -593,7 +589,7 @@ SUMMARY_COLUMNS = [f.name for f in fields(LevelSummary)]
 REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
 
 
-def _level_name(level: float) -> str:
+def level_name(level: float) -> str:
     return str(int(level)) if float(level).is_integer() else f"{level:g}"
 
 
@@ -624,7 +620,7 @@ def write_results(result: LoadResult, out: Path, plot: bool = True, x_label: str
 
     prefix = "rate" if result.spec.mode == "open" else "concurrency"
     for level, records in result.records.items():
-        path = out / f"requests-{prefix}-{_level_name(level)}.csv"
+        path = out / f"requests-{prefix}-{level_name(level)}.csv"
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(REQUEST_COLUMNS)
@@ -677,7 +673,7 @@ def plot_levels(result: LoadResult, path: Path, x_label: str | None = None) -> P
     if len(set(x)) > 1 and min(x) > 0 and max(x) / min(x) >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xticks(x)
-    ax.set_xticklabels([_level_name(v) for v in x])
+    ax.set_xticklabels([level_name(v) for v in x])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

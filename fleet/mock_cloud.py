@@ -20,13 +20,25 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()
 
 
-def _address(prefix: str, seed: str) -> str:
-    value = int(_digest(seed)[:8], 16)
-    return f"{prefix}.{(value >> 8) % 250 + 1}.{value % 250 + 2}"
+def _address(prefix: str, seed: str, taken: set[str] | None = None) -> str:
+    """A deterministic address for `seed`; with `taken`, the next free one (a real VPC never repeats one)."""
+    value = int(_digest(seed)[:8], 16) % 62_500
+    while True:
+        address = f"{prefix}.{value // 250 + 1}.{value % 250 + 2}"
+        if taken is None or address not in taken:
+            break
+        value = (value + 1) % 62_500
+    if taken is not None:
+        taken.add(address)
+    return address
 
 
-def fake_outputs(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The id and output state a real provider would return, as far as the program reads them."""
+def fake_outputs(
+    type_: str, name: str, inputs: dict[str, Any], taken: set[str] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The id and output state a real provider would return, as far as the program reads them.
+
+    `taken` collects the addresses handed out so far, so that no two hosts of one run share one."""
     short = _digest(type_, name)[:17]
     outputs: dict[str, Any] = dict(inputs)
     resource_id = f"{name}-{short[:8]}"
@@ -37,7 +49,11 @@ def fake_outputs(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, di
     if type_ == "aws:ec2/instance:Instance":
         resource_id = f"i-{short}"
         outputs.setdefault("availabilityZone", inputs.get("availabilityZone"))
-        outputs.update(privateIp=_address("10.70", name), publicIp=_address("198.51", name), privateDns=f"ip-{short}.ec2.internal")
+        outputs.update(
+            privateIp=_address("10.70", name, taken),
+            publicIp=_address("198.51", name, taken),
+            privateDns=f"ip-{short}.ec2.internal",
+        )
     elif type_ == "aws:ec2/vpc:Vpc":
         resource_id = f"vpc-{short}"
     elif type_ == "aws:ec2/subnet:Subnet":
@@ -47,7 +63,7 @@ def fake_outputs(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, di
     elif type_ == "aws:ebs/volume:Volume":
         resource_id = f"vol-{short}"
     elif type_ == "aws:ec2/eip:Eip":
-        outputs.update(publicIp=_address("198.51", name), allocationId=f"eipalloc-{short}")
+        outputs.update(publicIp=_address("198.51", name, taken), allocationId=f"eipalloc-{short}")
     elif type_ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
         # Auto-named by the provider: the name is an output others refer to.
         outputs.setdefault("name", f"{name}-{short[:7]}")
@@ -107,10 +123,14 @@ def fake_invoke(token: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 class FleetMocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        super().__init__()
+        self.addresses: set[str] = set()
+
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
         if not args.custom:
             return ["", {}]
-        return list(fake_outputs(args.typ, args.name, args.inputs))
+        return list(fake_outputs(args.typ, args.name, args.inputs, self.addresses))
 
     def call(self, args: pulumi_mocks.MockCallArgs):
         return fake_invoke(args.token, dict(args.args))

@@ -8,6 +8,7 @@ broken endpoint gives a full table of what works and what does not. Keys are sen
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class SmokeOptions:
     model: str | None = None
     metrics_url: str | None = None
     insecure: bool = False
+    ca_cert: str | None = None  # CA bundle that signed the gateway's certificate (self-signed stacks)
     timeout_s: float = 10.0
     generate_timeout_s: float = 180.0  # a cold node loads the model on the first request
     metrics_wait_s: float = 45.0  # Prometheus sees new samples only after its next scrape
@@ -235,6 +237,14 @@ class _Smoke:
         return value, f"{value:.0f} tokens (Prometheus)"
 
 
+def _verify(options: SmokeOptions) -> bool | ssl.SSLContext:
+    if options.insecure:
+        return False
+    if options.ca_cert:
+        return ssl.create_default_context(cafile=options.ca_cert)
+    return True
+
+
 def run_smoke(options: SmokeOptions, on_result: Callable[[CheckResult], None] | None = None) -> SmokeReport:
     """Run every check against `options.url`; `on_result` sees each result as it comes."""
     results: list[CheckResult] = []
@@ -245,7 +255,7 @@ def run_smoke(options: SmokeOptions, on_result: Callable[[CheckResult], None] | 
             if on_result:
                 on_result(item)
 
-    with httpx.Client(verify=not options.insecure, follow_redirects=False) as client:
+    with httpx.Client(verify=_verify(options), follow_redirects=False) as client:
         smoke = _Smoke(options, client)
         record(smoke.health())
         record(smoke.unauthenticated())

