@@ -34,6 +34,7 @@ import httpx
 from fleet.config import FLEET_KEY, FleetSettings, ModelSpec, NodeGroup
 from fleet.local.ollama import OllamaServer, OllamaSettings, smollm2_gguf
 from fleet.local.processes import LOOPBACK, ManagedProcess, clean_env, free_port, port_is_open
+from fleet.node_runtime import meter_command, modelfile, ollama_environment
 from fleet.render import nginx as nginx_render
 from fleet.render import prometheus as prometheus_render
 from fleet.render.rules import render_rules
@@ -134,8 +135,6 @@ def local_gguf(model: ModelSpec) -> Path:
 
 def modelfile_parameters(model: ModelSpec) -> dict[str, str]:
     """The PARAMETER lines of the deployment's Modelfile (its FROM line names the container's file)."""
-    from components.ollama_node import modelfile  # pure function; importing it loads no resource
-
     params: dict[str, str] = {}
     for line in modelfile(model).splitlines():
         keyword, _, rest = line.partition(" ")
@@ -147,8 +146,6 @@ def modelfile_parameters(model: ModelSpec) -> dict[str, str]:
 
 def node_environment(group: NodeGroup) -> dict[str, str]:
     """The deployment's Ollama environment for `group`, without the address and models path (set per server)."""
-    from components.ollama_node import ollama_environment
-
     env = ollama_environment(group)
     for key in ("OLLAMA_HOST", "OLLAMA_MODELS"):
         env.pop(key, None)
@@ -157,8 +154,6 @@ def node_environment(group: NodeGroup) -> dict[str, str]:
 
 def meter_arguments(group: NodeGroup, node: str, upstream: str, listen: str, metrics_listen: str) -> list[str]:
     """The deployment's exporter arguments for a node, with loopback addresses in place of container ones."""
-    from components.ollama_node import meter_command
-
     args = meter_command("ollama", node, group)
     replace = {"--upstream": upstream, "--listen": listen, "--metrics-listen": metrics_listen}
     for index, arg in enumerate(args[:-1]):

@@ -137,8 +137,10 @@ def panels() -> list[PanelSpec]:
             "timeseries",
             "percentunit",
             (
+                # `or … * 0`: a group with traffic and no failure shows 0 rather than "No data".
                 Query(
-                    f'sum by (group) (rate(ollama_inference_requests_total{{status=~"5..|error|upstream_closed",status!="503"}}[{r}]))'
+                    f'(sum by (group) (rate(ollama_inference_requests_total{{status=~"5..|error|upstream_closed",status!="503"}}[{r}]))'
+                    f" or sum by (group) (rate(ollama_inference_requests_total[{r}])) * 0)"
                     f" / sum by (group) (rate(ollama_inference_requests_total[{r}]))",
                     "{{group}}",
                 ),

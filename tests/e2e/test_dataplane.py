@@ -56,6 +56,8 @@ UNDOCUMENTED_ROUTES = [
     ("POST", "/v1/models/%2e%2e/%2e%2e/api/create"),
     ("POST", "/api/generate/../me"),
     ("POST", "//api//pull"),
+    ("POST", "/v1/models/..%2F..%2Fapi%2Fpull"),
+    ("POST", "/api/generate%2F..%2Fme"),
 ]
 
 
@@ -161,8 +163,11 @@ def test_undocumented_ollama_routes_are_not_reachable(dataplane):
     statuses = {}
     with _client(dataplane, "beta") as beta:
         for method, path in UNDOCUMENTED_ROUTES:
-            response = beta.request(method, path, json={} if method == "POST" else None)
+            # The request target is sent verbatim (httpx would otherwise resolve `..` and `//` itself).
+            response = beta.request(method, "/", json={} if method == "POST" else None,
+                                    extensions={"target": path.encode()})
             statuses[(method, path)] = response.status_code
+    print("\n" + "; ".join(f"{method} {path} -> {status}" for (method, path), status in statuses.items()))
     through = {route: status for route, status in statuses.items() if status not in (403, 404)}
     assert not through, f"reachable with a client key: {through}"
     proxied = [(e["method"], e["uri"], e["upstream_addr"]) for e in dataplane.access_log()[before:] if e["upstream_addr"]]

@@ -20,15 +20,8 @@ from packaging.requirements import Requirement
 
 from components import images
 from components.local_host import LocalHost, LocalHostArgs
-from components.ollama_node import (
-    OllamaNode,
-    OllamaNodeArgs,
-    meter_command,
-    modelfile,
-    ollama_environment,
-    pull_script,
-    warm_script,
-)
+from components.ollama_node import OllamaNode, OllamaNodeArgs
+from fleet.node_runtime import meter_command, modelfile, ollama_environment, pull_script, warm_script
 from docker_mocks import (
     BUILT_IMAGE,
     LOCAL_COMMAND,

@@ -1,0 +1,191 @@
+"""What runs on an Ollama node, as pure functions of the config: the server's environment, the Modelfile of each
+served model, the metering exporter's arguments, and the shell steps that pull and warm models.
+
+Shared by the Pulumi component (`components/ollama_node.py`) and the loopback data plane (`fleet/local`), so
+both run a node the same way.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from fleet import catalog, ports
+from fleet.capacity import context_length_env
+from fleet.config import ModelSpec, NodeGroup
+
+MODELS_DIR = "/models"
+# How long the model steps wait for the Ollama server in a fresh container.
+SERVER_WAIT_S = 180
+WARM_PROMPT = "Reply with the single word OK."
+
+
+
+def ollama_environment(group: NodeGroup) -> dict[str, str]:
+    """The Ollama server's environment: only knobs Ollama reads (DESIGN.md), every one from the config."""
+    knobs = group.ollama
+    env = {
+        "OLLAMA_HOST": f"0.0.0.0:{ports.OLLAMA}",
+        "OLLAMA_MODELS": MODELS_DIR,
+        "OLLAMA_NUM_PARALLEL": str(knobs.num_parallel),
+        "OLLAMA_MAX_QUEUE": str(knobs.max_queue),
+        "OLLAMA_MAX_LOADED_MODELS": str(group.max_loaded_models),
+        "OLLAMA_KEEP_ALIVE": knobs.keep_alive,
+        "OLLAMA_FLASH_ATTENTION": "1" if knobs.flash_attention else "0",
+        "OLLAMA_KV_CACHE_TYPE": knobs.kv_cache_type,
+        "OLLAMA_GPU_OVERHEAD": str(knobs.gpu_overhead_bytes),
+        "OLLAMA_SCHED_SPREAD": "1" if knobs.sched_spread else "0",
+    }
+    # Without it Ollama picks a VRAM-tiered default (up to 262144 tokens on a 48 GB GPU); the capacity model
+    # decides the value it sized the node with.
+    context = context_length_env(group)
+    if context is not None:
+        env["OLLAMA_CONTEXT_LENGTH"] = str(context)
+    return env
+
+
+def models_label(group: NodeGroup) -> list[dict[str, object]]:
+    """The `ollama-fleet.models` label: what the policy pack sizes against the GPUs."""
+    return [
+        {
+            "name": m.name,
+            "tag": m.tag,
+            "quantization": m.quantization,
+            "numCtx": m.num_ctx,
+            "keepLoaded": m.keep_loaded,
+            "gguf": m.gguf,
+        }
+        for m in group.models
+    ]
+
+
+def pull_reference(model: ModelSpec) -> str | None:
+    """The Ollama library reference pulled for a catalog model; None for a model imported from a GGUF file."""
+    if model.gguf is not None:
+        return None
+    entry = catalog.find_model(model.ref)
+    assert entry is not None  # ModelSpec validation guarantees it
+    return entry.pull_tag(model.quantization)
+
+
+def import_path(model: ModelSpec) -> str:
+    """Where a GGUF file is placed inside the container for `ollama create` (removed afterwards)."""
+    return f"/tmp/{model.name}-{model.tag}.gguf".replace(":", "-")
+
+
+def modelfile(model: ModelSpec) -> str:
+    """The Modelfile that names the served model `name:tag` and pins its context window."""
+    source = pull_reference(model) or import_path(model)
+    lines = [f"FROM {source}"]
+    if model.num_ctx:
+        lines.append(f"PARAMETER num_ctx {model.num_ctx}")
+    return "\n".join(lines) + "\n"
+
+
+def meter_command(ollama_container: str, node: str, group: NodeGroup) -> list[str]:
+    """Arguments of `python -m fleet.exporter`: proxy Ollama on the node's network, label series with the node
+    and, from the start, with the models it serves."""
+    command = [
+        "--upstream",
+        f"http://{ollama_container}:{ports.OLLAMA}",
+        "--listen",
+        f"0.0.0.0:{ports.METER}",
+        "--metrics-listen",
+        f"0.0.0.0:{ports.METER_METRICS}",
+        "--node",
+        node,
+    ]
+    for model in group.models:
+        command += ["--model", model.ref]
+    return command
+
+
+def cli_keep_alive(value: str) -> str:
+    # `ollama run --keepalive` takes a Go duration; the config's "-1" (keep for ever) is any negative one.
+    return "-1s" if value == "-1" else value
+
+
+_SCRIPT_HEAD = """\
+set -eu
+container={container}
+tries=0
+until docker exec "$container" ollama list >/dev/null 2>&1; do
+  tries=$((tries + 1))
+  if [ "$tries" -ge {tries} ]; then
+    echo "the Ollama server in $container did not answer within {wait}s" >&2
+    exit 1
+  fi
+  sleep 2
+done
+# Run a step quietly (progress bars would flood the deployment log); on failure show its last lines.
+step() {{
+  what=$1
+  shift
+  if ! out=$("$@" 2>&1); then
+    printf '%s\\n' "$out" | tail -n 20 >&2
+    echo "$what failed on $container" >&2
+    exit 1
+  fi
+}}
+"""
+
+_CREATE = """\
+create() {  # served name, Modelfile text
+  printf '%s' "$2" | docker exec -i "$container" sh -c \\
+    'f=$(mktemp) && cat > "$f" && ollama create "$1" -f "$f"; s=$?; rm -f "$f"; exit $s' sh "$1"
+}
+check_digest() {  # pulled reference, pinned manifest digest
+  got=$(docker exec "$container" ollama list | awk -v ref="$1" '$1 == ref { print $2 }')
+  case "$got" in
+    "") echo "$1 is missing on $container after the pull" >&2; exit 1 ;;
+  esac
+  case "$2" in
+    "sha256:$got"*) ;;
+    *) echo "$1 on $container has digest $got..., the stack pins $2" >&2; exit 1 ;;
+  esac
+}
+"""
+
+
+def _head(container: str) -> str:
+    return _SCRIPT_HEAD.format(container=shlex.quote(container), tries=SERVER_WAIT_S // 2, wait=SERVER_WAIT_S)
+
+
+def pull_script(container: str, group: NodeGroup, staged: dict[str, str] | None = None) -> str:
+    """Shell steps (run where the Docker CLI reaches the node's daemon) that pull every model of the group,
+    check pinned digests, and create each served name `name:tag` with its pinned num_ctx.
+
+    `staged` maps the served name of a GGUF model to the path of its file on the machine running the script.
+    """
+    staged = staged or {}
+    lines = [_head(container), _CREATE]
+    for model in group.models:
+        q = shlex.quote
+        reference = pull_reference(model)
+        if reference is None:
+            source = staged.get(model.ref, model.gguf)
+            lines.append(f'step {q("copy of " + model.ref)} docker cp {q(source)} "$container:{import_path(model)}"')
+        else:
+            lines.append(f"step {q('ollama pull ' + reference)} docker exec \"$container\" ollama pull {q(reference)}")
+            if model.digest:
+                lines.append(f"check_digest {q(reference)} {q(model.digest)}")
+        lines.append(f"step {q('ollama create ' + model.ref)} create {q(model.ref)} {q(modelfile(model))}")
+        if reference is None:
+            lines.append(f'docker exec "$container" rm -f {q(import_path(model))}')
+    return "\n".join(lines) + "\n"
+
+
+def warm_script(container: str, group: NodeGroup) -> str | None:
+    """Shell steps that load every resident model with a tiny generate, kept loaded per `keepAlive`.
+    None when the group has no resident model (they load on first use)."""
+    resident = group.resident_models
+    if not resident:
+        return None
+    keep_alive = cli_keep_alive(group.ollama.keep_alive)
+    q = shlex.quote
+    lines = [_head(container)]
+    for model in resident:
+        lines.append(
+            f"step {q('warm-up of ' + model.ref)} docker exec \"$container\" "
+            f"ollama run --keepalive {q(keep_alive)} {q(model.ref)} {q(WARM_PROMPT)}"
+        )
+    return "\n".join(lines) + "\n"
