@@ -38,6 +38,7 @@ class FakeOllama:
     tokens: tuple[str, ...] = ("Hello", ",", " world", "!", " How", " are", " you", "?")
     token_delay_s: float = 0.0
     first_token_delay_s: float = 0.0  # model load + prompt evaluation
+    tail_delay_s: float = 0.0  # between the final chunk and the end of the response
     version: str = "0.24.0"
     loaded: list[tuple[str, int, int]] = field(default_factory=list)  # (name, size, size_vram) for /api/ps
     embedding_dim: int = 8
@@ -178,6 +179,7 @@ class FakeOllama:
                 await resp.write(b"data: [DONE]\n\n")
             else:
                 await resp.write(_line(self._native_final(model, "", prompt_tokens, started, path), openai))
+            await asyncio.sleep(self.tail_delay_s)
             await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             self._note(self.aborted, path)

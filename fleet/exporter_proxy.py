@@ -189,6 +189,10 @@ class MeteringProxy:
                 status = "error"  # Ollama gave up mid-stream and said so in the body
             return resp
         finally:
+            if status == "client_closed" and body.meter.done and not body.meter.error:
+                # The client had the whole answer (the final object or `[DONE]`) and hung up before the
+                # response's last bytes, as SDKs do once they see the end: the work was done and delivered.
+                status = "200"
             finished = time.perf_counter()
             first_at, last_at = body.first_at, body.last_at
             self.metrics.finish(

@@ -413,6 +413,27 @@ async def test_client_disconnect_mid_stream_stops_ollama_and_counts_client_close
 
 
 @async_test
+async def test_client_leaving_after_the_final_event_is_a_served_request():
+    # SDKs stop reading at `[DONE]` and may close before the end of the chunked body: the tokens were delivered.
+    fake = FakeOllama(tail_delay_s=1.0)
+    async with bed(fake, models=(MODEL,)) as b:
+        body = {"model": MODEL, "stream": True, "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": "q"}]}
+        resp = await b.client.post(f"{b.url}/v1/chat/completions", json=body)
+        while (line := await resp.content.readline()) and not line.startswith(b"data: [DONE]"):
+            pass
+        resp.close()  # gone before the response ends
+
+        async def recorded():
+            m = await b.metrics()
+            return m.value("ollama_inference_requests_total", model=MODEL, status="200") == 1
+
+        assert await eventually(recorded)
+        m = await b.metrics()
+        assert m.value("ollama_inference_tokens_total", model=MODEL, type="completion") == len(fake.tokens)
+        assert m.value("ollama_inference_requests_total", model=MODEL, status="client_closed") in (None, 0)
+
+
+@async_test
 async def test_client_leaving_while_the_request_waits_in_ollama_releases_it():
     fake = FakeOllama(first_token_delay_s=30)  # far longer than the bounded wait below
     async with bed(fake, models=(MODEL,)) as b:
