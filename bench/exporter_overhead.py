@@ -26,7 +26,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = "bench:latest"
+MODEL = "bench:1b"
 
 
 @dataclass

@@ -57,7 +57,7 @@ def route_label(path: str) -> str:
 
 
 def normalize_model(name: str) -> str:
-    """Ollama's canonical spelling of a model reference: `llama3.1` and `llama3.1:latest` are one model.
+    """Ollama's canonical spelling of a model reference: a bare `llama3.1` means its `latest` tag; both are one model.
 
     /api/ps reports `name:tag`, so requests are labelled the same way and the two can be joined.
     """

@@ -96,7 +96,7 @@ class FakeBackend:
         self,
         behaviors: Sequence[Behavior] | Behavior = Behavior(),
         *,
-        model: str = "fake:latest",
+        model: str = "fake:1b",
         slots: int | None = None,
         max_queue: int | None = None,
     ) -> None:
@@ -452,7 +452,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--retry-after", default=None)
     parser.add_argument("--slots", type=int, default=None, help="parallel streams (others wait), like NUM_PARALLEL")
     parser.add_argument("--max-queue", type=int, default=None, help="503 beyond this many waiting, like MAX_QUEUE")
-    parser.add_argument("--model", default="fake:latest")
+    parser.add_argument("--model", default="fake:1b")
     parser.add_argument("--nofile", type=int, default=0, help="raise the open-files limit to this (many clients)")
     return parser.parse_args(argv)
 

@@ -19,7 +19,7 @@ API_ROUTES = {"ollama": "/api/generate", "chat": "/api/chat", "openai": "/v1/cha
 
 
 def spec(url: str, **overrides) -> lt.LoadSpec:
-    values = dict(url=url, model="fake:latest", max_tokens=64, timeout_s=10.0, read_timeout_s=10.0)
+    values = dict(url=url, model="fake:1b", max_tokens=64, timeout_s=10.0, read_timeout_s=10.0)
     values.update(overrides)
     return lt.LoadSpec(**values)
 
