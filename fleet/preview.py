@@ -27,10 +27,8 @@ KEY_PROPERTIES: dict[str, tuple[str, ...]] = {
     "aws:ec2/subnet:Subnet": ("cidrBlock", "availabilityZone"),
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": ("fromPort", "cidrIpv4", "referencedSecurityGroupId"),
     "aws:route53/record:Record": ("name", "type"),
-    "docker:index/container:Container": ("image",),
     "docker:index/remoteImage:RemoteImage": ("name",),
-    "command:remote:Command": ("create",),
-    "command:local:Command": ("create",),
+    "docker:index/container:Container": ("restart", "memory"),
 }
 
 
