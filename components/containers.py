@@ -39,6 +39,14 @@ ALL_ADDRESSES = "0.0.0.0"
 _CONTAINER_NAME = re.compile(r"[^a-zA-Z0-9_.-]")
 
 
+def resolve_grouped(groups: Mapping[str, Sequence[pulumi.Input[str]]]) -> pulumi.Output[dict[str, list[str]]]:
+    """One Output of `{key: [values]}` from lists of Outputs (node addresses by group, targets by job)."""
+    keys = list(groups)
+    return pulumi.Output.all(*[pulumi.Output.all(*groups[key]) for key in keys]).apply(
+        lambda lists: {key: list(values) for key, values in zip(keys, lists)}
+    )
+
+
 def container_name(component: str, role: str) -> str:
     """The Docker name of a component's container; on the shared network it is also the peers' address."""
     return _CONTAINER_NAME.sub("-", f"{component}-{role}")

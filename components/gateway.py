@@ -15,7 +15,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components import containers
-from components.containers import Placement, container_name, healthcheck, json_label, labels
+from components.containers import Placement, container_name, healthcheck, json_label, labels, resolve_grouped
 from components.host import Host
 from components.images import pinned_image
 from fleet import ports
@@ -91,19 +91,8 @@ class Gateway(pulumi.ComponentResource):
                 "only mode `off` runs without them"
             )
         place = Placement(name, settings, host, self)
-        groups = list(args.upstreams)
-        addresses = [address for group in groups for address in args.upstreams[group]]
-        counts = [len(args.upstreams[group]) for group in groups]
-
-        def regroup(values: list[str]) -> dict[str, list[str]]:
-            grouped, start = {}, 0
-            for group, count in zip(groups, counts):
-                grouped[group] = list(values[start : start + count])
-                start += count
-            return grouped
-
         # The plan depends on the node addresses (known after their containers exist), not on any secret.
-        plan = pulumi.Output.all(*addresses).apply(lambda values: gateway_plan(settings, regroup(values), args.server_name))
+        plan = resolve_grouped(args.upstreams).apply(lambda upstreams: gateway_plan(settings, upstreams, args.server_name))
         nginx_conf = plan.apply(nginx.render_nginx)
         api_keys_conf = pulumi.Output.secret(
             pulumi.Output.all(args.api_keys, args.admin_key).apply(lambda v: nginx.render_api_keys(v[0], v[1]))

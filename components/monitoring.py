@@ -16,7 +16,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components import containers
-from components.containers import Placement, container_name, healthcheck, labels
+from components.containers import Placement, container_name, healthcheck, labels, resolve_grouped
 from components.host import Host
 from components.images import pinned_image
 from fleet import ports
@@ -126,18 +126,7 @@ class Monitoring(pulumi.ComponentResource):
         place = Placement(name, settings, host, self)
         stack = pulumi.get_stack()
 
-        jobs = list(args.targets)
-        flat = [target for job in jobs for target in args.targets[job]]
-        counts = [len(args.targets[job]) for job in jobs]
-
-        def resolved(values: list[str]) -> dict[str, list[str]]:
-            grouped, start = {}, 0
-            for job, count in zip(jobs, counts):
-                grouped[job] = list(values[start : start + count])
-                start += count
-            return grouped
-
-        plan = pulumi.Output.all(*flat).apply(lambda values: scrape_plan(settings, resolved(values), stack))
+        plan = resolve_grouped(args.targets).apply(lambda targets: scrape_plan(settings, targets, stack))
         prometheus_name = container_name(name, "prometheus")
         self.tsdb = docker.Volume(
             f"{name}-tsdb",
