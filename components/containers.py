@@ -29,6 +29,7 @@ ROLES = (
     "meter",
     "gateway",
     "nginx-exporter",
+    "gateway-log-exporter",
     "prometheus",
     "grafana",
     "node-exporter",

@@ -63,6 +63,7 @@ class Fleet(pulumi.ComponentResource):
 
         from components.gateway import Gateway, GatewayArgs
         from components.ollama_node import OllamaNode, OllamaNodeArgs
+        from fleet.render.prometheus import JOB_GATEWAY_LOG
 
         upstreams: dict[str, list[pulumi.Output[str]]] = {}
         targets: dict[str, list[pulumi.Output[str]]] = {}
@@ -95,6 +96,7 @@ class Fleet(pulumi.ComponentResource):
             )
             gateways.append(gateway)
             targets.setdefault("nginx", []).append(gateway.status_target)
+            targets.setdefault(JOB_GATEWAY_LOG, []).append(gateway.log_target)
 
         self.grafana_url = None
         self.prometheus_url = None

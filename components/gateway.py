@@ -1,14 +1,20 @@
-"""The nginx gateway on a host: nginx with the rendered config, and the nginx exporter reading its stub_status.
+"""The nginx gateway on a host: nginx with the rendered config, the nginx exporter reading its stub_status, and
+the gateway log exporter counting nginx's answers from its JSON access log.
 
 nginx.conf holds no secret and is uploaded as plain content (the policy pack reads it); the API-key include
 and the TLS certificate and key are uploaded as secret content. Both are rendered from Outputs with
 `Output.all(...).apply(render)` and handed to the container as inputs: a change of keys, certificate or node
 addresses replaces the container with the new files.
+
+nginx also writes the access log as a file into a named volume that the gateway log exporter mounts read-only
+(`python -m fleet.gateway_log`, from the metering exporter's image); a script in the nginx image's
+/docker-entrypoint.d/ rotates that file by rename and `nginx -s reopen`, so the volume stays bounded.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from dataclasses import dataclass
 
 import pulumi
@@ -17,8 +23,8 @@ import pulumi_docker as docker
 from components import containers
 from components.containers import Placement, container_name, healthcheck, json_label, labels, resolve_grouped
 from components.host import Host
-from components.images import pinned_image
-from fleet import ports
+from components.images import exporter_image, pinned_image
+from fleet import gateway_log, ports
 from fleet.capacity import max_conns_per_node
 from fleet.config import PROJECT, FleetSettings
 from fleet.render import nginx
@@ -28,6 +34,12 @@ NGINX_CONF = "/etc/nginx/nginx.conf"
 # Secret files: readable by nginx's master process (root) only.
 SECRET_MODE = "0600"
 PLAIN_MODE = "0644"
+# Run by the nginx image's entrypoint before nginx starts (official images run /docker-entrypoint.d/*.sh).
+LOG_ROTATION_SCRIPT = "/docker-entrypoint.d/40-fleet-log-rotate.sh"
+SCRIPT_MODE = "0755"
+# The access-log file is renamed above this size (the volume holds at most about twice it), checked every minute.
+LOG_ROTATE_BYTES = 64 << 20
+LOG_ROTATE_INTERVAL_S = 60
 
 
 @dataclass
@@ -77,7 +89,8 @@ def upstream_max_conns(settings: FleetSettings) -> dict[str, int]:
 
 class Gateway(pulumi.ComponentResource):
     url: pulumi.Output[str]
-    status_target: pulumi.Output[str]
+    status_target: pulumi.Output[str]  # the nginx exporter (job `nginx`)
+    log_target: pulumi.Output[str]  # the gateway log exporter (job `gateway-log`)
     container: docker.Container
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None):
@@ -101,6 +114,13 @@ class Gateway(pulumi.ComponentResource):
         uploads = [
             docker.ContainerUploadArgs(file=NGINX_CONF, content=nginx_conf, permissions=PLAIN_MODE),
             docker.ContainerUploadArgs(file=paths.api_keys_include, content=api_keys_conf, permissions=SECRET_MODE),
+            docker.ContainerUploadArgs(
+                file=LOG_ROTATION_SCRIPT,
+                content=nginx.render_log_rotation(
+                    paths.access_log_file, max_bytes=LOG_ROTATE_BYTES, interval_s=LOG_ROTATE_INTERVAL_S
+                ),
+                permissions=SCRIPT_MODE,
+            ),
         ]
         if tls:
             uploads += [
@@ -112,6 +132,15 @@ class Gateway(pulumi.ComponentResource):
                 ),
             ]
 
+        # The access-log file's folder, shared with the gateway log exporter (read-only there).
+        log_dir = posixpath.dirname(paths.access_log_file)
+        self.log_volume = docker.Volume(
+            f"{name}-access-log",
+            name=f"{name}-access-log",
+            labels=[docker.VolumeLabelArgs(label=f"{containers.LABEL_PREFIX}environment", value=settings.environment)],
+            opts=place.resource_options(self),
+        )
+
         image = pinned_image(f"{name}-nginx-image", settings.images.nginx, place, self)
         nginx_name = container_name(name, "gateway")
         client_ports = [gateway.https_port, gateway.http_port] if tls else [gateway.http_port]
@@ -120,6 +149,7 @@ class Gateway(pulumi.ComponentResource):
             name=nginx_name,
             image=image.image_id,
             uploads=uploads,
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.log_volume.name, container_path=log_dir)],
             networks_advanced=place.networks(nginx_name),
             ports=place.public_ports(*client_ports),
             restart=containers.RESTART,
@@ -163,9 +193,51 @@ class Gateway(pulumi.ComponentResource):
             opts=place.resource_options(self, depends_on=[self.container]),
         )
 
+        self.log_exporter = self._log_exporter(name, settings, place, paths.access_log_file, log_dir)
+
         self.status_target = place.peer_address(exporter_name, ports.NGINX_EXPORTER)
+        self.log_target = place.peer_address(container_name(name, "gateway-log-exporter"), ports.GATEWAY_LOG_EXPORTER)
         self.url = self._url(settings, host, args.server_name, tls)
-        self.register_outputs({"url": self.url, "statusTarget": self.status_target})
+        self.register_outputs({"url": self.url, "statusTarget": self.status_target, "logTarget": self.log_target})
+
+    def _log_exporter(
+        self, name: str, settings: FleetSettings, place: Placement, log_file: str, log_dir: str
+    ) -> docker.Container:
+        """`python -m fleet.gateway_log` from the metering exporter's image, following nginx's access-log file."""
+        exporter_name = container_name(name, "gateway-log-exporter")
+        image = exporter_image(f"{name}-log-exporter-image", settings, place, self)
+        return docker.Container(
+            f"{name}-log-exporter",
+            name=exporter_name,
+            image=image.repo_digest,
+            entrypoints=["python", "-m", "fleet.gateway_log"],
+            command=gateway_log.exporter_arguments(
+                log_file,
+                f"0.0.0.0:{ports.GATEWAY_LOG_EXPORTER}",
+                name,
+                [c.name for c in settings.gateway.clients],
+            ),
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.log_volume.name, container_path=log_dir, read_only=True)],
+            networks_advanced=place.networks(exporter_name),
+            ports=place.private_ports(ports.GATEWAY_LOG_EXPORTER),
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTS,
+            healthcheck=healthcheck(
+                [
+                    "CMD",
+                    "python",
+                    "-c",
+                    f"import urllib.request as u; u.urlopen('http://127.0.0.1:{ports.GATEWAY_LOG_EXPORTER}/metrics', timeout=5)",
+                ],
+                start_period="10s",
+            ),
+            wait=True,
+            wait_timeout=120,
+            labels=labels(settings, "gateway-log-exporter"),
+            # After nginx: the log file then exists and is read from its end, as after any restart.
+            opts=place.resource_options(self, depends_on=[self.container]),
+        )
 
     @staticmethod
     def _url(settings: FleetSettings, host: Host, server_name: str | None, tls: bool) -> pulumi.Output[str]:

@@ -1,5 +1,5 @@
 """Container images on a host: registry images pulled by their pinned reference, and the metering exporter
-image built on the host itself.
+image built on the host itself (it also runs the gateway log exporter).
 
 Registry images are `docker.RemoteImage`s named `repository:tag@sha256:digest` (the stack's `images`), kept on
 the host when the resource goes away so that two components sharing an image never delete it under each
@@ -37,6 +37,9 @@ EXPORTER_SOURCES = (
     "fleet/exporter_proxy.py",
     "fleet/exporter_metrics.py",
     "fleet/exporter_stream.py",
+    "fleet/gateway_log.py",
+    "fleet/gateway_routes.py",
+    "fleet/log_follower.py",
 )
 
 

@@ -38,7 +38,8 @@ class MonitoringArgs:
     settings: FleetSettings
     host: Host
     # Scrape job -> `address:port` targets. Node jobs (`ollama-meter`, `node`, `dcgm`) list the nodes in the
-    # order of the stack's node groups and indexes (dcgm: GPU groups only); `nginx` lists the gateways.
+    # order of the stack's node groups and indexes (dcgm: GPU groups only); `nginx` and `gateway-log` list the
+    # gateways' exporters.
     targets: dict[str, list[pulumi.Output[str]]]
     grafana_password: pulumi.Output[str]  # secret
 
@@ -98,6 +99,7 @@ def scrape_plan(settings: FleetSettings, targets: dict[str, list[str]], stack: s
         settings,
         nodes=node_targets(settings, targets),
         nginx_exporters=list(targets.get(prometheus.JOB_NGINX, [])),
+        gateway_log_exporters=list(targets.get(prometheus.JOB_GATEWAY_LOG, [])),
         stack=stack,
     )
 

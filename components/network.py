@@ -32,7 +32,7 @@ ROUTE53_HEALTHCHECKS_PREFIX_LIST = "com.amazonaws.route53-healthchecks"
 # Metrics ports Prometheus (on the gateway host) scrapes on every node.
 NODE_METRICS_PORTS = (ports.METER_METRICS, ports.NODE_EXPORTER, ports.DCGM_EXPORTER)
 # Ports the second gateway host exposes to the first one's Prometheus in HA stacks.
-GATEWAY_METRICS_PORTS = (ports.NODE_EXPORTER, ports.NGINX_EXPORTER)
+GATEWAY_METRICS_PORTS = (ports.NODE_EXPORTER, ports.NGINX_EXPORTER, ports.GATEWAY_LOG_EXPORTER)
 # Outbound from every host: HTTPS (registries, Ollama's model store, SSM, NVIDIA's apt repository) and
 # HTTP (Ubuntu's apt mirrors). DNS and NTP go to the VPC's own resolvers, which security groups do not filter.
 EGRESS_PORTS = (443, 80)

@@ -7,8 +7,20 @@ NODE_EXPORTER = 9100
 DCGM_EXPORTER = 9400
 NGINX_STATUS = 8081  # nginx stub_status, internal only
 NGINX_EXPORTER = 9113
+GATEWAY_LOG_EXPORTER = 9115  # the gateway log exporter's /metrics (fleet.gateway_log: the gateway's own answers)
 PROMETHEUS = 9090
 GRAFANA = 3000
 
 # Never open to 0.0.0.0/0 (policy `no-public-inference-ports`).
-PRIVATE_PORTS = (OLLAMA, METER, METER_METRICS, NODE_EXPORTER, DCGM_EXPORTER, NGINX_STATUS, NGINX_EXPORTER, PROMETHEUS, GRAFANA)
+PRIVATE_PORTS = (
+    OLLAMA,
+    METER,
+    METER_METRICS,
+    NODE_EXPORTER,
+    DCGM_EXPORTER,
+    NGINX_STATUS,
+    NGINX_EXPORTER,
+    GATEWAY_LOG_EXPORTER,
+    PROMETHEUS,
+    GRAFANA,
+)

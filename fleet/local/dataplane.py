@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from fleet.config import FLEET_KEY, FleetSettings, ModelSpec, NodeGroup
+from fleet.gateway_log import exporter_arguments as gateway_log_arguments
 from fleet.local.ollama import OllamaServer, OllamaSettings, smollm2_gguf
 from fleet.local.processes import LOOPBACK, ManagedProcess, clean_env, free_port, port_is_open
 from fleet.node_runtime import meter_command, modelfile, ollama_environment
@@ -328,6 +329,7 @@ class DataPlane:
         monitoring: bool | None = None,
         node_exporter: bool = True,
         nginx_exporter: bool = True,
+        gateway_log_exporter: bool = True,
         https_port: int = 0,
         http_port: int = 0,
         prometheus_port: int = 0,
@@ -348,6 +350,7 @@ class DataPlane:
         self.monitoring = self.settings.monitoring.enabled if monitoring is None else monitoring
         self.with_node_exporter = self.monitoring and node_exporter
         self.with_nginx_exporter = self.monitoring and nginx_exporter
+        self.with_gateway_log = self.monitoring and gateway_log_exporter
         self.warm_models = warm
         self.log = log or (lambda message: None)
 
@@ -357,6 +360,7 @@ class DataPlane:
         self.prometheus_port = (prometheus_port or free_port()) if self.monitoring else None
         self.node_exporter_port = free_port() if self.with_node_exporter else None
         self.nginx_exporter_port = free_port() if self.with_nginx_exporter else None
+        self.gateway_log_port = free_port() if self.with_gateway_log else None
 
         # Keys are generated per start and live only in the run directory (the secret include and the state).
         self.client_keys: dict[str, str] = {c.name: secrets.token_urlsafe(24) for c in self.settings.gateway.clients}
@@ -367,6 +371,7 @@ class DataPlane:
         self.prometheus: ManagedProcess | None = None
         self.node_exporter: ManagedProcess | None = None
         self.nginx_exporter: ManagedProcess | None = None
+        self.gateway_log: ManagedProcess | None = None
         self.gateway_plan: nginx_render.GatewayPlan | None = None
         self.prometheus_plan: prometheus_render.PrometheusPlan | None = None
         self._started: list[ManagedProcess] = []
@@ -407,6 +412,11 @@ class DataPlane:
     @property
     def access_log_path(self) -> Path:
         return Path(self.paths.access_log)
+
+    @property
+    def gateway_log_url(self) -> str | None:
+        """/metrics of the gateway log exporter (None without one)."""
+        return f"http://{LOOPBACK}:{self.gateway_log_port}/metrics" if self.gateway_log_port else None
 
     @property
     def client_names(self) -> list[str]:
@@ -541,6 +551,25 @@ class DataPlane:
 
     def _start_monitoring(self, tools: Mapping[str, str]) -> None:
         logs = self.run_dir / "logs"
+        if self.with_gateway_log:
+            # Beside nginx, following the access-log file the deployment's exporter follows in its volume.
+            self.gateway_log = self._track(
+                ManagedProcess(
+                    "gateway-log-exporter",
+                    [sys.executable, "-m", "fleet.gateway_log"]
+                    + gateway_log_arguments(
+                        self.paths.access_log_file,
+                        f"{LOOPBACK}:{self.gateway_log_port}",
+                        "gateway-0",
+                        [c.name for c in self.settings.gateway.clients],
+                    ),
+                    logs / "gateway-log-exporter.log",
+                    env=clean_env(),
+                    cwd=self.run_dir,
+                )
+            )
+            self.gateway_log.start()
+            self.gateway_log.wait_for_http(self.gateway_log_url, timeout=START_TIMEOUT_S)
         if self.with_nginx_exporter:
             self.nginx_exporter = self._track(
                 ManagedProcess(
@@ -589,6 +618,7 @@ class DataPlane:
             self.settings,
             nodes=targets,
             nginx_exporters=[f"{LOOPBACK}:{self.nginx_exporter_port}"] if self.nginx_exporter_port else [],
+            gateway_log_exporters=[f"{LOOPBACK}:{self.gateway_log_port}"] if self.gateway_log_port else [],
             gateway_node_exporters={"loopback": f"{LOOPBACK}:{self.node_exporter_port}"} if self.node_exporter_port else None,
             prometheus=f"{LOOPBACK}:{self.prometheus_port}",
             rule_files=[str(rules_file)],

@@ -2,7 +2,8 @@
 config, alert rules, Grafana provisioning and dashboard, cloud-init. Templates live in templates/.
 
 Public API:
-  nginx:      GatewayPlan, GatewayPaths, build_gateway_plan, render_nginx, render_api_keys, placeholder_upstreams
+  nginx:      GatewayPlan, GatewayPaths, build_gateway_plan, render_nginx, render_api_keys, render_log_rotation,
+              placeholder_upstreams
   prometheus: NodeTarget, PrometheusPlan, node_targets, build_prometheus_plan, render_prometheus, prometheus_args
   rules:      alerts, render_rules, rule_queries
   grafana:    build_dashboard, render_dashboard, render_datasource, render_dashboard_provider, dashboard_queries

@@ -25,6 +25,7 @@ README = "README.md"
 # Placeholder addresses of the gateway/monitoring host's own exporters.
 GATEWAY_NODE_EXPORTER = f"192.0.2.5:{ports.NODE_EXPORTER}"
 NGINX_EXPORTER = f"nginx-exporter:{ports.NGINX_EXPORTER}"
+GATEWAY_LOG_EXPORTER = f"gateway-log-exporter:{ports.GATEWAY_LOG_EXPORTER}"
 
 # Placeholder of the retained model volume in the rendered host setup scripts.
 PLACEHOLDER_VOLUME_ID = "vol-00000000000000000"
@@ -90,6 +91,7 @@ def render_bundle(
             settings,
             nodes=nodes if nodes is not None else prometheus.placeholder_node_targets(settings),
             nginx_exporters=[NGINX_EXPORTER],
+            gateway_log_exporters=[GATEWAY_LOG_EXPORTER],
             gateway_node_exporters={"gateway-0": GATEWAY_NODE_EXPORTER},
             stack=stack,
         )

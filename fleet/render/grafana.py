@@ -130,6 +130,25 @@ def panels() -> list[PanelSpec]:
                 ),
             ),
         ),
+        PanelSpec(
+            "Latency",
+            "Inference at the gateway",
+            "timeseries",
+            "s",
+            (
+                Query(
+                    f"histogram_quantile(0.95, sum by (le) (rate(fleet_gateway_upstream_header_seconds_bucket[{r}])))",
+                    "p95 to first byte",
+                ),
+                Query(
+                    f"histogram_quantile(0.95, sum by (le) (rate(fleet_gateway_request_duration_seconds_bucket[{r}])))",
+                    "p95 to last byte",
+                ),
+            ),
+            "What clients wait for, seen at the gateway (its access log): until the answering node's headers (the "
+            "first token of a stream) and until the last byte, of inference requests answered 2xx.",
+            width=24,
+        ),
         # --- errors and refusals -----------------------------------------------------------------------
         PanelSpec(
             "Errors and refusals",
@@ -153,12 +172,11 @@ def panels() -> list[PanelSpec]:
             "reqps",
             (
                 Query(f'sum by (status) (rate(ollama_http_requests_total{{status=~"429|503"}}[{r}]))', "node {{status}}"),
-                Query(
-                    f"clamp_min(sum(rate(nginx_http_requests_total[{r}])) - sum(rate(ollama_http_requests_total[{r}])), 0)",
-                    "answered by the gateway",
-                ),
+                Query(f"sum by (reason) (rate(fleet_gateway_refusals_total[{r}]))", "gateway {{reason}}"),
             ),
-            "Node refusals (Ollama queue full) and requests the gateway answered itself (429, 503 shedding, 401/403/404).",
+            "Node refusals (Ollama queue full), and the gateway's own refusals by reason, counted from its access "
+            "log: unauthorized (401), forbidden (403), too_large (413), rate_limited (429), shed (503, every node "
+            "at max_conns or down).",
         ),
         # --- queue -------------------------------------------------------------------------------------
         PanelSpec(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,26 +22,19 @@ from dataclasses import dataclass, field
 from fleet import ports
 from fleet.capacity import max_conns_per_node  # the one source of max_conns
 from fleet.config import FleetSettings
-from fleet.render.jinja import render_template
 
-# The admin key maps to this client name; client names are DNS labels, so it cannot clash with one.
-ADMIN_CLIENT = "_admin"
-
-# Routes (DESIGN.md, Ollama). Inference and read-only routes are open to every key; admin routes only to the
-# admin key from an admin CIDR. Anything else is 404.
-INFERENCE_ROUTES = (
-    "/api/generate",
-    "/api/chat",
-    "/api/embed",
-    "/api/embeddings",
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
+# Routes, the admin client name and upstream names are shared with the access-log reader (fleet.gateway_log);
+# they stay importable from here.
+from fleet.gateway_routes import (
+    ADMIN_CLIENT,
+    ADMIN_PREFIXES,
+    ADMIN_ROUTES,
+    INFERENCE_ROUTES,
+    READ_ONLY_PREFIXES,
+    READ_ONLY_ROUTES,
+    upstream_name,
 )
-READ_ONLY_ROUTES = ("/api/tags", "/api/show", "/api/ps", "/api/version", "/v1/models")
-READ_ONLY_PREFIXES = ("/v1/models/",)  # GET /v1/models/{model}
-ADMIN_ROUTES = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
-ADMIN_PREFIXES = ("/api/blobs/",)
+from fleet.render.jinja import render_template
 
 # Private ranges allowed to read stub_status by default (the exporter runs beside nginx).
 PRIVATE_NETWORKS = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -68,6 +62,9 @@ class GatewayPaths:
     pid: str = "/var/run/nginx.pid"
     error_log: str = "/var/log/nginx/error.log"  # the image links it to stderr
     access_log: str = "/var/log/nginx/access.log"  # the image links it to stdout
+    # The same JSON lines as a plain file, in a folder the gateway log exporter (fleet.gateway_log) shares;
+    # written only when it differs from `access_log`.
+    access_log_file: str = "/var/log/nginx/fleet/access.log"
     temp_dir: str = "/var/cache/nginx"  # client_temp, proxy_temp, ... are created under it
 
     def __post_init__(self) -> None:
@@ -86,6 +83,7 @@ class GatewayPaths:
             pid=f"{prefix}/nginx.pid",
             error_log=f"{prefix}/logs/error.log",
             access_log=f"{prefix}/logs/access.log",
+            access_log_file=f"{prefix}/logs/access.log",  # already a file: written once
             temp_dir=f"{prefix}/temp",
         )
 
@@ -108,7 +106,7 @@ class UpstreamGroup:
 
     @property
     def upstream(self) -> str:
-        return f"fleet_{self.name.replace('-', '_')}"
+        return upstream_name(self.name)
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -344,6 +342,28 @@ def render_nginx(plan: GatewayPlan) -> str:
         read_only_prefixes=READ_ONLY_PREFIXES,
         admin_routes=ADMIN_ROUTES,
         admin_prefixes=ADMIN_PREFIXES,
+    )
+
+
+def render_log_rotation(
+    log_path: str,
+    *,
+    max_bytes: int = 64 << 20,
+    interval_s: int = 60,
+    reopen: Sequence[str] = ("nginx", "-s", "reopen"),
+) -> str:
+    """A shell script rotating the access-log file (`GatewayPaths.access_log_file`) by rename and
+    `nginx -s reopen`, for the nginx image's /docker-entrypoint.d/ (it backgrounds itself)."""
+    if not _PATH.match(log_path):
+        raise GatewayPlanError(f"log_path: {log_path!r} must be a path of letters, digits and ._/-")
+    if max_bytes < 1 or interval_s < 1:
+        raise GatewayPlanError("max_bytes and interval_s must be at least 1")
+    return render_template(
+        "gateway-log-rotate.sh.j2",
+        log=log_path,
+        max_bytes=max_bytes,
+        interval_s=interval_s,
+        reopen=" ".join(shlex.quote(arg) for arg in reopen),
     )
 
 

@@ -5,6 +5,8 @@ Jobs (their names are used by the alert rules and dashboards):
 * `ollama-meter`: each node's metering exporter (`ports.METER_METRICS`), labelled with its `group`;
   the exporter labels its own series with `node` and `model`.
 * `nginx`: the nginx exporter beside the gateway (stub_status).
+* `gateway-log`: the gateway log exporter beside the gateway (`fleet.gateway_log`: the gateway's own answers,
+  from its access log); it labels its series with `gateway`.
 * `node`: node exporters of the Ollama hosts and the gateway/monitoring host, labelled `node`, `group`.
 * `dcgm`: NVIDIA DCGM exporters of GPU hosts, labelled `node`, `group`.
 * `prometheus`: Prometheus itself.
@@ -23,6 +25,7 @@ from fleet.config import FleetSettings, NodeGroup
 
 JOB_METER = "ollama-meter"
 JOB_NGINX = "nginx"
+JOB_GATEWAY_LOG = "gateway-log"
 JOB_NODE = "node"
 JOB_DCGM = "dcgm"
 JOB_PROMETHEUS = "prometheus"
@@ -147,6 +150,7 @@ def build_prometheus_plan(
     *,
     nodes: Sequence[NodeTarget],
     nginx_exporters: Sequence[str] = (),
+    gateway_log_exporters: Sequence[str] = (),
     gateway_node_exporters: Mapping[str, str] | None = None,
     prometheus: str = f"localhost:{ports.PROMETHEUS}",
     rule_files: Sequence[str] = (DEFAULT_RULES_FILE,),
@@ -154,7 +158,8 @@ def build_prometheus_plan(
     scrape_interval: str | None = None,
     evaluation_interval: str | None = None,
 ) -> PrometheusPlan:
-    """The scrape plan. `nginx_exporters` are `host:port` of nginx exporters; `gateway_node_exporters`
+    """The scrape plan. `nginx_exporters` and `gateway_log_exporters` are `host:port` of the nginx exporters
+    and gateway log exporters (one of each per gateway host); `gateway_node_exporters`
     maps a host name (its `node` label, e.g. `gateway-0`) to the `host:port` of its node exporter.
     The intervals default to `monitoring.scrapeInterval` (loopback tests may scrape faster)."""
     known_groups = {g.name: g for g in settings.node_groups}
@@ -201,6 +206,12 @@ def build_prometheus_plan(
         ScrapeJob(
             JOB_NGINX,
             (StaticGroup(tuple(_check_target(t, "nginx exporter") for t in nginx_exporters)),) if nginx_exporters else (),
+        ),
+        ScrapeJob(
+            JOB_GATEWAY_LOG,
+            (StaticGroup(tuple(_check_target(t, "gateway log exporter") for t in gateway_log_exporters)),)
+            if gateway_log_exporters
+            else (),
         ),
         ScrapeJob(JOB_NODE, tuple(node_groups)),
         ScrapeJob(JOB_DCGM, tuple(dcgm_groups)),

@@ -1,7 +1,7 @@
 """Prometheus alert rules of a fleet, with thresholds from `settings.monitoring.alerts`.
 
-The series come from the metering exporter (fleet/exporter_metrics.py: `ollama_*`), the nginx exporter
-(stub_status: `nginx_*`), DCGM (`DCGM_FI_*`) and Prometheus' own `up`. Every expression here is checked by
+The series come from the metering exporter (fleet/exporter_metrics.py: `ollama_*`), the gateway log exporter
+(fleet/gateway_log.py: `fleet_gateway_*`), DCGM (`DCGM_FI_*`) and Prometheus' own `up`. Every expression here is checked by
 `promtool check rules` and each alert has a `promtool test rules` case that fires and one that does not.
 """
 
@@ -20,8 +20,9 @@ RULE_GROUP = "ollama-fleet"
 # Request statuses the meter records that mean the node failed the request (503 is a refusal, not an error).
 ERROR_STATUSES = "5..|error|upstream_closed"
 REFUSAL_STATUSES = "429|503"
-# Below this many gateway requests per second the gateway-refusal estimate is noise (health checks, scrapes).
-GATEWAY_MIN_RPS = 1
+# The gateway's own refusals that mean "not enough capacity": rate limits and shedding (fleet_gateway_refusals_total).
+# 401, 403 and 413 are the client's doing and stay out of the alert.
+CAPACITY_REFUSALS = "rate_limited|shed"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,23 @@ def _num(value: float) -> str:
     return format(value, "g")
 
 
+def node_refusal_ratio(window: str = "5m") -> str:
+    """Share of the requests reaching the nodes that they refuse (429/503: Ollama's queue is full)."""
+    return (
+        f'sum(rate(ollama_http_requests_total{{status=~"{REFUSAL_STATUSES}"}}[{window}]))'
+        f" / sum(rate(ollama_http_requests_total[{window}]))"
+    )
+
+
+def gateway_refusal_ratio(window: str = "5m") -> str:
+    """Share of known clients' requests the gateway refuses for capacity (rate limits, shedding), counted
+    from its access log by fleet.gateway_log. Unauthenticated requests neither raise nor dilute it."""
+    return (
+        f'sum(rate(fleet_gateway_refusals_total{{reason=~"{CAPACITY_REFUSALS}"}}[{window}]))'
+        f' / sum(rate(fleet_gateway_requests_total{{client!="unknown"}}[{window}]))'
+    )
+
+
 def alerts(settings: FleetSettings) -> list[Alert]:
     """The alert rules of a stack (the order is the order in the rendered file)."""
     t = settings.monitoring.alerts
@@ -50,8 +68,6 @@ def alerts(settings: FleetSettings) -> list[Alert]:
             vram_parts.append(
                 f'(sum by (node) (ollama_loaded_model_vram_bytes{{group="{group.name}"}}) / {total} > {_num(t.vram_full_ratio)})'
             )
-    gateway_total = "sum(rate(nginx_http_requests_total[5m]))"
-    meter_total = "sum(rate(ollama_http_requests_total[5m]))"
     return [
         Alert(
             name="OllamaNodeDown",
@@ -75,17 +91,16 @@ def alerts(settings: FleetSettings) -> list[Alert]:
         Alert(
             name="RequestRefusalRatioHigh",
             expr=(
-                f'(sum(rate(ollama_http_requests_total{{status=~"{REFUSAL_STATUSES}"}}[5m])) / {meter_total} > {_num(t.refusal_ratio)})'
-                f" or (({gateway_total} - {meter_total}) / {gateway_total} > {_num(t.refusal_ratio)}"
-                f" and {gateway_total} > {GATEWAY_MIN_RPS})"
+                f"({node_refusal_ratio()} > {_num(t.refusal_ratio)})"
+                f" or ({gateway_refusal_ratio()} > {_num(t.refusal_ratio)})"
             ),
             for_="5m",
             severity="warning",
             summary=f"More than {t.refusal_ratio:.0%} of requests are refused",
             description=(
-                "Either the nodes answer 429/503 (Ollama's queue is full), or the gateway answers requests itself "
-                "instead of passing them to a node: rate limits (429), shedding when every node is at max_conns "
-                "(503), and 401/403/404. The gateway part is the share of gateway requests that never reached a node."
+                "Either the nodes answer 429/503 (Ollama's queue is full), or the gateway refuses its clients' "
+                "requests itself: rate limits (429) and shedding when every node is at max_conns or down (503), "
+                "counted exactly from the gateway's access log (401, 403 and 413 do not count)."
             ),
         ),
         Alert(

@@ -99,6 +99,13 @@ def _wait(condition, what: str, timeout: float = WAIT_S):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _logged(plane, before: int, request_ids: set[str]) -> list[dict]:
+    """The access-log entries of these requests (X-Request-ID). nginx logs a request after its answer was
+    sent, so an earlier test's last line may still land after `before`: entries are picked by id."""
+    return _wait(lambda: (lambda found: found if len(found) == len(request_ids) else None)(
+        [e for e in plane.access_log()[before:] if e["request_id"] in request_ids]), "nginx to log the requests")
+
+
 # ---- keys and routes ----------------------------------------------------------------------------------
 
 
@@ -142,12 +149,14 @@ def test_admin_routes_are_forbidden_to_client_keys(dataplane, served_model, mode
         ("POST", f"/api/blobs/{model_blob_digest}", None),
     ]
     assert {path for _, path, _ in calls} >= set(ng.ADMIN_ROUTES)
+    request_ids = set()
     for key_of in ("alpha", "beta"):
         with _client(dataplane, key_of) as client:
             for method, path, body in calls:
                 response = client.request(method, path, json=body) if body else client.request(method, path)
                 assert response.status_code == 403, (key_of, method, path, response.text)
-    refused = dataplane.access_log()[before:]
+                request_ids.add(response.headers["x-request-id"])
+    refused = _logged(dataplane, before, request_ids)
     assert len(refused) == 2 * len(calls) and not [e for e in refused if e["upstream_addr"]]
     # The admin key from an admin CIDR (127.0.0.1/32) reaches Ollama: the model's blob exists on the node.
     with _client(dataplane, "admin") as admin:
@@ -161,16 +170,18 @@ def test_admin_routes_are_forbidden_to_client_keys(dataplane, served_model, mode
 def test_undocumented_ollama_routes_are_not_reachable(dataplane):
     before = len(dataplane.access_log())
     statuses = {}
+    request_ids = set()
     with _client(dataplane, "beta") as beta:
         for method, path in UNDOCUMENTED_ROUTES:
             # The request target is sent verbatim (httpx would otherwise resolve `..` and `//` itself).
             response = beta.request(method, "/", json={} if method == "POST" else None,
                                     extensions={"target": path.encode()})
             statuses[(method, path)] = response.status_code
+            request_ids.add(response.headers["x-request-id"])
     print("\n" + "; ".join(f"{method} {path} -> {status}" for (method, path), status in statuses.items()))
     through = {route: status for route, status in statuses.items() if status not in (403, 404)}
     assert not through, f"reachable with a client key: {through}"
-    proxied = [(e["method"], e["uri"], e["upstream_addr"]) for e in dataplane.access_log()[before:] if e["upstream_addr"]]
+    proxied = [(e["method"], e["uri"], e["upstream_addr"]) for e in _logged(dataplane, before, request_ids) if e["upstream_addr"]]
     assert not proxied, f"passed to a node: {proxied}"
 
 
@@ -178,13 +189,14 @@ def test_body_over_the_limit_is_refused_with_413(dataplane, served_model):
     limit = dataplane.settings.gateway.max_body_size
     assert limit == "256k"
     prompt = "x" * (300 * 1024)
+    before = len(dataplane.access_log())
     with _client(dataplane) as beta:
         refused = beta.post("/api/chat", json={"model": served_model, "messages": [{"role": "user", "content": prompt}]})
         assert refused.status_code == 413
         assert limit in _error(refused)
         assert beta.get("/api/version").status_code == 200  # the connection pool still works afterwards
-    entry = [e for e in dataplane.access_log() if e["status"] == 413][-1]
-    assert entry["upstream_addr"] == ""
+    [entry] = _logged(dataplane, before, {refused.headers["x-request-id"]})
+    assert entry["status"] == 413 and entry["upstream_addr"] == ""
 
 
 def test_one_key_over_its_rate_gets_429_while_another_is_served(dataplane, served_model):
@@ -254,7 +266,7 @@ def test_overload_is_shed_fast_with_503_while_health_answers(dataplane, served_m
         assert "busy" in _error(shed)
         assert elapsed < 2.0  # refused, not queued: generous bound (behaviour, not performance)
         assert health.status_code == 200
-        refused = [e for e in dataplane.access_log()[before:] if e["uri"] == "/api/generate"]
+        refused = _logged(dataplane, before, {shed.headers["x-request-id"]})
         assert refused and all(e["status"] == 503 for e in refused)
         # nginx names the upstream group, not a node, when it found no node to try.
         assert all(e["upstream_addr"].startswith("fleet_") for e in refused)

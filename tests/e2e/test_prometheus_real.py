@@ -60,7 +60,9 @@ def _clients(plane):
 def test_every_target_is_scraped(dataplane):
     targets = dataplane.wait_for_targets(timeout=WAIT_S)
     jobs = sorted(t["labels"]["job"] for t in targets)
-    assert jobs == sorted([prom.JOB_PROMETHEUS, prom.JOB_NGINX, prom.JOB_NODE] + [prom.JOB_METER] * len(dataplane.nodes))
+    assert jobs == sorted(
+        [prom.JOB_PROMETHEUS, prom.JOB_NGINX, prom.JOB_GATEWAY_LOG, prom.JOB_NODE] + [prom.JOB_METER] * len(dataplane.nodes)
+    )
     up = _wait(lambda: (lambda v: (len(v) == len(targets) and set(v.values()) == {1.0}, v))(_vector(dataplane, "up")),
                "up == 1 for every target")
     assert len(up) == len(targets)

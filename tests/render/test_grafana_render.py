@@ -9,6 +9,7 @@ import yaml
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from fleet.exporter_metrics import LoadedModel, MeterMetrics
+from fleet.gateway_log import GatewayLogMetrics
 from fleet.render import grafana, rules
 
 # Series of nginx-prometheus-exporter (stub_status) and dcgm-exporter that the queries may use.
@@ -25,12 +26,9 @@ NGINX_EXPORTER_SERIES = {
 DCGM_SERIES = {"DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_GPU_UTIL"}
 
 
-def exporter_series() -> set[str]:
-    """Every series name the metering exporter can expose (from its real registry)."""
-    metrics = MeterMetrics("chat-0", models=["m:1b"])
-    metrics.set_upstream(True, "0.0.0", [LoadedModel("m:1b", 1, 1)])
+def _names(registry) -> set[str]:
     names: set[str] = set()
-    for family in metrics.registry.collect():
+    for family in registry.collect():
         if family.type == "counter" or isinstance(family, CounterMetricFamily):
             names |= {family.name + "_total", family.name + "_created"}
         elif family.type == "histogram" or isinstance(family, HistogramMetricFamily):
@@ -40,10 +38,27 @@ def exporter_series() -> set[str]:
     return names
 
 
+def exporter_series() -> set[str]:
+    """Every series name the metering exporter can expose (from its real registry)."""
+    metrics = MeterMetrics("chat-0", models=["m:1b"])
+    metrics.set_upstream(True, "0.0.0", [LoadedModel("m:1b", 1, 1)])
+    return _names(metrics.registry)
+
+
+def gateway_log_series() -> set[str]:
+    """Every series name the gateway log exporter can expose (from its real registry, after a proxied request)."""
+    metrics = GatewayLogMetrics("gateway-0", ["alpha"])
+    metrics.observe_line(
+        b'{"client":"alpha","status":200,"uri":"/api/chat","upstream_addr":"10.0.0.1:11435",'
+        b'"upstream_status":"200","request_time":1.0,"upstream_header_time":"0.2","upstream_response_time":"1.0"}'
+    )
+    return _names(metrics.registry)
+
+
 def _series_names(expr: str) -> set[str]:
     without_labels = re.sub(r"\{[^}]*\}", "", expr)
     words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", without_labels))
-    return {w for w in words if w.startswith(("ollama_", "nginx_", "DCGM_")) or w == "up"}
+    return {w for w in words if w.startswith(("ollama_", "nginx_", "DCGM_", "fleet_")) or w == "up"}
 
 
 def test_dashboard_is_built_from_the_panel_list(settings):
@@ -71,7 +86,7 @@ def test_dashboard_covers_what_operators_need():
 
 
 def test_queries_use_only_series_that_exist():
-    available = exporter_series() | NGINX_EXPORTER_SERIES | DCGM_SERIES | {"up"}
+    available = exporter_series() | gateway_log_series() | NGINX_EXPORTER_SERIES | DCGM_SERIES | {"up"}
     from fleet.stack_file import load_stack
 
     settings = load_stack("prod").settings

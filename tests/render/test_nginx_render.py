@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -10,7 +12,7 @@ from fleet import capacity
 from fleet.config import FleetSettings
 from fleet.render import nginx as ng
 from fleet.stack_file import load_stack
-from render_tools import Directive, make_prefix, nginx_test, nginx_user, parse_nginx
+from render_tools import Directive, make_prefix, nginx_test, nginx_user, parse_nginx, require_tool
 
 KEYS = {"search": "k-search-0123456789abcdef", "support-bot": "k-support-0123456789abcdef", "ci": "k-ci-0123456789ABCDEF"}
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -256,3 +258,30 @@ def test_plan_refuses_bad_inputs():
     plan = ng.build_gateway_plan(settings, {"chat": ["10.0.0.1:11435", "10.0.0.2:11435"]})
     assert [s.address for s in plan.groups[0].servers] == ["10.0.0.1:11435", "10.0.0.2:11435"]
     assert plan.groups[0].next_upstream_tries == 2
+
+
+def test_access_log_goes_to_stdout_and_to_the_exporter_file_once_each():
+    settings = load_stack("dev").settings
+    deployed = ng.render_nginx(ng.build_gateway_plan(settings, ng.placeholder_upstreams(settings)))
+    paths = ng.GatewayPaths()
+    assert re.findall(r"^\s*access_log (\S+) fleet_json;", deployed, re.M) == [paths.access_log, paths.access_log_file]
+    # Under one prefix the log already is a file: written once, not twice.
+    local = ng.GatewayPaths.under("/tmp/gw")
+    loopback = ng.render_nginx(ng.build_gateway_plan(settings, ng.placeholder_upstreams(settings), paths=local))
+    assert re.findall(r"^\s*access_log (\S+) fleet_json;", loopback, re.M) == [local.access_log]
+
+
+def test_log_rotation_script_passes_shellcheck_and_refuses_bad_paths(tmp_path):
+    script = ng.render_log_rotation(ng.GatewayPaths().access_log_file, max_bytes=1000, interval_s=5)
+    assert "max_bytes=1000\n" in script and "interval=5\n" in script and "nginx -s reopen" in script
+    tool = require_tool(shutil.which("shellcheck"), "shellcheck")
+    (tmp_path / "rotate.sh").write_text(script)
+    result = subprocess.run([tool, "-s", "sh", str(tmp_path / "rotate.sh")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+    quoted = ng.render_log_rotation("/l/access.log", reopen=["/usr/sbin/nginx", "-p", "/a b", "-s", "reopen"])
+    assert "/usr/sbin/nginx -p '/a b' -s reopen ||" in quoted
+    for bad in ("/var/log/$(reboot)", "rel ative"):
+        with pytest.raises(ng.GatewayPlanError, match="log_path"):
+            ng.render_log_rotation(bad)
+    with pytest.raises(ng.GatewayPlanError, match="at least 1"):
+        ng.render_log_rotation("/l/access.log", max_bytes=0)

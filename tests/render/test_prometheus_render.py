@@ -28,6 +28,7 @@ def _plan(settings, rule_file: str, stack: str = "test"):
         settings,
         nodes=prometheus.placeholder_node_targets(settings),
         nginx_exporters=["127.0.0.1:9113"],
+        gateway_log_exporters=["127.0.0.1:9115"],
         gateway_node_exporters={"gateway-0": "192.0.2.5:9100"},
         rule_files=[rule_file],
         stack=stack,
@@ -62,13 +63,21 @@ def test_scrape_jobs_and_targets(settings, stack):
     document = yaml.safe_load(prometheus.render_prometheus(plan))
     jobs = {job["job_name"]: job for job in document["scrape_configs"]}
     gpu_nodes = sum(g.count for g in settings.node_groups if is_gpu_group(g))
-    expected = {prometheus.JOB_PROMETHEUS, prometheus.JOB_METER, prometheus.JOB_NGINX, prometheus.JOB_NODE}
+    expected = {
+        prometheus.JOB_PROMETHEUS,
+        prometheus.JOB_METER,
+        prometheus.JOB_NGINX,
+        prometheus.JOB_GATEWAY_LOG,
+        prometheus.JOB_NODE,
+    }
     if gpu_nodes:
         expected.add(prometheus.JOB_DCGM)
     assert set(jobs) == expected
     meter_targets = [t for g in jobs[prometheus.JOB_METER]["static_configs"] for t in g["targets"]]
     assert len(meter_targets) == settings.node_count
     assert all(t.endswith(":9778") for t in meter_targets)
+    # the gateway log exporter labels its own series with `gateway`: its targets carry no labels
+    assert jobs[prometheus.JOB_GATEWAY_LOG]["static_configs"] == [{"targets": ["127.0.0.1:9115"]}]
     for group in jobs[prometheus.JOB_METER]["static_configs"]:
         # the meter labels its own series with `node`: a target label of that name would be renamed
         assert "node" not in group["labels"] and group["labels"]["group"]
@@ -89,12 +98,15 @@ def test_runtime_targets_and_bad_targets():
     assert (plan.scrape_interval, plan.evaluation_interval) == ("1s", "1s")
     assert plan.job(prometheus.JOB_METER).targets == ["10.70.1.5:9778", "10.70.2.6:19778"]
     assert plan.job(prometheus.JOB_NGINX) is None  # no exporter given: no empty job
+    assert plan.job(prometheus.JOB_GATEWAY_LOG) is None
     with pytest.raises(prometheus.PrometheusPlanError, match="unknown node group"):
         prometheus.node_targets(settings, {"nope": ["10.0.0.1"]})
     with pytest.raises(prometheus.PrometheusPlanError, match="without a port"):
         prometheus.node_targets(settings, {"chat": ["10.0.0.1:9778"]})
     with pytest.raises(prometheus.PrometheusPlanError, match="host:port"):
         prometheus.build_prometheus_plan(settings, nodes=nodes, nginx_exporters=["nginx-exporter"])
+    with pytest.raises(prometheus.PrometheusPlanError, match="gateway log exporter"):
+        prometheus.build_prometheus_plan(settings, nodes=nodes, gateway_log_exporters=["10.0.0.1"])
 
 
 # --- alert rules: one promtool test case that fires and one that does not, for every alert ---------------
@@ -159,21 +171,43 @@ def alert_cases(settings) -> dict[str, list[dict]]:
             _case({
                 f'ollama_http_requests_total{{{meter},node="chat-0",route="/api/chat",status="200"}}': "0+100x30",
                 f'ollama_http_requests_total{{{meter},node="chat-0",route="/api/chat",status="503"}}': f"0+{refuse_high}x30",
-                'nginx_http_requests_total{job="nginx",instance="gw:9113"}': f"0+{100 + refuse_high}x30",
+                _gateway_requests("alpha", "200"): "0+100x30",
+                _gateway_refusals("alpha", "shed"): "0x30",
             }, "RequestRefusalRatioHigh", "20m", [_alert(settings, "RequestRefusalRatioHigh", {})]),
-            # the gateway answers itself (429/503) for a share of its traffic
+            # the gateway sheds a share of a client's requests (every node at max_conns)
             _case({
                 f'ollama_http_requests_total{{{meter},node="chat-0",route="/api/chat",status="200"}}': "0+100x30",
-                'nginx_http_requests_total{job="nginx",instance="gw:9113"}': f"0+{100 + refuse_high}x30",
+                _gateway_requests("alpha", "200"): "0+100x30",
+                _gateway_requests("alpha", "503"): f"0+{refuse_high}x30",
+                _gateway_refusals("alpha", "shed"): f"0+{refuse_high}x30",
+            }, "RequestRefusalRatioHigh", "20m", [_alert(settings, "RequestRefusalRatioHigh", {})]),
+            # the gateway rate-limits a share of a client's requests
+            _case({
+                f'ollama_http_requests_total{{{meter},node="chat-0",route="/api/chat",status="200"}}': "0+100x30",
+                _gateway_requests("alpha", "200"): "0+100x30",
+                _gateway_requests("alpha", "429"): f"0+{refuse_high}x30",
+                _gateway_refusals("alpha", "rate_limited"): f"0+{refuse_high}x30",
             }, "RequestRefusalRatioHigh", "20m", [_alert(settings, "RequestRefusalRatioHigh", {})]),
             # everything reaches a node and is served
             _case({
                 f'ollama_http_requests_total{{{meter},node="chat-0",route="/api/chat",status="200"}}': "0+100x30",
-                'nginx_http_requests_total{job="nginx",instance="gw:9113"}': "0+100x30",
+                _gateway_requests("alpha", "200"): "0+100x30",
+                _gateway_refusals("alpha", "shed"): "0x30",
+                _gateway_refusals("alpha", "rate_limited"): "0x30",
             }, "RequestRefusalRatioHigh", "20m", []),
-            # idle gateway (health checks, scrapes): under the traffic floor
-            _case({'nginx_http_requests_total{job="nginx",instance="gw:9113"}': "0+6x30"},
-                  "RequestRefusalRatioHigh", "20m", []),
+            # many requests without a valid key (401), forbidden admin calls (403) and oversized bodies (413): the
+            # gateway answers them itself, but they are the clients' doing, not a lack of capacity
+            _case({
+                f'ollama_http_requests_total{{{meter},node="chat-0",route="/api/chat",status="200"}}': "0+100x30",
+                _gateway_requests("alpha", "200"): "0+100x30",
+                _gateway_requests("unknown", "401"): "0+500x30",
+                _gateway_refusals("unknown", "unauthorized"): "0+500x30",
+                _gateway_requests("alpha", "403", "admin"): "0+50x30",
+                _gateway_refusals("alpha", "forbidden"): "0+50x30",
+                _gateway_requests("alpha", "413"): "0+50x30",
+                _gateway_refusals("alpha", "too_large"): "0+50x30",
+                _gateway_refusals("alpha", "shed"): "0x30",
+            }, "RequestRefusalRatioHigh", "20m", []),
         ],
         "OllamaTimeToFirstTokenHigh": [
             _case(_ttft_buckets(meter, ttft, slow=True), "OllamaTimeToFirstTokenHigh", "25m",
@@ -215,6 +249,17 @@ def alert_cases(settings) -> dict[str, list[dict]]:
                   "GpuVramNearFull", "15m", []),
         ]
     return cases
+
+
+GATEWAY_LOG = 'job="gateway-log",instance="gw:9115",gateway="gateway-0"'
+
+
+def _gateway_requests(client: str, status: str, route: str = "inference") -> str:
+    return f'fleet_gateway_requests_total{{{GATEWAY_LOG},client="{client}",status="{status}",route="{route}"}}'
+
+
+def _gateway_refusals(client: str, reason: str) -> str:
+    return f'fleet_gateway_refusals_total{{{GATEWAY_LOG},client="{client}",reason="{reason}"}}'
 
 
 def _ttft_buckets(meter: str, threshold: float, slow: bool) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Gateway under Pulumi mocks: the nginx container with its rendered files (plain config, secret keys and TLS
-key), labels for the policy pack, ports, health check, and the nginx exporter beside it."""
+key), labels for the policy pack, ports, health check, the nginx exporter beside it, and the gateway log
+exporter reading nginx's access-log file from a shared volume."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from components.gateway import Gateway, GatewayArgs, gateway_plan
+from components import images
+from components.gateway import LOG_ROTATION_SCRIPT, Gateway, GatewayArgs, gateway_plan
 from docker_mocks import (
     PRIVATE_ADDRESS,
     PUBLIC_ADDRESS,
@@ -26,7 +28,7 @@ from docker_mocks import (
     unwrap,
     use_mocks,
 )
-from fleet import ports
+from fleet import gateway_log, ports
 from fleet.capacity import max_conns_per_node
 from fleet.config import FleetSettings
 from fleet.render import nginx
@@ -86,6 +88,7 @@ def build_gateway(
             built.outputs["uploads_secret"] = await gateway.container.uploads.is_secret()
             built.outputs["url"] = await gateway.url.future()
             built.outputs["status_target"] = await gateway.status_target.future()
+            built.outputs["log_target"] = await gateway.log_target.future()
 
         return pulumi.Output.from_input(asyncio.ensure_future(collect()))
 
@@ -191,10 +194,70 @@ def test_exporter_scrapes_stub_status_where_nginx_serves_it(dev):
     assert dev.nginx.urn in exporter.depends_on
 
 
+# ---- the gateway log exporter ----------------------------------------------------------------------------
+
+
+def test_nginx_writes_the_access_log_file_into_a_volume_the_log_exporter_reads(dev):
+    paths = nginx.GatewayPaths()
+    log_dir = str(Path(paths.access_log_file).parent)
+    conf = dev.uploads()["/etc/nginx/nginx.conf"]["content"]
+    # Both: stdout for `docker logs` (the image links access.log there) and the file for the exporter.
+    assert f"access_log {paths.access_log} fleet_json;" in conf
+    assert f"access_log {paths.access_log_file} fleet_json;" in conf
+    assert log_dir != str(Path(paths.access_log).parent)  # not the image's folder of stdout/stderr links
+    exporter = dev.monitor.container("gateway-log-exporter")
+    volume = dev.monitor.named("ollama-gateway-0-access-log")
+    (nginx_mount,) = dev.nginx.inputs["volumes"]
+    (exporter_mount,) = exporter.inputs["volumes"]
+    assert nginx_mount["volumeName"] == exporter_mount["volumeName"] == volume.inputs["name"]
+    assert nginx_mount["containerPath"] == exporter_mount["containerPath"] == log_dir
+    assert not nginx_mount.get("readOnly") and exporter_mount["readOnly"] is True
+    assert volume.provider.startswith(dev.monitor.urn_of("host-docker"))  # on the gateway's own host
+    assert dev.monitor.urn_of("host-ready") in volume.depends_on
+    assert {label["label"]: label["value"] for label in volume.inputs["labels"]} == {
+        "ollama-fleet.environment": dev.settings.environment
+    }
+
+
+def test_log_exporter_runs_the_meter_image_with_the_gateway_log_command(dev):
+    exporter = dev.monitor.container("gateway-log-exporter")
+    image = dev.monitor.named("ollama-gateway-0-log-exporter-image")
+    assert image.inputs["build"]["dockerfile"].endswith("exporter/Dockerfile")
+    assert image.inputs["imageName"] == f"ollama-fleet/meter:{images.exporter_tag(dev.settings.images.python)}"
+    assert exporter.inputs["image"] == image.outputs["repoDigest"]
+    assert exporter.inputs["entrypoints"] == ["python", "-m", "fleet.gateway_log"]
+    clients = [c.name for c in dev.settings.gateway.clients]
+    assert exporter.inputs["command"] == gateway_log.exporter_arguments(
+        nginx.GatewayPaths().access_log_file, f"0.0.0.0:{ports.GATEWAY_LOG_EXPORTER}", "ollama-gateway-0", clients
+    )
+    # The command parses as the exporter's own CLI and names every configured client.
+    args = gateway_log.build_parser().parse_args(exporter.inputs["command"])
+    assert args.client == clients and args.metrics_listen == ("0.0.0.0", ports.GATEWAY_LOG_EXPORTER)
+    assert exporter.label_map["ollama-fleet.role"] == "gateway-log-exporter"
+    assert exporter.label_map["ollama-fleet.environment"] == dev.settings.environment
+    assert exporter.inputs["restart"] == "unless-stopped"
+    assert exporter.inputs["logDriver"] == "json-file" and set(exporter.inputs["logOpts"]) == {"max-size", "max-file"}
+    probe = exporter.inputs["healthcheck"]["tests"]
+    assert probe[:3] == ["CMD", "python", "-c"] and f"127.0.0.1:{ports.GATEWAY_LOG_EXPORTER}/metrics" in probe[3]
+    assert not exporter.inputs.get("ports")  # on the shared network Prometheus reaches it by name
+    assert dev.outputs["log_target"] == f"{exporter.inputs['name']}:{ports.GATEWAY_LOG_EXPORTER}"
+    assert dev.nginx.urn in exporter.depends_on
+
+
+def test_the_access_log_file_is_rotated_by_a_script_in_the_nginx_entrypoint(dev):
+    upload = dev.uploads()[LOG_ROTATION_SCRIPT]
+    assert LOG_ROTATION_SCRIPT.startswith("/docker-entrypoint.d/") and LOG_ROTATION_SCRIPT.endswith(".sh")
+    assert unwrap(upload["permissions"]) == "0755"  # the image's entrypoint runs only executable scripts
+    script = unwrap(upload["content"])
+    assert f"log={nginx.GatewayPaths().access_log_file}\n" in script and "nginx -s reopen" in script
+
+
 def test_containers_wait_for_the_host_and_run_pinned_images(dev):
     ready = dev.monitor.urn_of("host-ready")
     for container in dev.monitor.containers():
         assert ready in container.depends_on
+        if container.label_map["ollama-fleet.role"] == "gateway-log-exporter":
+            continue  # the exporter image built on the host (test_log_exporter_runs_the_meter_image)
         image = next(r for r in dev.monitor.registered if r.outputs.get("imageId") == container.inputs["image"])
         assert "@sha256:" in image.inputs["name"] and image.inputs["keepLocally"] is True
     assert {dev.monitor.named(n).inputs["name"] for n in ("ollama-gateway-0-nginx-image", "ollama-gateway-0-nginx-exporter-image")} == {
@@ -207,9 +270,15 @@ def test_aws_gateway_is_public_on_its_client_ports_only(prod):
     gateway = prod.settings.gateway
     published = [(p["ip"], p["internal"]) for c in prod.monitor.containers() for p in c.inputs.get("ports") or []]
     assert sorted(published) == sorted(
-        [("0.0.0.0", gateway.https_port), ("0.0.0.0", gateway.http_port), (PRIVATE_ADDRESS, ports.NGINX_EXPORTER)]
+        [
+            ("0.0.0.0", gateway.https_port),
+            ("0.0.0.0", gateway.http_port),
+            (PRIVATE_ADDRESS, ports.NGINX_EXPORTER),
+            (PRIVATE_ADDRESS, ports.GATEWAY_LOG_EXPORTER),
+        ]
     )
     assert prod.outputs["status_target"] == f"{PRIVATE_ADDRESS}:{ports.NGINX_EXPORTER}"
+    assert prod.outputs["log_target"] == f"{PRIVATE_ADDRESS}:{ports.GATEWAY_LOG_EXPORTER}"
     assert prod.outputs["url"] == "https://llm.example.com"
     labels = prod.nginx.label_map
     assert labels["ollama-fleet.tls-mode"] == "acme"
@@ -246,7 +315,7 @@ def test_tls_off_serves_plain_http_without_certificate_files():
     gateway = settings.gateway.model_copy(update={"tls": settings.gateway.tls.model_copy(update={"mode": "off"})})
     plain = settings.model_copy(update={"gateway": gateway})
     built = build_gateway("dev", DEV_UPSTREAMS, settings=plain, tls=False, transport="local")
-    assert set(built.uploads()) == {"/etc/nginx/nginx.conf", nginx.GatewayPaths().api_keys_include}
+    assert set(built.uploads()) == {"/etc/nginx/nginx.conf", nginx.GatewayPaths().api_keys_include, LOG_ROTATION_SCRIPT}
     assert [p["internal"] for p in built.nginx.inputs["ports"]] == [gateway.http_port]
     assert built.outputs["url"] == f"http://localhost:{gateway.http_port}"
 
@@ -289,6 +358,9 @@ def test_the_uploaded_files_load_in_real_nginx(tmp_path):
     deployed, local = nginx.GatewayPaths(), nginx.GatewayPaths.under(str(tmp_path))
     moves = sorted(zip(dataclasses.astuple(deployed), dataclasses.astuple(local)), key=lambda m: -len(m[0]))
     conf = uploads.pop("/etc/nginx/nginx.conf")
+    rotation = uploads.pop(LOG_ROTATION_SCRIPT)
+    syntax = subprocess.run(["sh", "-n"], input=rotation, capture_output=True, text=True, timeout=30)
+    assert syntax.returncode == 0, syntax.stderr
     for old, new in moves:
         conf = conf.replace(old, new)
     if os.geteuid() != 0:

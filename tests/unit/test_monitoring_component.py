@@ -76,12 +76,14 @@ DEV_TARGETS = {
     prometheus.JOB_METER: [f"ollama-cpu-0-meter:{ports.METER_METRICS}"],
     prometheus.JOB_NODE: [f"ollama-cpu-0-meter:{ports.NODE_EXPORTER}"],
     prometheus.JOB_NGINX: [f"ollama-gateway-0-nginx-exporter:{ports.NGINX_EXPORTER}"],
+    prometheus.JOB_GATEWAY_LOG: [f"ollama-gateway-0-gateway-log-exporter:{ports.GATEWAY_LOG_EXPORTER}"],
 }
 PROD_TARGETS = {
     prometheus.JOB_METER: [f"10.70.1.10:{ports.METER_METRICS}", f"10.70.2.11:{ports.METER_METRICS}"],
     prometheus.JOB_NODE: [f"10.70.1.10:{ports.NODE_EXPORTER}", f"10.70.2.11:{ports.NODE_EXPORTER}"],
     prometheus.JOB_DCGM: [f"10.70.1.10:{ports.DCGM_EXPORTER}", f"10.70.2.11:{ports.DCGM_EXPORTER}"],
     prometheus.JOB_NGINX: [f"10.70.1.5:{ports.NGINX_EXPORTER}", f"10.70.2.6:{ports.NGINX_EXPORTER}"],
+    prometheus.JOB_GATEWAY_LOG: [f"10.70.1.5:{ports.GATEWAY_LOG_EXPORTER}", f"10.70.2.6:{ports.GATEWAY_LOG_EXPORTER}"],
 }
 
 
@@ -107,8 +109,11 @@ def test_prometheus_scrapes_every_node_exporter_and_gateway(dev, prod):
     ]
     assert _targets(config, prometheus.JOB_NODE) == [(DEV_TARGETS[prometheus.JOB_NODE][0], {"node": "cpu-0", "group": "cpu"})]
     assert [t for t, _ in _targets(config, prometheus.JOB_NGINX)] == DEV_TARGETS[prometheus.JOB_NGINX]
+    assert _targets(config, prometheus.JOB_GATEWAY_LOG) == [(DEV_TARGETS[prometheus.JOB_GATEWAY_LOG][0], {})]
     assert prometheus.JOB_DCGM not in {c["job_name"] for c in config["scrape_configs"]}
     config = prod.scrape_config()
+    # HA: both gateway hosts' log exporters.
+    assert [t for t, _ in _targets(config, prometheus.JOB_GATEWAY_LOG)] == PROD_TARGETS[prometheus.JOB_GATEWAY_LOG]
     dcgm = _targets(config, prometheus.JOB_DCGM)
     assert dcgm == [
         (PROD_TARGETS[prometheus.JOB_DCGM][0], {"node": "chat-0", "group": "chat"}),

@@ -139,6 +139,23 @@ def test_secrets_never_reach_the_preview_output(previews, stack):
     assert "[secret]" in json.dumps(data)
 
 
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_prometheus_scrapes_the_log_exporter_of_every_gateway(previews, stack):
+    _, data = previews[stack]
+    exporters = containers(data, "gateway-log-exporter")
+    gateways = containers(data, "gateway")
+    assert len(exporters) == len(gateways) >= 1
+    (prometheus,) = containers(data, "prometheus")
+    config = next(yaml.safe_load(u["content"]) for u in prometheus["inputs"]["uploads"] if u["file"].endswith("prometheus.yml"))
+    jobs = {job["job_name"]: [t for g in job["static_configs"] for t in g["targets"]] for job in config["scrape_configs"]}
+    targets = jobs["gateway-log"]
+    assert len(targets) == len(gateways) and all(t.endswith(f":{ports.GATEWAY_LOG_EXPORTER}") for t in targets)
+    # Each exporter sits where its gateway's nginx exporter is (same host, its own port).
+    assert sorted(t.rsplit(":", 1)[0].replace("gateway-log-exporter", "nginx-exporter") for t in targets) == sorted(
+        t.rsplit(":", 1)[0] for t in jobs["nginx"]
+    )
+
+
 def test_components_form_a_tree_under_the_fleet(previews):
     _, data = previews["prod"]
     fleet = [r for r in data["resources"] if r["type"] == "ollama-fleet:index:Fleet"]

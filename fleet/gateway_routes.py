@@ -1,0 +1,41 @@
+"""Names the gateway's nginx.conf and its access-log reader share: the route allow-list, the admin client
+name and the upstream group names.
+
+`fleet.render.nginx` renders the config from these; `fleet.gateway_log` classifies logged requests with
+them. This module imports nothing, so the exporter image (exporter/Dockerfile) can carry it alone.
+"""
+
+from __future__ import annotations
+
+# The admin key maps to this client name; client names are DNS labels, so it cannot clash with one.
+ADMIN_CLIENT = "_admin"
+
+# Routes (DESIGN.md, Ollama). Inference and read-only routes are open to every key; admin routes only to the
+# admin key from an admin CIDR. Anything else is 404.
+INFERENCE_ROUTES = (
+    "/api/generate",
+    "/api/chat",
+    "/api/embed",
+    "/api/embeddings",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+)
+READ_ONLY_ROUTES = ("/api/tags", "/api/show", "/api/ps", "/api/version", "/v1/models")
+READ_ONLY_PREFIXES = ("/v1/models/",)  # GET /v1/models/{model}
+ADMIN_ROUTES = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
+ADMIN_PREFIXES = ("/api/blobs/",)
+
+# Answered by nginx itself, without a key.
+HEALTH_ROUTE = "/health"
+# Every node group's routes also live under `/groups/<name>/` (the first group serves the bare routes too).
+GROUP_ROUTE_PREFIX = "/groups/"
+
+# nginx upstream blocks are named `fleet_<group>`; nginx writes that name in $upstream_addr instead of a
+# node's address when it found no node to try ("no live upstreams").
+UPSTREAM_PREFIX = "fleet_"
+
+
+def upstream_name(group: str) -> str:
+    """The nginx upstream block of a node group."""
+    return f"{UPSTREAM_PREFIX}{group.replace('-', '_')}"
