@@ -11,20 +11,11 @@ import json
 import re
 from dataclasses import dataclass
 
-# Inference routes: metered per model. Everything else is passed through with a request counter only.
-INFERENCE_ROUTES = frozenset(
-    {
-        "/api/generate",
-        "/api/chat",
-        "/api/embed",
-        "/api/embeddings",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/v1/messages",
-    }
-)
+from fleet.gateway_routes import INFERENCE_ROUTES as GATEWAY_INFERENCE_ROUTES
+
+# Inference routes: metered per model. Everything else is passed through with a request counter only. The
+# meter sits beside Ollama, so it also meters the newer inference routes the gateway does not expose.
+INFERENCE_ROUTES = frozenset(GATEWAY_INFERENCE_ROUTES) | {"/v1/responses", "/v1/messages"}
 
 # Other routes Ollama serves; anything outside these and INFERENCE_ROUTES is counted as "other" so a
 # scanner walking random paths cannot grow the label set.
