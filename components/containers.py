@@ -23,6 +23,8 @@ RESTART = "unless-stopped"
 # json-file with rotation: without it a busy gateway or a chatty Ollama fills the host's disk.
 LOG_DRIVER = "json-file"
 LOG_OPTS = {"max-size": "50m", "max-file": "5"}
+# What every container of the fleet runs with: `docker.Container(..., **containers.RUNTIME)`.
+RUNTIME = {"restart": RESTART, "log_driver": LOG_DRIVER, "log_opts": LOG_OPTS}
 LABEL_PREFIX = f"{PROJECT}."
 ROLES = (
     "ollama",
@@ -67,6 +69,12 @@ def labels(
 def json_label(value: object) -> str:
     """A label value holding structured data: compact JSON with sorted keys, so it only changes with the data."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def metrics_healthcheck(port: int) -> docker.ContainerHealthcheckArgs:
+    """Health check of the project's Python exporters (their image has Python, not curl or wget)."""
+    probe = f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/metrics', timeout=5)"
+    return healthcheck(["CMD", "python", "-c", probe], start_period="10s")
 
 
 def healthcheck(test: Sequence[str], *, interval: str = "30s", timeout: str = "10s", retries: int = 3,

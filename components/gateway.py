@@ -21,7 +21,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components import containers
-from components.containers import Placement, container_name, healthcheck, json_label, labels, resolve_grouped
+from components.containers import Placement, container_name, healthcheck, json_label, metrics_healthcheck, labels, resolve_grouped
 from components.host import Host
 from components.images import exporter_image, pinned_image
 from fleet import gateway_log, ports
@@ -152,9 +152,7 @@ class Gateway(pulumi.ComponentResource):
             volumes=[docker.ContainerVolumeArgs(volume_name=self.log_volume.name, container_path=log_dir)],
             networks_advanced=place.networks(nginx_name),
             ports=place.public_ports(*client_ports),
-            restart=containers.RESTART,
-            log_driver=containers.LOG_DRIVER,
-            log_opts=containers.LOG_OPTS,
+            **containers.RUNTIME,
             # /health is answered by nginx itself on the plain-HTTP server (busybox wget is in nginx:alpine).
             healthcheck=healthcheck(
                 ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{gateway.http_port}/health"], start_period="10s"
@@ -185,9 +183,7 @@ class Gateway(pulumi.ComponentResource):
             ],
             networks_advanced=place.networks(exporter_name),
             ports=place.private_ports(ports.NGINX_EXPORTER),
-            restart=containers.RESTART,
-            log_driver=containers.LOG_DRIVER,
-            log_opts=containers.LOG_OPTS,
+            **containers.RUNTIME,
             # A distroless image (no shell, no wget): Prometheus' `up` for this job is its health signal.
             labels=labels(settings, "nginx-exporter"),
             opts=place.resource_options(self, depends_on=[self.container]),
@@ -220,18 +216,8 @@ class Gateway(pulumi.ComponentResource):
             volumes=[docker.ContainerVolumeArgs(volume_name=self.log_volume.name, container_path=log_dir, read_only=True)],
             networks_advanced=place.networks(exporter_name),
             ports=place.private_ports(ports.GATEWAY_LOG_EXPORTER),
-            restart=containers.RESTART,
-            log_driver=containers.LOG_DRIVER,
-            log_opts=containers.LOG_OPTS,
-            healthcheck=healthcheck(
-                [
-                    "CMD",
-                    "python",
-                    "-c",
-                    f"import urllib.request as u; u.urlopen('http://127.0.0.1:{ports.GATEWAY_LOG_EXPORTER}/metrics', timeout=5)",
-                ],
-                start_period="10s",
-            ),
+            **containers.RUNTIME,
+            healthcheck=metrics_healthcheck(ports.GATEWAY_LOG_EXPORTER),
             wait=True,
             wait_timeout=120,
             labels=labels(settings, "gateway-log-exporter"),

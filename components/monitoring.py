@@ -156,9 +156,7 @@ class Monitoring(pulumi.ComponentResource):
             volumes=[docker.ContainerVolumeArgs(volume_name=self.tsdb.name, container_path=PROMETHEUS_DATA)],
             networks_advanced=place.networks(prometheus_name),
             ports=place.operator_ports(ports.PROMETHEUS),
-            restart=containers.RESTART,
-            log_driver=containers.LOG_DRIVER,
-            log_opts=containers.LOG_OPTS,
+            **containers.RUNTIME,
             healthcheck=healthcheck(
                 ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{ports.PROMETHEUS}/-/healthy"], start_period="30s"
             ),
@@ -187,9 +185,7 @@ class Monitoring(pulumi.ComponentResource):
             ],
             networks_advanced=place.networks(grafana_name),
             ports=place.operator_ports(ports.GRAFANA),
-            restart=containers.RESTART,
-            log_driver=containers.LOG_DRIVER,
-            log_opts=containers.LOG_OPTS,
+            **containers.RUNTIME,
             healthcheck=healthcheck(
                 ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{ports.GRAFANA}/api/health"], start_period="60s"
             ),

@@ -16,7 +16,7 @@ import pulumi_docker as docker
 from pulumi_command import local, remote
 
 from components import containers
-from components.containers import Placement, container_name, healthcheck, json_label, labels
+from components.containers import Placement, container_name, healthcheck, json_label, labels, metrics_healthcheck
 from components.host import Host
 from components.images import exporter_image, pinned_image
 from fleet import ports
@@ -69,9 +69,7 @@ class OllamaNode(pulumi.ComponentResource):
             device_requests=[_gpu_request()] if gpu else None,
             networks_advanced=place.networks(ollama_name),
             # No ports: Ollama is reached only by the metering exporter on the node's Docker network.
-            restart=containers.RESTART,
-            log_driver=containers.LOG_DRIVER,
-            log_opts=containers.LOG_OPTS,
+            **containers.RUNTIME,
             # The image has no curl; `ollama list` asks the local server.
             healthcheck=healthcheck(["CMD", "ollama", "list"], start_period="60s"),
             wait=True,
@@ -99,18 +97,8 @@ class OllamaNode(pulumi.ComponentResource):
             command=meter_command(ollama_name, node, group),
             networks_advanced=place.networks(meter_name),
             ports=place.private_ports(ports.METER, ports.METER_METRICS),
-            restart=containers.RESTART,
-            log_driver=containers.LOG_DRIVER,
-            log_opts=containers.LOG_OPTS,
-            healthcheck=healthcheck(
-                [
-                    "CMD",
-                    "python",
-                    "-c",
-                    f"import urllib.request as u; u.urlopen('http://127.0.0.1:{ports.METER_METRICS}/metrics', timeout=5)",
-                ],
-                start_period="10s",
-            ),
+            **containers.RUNTIME,
+            healthcheck=metrics_healthcheck(ports.METER_METRICS),
             wait=True,
             wait_timeout=120,
             labels=labels(settings, "meter", {"node": node, "node-group": group.name}),
@@ -174,9 +162,7 @@ class OllamaNode(pulumi.ComponentResource):
             image=image.image_id,
             command=command or None,
             pid_mode="host",
-            restart=containers.RESTART,
-            log_driver=containers.LOG_DRIVER,
-            log_opts=containers.LOG_OPTS,
+            **containers.RUNTIME,
             # The image is busybox-based: wget exists.
             healthcheck=healthcheck(
                 ["CMD", "wget", "-qO", "/dev/null", pulumi.Output.concat("http://", probe, "/metrics")],
@@ -199,9 +185,7 @@ class OllamaNode(pulumi.ComponentResource):
             capabilities=docker.ContainerCapabilitiesArgs(adds=["SYS_ADMIN"]),
             networks_advanced=place.networks(exporter_name),
             ports=place.private_ports(ports.DCGM_EXPORTER),
-            restart=containers.RESTART,
-            log_driver=containers.LOG_DRIVER,
-            log_opts=containers.LOG_OPTS,
+            **containers.RUNTIME,
             # Ubuntu-based image without curl or wget: bash's /dev/tcp checks the port answers.
             healthcheck=healthcheck(
                 ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{ports.DCGM_EXPORTER}"], start_period="30s"
