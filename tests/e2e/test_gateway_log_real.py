@@ -25,6 +25,7 @@ from fleet.local.processes import LOOPBACK, ManagedProcess, clean_env, free_port
 from fleet.render import nginx as ng
 from fleet.render import rules
 from fleet.stack_file import load_stack
+from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -44,15 +45,8 @@ def _total(samples, name: str, **labels) -> float:
     return sum(v for (n, l), v in samples.items() if n == name and wanted <= set(l))
 
 
-def _wait(condition, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        ok, last = condition()
-        if ok:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+def _wait(condition, what: str):
+    return wait_until(condition, what, WAIT_S)
 
 
 # ---- rotation with real nginx -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from openai import OpenAI
 from fleet.render import prometheus as prom
 from fleet.render.grafana import dashboard_queries, panel_queries
 from fleet.render.rules import RULE_GROUP, alerts
+from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,15 +29,8 @@ MAY_BE_EMPTY = (
 )
 
 
-def _wait(condition, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        ok, last = condition()
-        if ok:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+def _wait(condition, what: str):
+    return wait_until(condition, what, WAIT_S)
 
 
 def _vector(plane, expr: str) -> dict[tuple, float]:
