@@ -1,158 +1,96 @@
 """VRAM capacity model: the one place that decides whether models, quantizations and concurrency fit a GPU host.
 
 Every consumer (the `fleet plan`/`fleet fit` commands, the policy pack, the gateway's `max_conns`) calls
-this module; nothing else does this arithmetic.
+this module; nothing else does this arithmetic. The answer depends on the Ollama release the node runs
+(`fleet.ollama_rules`: the tag of `images.ollama`, or `--ollama-version`); the per-model terms and their
+sources are in `fleet.capacity_terms`.
 
-Per loaded model, following what Ollama reserves when it schedules a model (sources: ollama/ollama
-v0.13.1 `llm/server.go` `Load`, `fs/ggml/ggml.go` `GraphSize`, `ml/device.go` `MinimumMemory`,
-`server/sched.go`; current releases' llama-server fit target in `llm/llama_server.go`):
+Per model: weights (the `blk.N` layers and the output layer), KV cache, compute graph, after the
+flash-attention fallback and with one slot for embedding models. Placement follows the release:
 
-* **weights**: the GGUF blob, less the input token-embedding matrix when the model has a separate output
-  matrix (llama.cpp and Ollama keep the embedding lookup in system memory; a tied embedding is the output
-  matrix and stays on the GPU).
-* **KV cache**: one cache of `num_ctx × num_parallel` tokens (Ollama starts the runner with
-  `KvSize = num_ctx * numParallel`): `2 (K and V) × layers × tokens × n_head_kv × head_dim × bytes per
-  element` with f16 = 2, q8_0 = 34/32, q4_0 = 18/32 bytes. Sliding-window layers (gemma3, served by the
-  Ollama engine) hold `window × num_parallel + batch` tokens, as Ollama's estimate does; gemma2 runs on
-  the llama.cpp runner, whose estimate in these releases reserves the full context on every layer.
-* **compute graph**, per GPU that holds layers (every GPU keeps its own copy), with `C = num_ctx ×
-  num_parallel`, `B = min(num_batch = 512, num_ctx)`, `E` embedding length, `H` heads, `V` vocabulary:
-  - models on the llama.cpp runner: Ollama's own full-offload estimate (`GraphSize`), by architecture
-      llama/mistral/mixtral: `max(4·B·(1 + 4E + C·(1+H)), 4·B·(E + V))`
-      qwen2:                 `max(4·B·(E + V), 4·B·(1 + 2E + C + C·H))`
-      gemma/gemma2:          `max(4·B·(E + V), 4·B·(2 + C + C·H + 2E + 2·head_dim·H))`
-      others (phi3, ...):    `(H / H_kv) × KV / 6` (Ollama's fallback when it has no formula)
-    This is what these releases reserve when they place layers, so a node that fits it is never partly
-    offloaded to the CPU. It ignores flash attention and so exceeds llama.cpp's actual compute buffer at long
-    contexts (v0.24.0, SmolLM2-135M, C = 32768: 101.8 MB allocated against 675.8 MB estimated).
-  - models on the Ollama engine (qwen3, gemma3, nomic-bert, ...), whose graph Ollama measures by building
-    the worst-case batch (it computes logits only for the positions it returns): the f16 attention mask
-    `2·B·C` plus the peak stage, the gated feed-forward `4·B·(4E + 3·n_ff)`; without flash attention the f32
-    scores of every head, `4·B·(4E + H·C)`, when larger. Calibrated on Ollama v0.24.0 (`OLLAMA_NEW_ENGINE=1`,
-    SmolLM2-135M on CPU), whose logged `compute graph` it reproduces to the byte at C = 8192 and 32768.
-* **per-GPU margin**: Ollama keeps `457 MiB` free on each CUDA GPU (`MinimumMemory`) plus one layer's
-  weights and KV as a placement buffer (llama.cpp runner), plus `OLLAMA_GPU_OVERHEAD`; current releases
-  instead let llama.cpp fit layers leaving `1024 MiB` free per GPU. The margin is the larger of the two,
-  plus `OLLAMA_GPU_OVERHEAD`, counted once per GPU in use.
+* v0.13.1–v0.29: Ollama places whole layers (`llm/server.go` `buildLayout`/`assignLayers`/`greedyFit`):
+  on each GPU it keeps 457 MiB, `OLLAMA_GPU_OVERHEAD` and one layer (`blk.0` + its KV) free, and the
+  larger of the partial/full graph on every GPU it uses; it packs the fewest GPUs (all of them with
+  `OLLAMA_SCHED_SPREAD`) from the output layer down, balanced by a capacity factor, so the output layer
+  sits on one GPU and the fullest GPU decides. A model fits when every layer lands on a GPU.
+* v0.30+: llama-server `--fit` places layers leaving 1024 MiB free per GPU (plus `OLLAMA_GPU_OVERHEAD`),
+  and a model joining loaded ones must pass the scheduler's pre-check (predicted ≤ 80% of free memory).
 
-A model that does not fit one GPU is split over the fewest GPUs that hold it (all of them with
-`OLLAMA_SCHED_SPREAD`), weights and KV divided evenly, the graph on each. All models of a node that stay
-loaded are placed together; a node fits when every GPU's total stays within `VRAM × (1 − headroom)`.
-On a CPU host (`local-cpu`) the same terms are reported against system memory, with no VRAM verdict.
+Memory per GPU is what the driver reports (nvidia-smi's total less its idle reservation,
+`fleet.catalog.GPU_CARDS`); the policy headroom is taken from that. Models that stay loaded are placed
+one after the other, largest first, each GPU keeping the largest margin of the models on it. On a CPU
+host (`local-cpu`) the same terms are reported against system memory, with no VRAM verdict.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 from fleet import catalog
+from fleet import capacity_terms as terms
+from fleet.capacity_terms import (  # noqa: F401 - re-exported: the capacity vocabulary other modules use
+    KV_BYTES,
+    NUM_BATCH,
+    CapacityError,
+    batch_size,
+    effective_attention,
+    effective_num_parallel,
+    supports_flash_attention,
+    token_embedding_bytes,
+    weight_bytes,
+)
 from fleet.catalog import GIB, MIB, GpuInstance, ModelArch
-from fleet.config import ModelSpec, NodeGroup, OllamaSettings
+from fleet.config import Images, ModelSpec, NodeGroup, OllamaSettings
+from fleet.ollama_rules import OllamaRules, OllamaVersionError, ollama_version_of, rules_for
 
-NUM_BATCH = 512  # Ollama's default num_batch; the graph is sized for min(num_batch, num_ctx) tokens
-OLLAMA_MIN_GPU_MEMORY = 457 * MIB  # ml/device.go MinimumMemory for CUDA devices
-LLAMA_FIT_TARGET = 1024 * MIB  # free VRAM per device that llama.cpp's fit leaves in current releases
 DEFAULT_HEADROOM = 0.10
 
-# Bytes per KV cache element.
-KV_BYTES: dict[str, Fraction] = {"f16": Fraction(2), "q8_0": Fraction(34, 32), "q4_0": Fraction(18, 32)}
-
-# Bytes per weight of the token-embedding matrix in each file quantization (llama.cpp block sizes:
-# q4_0 18 B/32, q4_1 20 B/32, q4_K 144 B/256, q5_K 176 B/256, q6_K 210 B/256, q8_0 34 B/32, f16 2 B).
-EMBEDDING_BYTES_PER_WEIGHT: dict[str, Fraction] = {
-    "q4_0": Fraction(18, 32),
-    "q4_1": Fraction(20, 32),
-    "q4_K_M": Fraction(144, 256),
-    "q5_K_M": Fraction(176, 256),
-    "q6_K": Fraction(210, 256),
-    "q8_0": Fraction(34, 32),
-    "fp16": Fraction(2),
-    "bf16": Fraction(2),
-    "fp32": Fraction(4),
-}
-
-# Architectures Ollama serves with its own engine (ollama v0.13.1 fs/ggml KV.OllamaEngineRequired); the
-# rest run on the llama.cpp runner, which Ollama places with the GraphSize estimate.
-OLLAMA_ENGINE_ARCHS = frozenset(
-    {
-        "gemma3", "gemma3n", "gptoss", "gpt-oss", "llama4", "mistral3", "mllama", "qwen25vl", "qwen3",
-        "qwen3moe", "qwen3vl", "qwen3vlmoe", "deepseekocr", "deepseek2", "nomic-bert", "bert",
-    }
-)
-
-# Ollama's default context when neither the request nor OLLAMA_CONTEXT_LENGTH sets one:
-# (minimum total VRAM, tokens), checked in order (server/routes.go).
+# Ollama's default context when neither the request nor OLLAMA_CONTEXT_LENGTH sets one (v0.15.5+):
+# (minimum total VRAM as the GPUs report it, tokens), checked in order (server/routes.go).
 CONTEXT_TIERS: tuple[tuple[int, int], ...] = ((47 * GIB, 262144), (23 * GIB, 32768), (0, 4096))
+FLAT_DEFAULT_CONTEXT = 4096  # before v0.15.5
 
 
-class CapacityError(ValueError):
-    """A model, quantization or instance the capacity model cannot estimate."""
+@lru_cache(maxsize=1)
+def default_ollama_version() -> str:
+    """The Ollama release the default image (`images.ollama`) deploys."""
+    return ollama_version_of(Images.model_fields["ollama"].default)
+
+
+def rules_of(ollama_version: str | None) -> OllamaRules:
+    """The rules of a release (the default image's when None), as a CapacityError when unsupported."""
+    try:
+        return rules_for(ollama_version or default_ollama_version())
+    except OllamaVersionError as error:
+        raise CapacityError(str(error)) from None
+
+
+def version_of_image(image_ref: str) -> str:
+    """The Ollama version of an image reference, as a CapacityError when it has none."""
+    try:
+        return ollama_version_of(image_ref)
+    except OllamaVersionError as error:
+        raise CapacityError(str(error)) from None
 
 
 # --------------------------------------------------------------------------------------------- terms
 
 
-def kv_bytes_per_element(kv_cache_type: str) -> Fraction:
-    try:
-        return KV_BYTES[kv_cache_type]
-    except KeyError:
-        raise CapacityError(f"unknown KV cache type {kv_cache_type!r}; allowed: {', '.join(KV_BYTES)}") from None
+def kv_bytes_per_element(kv_cache_type: str) -> Any:
+    return terms.kv_bytes_per_element(kv_cache_type)
 
 
-def engine(arch: ModelArch) -> str:
-    """`ollama` (Ollama's own engine) or `llama.cpp` (the llama.cpp runner) for this architecture."""
-    return "ollama" if arch.arch in OLLAMA_ENGINE_ARCHS else "llama.cpp"
+def engine(arch: ModelArch, ollama_version: str | None = None) -> str:
+    """`ollama` (Ollama's own engine) or `llama.cpp` for this architecture under a release's rules."""
+    return rules_of(ollama_version).engine(arch.arch)
 
 
-def batch_size(num_ctx: int) -> int:
-    return min(NUM_BATCH, num_ctx)
-
-
-def _windowed(arch: ModelArch) -> bool:
-    return bool(arch.sliding_window and arch.sliding_window_layers and engine(arch) == "ollama")
-
-
-def kv_cache_per_layer(arch: ModelArch, num_ctx: int, num_parallel: int, kv_cache_type: str) -> tuple[int, int]:
-    """KV bytes of one full-context layer and of one sliding-window layer (0 when there is none)."""
-    bpe = kv_bytes_per_element(kv_cache_type)
-    tokens = num_ctx * num_parallel
-    per_token = 2 * arch.n_head_kv * arch.head_dim * bpe  # K and V
-    full = int(per_token * tokens)
-    if not _windowed(arch):
-        return full, 0
-    window_tokens = min(tokens, arch.sliding_window * num_parallel + batch_size(num_ctx))
-    return full, int(per_token * window_tokens)
-
-
-def kv_cache_bytes(arch: ModelArch, num_ctx: int, num_parallel: int, kv_cache_type: str = "f16") -> int:
-    full, window = kv_cache_per_layer(arch, num_ctx, num_parallel, kv_cache_type)
-    if window:
-        return arch.full_attention_layers * full + arch.sliding_window_layers * window
-    return arch.n_layer * full
-
-
-def token_embedding_bytes(arch: ModelArch, quantization: str) -> int:
-    if quantization in arch.token_embd_bytes:
-        return arch.token_embd_bytes[quantization]
-    per_weight = EMBEDDING_BYTES_PER_WEIGHT.get(quantization)
-    if per_weight is None or not arch.vocab_size:
-        return 0
-    return int(arch.vocab_size * arch.n_embd * per_weight)
-
-
-def weight_bytes(arch: ModelArch, quantization: str, on_gpu: bool = True) -> int:
-    """Weight bytes a device holds: on a GPU, the blob less an untied input embedding (kept in system RAM)."""
-    if quantization not in arch.weights:
-        published = ", ".join(arch.quantizations()) or "none"
-        raise CapacityError(f"{arch.ref}: quantization {quantization!r} is not published; allowed: {published}")
-    blob = arch.weights[quantization]
-    if on_gpu and not arch.tied_embeddings:
-        return blob - token_embedding_bytes(arch, quantization)
-    return blob
+def kv_cache_bytes(arch: ModelArch, num_ctx: int, num_parallel: int, kv_cache_type: str = "f16", ollama_version: str | None = None) -> int:
+    """KV bytes the placement counts for `num_ctx × num_parallel` tokens (no fallback applied)."""
+    return terms.kv_cache_bytes(arch, num_ctx, num_parallel, kv_cache_type, rules_of(ollama_version))
 
 
 def graph_bytes(
@@ -161,38 +99,19 @@ def graph_bytes(
     num_parallel: int,
     kv_cache_type: str = "f16",
     flash_attention: bool = True,
-    serving_engine: str | None = None,
+    quantization: str | None = None,
+    ollama_version: str | None = None,
 ) -> int:
-    """Compute-graph bytes per GPU holding layers (see the module docstring for the formulas and sources)."""
-    context = num_ctx * num_parallel
-    batch = batch_size(num_ctx)
-    embd, heads, vocab = arch.n_embd, arch.n_head, arch.vocab_size
-    if (serving_engine or engine(arch)) == "ollama":
-        # Measured by Ollama from the worst-case batch: the f16 KQ mask lives through the whole graph, the
-        # peak stage is the gated FFN (3 × n_ff) plus the residual activations (4 × n_embd); without flash
-        # attention the f32 scores of every head for the whole context, when larger.
-        ffn_stage = 2 * batch * context + 4 * batch * (4 * embd + 3 * arch.n_ff)
-        if flash_attention:
-            return ffn_stage
-        return max(4 * batch * (4 * embd + heads * context), ffn_stage)
-    family = arch.arch
-    if family in ("llama", "llama4"):
-        return max(4 * batch * (1 + 4 * embd + context * (1 + heads)), 4 * batch * (embd + vocab))
-    if family == "qwen2":
-        return max(4 * batch * (embd + vocab), 4 * batch * (1 + 2 * embd + context + context * heads))
-    if family in ("gemma", "gemma2"):
-        return max(
-            4 * batch * (embd + vocab),
-            4 * batch * (2 + context + context * heads + 2 * embd + 2 * arch.head_dim * heads),
-        )
-    if family == "phi2":
-        return max(4 * batch * (embd + vocab), 4 * batch * (1 + 4 * embd + context + context * heads))
-    gqa = heads // max(arch.n_head_kv, 1)
-    return gqa * kv_cache_bytes(arch, num_ctx, num_parallel, kv_cache_type) // 6
+    """Compute-graph bytes reserved per GPU holding layers (no fallback applied)."""
+    quant = quantization or (arch.quantizations() or ["fp16"])[0]
+    return terms.graph_bytes(arch, quant, num_ctx, num_parallel, kv_cache_type, flash_attention, rules_of(ollama_version))
 
 
-def default_num_ctx(instance: GpuInstance, gpu_overhead: int = 0) -> int:
-    """Ollama's context when none is set: a tier of the host's total VRAM (less OLLAMA_GPU_OVERHEAD per GPU)."""
+def default_num_ctx(instance: GpuInstance, gpu_overhead: int = 0, ollama_version: str | None = None) -> int:
+    """Ollama's context when none is set: flat 4096 before v0.15.5, then a tier of the total VRAM the GPUs
+    report (less OLLAMA_GPU_OVERHEAD per GPU)."""
+    if not rules_of(ollama_version).tiered_default_context:
+        return FLAT_DEFAULT_CONTEXT
     total = instance.gpus * max(instance.vram_per_gpu - gpu_overhead, 0)
     for minimum, tokens in CONTEXT_TIERS:
         if total >= minimum:
@@ -200,17 +119,15 @@ def default_num_ctx(instance: GpuInstance, gpu_overhead: int = 0) -> int:
     return CONTEXT_TIERS[-1][1]
 
 
-def gpu_margin(layer_buffer: int, gpu_overhead: int = 0) -> int:
-    """VRAM kept free on each GPU in use: max(Ollama's minimum + one-layer buffer, llama.cpp's fit target) + overhead."""
-    return max(OLLAMA_MIN_GPU_MEMORY + layer_buffer, LLAMA_FIT_TARGET) + gpu_overhead
-
-
 # ---------------------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
 class ModelEstimate:
-    """One model's terms, in bytes. `graph` is per GPU; `total` counts it once per GPU the model spans."""
+    """One model's terms, in bytes. `graph` is per GPU; `total` counts it once per GPU the model spans.
+
+    `num_parallel`, `kv_cache_type` and `flash_attention` are what the runner really starts with (after
+    the embedding and flash-attention fallbacks, explained in `notes`)."""
 
     ref: str
     arch: str
@@ -219,21 +136,35 @@ class ModelEstimate:
     kv_cache_type: str
     flash_attention: bool
     num_ctx: int
-    num_ctx_source: str  # "numCtx", "contextLength", "group", "vram-tier"
+    num_ctx_source: str  # "numCtx", "contextLength", "group", "vram-tier", "default"
     num_parallel: int
     resident: bool
-    weights: int
+    weights: int  # on a GPU: every layer and the output layer; on a CPU host: the whole file
     kv_cache: int
     graph: int
-    layer_buffer: int  # one layer's weights + KV kept free while placing (llama.cpp runner)
+    layer_buffer: int  # one layer's weights + KV kept free while placing (v0.13-v0.29 llama.cpp runner)
+    output_layer: int = 0  # the output layer, placed whole on one GPU
     gpus: int = 1  # GPUs the model spans (0 on a CPU host)
+    gpu_reserve: int = 0  # kept free per GPU in use: 457 MiB (Ollama) or 1024 MiB (llama-server --fit)
+    kv_layers: tuple[int, ...] = ()  # KV bytes per repeating layer
+    predicted: int = 0  # v0.30+ scheduler pre-check figure (file + f16 KV), 0 when the release has none
+    notes: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
         return self.weights + self.kv_cache + self.graph * max(self.gpus, 1)
 
+    def layers(self) -> list[int]:
+        """Bytes of each layer Ollama places: the repeating layers (weights + KV), then the output layer."""
+        count = len(self.kv_layers)
+        body = self.weights - self.output_layer
+        share, extra = divmod(body, count) if count else (0, 0)
+        sizes = [share + (1 if i < extra else 0) + kv for i, kv in enumerate(self.kv_layers)]
+        return sizes + [self.output_layer]
+
     def to_dict(self) -> dict[str, Any]:
-        data = _camel(asdict(self))
+        data = _camel({k: v for k, v in asdict(self).items() if k != "kv_layers"})
+        data["notes"] = list(self.notes)
         data["total"] = self.total
         return data
 
@@ -251,9 +182,9 @@ class GpuUsage:
     """One GPU of a node: what the placed models use, the margin kept free, and the usable limit."""
 
     index: int
-    vram: int
-    usable: int  # vram × (1 − headroom)
-    used: int  # model parts placed here (weights + KV shares and graph)
+    vram: int  # as the driver reports it
+    usable: int  # (vram − driver reservation) × (1 − headroom)
+    used: int  # model parts placed here (layers with their KV, and the graph)
     margin: int  # kept free on this GPU (0 when no model uses it)
     models: tuple[str, ...] = ()
 
@@ -287,6 +218,9 @@ class NodeEstimate:
     gpu_usage: tuple[GpuUsage, ...]
     problems: tuple[str, ...] = ()
     suggestions: tuple[str, ...] = ()
+    ollama_version: str = ""
+    ollama_rules: str = ""
+    driver_reserved: int = 0  # per GPU
 
     @property
     def cpu_only(self) -> bool:
@@ -294,12 +228,14 @@ class NodeEstimate:
 
     @property
     def capacity(self) -> int:
-        """Total VRAM (system memory on a CPU host, 0 when unknown)."""
+        """Total VRAM as reported (system memory on a CPU host, 0 when unknown)."""
         return self.memory if self.cpu_only else self.gpus * self.vram_per_gpu
 
     @property
     def usable(self) -> int:
-        return int(self.capacity * (1 - self.headroom))
+        if self.cpu_only:
+            return int(self.capacity * (1 - self.headroom))
+        return sum(g.usable for g in self.gpu_usage)
 
     @property
     def weights(self) -> int:
@@ -315,13 +251,14 @@ class NodeEstimate:
 
     @property
     def overhead(self) -> int:
-        return sum(g.margin for g in self.gpu_usage)
+        """Margins kept free on the GPUs in use plus the driver's reservation on every GPU."""
+        return sum(g.margin for g in self.gpu_usage) + self.gpus * self.driver_reserved
 
     @property
     def total(self) -> int:
         if self.cpu_only:
             return sum(m.total for m in self.models)
-        return sum(g.total for g in self.gpu_usage)
+        return sum(g.total for g in self.gpu_usage) + self.gpus * self.driver_reserved
 
     @property
     def free_share(self) -> float | None:
@@ -358,9 +295,12 @@ class NodeEstimate:
             "gpuModel": self.gpu_model,
             "gpus": self.gpus,
             "vramPerGpu": self.vram_per_gpu,
+            "driverReservedPerGpu": self.driver_reserved,
             "capacity": self.capacity,
             "headroom": self.headroom,
             "usable": self.usable,
+            "ollamaVersion": self.ollama_version,
+            "ollamaRules": self.ollama_rules,
             "weights": self.weights,
             "kvCache": self.kv_cache,
             "graph": self.graph,
@@ -408,11 +348,14 @@ def instance_for(group: NodeGroup) -> GpuInstance:
     return instance
 
 
-def effective_num_ctx(spec: ModelSpec, group: NodeGroup, arch: ModelArch | None = None) -> tuple[int, str]:
+def effective_num_ctx(
+    spec: ModelSpec, group: NodeGroup, arch: ModelArch | None = None, ollama_version: str | None = None
+) -> tuple[int, str]:
     """The context each slot of this model gets, and where it comes from.
 
     The model's `numCtx`; else OLLAMA_CONTEXT_LENGTH, which the node sets to `ollama.contextLength` or the
-    largest `numCtx` of the group; else Ollama's VRAM-tier default. Ollama clamps it to the trained context.
+    largest `numCtx` of the group; else Ollama's default (VRAM-tiered from v0.15.5, 4096 before).
+    Ollama clamps it to the trained context.
     """
     if spec.num_ctx is not None:
         value, source = spec.num_ctx, "numCtx"
@@ -421,18 +364,27 @@ def effective_num_ctx(spec: ModelSpec, group: NodeGroup, arch: ModelArch | None 
     elif any(m.num_ctx for m in group.models):
         value, source = max(m.num_ctx for m in group.models if m.num_ctx), "group"
     else:
-        value, source = default_num_ctx(instance_for(group), group.ollama.gpu_overhead_bytes), "vram-tier"
+        value = default_num_ctx(instance_for(group), group.ollama.gpu_overhead_bytes, ollama_version)
+        source = "vram-tier" if rules_of(ollama_version).tiered_default_context else "default"
     if arch is not None and arch.max_context and value > arch.max_context:
         value = arch.max_context
     return value, source
 
 
 def context_length_env(group: NodeGroup) -> int | None:
-    """The OLLAMA_CONTEXT_LENGTH a node of this group runs with (None: leave Ollama's tiered default)."""
+    """The OLLAMA_CONTEXT_LENGTH a node of this group runs with (None: leave Ollama's default)."""
     if group.ollama.context_length is not None:
         return group.ollama.context_length
     sizes = [m.num_ctx for m in group.models if m.num_ctx]
     return max(sizes) if sizes else None
+
+
+def _kv_layers(arch: ModelArch, full: int, window: int) -> tuple[int, ...]:
+    if not window:
+        return (full,) * arch.n_layer
+    # gemma2 alternates (even layers local); gemma3 makes every sixth layer global (fs/ggml/ggml.go:735).
+    period = arch.n_layer // max(arch.full_attention_layers, 1)
+    return tuple(full if (i + 1) % period == 0 else window for i in range(arch.n_layer))
 
 
 def estimate_model(
@@ -445,35 +397,53 @@ def estimate_model(
     on_gpu: bool = True,
     resident: bool = True,
     num_ctx_source: str = "numCtx",
+    ollama_version: str | None = None,
 ) -> ModelEstimate:
-    """One model's terms in bytes (placed on one GPU; `estimate_node` splits it further when needed)."""
+    """One model's terms in bytes under a release's rules (`estimate_node` places it on GPUs)."""
     if num_ctx < 1 or num_parallel < 1:
         raise CapacityError("num_ctx and num_parallel must be positive")
-    if kv_cache_type != "f16" and not flash_attention:
-        kv_cache_type = "f16"  # llama.cpp refuses a quantized V cache without flash attention; Ollama falls back
+    rules = rules_of(ollama_version)
     if arch.max_context and num_ctx > arch.max_context:
         num_ctx = arch.max_context
-    weights = weight_bytes(arch, quantization, on_gpu=on_gpu)
-    kv = kv_cache_bytes(arch, num_ctx, num_parallel, kv_cache_type)
-    full_layer, window_layer = kv_cache_per_layer(arch, num_ctx, num_parallel, kv_cache_type)
-    first_layer_kv = window_layer if window_layer else full_layer
-    buffer = weights // max(arch.n_layer, 1) + first_layer_kv if engine(arch) == "llama.cpp" else 0
+    notes: list[str] = []
+    parallel = effective_num_parallel(arch, num_parallel)
+    if parallel != num_parallel:
+        notes.append(f"embedding model: Ollama loads it with one slot, not OLLAMA_NUM_PARALLEL={num_parallel}")
+    fa, kv_type, why = effective_attention(arch, rules, kv_cache_type, flash_attention)
+    if why:
+        notes.append(why)
+    weights = weight_bytes(arch, quantization, on_gpu)
+    full, window = terms.kv_cache_per_layer(arch, num_ctx, parallel, kv_type, rules)
+    kv_layers = _kv_layers(arch, full, window)
+    engine_name = rules.engine(arch.arch)
+    output = min(terms.output_layer_bytes(arch, quantization), weights) if on_gpu else 0
+    buffer = 0
+    if rules.layer_buffer and engine_name == "llama.cpp":
+        buffer = terms.block_bytes(arch, quantization) + (kv_layers[0] if kv_layers else 0)
+    predicted = 0
+    if rules.precheck_share is not None:
+        predicted = terms.predicted_server_vram(arch, quantization, num_ctx, parallel)
     return ModelEstimate(
         ref=arch.ref,
         arch=arch.arch,
-        engine=engine(arch),
+        engine=engine_name,
         quantization=quantization,
-        kv_cache_type=kv_cache_type,
-        flash_attention=flash_attention,
+        kv_cache_type=kv_type,
+        flash_attention=fa,
         num_ctx=num_ctx,
         num_ctx_source=num_ctx_source,
-        num_parallel=num_parallel,
+        num_parallel=parallel,
         resident=resident,
         weights=weights,
-        kv_cache=kv,
-        graph=graph_bytes(arch, num_ctx, num_parallel, kv_cache_type, flash_attention),
+        kv_cache=sum(kv_layers),
+        graph=terms.graph_bytes(arch, quantization, num_ctx, parallel, kv_type, fa, rules),
         layer_buffer=buffer,
+        output_layer=output,
         gpus=1 if on_gpu else 0,
+        gpu_reserve=rules.gpu_reserve,
+        kv_layers=kv_layers,
+        predicted=predicted,
+        notes=tuple(notes),
     )
 
 
@@ -487,56 +457,144 @@ class _Gpu:
     usable: int
     gpu_overhead: int
     used: int = 0
-    buffer: int = 0
+    reserve: int = 0  # the largest margin (reserve + layer buffer) of the models placed here
     models: list[str] = field(default_factory=list)
 
-    def margin(self, buffer: int | None = None) -> int:
-        if not self.models and buffer is None:
-            return 0
-        return gpu_margin(max(self.buffer, buffer or 0), self.gpu_overhead)
-
-    def free(self) -> int:
-        return self.usable - self.used - self.margin()
+    def margin(self) -> int:
+        return self.reserve + self.gpu_overhead if self.models else 0
 
     def freeze(self) -> GpuUsage:
         return GpuUsage(self.index, self.vram, self.usable, self.used, self.margin(), tuple(self.models))
 
 
-def _share(model: ModelEstimate, gpus: int) -> int:
-    return math.ceil((model.weights + model.kv_cache) / gpus) + model.graph
+def _greedy_fit(layers: list[int], free: list[int], capacity: float) -> dict[int, list[int]]:
+    """Ollama's `greedyFit`: from the last layer down, fill the last GPU, then the one before, …"""
+    device = len(free) - 1
+    placed: dict[int, list[int]] = {device: []}
+    space = int(free[device] * capacity)
+    for i in range(len(layers) - 1, -1, -1):
+        while layers[i] > space:
+            device -= 1
+            if device < 0:
+                return placed
+            placed[device] = []
+            space = int(free[device] * capacity)
+        placed[device].insert(0, i)
+        space -= layers[i]
+    return placed
 
 
-def _try_place(gpus: list[_Gpu], model: ModelEstimate, spread: bool) -> list[_Gpu] | None:
-    counts = [len(gpus)] if spread else range(1, len(gpus) + 1)
-    for count in counts:
-        chosen = sorted(gpus, key=lambda g: (-g.free(), g.index))[:count]
-        part = _share(model, count)
-        if all(g.used + part + g.margin(model.layer_buffer) <= g.usable for g in chosen):
-            return chosen
-    return None
+def _count(placed: dict[int, list[int]]) -> int:
+    return sum(len(v) for v in placed.values())
 
 
-def _place(gpus: list[_Gpu], model: ModelEstimate, chosen: list[_Gpu]) -> ModelEstimate:
-    part = _share(model, len(chosen))
-    for gpu in chosen:
-        gpu.used += part
-        gpu.buffer = max(gpu.buffer, model.layer_buffer)
-        gpu.models.append(model.ref)
-    return ModelEstimate(**{**asdict(model), "gpus": len(chosen)})
+def _best_fit(layers: list[int], free: list[int]) -> dict[int, list[int]]:
+    """Ollama's `findBestFit`: the smallest capacity factor that still places as many layers (balance)."""
+    best = _greedy_fit(layers, free, 1.0)
+    most = _count(best)
+    if len(free) == 1:
+        return best
+    low, high = 0.0, 1.0
+    while high - low > 1e-6:
+        mid = (low + high) / 2
+        trial = _greedy_fit(layers, free, mid)
+        if _count(trial) == most:
+            high, best = mid, trial
+        else:
+            low = mid
+    return best
+
+
+def _assign(layers: list[int], free: list[int], spread: bool) -> dict[int, list[int]]:
+    """Ollama's `assignLayers`: the fewest GPUs (largest free first) that take every layer; all with spread."""
+    if spread:
+        return _best_fit(layers, free)
+    placed: dict[int, list[int]] = {}
+    for count in range(1, len(free) + 1):
+        placed = _best_fit(layers, free[:count])
+        if _count(placed) == len(layers):
+            break
+    return placed
+
+
+def _layout(gpus: list[_Gpu], model: ModelEstimate, spread: bool) -> tuple[dict[int, int], bool]:
+    """Place a model's layers on the GPUs as the release does: {gpu index: bytes used}, all layers placed."""
+    layers = model.layers()
+    order = sorted(gpus, key=lambda g: (-(g.usable - g.used), g.index))
+    margin = model.gpu_reserve + model.layer_buffer
+
+    def free(gpu: _Gpu, with_graph: bool) -> int:
+        keep = max(gpu.reserve, margin) + gpu.gpu_overhead + (model.graph if with_graph else 0)
+        return max(gpu.usable - gpu.used - keep, 0)
+
+    # Ollama first lays out without graphs, then reserves the graph on every GPU used and lays out again
+    # until the number of GPUs stops growing (llm/server.go:648-670).
+    with_graph: set[int] = set()
+    placed: dict[int, list[int]] = {}
+    while True:
+        placed = _assign(layers, [free(g, g.index in with_graph) for g in order], spread)
+        used = {order[slot].index for slot, items in placed.items() if items}
+        if len(used) > len(with_graph):
+            with_graph |= used
+            continue
+        break
+    usage = {order[slot].index: sum(layers[i] for i in items) + model.graph for slot, items in placed.items() if items}
+    fits = _count(placed) == len(layers) and all(
+        usage[g.index] <= g.usable - g.used - max(g.reserve, margin) - g.gpu_overhead for g in gpus if g.index in usage
+    )
+    return usage, fits
+
+
+def _place(gpus: list[_Gpu], model: ModelEstimate, usage: dict[int, int]) -> ModelEstimate:
+    margin = model.gpu_reserve + model.layer_buffer
+    for gpu in gpus:
+        if gpu.index in usage:
+            gpu.used += usage[gpu.index]
+            gpu.reserve = max(gpu.reserve, margin)
+            gpu.models.append(model.ref)
+    return ModelEstimate(**{**asdict(model), "gpus": len(usage)})
+
+
+def _spread_over_all(gpus: list[_Gpu], model: ModelEstimate) -> dict[int, int]:
+    """A model that does not fit, shown divided over every GPU (over the limit)."""
+    share = -(-(model.weights + model.kv_cache) // len(gpus))
+    return {g.index: share + model.graph for g in gpus}
 
 
 def _copy(gpus: list[_Gpu]) -> list[_Gpu]:
-    return [_Gpu(g.index, g.vram, g.usable, g.gpu_overhead, g.used, g.buffer, list(g.models)) for g in gpus]
+    return [_Gpu(g.index, g.vram, g.usable, g.gpu_overhead, g.used, g.reserve, list(g.models)) for g in gpus]
 
 
-def _estimate(group: NodeGroup, headroom: float, root: Path | None = None, suggest: bool = True) -> NodeEstimate:
+def _precheck_problems(placed: list[ModelEstimate], gpus: list[_Gpu], share: float | None) -> list[str]:
+    """v0.30+: a model started next to loaded ones is refused when its predicted size exceeds `share` of
+    the memory the others leave free (server/sched.go:546-551); checked for each model as the last one."""
+    if share is None or len(placed) < 2:
+        return []
+    problems = []
+    free_total = sum(g.usable for g in gpus)
+    for model in placed:
+        others = sum(m.total for m in placed if m is not model)
+        available = max(free_total - others, 0)
+        if model.predicted > share * available:
+            problems.append(
+                f"{model.ref}: Ollama's scheduler predicts {_gib(model.predicted)} (file + f16 KV) for it, more than "
+                f"{share:.0%} of the {_gib(available)} the other loaded models leave free: it would evict one of them"
+            )
+    return problems
+
+
+def _estimate(
+    group: NodeGroup, headroom: float, root: Path | None = None, suggest: bool = True, ollama_version: str | None = None
+) -> NodeEstimate:
     instance = instance_for(group)
+    version = ollama_version or default_ollama_version()
+    rules = rules_of(version)
     knobs: OllamaSettings = group.ollama
     on_gpu = instance.gpus > 0
     drafts: list[ModelEstimate] = []
     for spec in group.models:
         arch = resolve_arch(spec, root)
-        num_ctx, source = effective_num_ctx(spec, group, arch)
+        num_ctx, source = effective_num_ctx(spec, group, arch, version)
         drafts.append(
             estimate_model(
                 arch,
@@ -548,6 +606,7 @@ def _estimate(group: NodeGroup, headroom: float, root: Path | None = None, sugge
                 on_gpu=on_gpu,
                 resident=spec.keep_loaded,
                 num_ctx_source=source,
+                ollama_version=version,
             )
         )
     problems: list[str] = []
@@ -559,60 +618,59 @@ def _estimate(group: NodeGroup, headroom: float, root: Path | None = None, sugge
             f"{loaded_together} models must be loaded together but OLLAMA_MAX_LOADED_MODELS is "
             f"{group.max_loaded_models}: Ollama would unload a resident model"
         )
-
-    if not on_gpu:
-        estimate = NodeEstimate(
-            group=group.name,
-            instance_type=instance.name,
-            gpu_model=instance.gpu_model,
-            gpus=0,
-            vram_per_gpu=0,
-            memory=instance.memory,
-            headroom=headroom,
-            models=tuple(resident + on_demand),
-            gpu_usage=(),
-            problems=tuple(problems),
-        )
-        return estimate
-
-    usable = int(instance.vram_per_gpu * (1 - headroom))
-    gpus = [_Gpu(i, instance.vram_per_gpu, usable, knobs.gpu_overhead_bytes) for i in range(instance.gpus)]
-    placed: dict[str, ModelEstimate] = {}
-    for model in sorted(resident, key=lambda m: m.total, reverse=True):
-        chosen = _try_place(gpus, model, knobs.sched_spread)
-        if chosen is None:
-            problems.append(
-                f"{model.ref} needs {_gib(model.total)} but the free VRAM left on {instance.name} "
-                f"({instance.gpus} × {_gib(instance.vram_per_gpu)}, {headroom:.0%} headroom) cannot hold it"
-            )
-            chosen = gpus  # show it spread over every GPU, over the limit
-        placed[model.ref] = _place(gpus, model, chosen)
-    # A model loaded on demand must fit next to the resident ones (else loading it evicts one of them);
-    # the largest one is shown loaded.
-    for model in sorted(on_demand, key=lambda m: m.total, reverse=True):
-        trial = _copy(gpus)
-        chosen = _try_place(trial, model, knobs.sched_spread)
-        if chosen is None:
-            problems.append(f"{model.ref} (loaded on demand) does not fit next to the resident models")
-            chosen = trial
-        placed_model = _place(trial, model, chosen)
-        if model is max(on_demand, key=lambda m: m.total):
-            gpus = trial
-        placed[model.ref] = placed_model
-    estimate = NodeEstimate(
+    common = dict(
         group=group.name,
         instance_type=instance.name,
         gpu_model=instance.gpu_model,
-        gpus=instance.gpus,
-        vram_per_gpu=instance.vram_per_gpu,
         memory=instance.memory,
         headroom=headroom,
+        ollama_version=version,
+        ollama_rules=rules.name,
+    )
+    if not on_gpu:
+        return NodeEstimate(
+            **common, gpus=0, vram_per_gpu=0, models=tuple(resident + on_demand), gpu_usage=(), problems=tuple(problems)
+        )
+
+    usable = int(instance.free_per_gpu * (1 - headroom))
+    gpus = [_Gpu(i, instance.vram_per_gpu, usable, knobs.gpu_overhead_bytes) for i in range(instance.gpus)]
+    placed: dict[str, ModelEstimate] = {}
+    for model in sorted(resident, key=lambda m: m.total, reverse=True):
+        usage, ok = _layout(gpus, model, knobs.sched_spread)
+        if not ok:
+            problems.append(
+                f"{model.ref} needs {_gib(model.total)} but the free VRAM left on {instance.name} "
+                f"({instance.gpus} × {_gib(instance.free_per_gpu)} free of {_gib(instance.vram_per_gpu)} reported, "
+                f"{headroom:.0%} headroom) cannot hold every layer: Ollama would run part of it on the CPU"
+            )
+            usage = _spread_over_all(gpus, model)
+        placed[model.ref] = _place(gpus, model, usage)
+    # A model loaded on demand must fit next to the resident ones (else loading it evicts one of them);
+    # the largest one is shown loaded.
+    largest = max(on_demand, key=lambda m: m.total) if on_demand else None
+    for model in sorted(on_demand, key=lambda m: m.total, reverse=True):
+        trial = _copy(gpus)
+        usage, ok = _layout(trial, model, knobs.sched_spread)
+        if not ok:
+            problems.append(f"{model.ref} (loaded on demand) does not fit next to the resident models")
+            usage = _spread_over_all(trial, model)
+        placed[model.ref] = _place(trial, model, usage)
+        if model is largest:
+            gpus = trial
+    loaded = [placed[m.ref] for m in resident] + ([placed[largest.ref]] if largest else [])
+    problems += _precheck_problems(loaded, gpus, rules.precheck_share)
+    estimate = NodeEstimate(
+        **common,
+        gpus=instance.gpus,
+        vram_per_gpu=instance.vram_per_gpu,
         models=tuple(placed[m.ref] for m in drafts),
         gpu_usage=tuple(g.freeze() for g in gpus),
         problems=tuple(problems),
+        driver_reserved=instance.driver_reserved,
     )
     if suggest and not estimate.fits:
-        estimate = NodeEstimate(**{**_fields(estimate), "suggestions": tuple(suggestions(group, headroom, estimate, root))})
+        found = suggestions(group, headroom, estimate, root, version)
+        estimate = NodeEstimate(**{**_fields(estimate), "suggestions": tuple(found)})
     return estimate
 
 
@@ -620,15 +678,18 @@ def _fields(estimate: NodeEstimate) -> dict[str, Any]:
     return {f: getattr(estimate, f) for f in estimate.__dataclass_fields__}
 
 
-def estimate_node(group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None) -> NodeEstimate:
-    """All models of one node of `group` placed on its GPUs; `.fits`, per-model terms in bytes, suggestions."""
+def estimate_node(
+    group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, ollama_version: str | None = None
+) -> NodeEstimate:
+    """All models of one node of `group` placed on its GPUs under the rules of `ollama_version` (default:
+    the release of the default image); `.fits`, per-model terms in bytes, suggestions."""
     if not 0 <= headroom < 1:
         raise CapacityError("headroom must be in [0, 1)")
-    return _estimate(group, headroom, root)
+    return _estimate(group, headroom, root, ollama_version=ollama_version)
 
 
-def fits(group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None) -> bool:
-    return _estimate(group, headroom, root, suggest=False).fits
+def fits(group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, ollama_version: str | None = None) -> bool:
+    return _estimate(group, headroom, root, suggest=False, ollama_version=ollama_version).fits
 
 
 def estimate_fit(
@@ -640,9 +701,11 @@ def estimate_fit(
     kv_cache_type: str = "f16",
     flash_attention: bool = True,
     headroom: float = DEFAULT_HEADROOM,
+    ollama_version: str | None = None,
 ) -> NodeEstimate:
     """One model on one instance type (the `fleet fit` question). `model` is `name:tag` or a GGUF path."""
-    return estimate_node(single_model_group(model, quantization, num_ctx, num_parallel, instance_type, kv_cache_type, flash_attention), headroom)
+    group = single_model_group(model, quantization, num_ctx, num_parallel, instance_type, kv_cache_type, flash_attention)
+    return estimate_node(group, headroom, ollama_version=ollama_version)
 
 
 def single_model_group(
@@ -700,78 +763,106 @@ def _largest(lo: int, hi: int, ok) -> int | None:
     return lo
 
 
-def max_num_parallel(group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, limit: int = 64) -> int | None:
+def max_num_parallel(
+    group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, limit: int = 64, ollama_version: str | None = None
+) -> int | None:
     """The largest OLLAMA_NUM_PARALLEL at which the node still fits (None: not even 1)."""
-    return _largest(1, limit, lambda p: fits(_with_knobs(group, num_parallel=p), headroom, root))
+    return _largest(1, limit, lambda p: fits(_with_knobs(group, num_parallel=p), headroom, root, ollama_version))
 
 
-def max_num_ctx(group: NodeGroup, model_ref: str, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, step: int = 256) -> int | None:
+def max_num_ctx(
+    group: NodeGroup, model_ref: str, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, step: int = 256, ollama_version: str | None = None
+) -> int | None:
     """The largest numCtx (a multiple of `step`) for `model_ref` at which the node still fits."""
     spec = next((m for m in group.models if m.ref == model_ref), None)
     if spec is None:
         raise CapacityError(f"{model_ref} is not a model of group {group.name}")
     limit = resolve_arch(spec, root).max_context or 1_048_576
-    best = _largest(1, limit // step, lambda k: fits(_with_model(group, model_ref, num_ctx=k * step), headroom, root))
+    best = _largest(1, limit // step, lambda k: fits(_with_model(group, model_ref, num_ctx=k * step), headroom, root, ollama_version))
     return best * step if best else None
 
 
-def fitting_quantizations(group: NodeGroup, model_ref: str, headroom: float = DEFAULT_HEADROOM, root: Path | None = None) -> list[str]:
+def fitting_quantizations(
+    group: NodeGroup, model_ref: str, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, ollama_version: str | None = None
+) -> list[str]:
     """Published quantizations of `model_ref` with which the node fits, smallest weights first."""
     spec = next((m for m in group.models if m.ref == model_ref), None)
     if spec is None:
         raise CapacityError(f"{model_ref} is not a model of group {group.name}")
-    if spec.gguf:
-        return [resolve_quantization(spec, resolve_arch(spec, root))] if fits(group, headroom, root) else []
     arch = resolve_arch(spec, root)
-    return [q for q in arch.quantizations() if fits(_with_model(group, model_ref, quantization=q), headroom, root)]
+    if spec.gguf:
+        return [resolve_quantization(spec, arch)] if fits(group, headroom, root, ollama_version) else []
+    return [q for q in arch.quantizations() if fits(_with_model(group, model_ref, quantization=q), headroom, root, ollama_version)]
 
 
-def best_quantization(group: NodeGroup, model_ref: str, headroom: float = DEFAULT_HEADROOM, root: Path | None = None) -> str | None:
+def best_quantization(
+    group: NodeGroup, model_ref: str, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, ollama_version: str | None = None
+) -> str | None:
     """The most precise (largest) published quantization that fits, None when none does."""
-    options = fitting_quantizations(group, model_ref, headroom, root)
+    options = fitting_quantizations(group, model_ref, headroom, root, ollama_version)
     return options[-1] if options else None
 
 
-def smallest_fitting_instance(group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None) -> str | None:
+def smallest_fitting_instance(
+    group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, ollama_version: str | None = None
+) -> str | None:
     """The GPU instance type with the least total VRAM (then fewest GPUs) on which the node fits."""
     candidates = sorted(
         (i for i in catalog.INSTANCES.values() if i.gpus > 0),
         key=lambda i: (i.total_vram, i.gpus, i.vcpus, i.name),
     )
     for instance in candidates:
-        if fits(group.model_copy(update={"instance_type": instance.name}), headroom, root):
+        if fits(group.model_copy(update={"instance_type": instance.name}), headroom, root, ollama_version):
             return instance.name
     return None
 
 
-def suggestions(group: NodeGroup, headroom: float, estimate: NodeEstimate, root: Path | None = None) -> list[str]:
-    """What to change so that the node fits, each option on its own (the others left as configured)."""
+def _kv_change_honoured(group: NodeGroup, kv_type: str, root: Path | None, ollama_version: str | None) -> bool:
+    """A quantized KV cache is a real change only when every model keeps it (flash attention stays on)."""
+    rules = rules_of(ollama_version)
+    for spec in group.models:
+        arch = resolve_arch(spec, root)
+        _, effective, _ = effective_attention(arch, rules, kv_type, True)
+        if effective != kv_type:
+            return False
+    return True
+
+
+def suggestions(
+    group: NodeGroup, headroom: float, estimate: NodeEstimate, root: Path | None = None, ollama_version: str | None = None
+) -> list[str]:
+    """What to change so that the node fits, each option on its own (the others left as configured).
+
+    Every option is re-checked with the same estimate before it is offered, and only changes the release
+    honours are offered (no quantized KV cache for a model whose flash attention Ollama turns off)."""
     out: list[str] = []
     for model in estimate.models:
-        if model.num_ctx_source == "vram-tier":
+        if model.num_ctx_source in ("vram-tier", "default"):
             out.append(
-                f"{model.ref}: set numCtx — unset, Ollama gives every slot its VRAM-tier default of "
+                f"{model.ref}: set numCtx — unset, Ollama gives every slot its default of "
                 f"{model.num_ctx} tokens on {group.instance_type}"
             )
-    parallel = max_num_parallel(group, headroom, root)
+    parallel = max_num_parallel(group, headroom, root, ollama_version=ollama_version)
     if parallel is not None and parallel < group.ollama.num_parallel:
         out.append(f"ollama.numParallel: {group.ollama.num_parallel} → {parallel}")
     for model in sorted(estimate.models, key=lambda m: m.total, reverse=True):
-        ctx = max_num_ctx(group, model.ref, headroom, root)
+        ctx = max_num_ctx(group, model.ref, headroom, root, ollama_version=ollama_version)
         if ctx is not None and ctx < model.num_ctx:
             out.append(f"{model.ref}: numCtx {model.num_ctx} → {ctx}")
-        quant = best_quantization(group, model.ref, headroom, root)
+        quant = best_quantization(group, model.ref, headroom, root, ollama_version)
         if quant is not None and quant != model.quantization:
             out.append(f"{model.ref}: quantization {model.quantization} → {quant}")
     knobs = group.ollama
     for kv_type in ("q8_0", "q4_0"):
         if kv_bytes_per_element(kv_type) < kv_bytes_per_element(knobs.kv_cache_type):
+            if not _kv_change_honoured(group, kv_type, root, ollama_version):
+                continue
             trial = _with_knobs(group, kv_cache_type=kv_type, flash_attention=True)
-            if fits(trial, headroom, root):
+            if fits(trial, headroom, root, ollama_version):
                 needs_fa = "" if knobs.flash_attention else " with flashAttention: true"
                 out.append(f"ollama.kvCacheType: {knobs.kv_cache_type} → {kv_type}{needs_fa}")
                 break
-    instance = smallest_fitting_instance(group, headroom, root)
+    instance = smallest_fitting_instance(group, headroom, root, ollama_version)
     if instance is not None and instance != group.instance_type:
         out.append(f"instanceType: {group.instance_type} → {instance}")
     if not out:
@@ -799,5 +890,7 @@ def human(value: int | None) -> str:
     return f"{value / MIB:.0f} MiB"
 
 
-def estimate_groups(groups: Iterable[NodeGroup], headroom: float, root: Path | None = None) -> list[NodeEstimate]:
-    return [estimate_node(g, headroom, root) for g in groups]
+def estimate_groups(
+    groups: Iterable[NodeGroup], headroom: float, root: Path | None = None, ollama_version: str | None = None
+) -> list[NodeEstimate]:
+    return [estimate_node(g, headroom, root, ollama_version) for g in groups]

@@ -31,7 +31,12 @@ QUANTIZATION_ORDER = ("q4_0", "q4_1", "q4_K_M", "q5_K_M", "q6_K", "q8_0", "fp16"
 
 @dataclass(frozen=True)
 class GpuInstance:
-    """A host type: GPUs and the VRAM of each (bytes). `gpus == 0` means CPU only (system RAM serves the model)."""
+    """A host type: GPUs and the memory of each as the driver reports it (bytes). `gpus == 0`: CPU only.
+
+    `vram_per_gpu` is the total nvidia-smi (and CUDA, which Ollama asks) reports, less than the marketing
+    size; `driver_reserved` is what `nvidia-smi -q` lists as "Reserved" on an idle GPU: the driver keeps it,
+    so a process sees `vram_per_gpu - driver_reserved` free before anything loads.
+    """
 
     name: str
     gpus: int
@@ -40,10 +45,16 @@ class GpuInstance:
     vcpus: int
     memory: int
     source: str = "AWS EC2 accelerated computing instance specifications"
+    driver_reserved: int = 0
 
     @property
     def total_vram(self) -> int:
         return self.gpus * self.vram_per_gpu
+
+    @property
+    def free_per_gpu(self) -> int:
+        """Memory a process can allocate on one idle GPU (reported total less the driver's reservation)."""
+        return max(self.vram_per_gpu - self.driver_reserved, 0)
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,13 @@ class ModelArch:
     n_ff: int = 0  # feed-forward width
     tied_embeddings: bool = False  # output projection shares the token embedding tensor
     n_expert: int = 0  # mixture-of-experts: experts per layer (0 for dense models)
-    # Exact bytes of the `token_embd.weight` tensor per quantization when read from a GGUF file.
-    token_embd_bytes: dict[str, int] = field(default_factory=dict)
+    value_dim: int = 0  # attention.value_length when it differs from head_dim (0: same as head_dim)
+    # Exact figures per quantization when read from a GGUF file (derived from the blob size otherwise):
+    token_embd_bytes: dict[str, int] = field(default_factory=dict)  # `token_embd.weight`
+    block_bytes: dict[str, int] = field(default_factory=dict)  # the tensors of `blk.0`
+    output_layer_bytes: dict[str, int] = field(default_factory=dict)  # output_norm + output (or tied token_embd)
+    offload_bytes: dict[str, int] = field(default_factory=dict)  # every `blk.N` plus the output layer
+    expert_gate_bytes: dict[str, int] = field(default_factory=dict)  # `blk.0.ffn_gate_exps.weight`
 
     def pull_tag(self, quantization: str) -> str:
         """The Ollama library reference to pull for a quantization."""
@@ -101,29 +117,60 @@ def _mb(value: float) -> int:
     return int(round(value * MB))
 
 
+@dataclass(frozen=True)
+class GpuCard:
+    """One GPU model: the memory nvidia-smi reports (`FB Memory Usage: Total`) and the idle `Reserved`."""
+
+    model: str
+    total: int
+    reserved: int
+
+
+# Figures from `nvidia-smi -q` on idle AWS instances (public logs: "FB Memory Usage / Total / Reserved");
+# where logs differ the largest reservation seen is kept.
+GPU_CARDS: dict[str, GpuCard] = {
+    c.model: c
+    for c in [
+        GpuCard("T4", 15360 * MIB, 393 * MIB),
+        GpuCard("A10G", 23028 * MIB, 526 * MIB),
+        GpuCard("L4", 23034 * MIB, 556 * MIB),
+        GpuCard("L40S", 46068 * MIB, 685 * MIB),
+        GpuCard("A100 40GB", 40960 * MIB, 620 * MIB),
+        GpuCard("A100 80GB", 81920 * MIB, 834 * MIB),
+        GpuCard("H100", 81559 * MIB, 551 * MIB),
+        GpuCard("H200", 143771 * MIB, 700 * MIB),
+    ]
+}
+
+
+def _gpu(name: str, gpus: int, card: str, vcpus: int, memory: int) -> GpuInstance:
+    spec = GPU_CARDS[card]
+    return GpuInstance(name, gpus, spec.total, card, vcpus, memory, driver_reserved=spec.reserved)
+
+
 INSTANCES: dict[str, GpuInstance] = {
     i.name: i
     for i in [
         GpuInstance(LOCAL_INSTANCE, 0, 0, "none (CPU)", 0, 0, source="the local Docker host; models run from system RAM"),
-        GpuInstance("g4dn.xlarge", 1, 16 * GIB, "T4", 4, 16 * GIB),
-        GpuInstance("g4dn.2xlarge", 1, 16 * GIB, "T4", 8, 32 * GIB),
-        GpuInstance("g4dn.12xlarge", 4, 16 * GIB, "T4", 48, 192 * GIB),
-        GpuInstance("g5.xlarge", 1, 24 * GIB, "A10G", 4, 16 * GIB),
-        GpuInstance("g5.2xlarge", 1, 24 * GIB, "A10G", 8, 32 * GIB),
-        GpuInstance("g5.4xlarge", 1, 24 * GIB, "A10G", 16, 64 * GIB),
-        GpuInstance("g5.12xlarge", 4, 24 * GIB, "A10G", 48, 192 * GIB),
-        GpuInstance("g5.48xlarge", 8, 24 * GIB, "A10G", 192, 768 * GIB),
-        GpuInstance("g6.xlarge", 1, 24 * GIB, "L4", 4, 16 * GIB),
-        GpuInstance("g6.2xlarge", 1, 24 * GIB, "L4", 8, 32 * GIB),
-        GpuInstance("g6.12xlarge", 4, 24 * GIB, "L4", 48, 192 * GIB),
-        GpuInstance("g6e.xlarge", 1, 48 * GIB, "L40S", 4, 32 * GIB),
-        GpuInstance("g6e.2xlarge", 1, 48 * GIB, "L40S", 8, 64 * GIB),
-        GpuInstance("g6e.12xlarge", 4, 48 * GIB, "L40S", 48, 384 * GIB),
-        GpuInstance("g6e.48xlarge", 8, 48 * GIB, "L40S", 192, 1536 * GIB),
-        GpuInstance("p4d.24xlarge", 8, 40 * GIB, "A100 40GB", 96, 1152 * GIB),
-        GpuInstance("p4de.24xlarge", 8, 80 * GIB, "A100 80GB", 96, 1152 * GIB),
-        GpuInstance("p5.48xlarge", 8, 80 * GIB, "H100", 192, 2048 * GIB),
-        GpuInstance("p5e.48xlarge", 8, 141 * GB, "H200", 192, 2048 * GIB),
+        _gpu("g4dn.xlarge", 1, "T4", 4, 16 * GIB),
+        _gpu("g4dn.2xlarge", 1, "T4", 8, 32 * GIB),
+        _gpu("g4dn.12xlarge", 4, "T4", 48, 192 * GIB),
+        _gpu("g5.xlarge", 1, "A10G", 4, 16 * GIB),
+        _gpu("g5.2xlarge", 1, "A10G", 8, 32 * GIB),
+        _gpu("g5.4xlarge", 1, "A10G", 16, 64 * GIB),
+        _gpu("g5.12xlarge", 4, "A10G", 48, 192 * GIB),
+        _gpu("g5.48xlarge", 8, "A10G", 192, 768 * GIB),
+        _gpu("g6.xlarge", 1, "L4", 4, 16 * GIB),
+        _gpu("g6.2xlarge", 1, "L4", 8, 32 * GIB),
+        _gpu("g6.12xlarge", 4, "L4", 48, 192 * GIB),
+        _gpu("g6e.xlarge", 1, "L40S", 4, 32 * GIB),
+        _gpu("g6e.2xlarge", 1, "L40S", 8, 64 * GIB),
+        _gpu("g6e.12xlarge", 4, "L40S", 48, 384 * GIB),
+        _gpu("g6e.48xlarge", 8, "L40S", 192, 1536 * GIB),
+        _gpu("p4d.24xlarge", 8, "A100 40GB", 96, 1152 * GIB),
+        _gpu("p4de.24xlarge", 8, "A100 80GB", 96, 1152 * GIB),
+        _gpu("p5.48xlarge", 8, "H100", 192, 2048 * GIB),
+        _gpu("p5e.48xlarge", 8, "H200", 192, 2048 * GIB),
     ]
 }
 

@@ -46,14 +46,16 @@ def estimate_table(estimate: NodeEstimate, title: str | None = None) -> Table:
     first = estimate.models[0] if estimate.models else None
     knobs = f"kv {first.kv_cache_type}, flash attention {'on' if first.flash_attention else 'off'}" if first else ""
     where = (
-        f"{estimate.gpus} × {human(estimate.vram_per_gpu)} {estimate.gpu_model}"
+        f"{estimate.gpus} × {human(estimate.vram_per_gpu)} {estimate.gpu_model} "
+        f"({human(estimate.driver_reserved)} each kept by the driver)"
         if not estimate.cpu_only
         else (f"RAM {human(estimate.memory)}" if estimate.memory else "CPU, system RAM")
     )
     heading = title or f"node group {estimate.group} on {estimate.instance_type}"
+    rules = f"Ollama {estimate.ollama_version} (rules {estimate.ollama_rules}); " if estimate.ollama_version else ""
     table = Table(
         box=box.SIMPLE_HEAD,
-        title=f"{heading}\n{where}; {knobs}; headroom ≥{estimate.headroom:.0%}; G = GiB, M = MiB",
+        title=f"{heading}\n{where}; {knobs}; headroom ≥{estimate.headroom:.0%}; {rules}G = GiB, M = MiB",
         title_justify="left",
     )
     for column in ("model", "quant", "ctx×par", "weights", "KV", "graph", "overhead", "total", "VRAM", "headroom", "verdict"):
@@ -106,6 +108,9 @@ def print_estimate(console: Console, estimate: NodeEstimate, title: str | None =
         used = [g for g in estimate.gpu_usage if g.models]
         parts = ", ".join(f"GPU{g.index} {human(g.total)}/{human(g.usable)}" for g in used)
         console.print(f"  per GPU: {parts}")
+    for model in estimate.models:
+        for note in model.notes:
+            console.print(f"  [yellow]![/yellow] {model.ref}: {note}", highlight=False, soft_wrap=True)
     for problem in estimate.problems:
         console.print(f"  [red]✗[/red] {problem}", highlight=False, soft_wrap=True)
     if estimate.suggestions:
@@ -118,9 +123,10 @@ def print_plan(console: Console, stack_config: StackConfig) -> bool:
     """Print the capacity table of every node group; True when every group fits (CPU groups always pass)."""
     settings = stack_config.settings
     headroom = settings.policy.vram_headroom
+    version = capacity.version_of_image(settings.images.ollama)
     ok = True
     for group in settings.node_groups:
-        estimate = capacity.estimate_node(group, headroom, stack_config.path.parent)
+        estimate = capacity.estimate_node(group, headroom, stack_config.path.parent, version)
         title = f"{stack_config.stack}: node group {group.name}, {group.count} × {group.instance_type}"
         print_estimate(console, estimate, title)
         conns = capacity.max_conns_per_node(group, settings.gateway.queue_per_node)
@@ -159,11 +165,18 @@ def plan(
     except StackConfigError as error:
         _error(err, str(error), EXIT_CONFIG)
     try:
+        capacity.rules_of(capacity.version_of_image(config.settings.images.ollama))
+    except CapacityError as error:
+        _error(err, f"{config.path.name}: images.ollama: {error}", EXIT_CONFIG)
+    try:
         if json_out:
             headroom = config.settings.policy.vram_headroom
-            estimates = [capacity.estimate_node(g, headroom, config.path.parent) for g in config.settings.node_groups]
+            version = capacity.version_of_image(config.settings.images.ollama)
+            estimates = [capacity.estimate_node(g, headroom, config.path.parent, version) for g in config.settings.node_groups]
             payload = {
                 "stack": config.stack,
+                "ollamaVersion": version,
+                "ollamaRules": capacity.rules_of(version).name,
                 "groups": [
                     {**e.to_dict(), "maxConnsPerNode": capacity.max_conns_per_node(g, config.settings.gateway.queue_per_node)}
                     for e, g in zip(estimates, config.settings.node_groups)
@@ -188,13 +201,16 @@ def fit(
     flash_attention: bool = typer.Option(True, "--flash-attention/--no-flash-attention", help="OLLAMA_FLASH_ATTENTION."),
     headroom: float = typer.Option(capacity.DEFAULT_HEADROOM, "--headroom", help="Share of VRAM kept free beyond the estimate."),
     json_out: bool = typer.Option(False, "--json", help="Print every term in bytes and the verdict as JSON."),
+    ollama_version: str | None = typer.Option(
+        None, "--ollama-version", help="Ollama release whose memory rules apply (default: the release of the default image)."
+    ),
 ) -> None:
     """Does one model fit one instance type at this quantization, context and concurrency?"""
     out = Console()
     err = Console(stderr=True)
     try:
         group = capacity.single_model_group(model, quant, num_ctx, num_parallel, instance, kv_cache_type, flash_attention)
-        estimate = capacity.estimate_node(group, headroom, Path.cwd())
+        estimate = capacity.estimate_node(group, headroom, Path.cwd(), ollama_version)
     except ValidationError as error:
         _error(err, _validation_message(error), EXIT_CONFIG)
     except (CapacityError, ValueError) as error:

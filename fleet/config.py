@@ -210,8 +210,11 @@ ImageRef = Annotated[str, Field(description="Image reference `repository:tag@sha
 class Images(Model):
     """Container images, pinned by tag and digest (policy `pinned-images` requires the digest in prod)."""
 
+    # Ollama 0.32.15: tag and digest as pinned in public deployment files (a renovate-managed
+    # `docker.io/ollama/ollama:0.32.15@sha256:57d60e68…` in a Podman LLM-server start script, and a GPU
+    # `docker run` guide); its memory rules are fleet.ollama_rules' v0.30+ range.
     ollama: ImageRef = Field(
-        "ollama/ollama:0.13.1@sha256:8850b8b33936b9fb246e7b3e02849941f1151ea847e5fb15511f17de9589aea1",
+        "ollama/ollama:0.32.15@sha256:57d60e686821ea81a7748a3ec8141308c8b8f95b27105713954abf7a6529e700",
         description="Ollama server image (GPU and CPU builds in one multi-arch image).",
     )
     nginx: ImageRef = Field(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.catalog import ModelArch
+from fleet.gguf_header import GgufHeaderError, read_header
 
 
 class GgufError(ValueError):
@@ -32,10 +33,9 @@ _SLIDING_LAYERS = {
 
 
 def _value(fields: dict[str, Any], key: str, default: Any = None) -> Any:
-    field = fields.get(key)
-    if field is None:
+    value = fields.get(key)
+    if value is None:
         return default
-    value = field.contents()
     if isinstance(value, list):  # per-layer arrays (some models vary heads by layer): take the largest
         numbers = [v for v in value if isinstance(v, (int, float))]
         return max(numbers) if numbers else default
@@ -48,15 +48,13 @@ def quantization_name(file_type: int | None) -> str:
     return _FILE_TYPES.get(int(file_type), f"file_type_{int(file_type)}")
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=256)
 def _read(path: str, mtime_ns: int, size: int) -> ModelArch:
-    from gguf import GGUFReader
-
     try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # noqa: BLE001 - the gguf package raises ValueError/struct errors on bad files
+        header = read_header(path)
+    except (GgufHeaderError, OSError, UnicodeDecodeError, ValueError) as exc:
         raise GgufError(f"{path}: not a readable GGUF file ({exc})") from None
-    fields = reader.fields
+    fields = header.fields
     arch = _value(fields, "general.architecture")
     if not arch:
         raise GgufError(f"{path}: GGUF header has no general.architecture")
@@ -75,16 +73,21 @@ def _read(path: str, mtime_ns: int, size: int) -> ModelArch:
     context = int(_value(fields, f"{arch}.context_length", 2048))
     window = _value(fields, f"{arch}.attention.sliding_window")
     tokens = fields.get("tokenizer.ggml.tokens")
-    vocab = len(tokens.data) if tokens is not None else int(_value(fields, f"{arch}.vocab_size", 0))
+    vocab = len(tokens) if tokens is not None else int(_value(fields, f"{arch}.vocab_size", 0))
     quant = quantization_name(_value(fields, "general.file_type"))
 
-    names = {t.name for t in reader.tensors}
-    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    names = {t.name for t in header.tensors}
+    embd = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
+    layers = _layer_bytes(header.tensors)
+    blocks = sum(nbytes for name, nbytes in layers.items() if name.startswith("blk."))
+    # Ollama's output layer: output_norm plus output, or the tied token_embd (llm/server.go:583-593).
+    output_layer = layers.get("output_norm", 0) + (layers["output"] if "output" in layers else layers.get("token_embd", 0))
+    gate = next((int(t.n_bytes) for t in header.tensors if t.name == "blk.0.ffn_gate_exps.weight"), 0)
     sliding_layers = _SLIDING_LAYERS.get(arch, lambda n: 0)(n_layer) if window else 0
     return ModelArch(
         ref=Path(path).stem,
         arch=str(arch),
-        parameters=float(sum(int(t.n_elements) for t in reader.tensors)),
+        parameters=float(sum(int(t.n_elements) for t in header.tensors)),
         n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,
@@ -94,14 +97,30 @@ def _read(path: str, mtime_ns: int, size: int) -> ModelArch:
         weights={quant: size},
         sliding_window=int(window) if window and sliding_layers else None,
         sliding_window_layers=sliding_layers,
-        embedding=arch in {"bert", "nomic-bert"},
+        # Ollama treats a model with a pooling type as an embedding model (fs/ggml/ggml.go:869-872).
+        embedding=f"{arch}.pooling_type" in fields or arch in {"bert", "nomic-bert"},
         source=f"GGUF header of {path}",
         vocab_size=vocab,
         n_ff=int(_value(fields, f"{arch}.feed_forward_length", 0) or 0),
         tied_embeddings="output.weight" not in names,
         n_expert=int(_value(fields, f"{arch}.expert_count", 0) or 0),
         token_embd_bytes={quant: int(embd.n_bytes)} if embd is not None else {},
+        value_dim=int(_value(fields, f"{arch}.attention.value_length", head_dim)),
+        block_bytes={quant: layers.get("blk.0", 0)},
+        output_layer_bytes={quant: output_layer},
+        offload_bytes={quant: blocks + output_layer},
+        expert_gate_bytes={quant: gate} if gate else {},
     )
+
+
+def _layer_bytes(tensors) -> dict[str, int]:
+    """Tensor bytes grouped as Ollama groups layers: `blk.N` by block, the rest by the name's first part."""
+    out: dict[str, int] = {}
+    for tensor in tensors:
+        parts = tensor.name.split(".")
+        key = ".".join(parts[:2]) if parts[0] == "blk" else parts[0]
+        out[key] = out.get(key, 0) + int(tensor.n_bytes)
+    return out
 
 
 def read_arch(path: str | Path) -> ModelArch:

@@ -54,11 +54,12 @@ def test_vram_fit_refuses_a_model_that_does_not_fit(resources_of):
 
 
 def test_vram_fit_catches_the_unset_num_ctx_default_of_big_gpus(resources_of):
-    # numCtx unset and no OLLAMA_CONTEXT_LENGTH: Ollama's tier gives 262144 (clamped to the model's 131072)
-    # tokens per slot on a 48 GiB GPU; with 4 slots the KV cache alone is 2 × 32 × 524288 × 8 × 128 × 34/32 B.
+    # numCtx unset and no OLLAMA_CONTEXT_LENGTH: Ollama's tier gives 32768 tokens per slot on an L40S (it
+    # reports 46068 MiB, under the 47 GiB tier); with 4 slots qwen2.5:32b's KV cache alone is
+    # 2 × 64 × 131072 × 8 × 128 × 34/32 B = 17 GiB next to 20 GB of weights.
     resources = resources_of("staging")
     node = find(resources, CONTAINER, "ollama")[0]
-    set_models(node, [{"name": "llama3.1", "tag": "8b", "quantization": "q4_K_M", "numCtx": None, "keepLoaded": True}])
+    set_models(node, [{"name": "qwen2.5", "tag": "32b", "quantization": "q4_K_M", "numCtx": None, "keepLoaded": True}])
     set_env(node, "OLLAMA_CONTEXT_LENGTH", None)
     found = violations(resources, "staging", "vram-fit")
     assert len(found) == 1
@@ -68,8 +69,10 @@ def test_vram_fit_catches_the_unset_num_ctx_default_of_big_gpus(resources_of):
 def test_vram_fit_respects_the_headroom_label_and_the_config_floor(resources_of):
     group = load_stack("prod", ROOT).settings.node_groups[0]
     estimate = capacity.estimate_node(group, 0.10)
-    # A headroom that leaves less than the estimate: the same node no longer fits.
-    too_much = 1 - estimate.total / estimate.capacity + 0.01
+    # A headroom that leaves less than the estimate: the same node no longer fits. The headroom is taken
+    # from the memory the driver leaves free.
+    free = estimate.gpus * (estimate.vram_per_gpu - estimate.driver_reserved)
+    too_much = 1 - (estimate.total - estimate.gpus * estimate.driver_reserved) / free + 0.01
     resources = resources_of("prod")
     for node in find(resources, CONTAINER, "ollama"):
         set_label(node, "vram-headroom", f"{too_much:.4f}")

@@ -31,6 +31,8 @@ from fleet.stack_file import load_stack
 ROOT = Path(__file__).resolve().parents[2]
 LLAMA8 = catalog.find_model("llama3.1:8b")
 B = 512  # Ollama's num_batch
+TESTBED = "0.24.0"  # the release the test bed builds: Ollama places layers (v0.15.5-v0.29 rules)
+CURRENT = "0.32.15"  # llama-server --fit (v0.30+ rules)
 
 
 def group(models, instance="g6e.xlarge", **knobs) -> NodeGroup:
@@ -55,8 +57,15 @@ def llama8(num_ctx=8192, quantization="q4_K_M", **extra):
     ],
 )
 def test_kv_cache_of_llama_8b(kv_type, expected):
-    assert capacity.kv_cache_bytes(LLAMA8, 8192, 4, kv_type) == expected
-    assert capacity.kv_cache_bytes(LLAMA8, 8192, 4, "f16") == 4 * GIB
+    # What llama-server allocates (v0.30+): ggml's block sizes.
+    assert capacity.kv_cache_bytes(LLAMA8, 8192, 4, kv_type, ollama_version=CURRENT) == expected
+    assert capacity.kv_cache_bytes(LLAMA8, 8192, 4, "f16", ollama_version=CURRENT) == 4 * GIB
+
+
+@pytest.mark.parametrize("kv_type, per_element", [("f16", 2), ("q8_0", 1), ("q4_0", 0.5)])
+def test_ollama_layout_counts_kv_with_its_own_bytes_per_element(kv_type, per_element):
+    # v0.13-v0.29 place llama.cpp-runner models with kvCacheBytesPerElement: q8_0 = 1, q4_0 = 0.5 bytes.
+    assert capacity.kv_cache_bytes(LLAMA8, 8192, 4, kv_type, ollama_version=TESTBED) == int(2 * 32 * 32768 * 8 * 128 * per_element)
 
 
 def test_kv_cache_holds_only_the_window_on_gemma3_sliding_layers():
@@ -65,15 +74,18 @@ def test_kv_cache_holds_only_the_window_on_gemma3_sliding_layers():
     full = 10 * (32768 * 4) * per_token_layer  # 10 global layers hold num_ctx × num_parallel = 131072 tokens
     window = 52 * (1024 * 4 + B) * per_token_layer  # 52 local layers hold window × num_parallel + batch = 4608 tokens
     assert full + window == 12_700_352_512
-    assert capacity.kv_cache_bytes(gemma, 32768, 4, "f16") == full + window
+    for version in (TESTBED, CURRENT):  # Ollama's engine and llama.cpp both keep only the window
+        assert capacity.kv_cache_bytes(gemma, 32768, 4, "f16", ollama_version=version) == full + window
     # A context shorter than the window: every layer holds the whole context.
     assert capacity.kv_cache_bytes(gemma, 1024, 1, "f16") == 62 * 1024 * per_token_layer
 
 
 def test_gemma2_reserves_full_context_on_the_llama_cpp_runner():
     gemma2 = catalog.find_model("gemma2:9b")
-    assert capacity.engine(gemma2) == "llama.cpp"
-    assert capacity.kv_cache_bytes(gemma2, 8192, 2, "f16") == 2 * 42 * 16384 * 8 * 256 * 2
+    assert capacity.engine(gemma2, TESTBED) == "llama.cpp"
+    assert capacity.kv_cache_bytes(gemma2, 8192, 2, "f16", ollama_version=TESTBED) == 2 * 42 * 16384 * 8 * 256 * 2
+    # llama-server (v0.30+) keeps the 4096-token window on the 21 local layers: 21 × 16384 + 21 × (4096·2 + 512)
+    assert capacity.kv_cache_bytes(gemma2, 8192, 2, "f16", ollama_version=CURRENT) == (21 * 16384 + 21 * 8704) * 8 * 256 * 2 * 2
 
 
 # ---- weights ----------------------------------------------------------------------------------------------
@@ -97,27 +109,41 @@ def test_graph_of_llama_follows_ollamas_estimate():
     attention = 4 * B * (1 + 4 * 4096 + 32768 * 33)
     logits = 4 * B * (4096 + 128256)
     assert (attention, logits) == (2_248_148_992, 271_056_896)
-    assert capacity.graph_bytes(LLAMA8, 8192, 4, "q8_0", True) == attention
+    assert capacity.graph_bytes(LLAMA8, 8192, 4, "q8_0", True, ollama_version=CURRENT) == attention
     # A short context: the logits dominate. C = B = 512: 4·512·(1 + 16384 + 512·33) = 68,159,488 < logits
-    assert capacity.graph_bytes(LLAMA8, 512, 1) == logits
+    assert capacity.graph_bytes(LLAMA8, 512, 1, ollama_version=CURRENT) == logits
+
+
+def test_ollama_layout_reserves_the_larger_of_partial_and_full_graph():
+    # GraphSize's partial offload for llama, C = 32768, B = 512, E = 4096, H = 32, Hkv = 8, E/H = 128, V = 128256:
+    # 4·B·E + max(4·B·(1 + E + C) + E²·9/16 + 4·C·(B·H + 128·8), 4·B·(E + V) + E·V·105/128)
+    partial = 4 * B * 4096 + max(
+        4 * B * (1 + 4096 + 32768) + 4096 * 4096 * 9 // 16 + 4 * 32768 * (B * 32 + 128 * 8),
+        4 * B * (4096 + 128256) + 4096 * 128256 * 105 // 128,
+    )
+    assert partial == 2_375_026_688 > 2_248_148_992  # the full-offload estimate
+    assert capacity.graph_bytes(LLAMA8, 8192, 4, "q8_0", True, quantization="q4_K_M", ollama_version=TESTBED) == partial
 
 
 def test_graph_of_qwen2():
     qwen = catalog.find_model("qwen2.5:7b")
     # C = 4096, B = 512: max(4·B·(3584 + 152064), 4·B·(1 + 2·3584 + 4096 + 4096·28))
     assert 4 * B * (3584 + 152064) == 318_767_104 > 4 * B * (1 + 7168 + 4096 + 4096 * 28)
-    assert capacity.graph_bytes(qwen, 4096, 1) == 318_767_104
+    assert capacity.graph_bytes(qwen, 4096, 1, ollama_version=CURRENT) == 318_767_104
+    # Partial offload adds the output matrix share: 4·B·(E + V) + E·V·105/128
+    partial = 4 * B * (3584 + 152064) + 3584 * 152064 * 105 // 128
+    assert capacity.graph_bytes(qwen, 4096, 1, ollama_version=TESTBED) == partial == 765_835_264
 
 
 def test_graph_on_the_ollama_engine_depends_on_flash_attention():
     qwen3 = catalog.find_model("qwen3:8b")
-    assert capacity.engine(qwen3) == "ollama"
+    assert capacity.engine(qwen3, TESTBED) == "ollama"
     # C = 32768, B = 512, E = 4096, n_ff = 12288, H = 32
     mask_and_ffn = 2 * B * 32768 + 4 * B * (4 * 4096 + 3 * 12288)  # 33,554,432 + 109,051,904
     scores = 4 * B * (4 * 4096 + 32 * 32768)  # f32 scores of every head without flash attention
     assert (mask_and_ffn, scores) == (142_606_336, 2_181_038_080)
-    assert capacity.graph_bytes(qwen3, 8192, 4, "f16", True) == mask_and_ffn
-    assert capacity.graph_bytes(qwen3, 8192, 4, "f16", False) == scores
+    assert capacity.graph_bytes(qwen3, 8192, 4, "f16", True, ollama_version=TESTBED) == mask_and_ffn
+    assert capacity.graph_bytes(qwen3, 8192, 4, "f16", False, ollama_version=TESTBED) == scores
 
 
 @pytest.mark.parametrize(
@@ -128,36 +154,43 @@ def test_ollama_engine_graph_matches_ollamas_logged_compute_graph(num_ctx, flash
     # `msg="compute graph"` of Ollama v0.24.0 with OLLAMA_NEW_ENGINE=1, SmolLM2-135M (576 embedding, 9 heads,
     # 1536 feed-forward), OLLAMA_NUM_PARALLEL=4, on CPU (fleet.local.memory_probe). Without flash attention at
     # num_ctx 2048: 4·512·(4·576 + 9·8192) = 155,713,536; with it at 8192: 2·512·32768 + 4·512·(4·576 + 3·1536).
+    from fleet import capacity_terms
+
     arch = catalog.find_model("smollm2:135m")
-    assert capacity.graph_bytes(arch, num_ctx, 4, "f16", flash, serving_engine="ollama") == logged
+    assert capacity_terms._ollama_engine_graph(arch, num_ctx * 4, min(512, num_ctx), flash) == logged
 
 
 def test_graph_fallback_for_architectures_without_a_formula():
     phi3 = catalog.find_model("phi3:3.8b")
     kv = 2 * 32 * (4096 * 2) * 32 * 96 * 2  # 3,221,225,472
-    assert capacity.kv_cache_bytes(phi3, 4096, 2) == kv
-    assert capacity.graph_bytes(phi3, 4096, 2) == (32 // 32) * kv // 6 == 536_870_912
+    assert capacity.kv_cache_bytes(phi3, 4096, 2, ollama_version=TESTBED) == kv
+    assert capacity.graph_bytes(phi3, 4096, 2, ollama_version=TESTBED) == (32 // 32) * kv // 6 == 536_870_912
 
 
 # ---- per node ----------------------------------------------------------------------------------------------
 
 
+L40S_FREE = (46068 - 685) * MIB  # nvidia-smi's total less the driver's idle reservation
+
+
 def test_staging_node_by_hand():
+    """llama3.1:8b q4_K_M, 8192 × 4, q8_0 cache on one L40S, as Ollama v0.24.0 lays it out."""
     settings = load_stack("staging", ROOT).settings
-    estimate = capacity.estimate_node(settings.node_groups[0], settings.policy.vram_headroom)
-    weights = 4_604_498_176
-    kv = 2 * 32 * 32768 * 8 * 128 * 34 // 32  # q8_0 cache, 8192 × 4 tokens
-    graph = 4 * B * (1 + 4 * 4096 + 32768 * 33)
-    # Margin: 457 MiB + one layer (weights/32 + KV/32) = 694,392,968 B < llama.cpp's 1024 MiB fit target
-    buffer = weights // 32 + kv // 32
-    assert 457 * MIB + buffer == 694_392_968 < 1024 * MIB
+    estimate = capacity.estimate_node(settings.node_groups[0], settings.policy.vram_headroom, ollama_version=TESTBED)
+    # Layers on the GPU: the 4.9 GB blob less token_embd (128256 × 4096 at q4_K, 144 B per 256 weights)
+    weights = 4_900_000_000 - 128256 * 4096 * 144 // 256
+    output = 128256 * 4096 * 210 // 256 + 4 * 4096  # output.weight at q6_K + output_norm (f32)
+    kv = 2 * 32 * 32768 * 8 * 128 * 1  # Ollama's estimate counts q8_0 as 1 byte per element
+    graph = 4 * B * 4096 + 4 * B * (1 + 4096 + 32768) + 4096 * 4096 * 9 // 16 + 4 * 32768 * (B * 32 + 128 * 8)
+    buffer = (weights - output) // 32 + kv // 32  # blk.0 and its KV
     model = estimate.models[0]
     assert (model.weights, model.kv_cache, model.graph, model.layer_buffer) == (weights, kv, graph, buffer)
-    assert estimate.overhead == 1024 * MIB
-    assert estimate.total == weights + kv + graph + 1024 * MIB == 10_208_090_368
-    assert estimate.usable == int(48 * GIB * 0.9)
+    assert model.kv_cache_type == "q8_0" and model.flash_attention and not model.notes
+    assert estimate.overhead == 457 * MIB + buffer + 685 * MIB
+    assert estimate.total == weights + kv + graph + 457 * MIB + buffer + 685 * MIB
+    assert estimate.usable == int(L40S_FREE * 0.9)
     assert estimate.fits and estimate.verdict == "fits"
-    assert estimate.free_share == pytest.approx(1 - 10_208_090_368 / (48 * GIB))
+    assert estimate.ollama_rules == "v0.15.5–v0.29" and estimate.ollama_version == TESTBED
 
 
 def test_dev_node_on_cpu_has_no_vram_verdict():
@@ -170,24 +203,39 @@ def test_dev_node_on_cpu_has_no_vram_verdict():
     assert estimate.overhead == 0 and estimate.total == model.total
 
 
-def test_a_model_too_big_for_one_gpu_is_split():
+def test_a_model_too_big_for_one_gpu_is_placed_in_whole_layers():
     g = group([{"name": "llama3.1", "tag": "70b", "quantization": "q4_K_M", "num_ctx": 8192}], "g6e.12xlarge", num_parallel=4)
-    estimate = capacity.estimate_node(g)
+    estimate = capacity.estimate_node(g, ollama_version=TESTBED)
     model = estimate.models[0]
     assert model.gpus == 2 and estimate.fits
     used = [u for u in estimate.gpu_usage if u.models]
-    assert len(used) == 2 and all(u.used == -(-(model.weights + model.kv_cache) // 2) + model.graph for u in used)
-    assert estimate.total == sum(u.used + u.margin for u in used)
-    spread = capacity.estimate_node(g.model_copy(update={"ollama": g.ollama.model_copy(update={"sched_spread": True})}))
+    layers = model.layers()
+    # Each GPU holds a run of whole layers plus the graph; the output layer (last) sits on one GPU only.
+    parts = sorted(u.used - model.graph for u in used)
+    assert sum(parts) == sum(layers) == model.weights + model.kv_cache
+    prefix = [sum(layers[:i]) for i in range(len(layers) + 1)]
+    assert parts[0] in prefix or sum(layers) - parts[0] in prefix
+    assert estimate.total == sum(u.used + u.margin for u in used) + 4 * 685 * MIB
+    # The fullest GPU decides: shrink the headroom until that GPU is over its limit.
+    fullest = max(u.total for u in used)
+    tight = capacity.estimate_node(g, headroom=1 - fullest / L40S_FREE + 0.001, ollama_version=TESTBED)
+    assert tight.models[0].gpus > 2 or not tight.fits
+    spread = capacity.estimate_node(g.model_copy(update={"ollama": g.ollama.model_copy(update={"sched_spread": True})}), ollama_version=TESTBED)
     assert spread.models[0].gpus == 4
 
 
 def test_resident_models_share_the_gpu_and_one_margin():
     g = group([llama8(), {"name": "nomic-embed-text", "tag": "v1.5", "quantization": "fp16", "num_ctx": 2048}], num_parallel=2)
-    estimate = capacity.estimate_node(g)
+    estimate = capacity.estimate_node(g, ollama_version=TESTBED)
     assert [u.models for u in estimate.gpu_usage] == [("llama3.1:8b", "nomic-embed-text:v1.5")]
     assert estimate.total == sum(m.total for m in estimate.models) + estimate.overhead
-    assert estimate.overhead == 1024 * MIB
+    # One margin on the GPU: 457 MiB + the larger layer buffer (llama's; nomic-bert runs on Ollama's engine)
+    llama = estimate.model("llama3.1:8b")
+    assert estimate.overhead == 457 * MIB + llama.layer_buffer + 685 * MIB
+    # The embedding model runs with one slot whatever OLLAMA_NUM_PARALLEL says.
+    nomic = estimate.model("nomic-embed-text:v1.5")
+    assert nomic.num_parallel == 1 and nomic.kv_cache == 2 * 12 * 2048 * 12 * 64 * 2
+    assert any("one slot" in note for note in nomic.notes)
 
 
 def test_too_many_models_for_max_loaded_models():
@@ -204,16 +252,20 @@ def test_on_demand_model_must_fit_next_to_the_resident_ones():
     assert not estimate.fits and "loaded on demand" in estimate.problems[0]
 
 
-def test_unset_num_ctx_uses_ollamas_vram_tier():
-    for instance, tokens in [("g6e.xlarge", 262144), ("g5.xlarge", 32768), ("g4dn.xlarge", 4096), ("g4dn.12xlarge", 262144)]:
-        assert capacity.default_num_ctx(catalog.find_instance(instance)) == tokens
-    # OLLAMA_GPU_OVERHEAD counts against the tier: 48 − 2 GiB < 47 GiB
-    assert capacity.default_num_ctx(catalog.find_instance("g6e.xlarge"), 2 * GIB) == 32768
-    unset = group([{"name": "qwen2.5", "tag": "7b"}], "g5.xlarge")
-    num_ctx, source = capacity.effective_num_ctx(unset.models[0], unset, catalog.find_model("qwen2.5:7b"))
+def test_unset_num_ctx_uses_ollamas_default_of_the_release():
+    # v0.15.5+: tiers of the VRAM the GPUs report (A10G 23028 MiB < 23 GiB, L40S 46068 MiB < 47 GiB).
+    for instance, tokens in [("g6e.xlarge", 32768), ("g5.xlarge", 4096), ("g6.xlarge", 4096), ("g4dn.xlarge", 4096),
+                             ("g5.12xlarge", 262144), ("p4d.24xlarge", 262144)]:
+        assert capacity.default_num_ctx(catalog.find_instance(instance), ollama_version=TESTBED) == tokens
+        assert capacity.default_num_ctx(catalog.find_instance(instance), ollama_version="0.13.1") == 4096
+    # OLLAMA_GPU_OVERHEAD counts against the tier: 4 × (23028 MiB − 12 GiB) < 47 GiB
+    assert capacity.default_num_ctx(catalog.find_instance("g5.12xlarge"), 12 * GIB, TESTBED) == 32768
+    unset = group([{"name": "qwen2.5", "tag": "7b"}], "g6e.xlarge")
+    num_ctx, source = capacity.effective_num_ctx(unset.models[0], unset, catalog.find_model("qwen2.5:7b"), TESTBED)
     assert (num_ctx, source) == (32768, "vram-tier")
-    big = group([{"name": "qwen2.5", "tag": "7b"}], "g6e.xlarge")  # 262144, clamped to the trained 32768
-    assert capacity.effective_num_ctx(big.models[0], big, catalog.find_model("qwen2.5:7b")) == (32768, "vram-tier")
+    assert capacity.effective_num_ctx(unset.models[0], unset, None, "0.15.4") == (4096, "default")
+    big = group([{"name": "qwen2.5", "tag": "7b"}], "p4d.24xlarge")  # 262144, clamped to the trained 32768
+    assert capacity.effective_num_ctx(big.models[0], big, catalog.find_model("qwen2.5:7b"), TESTBED) == (32768, "vram-tier")
 
 
 def test_context_length_env_sets_models_without_num_ctx():
@@ -229,29 +281,29 @@ def test_context_length_env_sets_models_without_num_ctx():
 
 def test_largest_num_parallel_by_hand():
     g = group([llama8()], num_parallel=4, flash_attention=True, kv_cache_type="q8_0")
-    # Per slot: KV 2·32·8192·8·128·34/32 = 570,425,344; graph 4·512·8192·33 = 553,648,128; layer buffer KV/32.
-    # Fixed: weights 4,604,498,176 + graph 4·512·(1 + 16384) + 457 MiB + weights/32 (the margin exceeds
-    # 1024 MiB from p = 26 on). total(p) = 5,261,144,456 + 1,141,899,264·p ≤ 0.9 × 48 GiB = 46,385,646,796
-    per_slot = 570_425_344 + 553_648_128 + 570_425_344 // 32
-    fixed = 4_604_498_176 + 4 * B * 16385 + 457 * MIB + 4_604_498_176 // 32
-    assert (fixed, per_slot) == (5_261_144_456, 1_141_899_264)
-    expected = (int(48 * GIB * 0.9) - fixed) // per_slot
-    assert expected == 36
-    assert capacity.max_num_parallel(g, 0.10) == 36
-    at = lambda p: capacity.estimate_node(g.model_copy(update={"ollama": g.ollama.model_copy(update={"num_parallel": p})}))  # noqa: E731
-    assert at(36).fits and not at(37).fits
-    assert at(36).total == fixed + 36 * per_slot
+    # Ollama v0.24.0 on one L40S, headroom 10%. Per slot (8192 tokens): KV 2·32·8192·8·128·1 B, the partial
+    # graph's context terms 4·B·8192 + 4·8192·(B·32 + 128·8), and the layer buffer's KV share (KV / 32).
+    kv_slot = 2 * 32 * 8192 * 8 * 128
+    per_slot = kv_slot + 4 * B * 8192 + 4 * 8192 * (B * 32 + 128 * 8) + kv_slot // 32
+    weights = 4_900_000_000 - 128256 * 4096 * 144 // 256
+    output = 128256 * 4096 * 210 // 256 + 4 * 4096
+    fixed = weights + 4 * B * 4096 + 4 * B * (1 + 4096) + 4096 * 4096 * 9 // 16 + 457 * MIB + (weights - output) // 32
+    expected = (int(L40S_FREE * 0.9) - fixed) // per_slot
+    assert capacity.max_num_parallel(g, 0.10, ollama_version=TESTBED) == expected == 32
+    at = lambda p: capacity.estimate_node(g.model_copy(update={"ollama": g.ollama.model_copy(update={"num_parallel": p})}), ollama_version=TESTBED)  # noqa: E731
+    assert at(expected).fits and not at(expected + 1).fits
+    assert at(expected).total == fixed + expected * per_slot + 685 * MIB
 
 
 def test_largest_num_ctx_fits_and_one_step_more_does_not():
-    g = group([{"name": "llama3.1", "tag": "70b", "quantization": "q4_K_M", "num_ctx": 8192}], num_parallel=4)
-    best = capacity.max_num_ctx(g, "llama3.1:70b", 0.10)
-    assert best is not None and best % 256 == 0 and best < 8192
-    at = lambda n: capacity.fits(g.model_copy(update={"models": [g.models[0].model_copy(update={"num_ctx": n})]}), 0.10)  # noqa: E731
+    g = group([{"name": "qwen2.5", "tag": "32b", "quantization": "q4_K_M", "num_ctx": 32768}], num_parallel=4)
+    best = capacity.max_num_ctx(g, "qwen2.5:32b", 0.10, ollama_version=TESTBED)
+    assert best is not None and best % 256 == 0 and best < 32768
+    at = lambda n: capacity.fits(g.model_copy(update={"models": [g.models[0].model_copy(update={"num_ctx": n})]}), 0.10, ollama_version=TESTBED)  # noqa: E731
     assert at(best) and not at(best + 256)
     # Capped by the model's trained context when even that fits.
     small = group([{"name": "llama3.2", "tag": "1b", "num_ctx": 8192}], num_parallel=1)
-    assert capacity.max_num_ctx(small, "llama3.2:1b") == catalog.find_model("llama3.2:1b").max_context == 131072
+    assert capacity.max_num_ctx(small, "llama3.2:1b", ollama_version=CURRENT) == catalog.find_model("llama3.2:1b").max_context == 131072
 
 
 def test_quantizations_that_fit():
@@ -329,7 +381,10 @@ def test_custom_gguf_model_in_a_node_group(tmp_path):
     g = NodeGroup(name="c", instance_type="g4dn.xlarge", models=[spec], ollama=OllamaSettings(num_parallel=2, kv_cache_type="f16"))
     estimate = capacity.estimate_node(g)
     model = estimate.models[0]
-    assert model.quantization == "q4_1" and model.weights == copy.stat().st_size  # tied: the whole file on the GPU
+    arch = read_arch(copy)
+    # Tied: every layer and token_embd (as the output) on the GPU, which is the file less its header and rope data
+    assert model.quantization == "q4_1" and model.weights == arch.offload_bytes["q4_1"]
+    assert 0.97 * copy.stat().st_size < model.weights < copy.stat().st_size  # the header holds the vocabulary
     assert model.kv_cache == 2 * 30 * 4096 * 3 * 64 * 2
     assert estimate.fits
 
@@ -437,7 +492,7 @@ def test_fit_json_matches_the_model(cli):
     data = json.loads(result.output)
     expected = capacity.estimate_fit("llama3.1:8b", "q4_K_M", 8192, 4, "g6e.xlarge", "q8_0")
     assert data == json.loads(json.dumps(expected.to_dict()))
-    assert data["models"][0]["kvCache"] == 2 * 32 * 32768 * 8 * 128 * 34 // 32
+    assert data["models"][0]["kvCache"] == 2 * 32 * 32768 * 8 * 128 * 34 // 32  # the default image: llama-server
 
 
 def test_fit_that_does_not_fit_and_bad_input(cli):
@@ -465,6 +520,7 @@ def test_estimate_against_a_real_ollama(tmp_path):
     """Ollama's own figures for the test model at several num_ctx × num_parallel, against the estimate: the
     weights and KV cache Ollama accounts (`/api/ps` size, which on CPU carries no graph) within ±5%, the KV
     cache exact, and the Ollama engine's logged compute graph within ±5%."""
+    from fleet import capacity_terms
     from fleet.local.memory_probe import probe_matrix
     from fleet.local.ollama import OllamaSettings
     from fleet.local.ollama_build import ensure_ollama
@@ -473,14 +529,14 @@ def test_estimate_against_a_real_ollama(tmp_path):
     arch = catalog.find_model("smollm2:135m")
     rows = probe_matrix(binary, (2048, 8192), (1, 4), workdir=tmp_path)
     for row in rows:
-        estimate = capacity.estimate_model(arch, "q4_1", row["num_ctx"], row["num_parallel"], "f16", on_gpu=False)
+        estimate = capacity.estimate_model(arch, "q4_1", row["num_ctx"], row["num_parallel"], "f16", on_gpu=False, ollama_version=TESTBED)
         assert estimate.kv_cache == row["ollama_kv_cache"], row
         error = (estimate.weights + estimate.kv_cache) / row["ps_size"] - 1
         print(f"llama.cpp runner ctx {row['num_ctx']} × {row['num_parallel']}: size {row['ps_size']} error {error:+.2%}")
         assert abs(error) <= 0.05, row
     engine_rows = probe_matrix(binary, (4096,), (2,), workdir=tmp_path, settings=OllamaSettings(new_engine=True, flash_attention=True))
     for row in engine_rows:
-        graph = capacity.graph_bytes(arch, row["num_ctx"], row["num_parallel"], "f16", True, serving_engine="ollama")
+        graph = capacity_terms._ollama_engine_graph(arch, row["num_ctx"] * row["num_parallel"], min(512, row["num_ctx"]), True)
         error = graph / row["ollama_compute_graph"] - 1
         print(f"Ollama engine ctx {row['num_ctx']} × {row['num_parallel']}: graph {row['ollama_compute_graph']} error {error:+.2%}")
         assert abs(error) <= 0.05, row

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleet import catalog
-from fleet.catalog import GIB
+from fleet.catalog import GIB, MIB
 from fleet.config import ModelSpec
 
 REQUIRED = {
@@ -81,24 +81,32 @@ def test_sliding_window_patterns():
 
 
 @pytest.mark.parametrize(
-    "name, gpus, vram, gpu",
+    "name, gpus, reported_mib, reserved_mib, gpu",
     [
-        ("g4dn.xlarge", 1, 16 * GIB, "T4"),
-        ("g5.xlarge", 1, 24 * GIB, "A10G"),
-        ("g5.12xlarge", 4, 24 * GIB, "A10G"),
-        ("g5.48xlarge", 8, 24 * GIB, "A10G"),
-        ("g6.xlarge", 1, 24 * GIB, "L4"),
-        ("g6e.xlarge", 1, 48 * GIB, "L40S"),
-        ("p4d.24xlarge", 8, 40 * GIB, "A100 40GB"),
-        ("p4de.24xlarge", 8, 80 * GIB, "A100 80GB"),
-        ("p5.48xlarge", 8, 80 * GIB, "H100"),
-        ("p5e.48xlarge", 8, 141 * 1000**3, "H200"),
+        # `nvidia-smi -q` FB Memory Usage on idle GPUs: Total and Reserved (MiB)
+        ("g4dn.xlarge", 1, 15360, 393, "T4"),
+        ("g5.xlarge", 1, 23028, 526, "A10G"),
+        ("g5.12xlarge", 4, 23028, 526, "A10G"),
+        ("g5.48xlarge", 8, 23028, 526, "A10G"),
+        ("g6.xlarge", 1, 23034, 556, "L4"),
+        ("g6e.xlarge", 1, 46068, 685, "L40S"),
+        ("p4d.24xlarge", 8, 40960, 620, "A100 40GB"),
+        ("p4de.24xlarge", 8, 81920, 834, "A100 80GB"),
+        ("p5.48xlarge", 8, 81559, 551, "H100"),
+        ("p5e.48xlarge", 8, 143771, 700, "H200"),
     ],
 )
-def test_instances(name, gpus, vram, gpu):
+def test_instances_carry_the_memory_the_driver_reports(name, gpus, reported_mib, reserved_mib, gpu):
     instance = catalog.find_instance(name)
-    assert (instance.gpus, instance.vram_per_gpu, instance.gpu_model) == (gpus, vram, gpu)
-    assert instance.total_vram == gpus * vram
+    assert (instance.gpus, instance.vram_per_gpu, instance.gpu_model) == (gpus, reported_mib * MIB, gpu)
+    assert instance.total_vram == gpus * reported_mib * MIB
+    assert instance.free_per_gpu == (reported_mib - reserved_mib) * MIB
+
+
+def test_reported_memory_is_below_the_marketing_size():
+    # A10G "24 GB" reports 23028 MiB: 10% headroom of the marketing size is only ~4% of what is there.
+    a10g = catalog.find_instance("g5.xlarge")
+    assert a10g.vram_per_gpu < 24 * GIB and 1 - 0.9 * 24 * GIB / a10g.vram_per_gpu < 0.05
 
 
 def test_local_cpu_has_no_gpu():
