@@ -679,13 +679,18 @@ def _fields(estimate: NodeEstimate) -> dict[str, Any]:
 
 
 def estimate_node(
-    group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, ollama_version: str | None = None
+    group: NodeGroup,
+    headroom: float = DEFAULT_HEADROOM,
+    root: Path | None = None,
+    ollama_version: str | None = None,
+    suggest: bool = True,
 ) -> NodeEstimate:
     """All models of one node of `group` placed on its GPUs under the rules of `ollama_version` (default:
-    the release of the default image); `.fits`, per-model terms in bytes, suggestions."""
+    the release of the default image); `.fits`, per-model terms in bytes, and (with `suggest`) what to
+    change when it does not fit."""
     if not 0 <= headroom < 1:
         raise CapacityError("headroom must be in [0, 1)")
-    return _estimate(group, headroom, root, ollama_version=ollama_version)
+    return _estimate(group, headroom, root, suggest=suggest, ollama_version=ollama_version)
 
 
 def fits(group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, ollama_version: str | None = None) -> bool:

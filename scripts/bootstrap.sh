@@ -42,6 +42,8 @@ if [ "$full" = 1 ]; then
     (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || service "$svc" stop >/dev/null 2>&1 || true
   done
   bash scripts/build-ollama.sh
+  # The capacity model's oracle: Ollama's own memory code reading GGUF headers (tests/capacity_oracle).
+  bash scripts/build-oracle.sh >/dev/null
   # actionlint (pinned, built with Go, cached) checks .github/workflows in tests/unit/test_workflows.py.
   bash scripts/install-actionlint.sh
 fi
