@@ -238,3 +238,29 @@ def test_fit_json_names_the_rules_that_applied(cli):
 def test_fit_refuses_an_unsupported_version(cli):
     result = cli("fit", "--model", "llama3.1:8b", "--instance", "g5.xlarge", "--ollama-version", "0.12.3")
     assert result.exit_code == 2 and "v0.13.1–v0.15.4" in result.output and "Traceback" not in result.output
+
+
+def _stack_with_image(tmp_path, image: str):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "Pulumi.yaml").write_text((root / "Pulumi.yaml").read_text())
+    text = (root / "Pulumi.prod.yaml").read_text()
+    text = text.replace("    nodeGroups:\n", f"    images:\n      ollama: {image}\n    nodeGroups:\n", 1)
+    (tmp_path / "Pulumi.test.yaml").write_text(text)
+    return tmp_path
+
+
+def test_plan_uses_the_release_of_the_stacks_image(cli, monkeypatch, tmp_path):
+    monkeypatch.chdir(_stack_with_image(tmp_path, "ollama/ollama:0.24.0@sha256:" + "d" * 64))
+    data = json.loads(cli("plan", "--stack", "test", "--json").output)
+    assert (data["ollamaVersion"], data["ollamaRules"]) == ("0.24.0", "v0.15.5–v0.29")
+    assert data["groups"][0]["ollamaRules"] == "v0.15.5–v0.29"
+
+
+def test_plan_refuses_an_image_of_an_unsupported_release(cli, monkeypatch, tmp_path):
+    monkeypatch.chdir(_stack_with_image(tmp_path, "ollama/ollama:0.12.0@sha256:" + "e" * 64))
+    result = cli("plan", "--stack", "test")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Pulumi.test.yaml: images.ollama: Ollama 0.12.0 is not supported" in result.output
+    assert "v0.30+" in result.output
