@@ -1,6 +1,9 @@
-"""Delivery commands of `fleet`: `smoke` (check a deployed endpoint) and `promote` (carry tested config forward)."""
+"""Delivery commands of `fleet`: `smoke` (check a deployed endpoint), `promote` (carry tested config forward) and
+`deployment-record` (save what a stack runs, for promotion where Pulumi is not reachable)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -141,6 +144,23 @@ def promote(
     )
 
 
+def deployment_record(
+    stack: str = typer.Argument(..., help="Stack whose deployment record is read (through the Pulumi CLI)."),
+    out: Path = typer.Option(..., "--out", help="JSON file to write: outputs (secrets masked), tags, update history."),
+) -> None:
+    """Save what STACK runs (outputs, tags, history) for `fleet promote --record` where Pulumi is not reachable."""
+    from fleet.deployment import DeploymentError, DeploymentRecord
+    from fleet.stack_file import project_root
+
+    try:
+        record = DeploymentRecord.from_pulumi(stack, project_root())
+    except DeploymentError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    out.write_text(record.to_json())
+    console.print(f"wrote the deployment record of {stack} to {out}")
+
+
 def _interactive() -> bool:
     import sys
 
@@ -150,4 +170,5 @@ def _interactive() -> bool:
 def register(app: typer.Typer) -> None:
     app.command("smoke")(smoke)
     app.command("promote")(promote)
+    app.command("deployment-record")(deployment_record)
 

@@ -240,16 +240,18 @@ def test_pinned_images_refuses_latest_and_untagged_everywhere(resources_of, stac
     assert "latest" in found[0].message
 
 
-def test_pinned_images_wants_the_digest_in_prod_only(resources_of):
+def test_pinned_images_wants_the_digest_in_staging_and_prod(resources_of):
+    """Staging runs what prod will get (fleet promote copies it): both pin images by digest; dev need not."""
     tag_only = "ollama/ollama:0.13.1"
-    resources = resources_of("prod")
-    find(resources, REMOTE_IMAGE)[0].inputs["name"] = tag_only
-    found = violations(resources, "prod", "pinned-images")
-    assert len(found) == 1 and "needs its digest" in found[0].message
+    for stack in ("staging", "prod"):
+        resources = resources_of(stack)
+        find(resources, REMOTE_IMAGE)[0].inputs["name"] = tag_only
+        found = violations(resources, stack, "pinned-images")
+        assert len(found) == 1 and "needs its digest" in found[0].message, stack
 
-    resources = resources_of("staging")
+    resources = resources_of("dev")
     find(resources, REMOTE_IMAGE)[0].inputs["name"] = tag_only
-    assert violations(resources, "staging", "pinned-images") == []
+    assert violations(resources, "dev", "pinned-images") == []
 
 
 def test_pinned_images_checks_container_images_too(resources_of):
