@@ -147,7 +147,8 @@ class ModelEstimate:
     gpus: int = 1  # GPUs the model spans (0 on a CPU host)
     gpu_reserve: int = 0  # kept free per GPU in use: 457 MiB (Ollama) or 1024 MiB (llama-server --fit)
     kv_layers: tuple[int, ...] = ()  # KV bytes per repeating layer
-    predicted: int = 0  # v0.30+ scheduler pre-check figure (file + f16 KV), 0 when the release has none
+    predicted: int = 0  # v0.30+ scheduler pre-check figure (file + f16 KV + batch surcharge), 0 before v0.30
+    batch: int = 0  # the batch the runner is started with (v0.30+ raises it for long contexts)
     notes: tuple[str, ...] = ()
 
     @property
@@ -398,8 +399,11 @@ def estimate_model(
     resident: bool = True,
     num_ctx_source: str = "numCtx",
     ollama_version: str | None = None,
+    available: int = 0,
 ) -> ModelEstimate:
-    """One model's terms in bytes under a release's rules (`estimate_node` places it on GPUs)."""
+    """One model's terms in bytes under a release's rules (`estimate_node` places it on GPUs).
+
+    `available`: free GPU memory of the host, which v0.30+ weighs when it picks a larger batch (0: unknown)."""
     if num_ctx < 1 or num_parallel < 1:
         raise CapacityError("num_ctx and num_parallel must be positive")
     rules = rules_of(ollama_version)
@@ -421,8 +425,12 @@ def estimate_model(
     if rules.layer_buffer and engine_name == "llama.cpp":
         buffer = terms.block_bytes(arch, quantization) + (kv_layers[0] if kv_layers else 0)
     predicted = 0
+    batch = terms.batch_size(num_ctx)
     if rules.precheck_share is not None:
         predicted = terms.predicted_server_vram(arch, quantization, num_ctx, parallel)
+        batch = terms.generation_batch(num_ctx * parallel, predicted, available, fa, arch.embedding)
+        if not arch.embedding:
+            predicted += terms.GENERATION_BATCH_SURCHARGE[batch]
     return ModelEstimate(
         ref=arch.ref,
         arch=arch.arch,
@@ -436,13 +444,14 @@ def estimate_model(
         resident=resident,
         weights=weights,
         kv_cache=sum(kv_layers),
-        graph=terms.graph_bytes(arch, quantization, num_ctx, parallel, kv_type, fa, rules),
+        graph=terms.graph_bytes(arch, quantization, num_ctx, parallel, kv_type, fa, rules, batch),
         layer_buffer=buffer,
         output_layer=output,
         gpus=1 if on_gpu else 0,
         gpu_reserve=rules.gpu_reserve,
         kv_layers=kv_layers,
         predicted=predicted,
+        batch=batch,
         notes=tuple(notes),
     )
 
@@ -607,6 +616,7 @@ def _estimate(
                 resident=spec.keep_loaded,
                 num_ctx_source=source,
                 ollama_version=version,
+                available=instance.gpus * instance.free_per_gpu,
             )
         )
     problems: list[str] = []

@@ -65,9 +65,6 @@ OUTPUT_BYTES_PER_WEIGHT: dict[str, Fraction] = {
 
 NO_FLASH_ATTENTION_ARCHS = frozenset({"gemma2", "grok"})  # fs/ggml/ggml.go:879
 
-# Architectures with a GraphSize formula (fs/ggml/ggml.go:663-805) among those the runner may serve.
-GRAPH_FORMULA_ARCHS = frozenset({"llama", "llama4", "gemma", "gemma2", "gemma3", "gemma3n", "qwen2", "phi2"})
-
 
 class CapacityError(ValueError):
     """A model, quantization, instance or Ollama version the capacity model cannot estimate."""
@@ -251,6 +248,48 @@ def graph_size(arch: ModelArch, quantization: str, num_ctx: int, num_parallel: i
     return partial, full
 
 
+GENERATION_BATCHES = (2048, 1024, 512)  # v0.32.15 server/sched.go:797-805
+GENERATION_BATCH_SURCHARGE = {2048: 2 * 1024**3, 1024: 768 * 1024**2, 512: 0}  # server/sched.go:908-917
+
+
+def generation_batch(effective_ctx: int, predicted: int, available: int, flash_attention: bool, embedding: bool = False) -> int:
+    """v0.30+: the batch Ollama starts llama-server with when num_batch is not set (v0.32.15
+    server/sched.go:807-906): 512 without flash attention; else 2048 above 32768 tokens of context, 1024
+    above 4096, stepped down while the prediction leaves too little room (80% of the free memory, and
+    60% / 75% for the larger batches, with the batch's surcharge on top). `available` 0: unknown (no cap)."""
+    if embedding or not flash_attention:
+        return 512
+    batch = 2048 if effective_ctx > 32768 else 1024 if effective_ctx > 4096 else 512
+
+    def fits(size: int) -> bool:
+        if not predicted or not available:
+            return True
+        threshold = available * 80 // 100
+        if predicted > threshold:
+            return False
+        share = 60 if size >= 2048 else 75 if size >= 1024 else 100
+        if predicted > available * share // 100:
+            return False
+        return GENERATION_BATCH_SURCHARGE[size] <= threshold - predicted
+
+    while batch > 512 and not fits(batch):
+        batch = GENERATION_BATCHES[GENERATION_BATCHES.index(batch) + 1]
+    return batch
+
+
+def llama_server_graph(arch: ModelArch, num_ctx: int, batch: int, flash_attention: bool) -> int:
+    """llama-server's compute buffer, derived from what llama.cpp allocates (measured on the test bed's
+    Ollama v0.24.0 llama.cpp runner on CPU, docs/benchmarks.md): it depends on the context of one slot, not
+    on num_parallel; the logits of the batch, `4·b·(E + V)`, plus with flash attention the KQ mask (f32 and
+    its f16 copy, 6 bytes per batch row and token) and the gated FFN stage, summed to stay above the peak;
+    without flash attention the f32 scores of every head, `4·b·(1 + 4E + C·(1 + H))`, plus the logits."""
+    e, v = arch.n_embd, arch.vocab_size
+    logits = 4 * batch * (e + v)
+    if flash_attention:
+        return logits + 6 * batch * num_ctx + 4 * batch * (4 * e + 3 * arch.n_ff)
+    return logits + 4 * batch * (1 + 4 * e + num_ctx * (1 + arch.n_head))
+
+
 def graph_bytes(
     arch: ModelArch,
     quantization: str,
@@ -259,19 +298,19 @@ def graph_bytes(
     kv_cache_type: str,
     flash_attention: bool,
     rules: OllamaRules,
+    batch: int | None = None,
 ) -> int:
-    """Compute-graph bytes reserved on each GPU that holds layers of the model."""
+    """Compute-graph bytes reserved on each GPU that holds layers of the model (`batch`: v0.30+'s
+    generation batch, by default the largest its context allows)."""
     context = num_ctx * num_parallel
     engine = rules.engine(arch.arch)
     if rules.layout == "ollama":
         if engine == "ollama":
             return _ollama_engine_graph(arch, context, batch_size(num_ctx), flash_attention)
         return max(graph_size(arch, quantization, num_ctx, num_parallel, kv_cache_type, rules))
-    # llama-server: llama.cpp sizes its compute buffer itself. GraphSize's full-offload estimate where it
-    # has a formula (an upper bound: it ignores flash attention), else the calibrated worst-case batch.
-    if arch.arch in GRAPH_FORMULA_ARCHS:
-        return graph_size(arch, quantization, num_ctx, num_parallel, kv_cache_type, rules)[1]
-    return _ollama_engine_graph(arch, context, batch_size(num_ctx), flash_attention)
+    if batch is None:
+        batch = generation_batch(context, 0, 0, flash_attention, arch.embedding)
+    return llama_server_graph(arch, num_ctx, min(batch, max(num_ctx, 1)) if arch.embedding else batch, flash_attention)
 
 
 def predicted_server_vram(arch: ModelArch, quantization: str, num_ctx: int, num_parallel: int) -> int:

@@ -56,10 +56,10 @@ def test_vram_fit_refuses_a_model_that_does_not_fit(resources_of):
 def test_vram_fit_catches_the_unset_num_ctx_default_of_big_gpus(resources_of):
     # numCtx unset and no OLLAMA_CONTEXT_LENGTH: Ollama's tier gives 32768 tokens per slot on an L40S (it
     # reports 46068 MiB, under the 47 GiB tier); with 4 slots qwen2.5:32b's KV cache alone is
-    # 2 × 64 × 131072 × 8 × 128 × 34/32 B = 17 GiB next to 20 GB of weights.
+    # 2 × 64 × 131072 × 8 × 128 × 34/32 B = 17 GiB next to 35 GB of q8_0 weights.
     resources = resources_of("staging")
     node = find(resources, CONTAINER, "ollama")[0]
-    set_models(node, [{"name": "qwen2.5", "tag": "32b", "quantization": "q4_K_M", "numCtx": None, "keepLoaded": True}])
+    set_models(node, [{"name": "qwen2.5", "tag": "32b", "quantization": "q8_0", "numCtx": None, "keepLoaded": True}])
     set_env(node, "OLLAMA_CONTEXT_LENGTH", None)
     found = violations(resources, "staging", "vram-fit")
     assert len(found) == 1

@@ -22,7 +22,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fleet import capacity, catalog
+from fleet import capacity, capacity_terms, catalog
 from fleet.capacity import GIB, MIB
 from fleet.config import ModelSpec, NodeGroup, OllamaSettings
 from fleet.gguf_arch import GgufError, read_arch
@@ -109,9 +109,25 @@ def test_graph_of_llama_follows_ollamas_estimate():
     attention = 4 * B * (1 + 4 * 4096 + 32768 * 33)
     logits = 4 * B * (4096 + 128256)
     assert (attention, logits) == (2_248_148_992, 271_056_896)
-    assert capacity.graph_bytes(LLAMA8, 8192, 4, "q8_0", True, ollama_version=CURRENT) == attention
+    rules = capacity.rules_of(TESTBED)
+    assert capacity_terms.graph_size(LLAMA8, "q4_K_M", 8192, 4, "q8_0", rules)[1] == attention
     # A short context: the logits dominate. C = B = 512: 4·512·(1 + 16384 + 512·33) = 68,159,488 < logits
-    assert capacity.graph_bytes(LLAMA8, 512, 1, ollama_version=CURRENT) == logits
+    assert capacity_terms.graph_size(LLAMA8, "q4_K_M", 512, 1, "f16", rules)[1] == logits
+
+
+def test_llama_server_graph_follows_one_slot_and_the_generation_batch():
+    # v0.30+: 8192 × 4 = 32768 tokens → Ollama raises the batch to 1024 (context > 4096, memory unknown);
+    # llama.cpp's buffer follows one slot's 8192 tokens: logits 4·b·(E + V) + mask 6·b·8192 + FFN 4·b·(4E + 3·n_ff)
+    b = 1024
+    expected = 4 * b * (4096 + 128256) + 6 * b * 8192 + 4 * b * (4 * 4096 + 3 * 14336)
+    assert capacity.graph_bytes(LLAMA8, 8192, 4, "q8_0", True, ollama_version=CURRENT) == expected
+    without_fa = 4 * 512 * (4096 + 128256) + 4 * 512 * (1 + 4 * 4096 + 8192 * 33)
+    assert capacity.graph_bytes(LLAMA8, 8192, 4, "f16", False, ollama_version=CURRENT) == without_fa
+    assert capacity_terms.generation_batch(2048, 0, 0, True) == 512
+    assert capacity_terms.generation_batch(40000, 0, 0, True) == 2048
+    # Stepped down when the prediction leaves too little room: 70% of free memory rules out 2048 (60%)
+    assert capacity_terms.generation_batch(40000, 70 * GIB, 100 * GIB, True) == 1024
+    assert capacity_terms.generation_batch(40000, 79 * GIB, 100 * GIB, True) == 512
 
 
 def test_ollama_layout_reserves_the_larger_of_partial_and_full_graph():
@@ -129,7 +145,7 @@ def test_graph_of_qwen2():
     qwen = catalog.find_model("qwen2.5:7b")
     # C = 4096, B = 512: max(4·B·(3584 + 152064), 4·B·(1 + 2·3584 + 4096 + 4096·28))
     assert 4 * B * (3584 + 152064) == 318_767_104 > 4 * B * (1 + 7168 + 4096 + 4096 * 28)
-    assert capacity.graph_bytes(qwen, 4096, 1, ollama_version=CURRENT) == 318_767_104
+    assert capacity_terms.graph_size(qwen, "q4_K_M", 4096, 1, "f16", capacity.rules_of(TESTBED))[1] == 318_767_104
     # Partial offload adds the output matrix share: 4·B·(E + V) + E·V·105/128
     partial = 4 * B * (3584 + 152064) + 3584 * 152064 * 105 // 128
     assert capacity.graph_bytes(qwen, 4096, 1, ollama_version=TESTBED) == partial == 765_835_264
@@ -328,12 +344,12 @@ def test_smallest_instance_that_fits():
 
 def test_suggestions_each_make_the_node_fit():
     g = group([{"name": "llama3.1", "tag": "8b", "quantization": "fp16"}], "g5.xlarge", num_parallel=8)
-    estimate = capacity.estimate_node(g)
+    estimate = capacity.estimate_node(g, ollama_version=TESTBED)
     assert not estimate.fits
     joined = "\n".join(estimate.suggestions)
     assert "set numCtx" in joined and "ollama.numParallel: 8 → " in joined and "instanceType: g5.xlarge → " in joined
     parallel = int(joined.split("ollama.numParallel: 8 → ")[1].split()[0])
-    assert capacity.fits(g.model_copy(update={"ollama": g.ollama.model_copy(update={"num_parallel": parallel})}))
+    assert capacity.fits(g.model_copy(update={"ollama": g.ollama.model_copy(update={"num_parallel": parallel})}), ollama_version=TESTBED)
 
 
 def test_max_conns_per_node():
@@ -520,7 +536,6 @@ def test_estimate_against_a_real_ollama(tmp_path):
     """Ollama's own figures for the test model at several num_ctx × num_parallel, against the estimate: the
     weights and KV cache Ollama accounts (`/api/ps` size, which on CPU carries no graph) within ±5%, the KV
     cache exact, and the Ollama engine's logged compute graph within ±5%."""
-    from fleet import capacity_terms
     from fleet.local.memory_probe import probe_matrix
     from fleet.local.ollama import OllamaSettings
     from fleet.local.ollama_build import ensure_ollama

@@ -200,8 +200,9 @@ def test_an_invalid_source_or_a_missing_stack_is_refused(project):
 
 
 def test_refused_when_the_promoted_models_do_not_fit_the_target_gpus(project, monkeypatch):
-    """staging runs on 48 GiB L40S; a 24 GiB A10G target cannot hold the context staging was tested with."""
-    edit(project / "Pulumi.staging.yaml", ("            numCtx: 8192\n", "            numCtx: 32768\n"))
+    """staging runs on 48 GiB L40S; a 24 GiB A10G target cannot hold the context staging was tested with
+    (65536 × 4 tokens: an 18 GB q8_0 KV cache next to 4.6 GB of weights)."""
+    edit(project / "Pulumi.staging.yaml", ("            numCtx: 8192\n", "            numCtx: 65536\n"))
     edit(project / "Pulumi.prod.yaml", ("        instanceType: g6e.xlarge\n", "        instanceType: g5.xlarge\n"))
     staging = load_stack_file(project / "Pulumi.staging.yaml")
     assert estimate_node(staging.settings.node_groups[0], 0.10).fits  # it fits where it was tested
@@ -210,8 +211,8 @@ def test_refused_when_the_promoted_models_do_not_fit_the_target_gpus(project, mo
     result = run_cli(project, monkeypatch, "staging", "prod", "--yes")
 
     assert result.exit_code == 3, result.output
-    assert "+            numCtx: 32768" in result.output
-    assert result.output.index("+            numCtx: 32768") < result.output.index("refused")  # the diff comes first
+    assert "+            numCtx: 65536" in result.output
+    assert result.output.index("+            numCtx: 65536") < result.output.index("refused")  # the diff comes first
     assert "does not fit g5.xlarge" in result.output
     assert (project / "Pulumi.prod.yaml").read_bytes() == before
 

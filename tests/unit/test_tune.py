@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import typer
@@ -86,8 +87,15 @@ def test_num_parallel_change_names_the_yaml_key_and_command():
     assert change.command("prod") == "pulumi config set --stack prod --path 'fleet.nodeGroups[0].ollama.numParallel' 8"
 
 
+def _long_context(settings):
+    """prod with 32768-token slots, so that the largest numParallel that fits is well below the search limit."""
+    group = settings.node_groups[0]
+    models = [m.model_copy(update={"num_ctx": 32768}) for m in group.models]
+    return settings.model_copy(update={"node_groups": [group.model_copy(update={"models": models})]})
+
+
 def test_num_parallel_beyond_the_capacity_model_is_refused():
-    settings = load_stack("prod").settings
+    settings = _long_context(load_stack("prod").settings)
     group = settings.node_groups[0]
     headroom = settings.policy.vram_headroom
     largest = capacity.max_num_parallel(group, headroom)
@@ -161,9 +169,14 @@ def _cli() -> typer.Typer:
     return app
 
 
-def test_cli_refuses_num_parallel_values_that_do_not_fit():
-    settings = load_stack("prod").settings
+def test_cli_refuses_num_parallel_values_that_do_not_fit(monkeypatch, tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "Pulumi.yaml").write_text((root / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.prod.yaml").write_text((root / "Pulumi.prod.yaml").read_text().replace("numCtx: 8192", "numCtx: 32768"))
+    monkeypatch.chdir(tmp_path)
+    settings = load_stack("prod", tmp_path).settings
     largest = capacity.max_num_parallel(settings.node_groups[0], settings.policy.vram_headroom)
+    assert largest is not None and largest < 63
     result = CliRunner().invoke(
         _cli(),
         ["tune", "--stack", "prod", "--group", "chat", "--param", "num_parallel", "--values", f"{largest + 1},64",
