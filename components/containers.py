@@ -33,6 +33,7 @@ ROLES = (
     "nginx-exporter",
     "gateway-log-exporter",
     "prometheus",
+    "alertmanager",
     "grafana",
     "node-exporter",
     "dcgm-exporter",

@@ -25,6 +25,7 @@ class FleetArgs:
     grafana_password: pulumi.Output[str] | None = None
     tls_certificate: pulumi.Output[str] | None = None
     tls_private_key: pulumi.Output[str] | None = None
+    alert_receiver_secrets_json: pulumi.Output[str] | None = None
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Fleet(pulumi.ComponentResource):
                     host=site.gateway_hosts[0],
                     targets=targets,
                     grafana_password=secrets.grafana_password,
+                    alert_receiver_secrets_json=args.alert_receiver_secrets_json,
                 ),
                 child,
             )

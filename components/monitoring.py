@@ -1,4 +1,9 @@
-"""Prometheus and Grafana on a host, with the rendered scrape config, alert rules, datasource and dashboard.
+"""Prometheus, Alertmanager and Grafana on a host, with the rendered scrape config, alert rules, receivers,
+datasource and dashboard.
+
+Alertmanager's config holds the receivers' secrets (`ollama-fleet:alertReceiverSecrets`), so it travels as a
+secret upload; its silences and notification log live in a named volume, so a silence set with `amtool`
+outlasts a container replacement.
 
 Prometheus keeps its TSDB in a named Docker volume (it survives container replacement; retention is a flag).
 Grafana is stateless: everything it shows is provisioned from files, and the admin password comes from a
@@ -9,6 +14,7 @@ local host, the private address on AWS, reached through SSM port forwarding or a
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -21,7 +27,7 @@ from components.host import Host
 from components.images import pinned_image
 from fleet import ports
 from fleet.config import PROJECT, FleetSettings
-from fleet.render import grafana, prometheus, rules
+from fleet.render import alertmanager, grafana, prometheus, rules
 
 TOKEN = f"{PROJECT}:index:Monitoring"
 PROMETHEUS_CONF = "/etc/prometheus/prometheus.yml"
@@ -29,6 +35,8 @@ PROMETHEUS_DATA = "/prometheus"
 GRAFANA_DATASOURCE = "/etc/grafana/provisioning/datasources/ollama-fleet.yaml"
 GRAFANA_PROVIDER = "/etc/grafana/provisioning/dashboards/ollama-fleet.yaml"
 GRAFANA_DASHBOARD = f"{grafana.DASHBOARDS_PATH}/{grafana.DASHBOARD_FILE}"
+ALERTMANAGER_CONF = "/etc/alertmanager/alertmanager.yml"
+ALERTMANAGER_DATA = "/alertmanager"
 
 _TARGET = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
 
@@ -42,6 +50,8 @@ class MonitoringArgs:
     # gateways' exporters.
     targets: dict[str, list[pulumi.Output[str]]]
     grafana_password: pulumi.Output[str]  # secret
+    # JSON object receiver name -> secret (secret config `alertReceiverSecrets`); None when the stack sets none.
+    alert_receiver_secrets_json: pulumi.Output[str] | None = None
 
 
 def _split(target: str, where: str) -> tuple[str, int]:
@@ -94,14 +104,32 @@ def node_targets(settings: FleetSettings, targets: dict[str, list[str]]) -> list
     return nodes
 
 
-def scrape_plan(settings: FleetSettings, targets: dict[str, list[str]], stack: str) -> prometheus.PrometheusPlan:
+def scrape_plan(
+    settings: FleetSettings, targets: dict[str, list[str]], stack: str, alertmanagers: list[str] | None = None
+) -> prometheus.PrometheusPlan:
     return prometheus.build_prometheus_plan(
         settings,
         nodes=node_targets(settings, targets),
         nginx_exporters=list(targets.get(prometheus.JOB_NGINX, [])),
         gateway_log_exporters=list(targets.get(prometheus.JOB_GATEWAY_LOG, [])),
         stack=stack,
+        alertmanagers=alertmanagers or [],
     )
+
+
+def receiver_secrets(secrets_json: str | None) -> dict[str, str]:
+    """The receivers' secrets from the secret config's JSON object (values are strings)."""
+    if not secrets_json:
+        return {}
+    try:
+        value = json.loads(secrets_json)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise alertmanager.AlertingConfigError(
+            f"{alertmanager.SECRETS_KEY} must be a JSON object mapping receiver names to strings"
+        )
+    return value
 
 
 def grafana_environment(settings: FleetSettings, password: pulumi.Output[str]) -> list[pulumi.Input[str]]:
@@ -121,6 +149,7 @@ def grafana_environment(settings: FleetSettings, password: pulumi.Output[str]) -
 class Monitoring(pulumi.ComponentResource):
     prometheus_url: pulumi.Output[str]
     grafana_url: pulumi.Output[str]
+    alertmanager_url: pulumi.Output[str]
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TOKEN, name, None, opts)
@@ -128,8 +157,12 @@ class Monitoring(pulumi.ComponentResource):
         place = Placement(name, settings, host, self)
         stack = pulumi.get_stack()
 
-        plan = resolve_grouped(args.targets).apply(lambda targets: scrape_plan(settings, targets, stack))
         prometheus_name = container_name(name, "prometheus")
+        alertmanager_name = container_name(name, "alertmanager")
+        # Prometheus and Alertmanager share the component's network: the container name is the address.
+        plan = resolve_grouped(args.targets).apply(
+            lambda targets: scrape_plan(settings, targets, stack, [f"{alertmanager_name}:{ports.ALERTMANAGER}"])
+        )
         self.tsdb = docker.Volume(
             f"{name}-tsdb",
             name=f"{name}-tsdb",
@@ -166,6 +199,40 @@ class Monitoring(pulumi.ComponentResource):
             opts=place.resource_options(self),
         )
 
+        secrets_json = args.alert_receiver_secrets_json or pulumi.Output.from_input("")
+        alertmanager_config = pulumi.Output.secret(
+            secrets_json.apply(lambda text: alertmanager.render_alertmanager(settings, receiver_secrets(text)))
+        )
+        self.alertmanager_data = docker.Volume(
+            f"{name}-alertmanager-data",
+            name=f"{name}-alertmanager-data",
+            labels=[docker.VolumeLabelArgs(label=f"{containers.LABEL_PREFIX}environment", value=settings.environment)],
+            opts=place.resource_options(self),
+        )
+        alertmanager_image = pinned_image(f"{name}-alertmanager-image", settings.images.alertmanager, place, self)
+        self.alertmanager = docker.Container(
+            f"{name}-alertmanager",
+            name=alertmanager_name,
+            image=alertmanager_image.image_id,
+            command=alertmanager.alertmanager_args(
+                config_file=ALERTMANAGER_CONF,
+                storage_path=ALERTMANAGER_DATA,
+                listen_address=f"0.0.0.0:{ports.ALERTMANAGER}",
+            ),
+            uploads=[docker.ContainerUploadArgs(file=ALERTMANAGER_CONF, content=alertmanager_config)],
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.alertmanager_data.name, container_path=ALERTMANAGER_DATA)],
+            networks_advanced=place.networks(alertmanager_name),
+            ports=place.operator_ports(ports.ALERTMANAGER),
+            **containers.RUNTIME,
+            healthcheck=healthcheck(
+                ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{ports.ALERTMANAGER}/-/healthy"], start_period="30s"
+            ),
+            wait=True,
+            wait_timeout=120,
+            labels=labels(settings, "alertmanager"),
+            opts=place.resource_options(self),
+        )
+
         grafana_name = container_name(name, "grafana")
         grafana_image = pinned_image(f"{name}-grafana-image", settings.images.grafana, place, self)
         self.grafana = docker.Container(
@@ -197,4 +264,7 @@ class Monitoring(pulumi.ComponentResource):
 
         self.prometheus_url = place.operator_url(ports.PROMETHEUS)
         self.grafana_url = place.operator_url(ports.GRAFANA)
-        self.register_outputs({"prometheusUrl": self.prometheus_url, "grafanaUrl": self.grafana_url})
+        self.alertmanager_url = place.operator_url(ports.ALERTMANAGER)
+        self.register_outputs(
+            {"prometheusUrl": self.prometheus_url, "grafanaUrl": self.grafana_url, "alertmanagerUrl": self.alertmanager_url}
+        )

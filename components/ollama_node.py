@@ -94,7 +94,7 @@ class OllamaNode(pulumi.ComponentResource):
             f"{name}-meter",
             name=meter_name,
             image=meter_image.repo_digest,
-            command=meter_command(ollama_name, node, group),
+            command=meter_command(ollama_name, node, group, [c.name for c in settings.gateway.clients]),
             networks_advanced=place.networks(meter_name),
             ports=place.private_ports(ports.METER, ports.METER_METRICS),
             **containers.RUNTIME,

@@ -26,6 +26,7 @@ def run() -> Fleet:
             grafana_password=config.get_secret("grafanaAdminPassword"),
             tls_certificate=config.get_secret("tlsCertificate"),
             tls_private_key=config.get_secret("tlsPrivateKey"),
+            alert_receiver_secrets_json=config.get_secret("alertReceiverSecrets"),
         ),
     )
     pulumi.export("gatewayUrl", fleet.gateway_url)

@@ -120,6 +120,8 @@ def up(
         console.print(f"certificate  {plane.ca_file}   (self-signed: pass it as the CA, e.g. curl --cacert)")
     if plane.prometheus_url:
         console.print(f"prometheus   {plane.prometheus_url}")
+    if plane.alertmanager_url:
+        console.print(f"alertmanager {plane.alertmanager_url}")
     for node in plane.nodes:
         console.print(f"node         {node.name}: Ollama {node.ollama.base_url}, meter {node.meter_url}")
     console.print("API keys, generated for this local sandbox at every `up` (also in the state file, mode 0600):")

@@ -225,6 +225,11 @@ class Images(Model):
         "prom/prometheus:v3.5.0@sha256:63805ebb8d2b3920190daf1cb14a60871b16fd38bed42b857a3182bc621f4996",
         description="Prometheus (v3.5 LTS).",
     )
+    alertmanager: ImageRef = Field(
+        # The multi-arch index digest of v0.28.1, as pinned by public deployments on GitHub (code search).
+        "prom/alertmanager:v0.28.1@sha256:27c475db5fb156cab31d5c18a4251ac7ed567746a2483ff264516437a39b15ba",
+        description="Alertmanager (receives Prometheus' alerts, routes them to the receivers).",
+    )
     grafana: ImageRef = Field(
         "grafana/grafana:12.1.1@sha256:a1701c2180249361737a99a01bc770db39381640e4d631825d38ff4535efa47d",
         description="Grafana.",
@@ -345,6 +350,114 @@ class Gateway(Model):
         return clients
 
 
+ReceiverKind = Literal["webhook", "email", "slack", "pagerduty"]
+Severity = Literal["critical", "warning"]
+
+
+class Receiver(Model):
+    """Where alerts go. Secrets (Slack and PagerDuty keys, SMTP password, a webhook URL holding a token) come
+    from the secret key `ollama-fleet:alertReceiverSecrets`, never from this file."""
+
+    name: str = Field(description="Name of the receiver, used in `critical`/`warning` and in notifications.")
+    kind: ReceiverKind = Field(
+        description=(
+            "`webhook` (POST of Alertmanager's JSON; `url` here or its secret), `email` (`to`, `from`, "
+            "`smarthost`; the SMTP password is the secret), `slack` (the incoming-webhook URL is the secret) or "
+            "`pagerduty` (the Events API v2 routing key is the secret)."
+        )
+    )
+    url: str | None = Field(None, description="Webhook URL when it holds no token (kind `webhook`); else set it as the secret.")
+    to: str | None = Field(None, description="Recipient address (kind `email`).")
+    from_address: str | None = Field(None, description="Sender address (kind `email`).")
+    smarthost: str | None = Field(None, description="SMTP server `host:port` (kind `email`).")
+    auth_username: str | None = Field(None, description="SMTP user (kind `email`); its password is the secret.")
+    require_tls: bool = Field(True, description="SMTP STARTTLS required (kind `email`).")
+    channel: str | None = Field(None, description="Slack channel, e.g. `#llm-oncall` (kind `slack`); unset: the webhook's own.")
+    send_resolved: bool = Field(True, description="Also notify when the alert resolves.")
+
+    @field_validator("name")
+    @classmethod
+    def _receiver_name(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("smarthost")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9.-]+:\d{1,5}$", value):
+            raise ValueError("must be `host:port`, e.g. smtp.example.com:587")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "Receiver":
+        if self.kind == "email":
+            missing = [alias for alias, value in (("to", self.to), ("fromAddress", self.from_address), ("smarthost", self.smarthost)) if not value]
+            if missing:
+                raise ValueError(f"kind `email` needs {', '.join(missing)}")
+        extra = {
+            "url": self.url if self.kind != "webhook" else None,
+            "to": self.to if self.kind != "email" else None,
+            "channel": self.channel if self.kind != "slack" else None,
+        }
+        misplaced = [key for key, value in extra.items() if value]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)} does not apply to kind `{self.kind}`")
+        return self
+
+
+class Alerting(Model):
+    """Alertmanager, deployed beside Prometheus: who gets which alerts, grouped and de-duplicated."""
+
+    receivers: list[Receiver] = Field([], description="Places alerts go (webhook, email, Slack, PagerDuty).")
+    critical: list[str] = Field(
+        [], description="Receivers of `critical` alerts (a node down): each one gets them. Empty: nobody is paged."
+    )
+    warning: list[str] = Field([], description="Receivers of `warning` alerts (latency, errors, refusals, VRAM).")
+    group_wait: str = Field("30s", description="Wait before the first notification of a new group, to gather its alerts.")
+    group_interval: str = Field("5m", description="Wait before notifying about alerts added to (or resolved in) a group.")
+    repeat_interval: str = Field("4h", description="Repeat a notification for alerts that still fire.")
+
+    @field_validator("group_wait", "group_interval", "repeat_interval")
+    @classmethod
+    def _am_duration(cls, value: str) -> str:
+        if not _PROM_DURATION.match(value):
+            raise ValueError("must be a duration such as `30s`, `5m` or `4h`")
+        return value
+
+    @field_validator("receivers")
+    @classmethod
+    def _unique_receivers(cls, receivers: list[Receiver]) -> list[Receiver]:
+        names = [r.name for r in receivers]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"receiver names must be unique; repeated: {', '.join(repeated)}")
+        return receivers
+
+    @model_validator(mode="after")
+    def _known_receivers(self) -> "Alerting":
+        known = {r.name for r in self.receivers}
+        for severity in ("critical", "warning"):
+            unknown = [n for n in getattr(self, severity) if n not in known]
+            if unknown:
+                raise ValueError(
+                    f"{severity} names receivers that `receivers` does not define: {', '.join(unknown)}; "
+                    f"defined: {', '.join(sorted(known)) or 'none'}"
+                )
+        return self
+
+    def receivers_for(self, severity: Severity) -> list[Receiver]:
+        by_name = {r.name: r for r in self.receivers}
+        return [by_name[n] for n in getattr(self, severity)]
+
+
 class Alerts(Model):
     """Thresholds of the alert rules."""
 
@@ -353,6 +466,14 @@ class Alerts(Model):
     refusal_ratio: float = Field(0.10, gt=0, lt=1, description="Alert when 429/503 refusals exceed this share.")
     vram_full_ratio: float = Field(0.95, gt=0, le=1, description="Alert when used VRAM exceeds this share of total.")
     queue_growth_per_minute: float = Field(5.0, gt=0, description="Alert when in-flight requests grow faster than this.")
+    node_down_for: str = Field("2m", description="How long a node must be unreachable before `OllamaNodeDown` fires.")
+
+    @field_validator("node_down_for")
+    @classmethod
+    def _for_duration(cls, value: str) -> str:
+        if not _PROM_DURATION.match(value):
+            raise ValueError("must be a Prometheus duration such as `30s` or `2m`")
+        return value
 
 
 class Monitoring(Model):
@@ -363,6 +484,7 @@ class Monitoring(Model):
     scrape_interval: str = Field("15s", description="Prometheus scrape interval.")
     grafana_admin_user: str = Field("admin", description="Grafana admin user (the password is secret config or generated).")
     alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
+    alerting: Alerting = Field(default_factory=Alerting, description="Alertmanager: receivers and routes per severity.")
 
     @field_validator("retention", "scrape_interval")
     @classmethod
@@ -470,6 +592,10 @@ SECRET_KEYS: dict[str, str] = {
     f"{PROJECT}:grafanaAdminPassword": "Grafana admin password; generated when unset.",
     f"{PROJECT}:tlsCertificate": "PEM certificate chain for gateway.tls.mode `provided`.",
     f"{PROJECT}:tlsPrivateKey": "PEM private key for gateway.tls.mode `provided`.",
+    f"{PROJECT}:alertReceiverSecrets": (
+        "JSON object mapping an alert receiver's name to its secret: the Slack incoming-webhook URL, the PagerDuty "
+        "routing key, the SMTP password, or the URL of a webhook receiver without `url`."
+    ),
 }
 # Non-secret keys of other namespaces that a stack may carry.
 PASSTHROUGH_PREFIXES = ("aws:", "pulumi:", "docker:")

@@ -6,7 +6,7 @@ and completion tokens, tokens/s, requests in flight; it also polls /api/ps for t
 their VRAM. Metrics are served on a separate port (METER_METRICS).
 
     python -m fleet.exporter --upstream http://127.0.0.1:11434 --listen 0.0.0.0:11435 \\
-        --metrics-listen 0.0.0.0:9778 --node gpu-a-0 [--ps-interval 5] [--model llama3.1:8b ...]
+        --metrics-listen 0.0.0.0:9778 --node gpu-a-0 [--ps-interval 5] [--model llama3.1:8b ...] [--client team-a ...]
 
 Only aiohttp and prometheus_client are needed at run time (the exporter's container installs just those).
 """
@@ -19,6 +19,7 @@ import logging
 import sys
 
 from fleet import ports
+from fleet.gateway_routes import CLIENT_HEADER
 from fleet.exporter_proxy import ExporterConfig, ExporterServer, MeteringProxy, serve
 
 __all__ = ["ExporterConfig", "ExporterServer", "MeteringProxy", "main", "parse_address", "serve"]
@@ -82,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model the node serves: labelled from the start (repeatable)",
     )
     parser.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"a configured client name (repeatable): the `client` label of tokens and requests, from the gateway's "
+        f"{CLIENT_HEADER} header; other names are `unknown`",
+    )
+    parser.add_argument(
         "--max-body-bytes",
         type=_positive(int),
         default=64 << 20,
@@ -104,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         max_models=args.max_models,
         models=tuple(args.model),
+        clients=tuple(args.client),
     )
     try:
         asyncio.run(serve(config, args.listen, args.metrics_listen))

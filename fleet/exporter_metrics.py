@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from fleet.exporter_stream import Usage, normalize_model
+from fleet.gateway_routes import ADMIN_CLIENT, UNKNOWN_CLIENT
 
 OTHER = "other"  # models beyond the label budget, or never answered successfully
 UNKNOWN = "unknown"  # requests naming no model (unparseable body)
@@ -90,6 +91,17 @@ class ModelLabels:
         return OTHER, dropped
 
 
+class ClientLabels:
+    """The `client` label of a request from the name the gateway passes: a configured client, the admin
+    client, or `unknown` for anything else, so the series count stays bounded by the configuration."""
+
+    def __init__(self, clients: Iterable[str] = ()) -> None:
+        self.known = frozenset(clients) | {ADMIN_CLIENT}
+
+    def label(self, name: str | None) -> str:
+        return name if name in self.known else UNKNOWN_CLIENT
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -132,17 +144,19 @@ class UpstreamState:
 class MeterMetrics:
     """All series one exporter exposes, in a registry of its own (several exporters may share a process)."""
 
-    def __init__(self, node: str, max_models: int = 32, models: Iterable[str] = ()) -> None:
+    def __init__(self, node: str, max_models: int = 32, models: Iterable[str] = (), clients: Iterable[str] = ()) -> None:
         self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         self.labels = ModelLabels(max_models, models)
+        self.clients = ClientLabels(clients)
         self.state = UpstreamState(node)
         r = self.registry
         self.requests = Counter(
             "ollama_inference_requests",
             "Inference requests by model and outcome: the HTTP status, `error` (Ollama reported an error in a "
-            "200 stream), `client_closed` (the client left mid-request), `upstream_closed` (Ollama's stream broke).",
-            ["model", "node", "status"],
+            "200 stream), `client_closed` (the client left mid-request), `upstream_closed` (Ollama's stream broke); "
+            "`client` is the gateway's client name (`unknown` when no configured client is named).",
+            ["model", "node", "status", "client"],
             registry=r,
         )
         self.duration = Histogram(
@@ -161,8 +175,9 @@ class MeterMetrics:
         )
         self.tokens = Counter(
             "ollama_inference_tokens",
-            "Tokens processed, as reported by Ollama (prompt_eval_count / eval_count, or OpenAI `usage`).",
-            ["model", "node", "type"],
+            "Tokens processed, as reported by Ollama (prompt_eval_count / eval_count, or OpenAI `usage`), by the "
+            "client the gateway names.",
+            ["model", "node", "type", "client"],
             registry=r,
         )
         self.tokens_per_second = Histogram(
@@ -197,10 +212,12 @@ class MeterMetrics:
             self._touch(model)
 
     def _touch(self, model: str) -> None:
-        """Create a configured model's series at zero, so rate() works from its first request."""
+        """Create a configured model's series at zero for every configured client, so rate() and increase()
+        count from the first request (a series born at its first value hides that value)."""
         self.inflight.labels(model, self.node)
-        for kind in ("prompt", "completion"):
-            self.tokens.labels(model, self.node, kind)
+        for client in sorted(self.clients.known):
+            for kind in ("prompt", "completion"):
+                self.tokens.labels(model, self.node, kind, client)
 
     # Request life cycle -------------------------------------------------------------------------------
 
@@ -219,23 +236,25 @@ class MeterMetrics:
         ttft_s: float | None,
         decode_s: float | None,
         usage: Usage,
+        client: str = UNKNOWN_CLIENT,
     ) -> str:
-        """Record one finished inference request; returns the label it was recorded under."""
+        """Record one finished inference request; returns the label it was recorded under. `client` is a label
+        from `self.clients.label`."""
         succeeded = status.startswith("2")
         self.inflight.labels(label, self.node).dec()
         final, dropped = self.labels.release(model, label, succeeded)
         if dropped:
             self.inflight.remove(label, self.node)
         node = self.node
-        self.requests.labels(final, node, status).inc()
+        self.requests.labels(final, node, status, client).inc()
         if ttft_s is not None:
             self.ttft.labels(final, node).observe(ttft_s)
         if not succeeded:
             return final
         self.duration.labels(final, node).observe(duration_s)
         if usage.reported:
-            self.tokens.labels(final, node, "prompt").inc(usage.prompt_tokens or 0)
-            self.tokens.labels(final, node, "completion").inc(usage.completion_tokens or 0)
+            self.tokens.labels(final, node, "prompt", client).inc(usage.prompt_tokens or 0)
+            self.tokens.labels(final, node, "completion", client).inc(usage.completion_tokens or 0)
         else:
             self.usage_missing.labels(final, node).inc()
         speed = _tokens_per_second(usage, decode_s)

@@ -19,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.exposition import choose_encoder
 
 from fleet.exporter_metrics import LoadedModel, MeterMetrics
+from fleet.gateway_routes import CLIENT_HEADER
 from fleet.exporter_stream import INFERENCE_ROUTES, NullMeter, ResponseMeter, meter_for, model_from_body, route_label
 
 log = logging.getLogger("fleet.exporter")
@@ -53,6 +54,7 @@ class ExporterConfig:
     max_body_bytes: int = 64 << 20  # the gateway enforces the real limit; this only guards the exporter
     max_models: int = 32
     models: tuple[str, ...] = field(default_factory=tuple)
+    clients: tuple[str, ...] = field(default_factory=tuple)  # configured client names (the `client` label)
 
 
 class MeteringProxy:
@@ -60,7 +62,7 @@ class MeteringProxy:
 
     def __init__(self, config: ExporterConfig, metrics: MeterMetrics | None = None) -> None:
         self.config = config
-        self.metrics = metrics or MeterMetrics(config.node, config.max_models, config.models)
+        self.metrics = metrics or MeterMetrics(config.node, config.max_models, config.models, config.clients)
         self._upstream = config.upstream.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -180,6 +182,7 @@ class MeteringProxy:
             self.metrics.http(route, "413")
             raise
         model = model_from_body(payload)
+        client = self.metrics.clients.label(request.headers.get(CLIENT_HEADER))
         label = self.metrics.start(model)
         body = MeteredBody()
         status = "client_closed"  # if cancelled before an answer
@@ -203,6 +206,7 @@ class MeteringProxy:
                 ttft_s=None if first_at is None else first_at - started,
                 decode_s=None if first_at is None or last_at is None else last_at - first_at,
                 usage=body.meter.usage,
+                client=client,
             )
             self.metrics.http(route, status)
 
@@ -294,7 +298,8 @@ async def _relay(
 
 # Also answered on this hop: the Host of the exporter, and `Expect: 100-continue`, which aiohttp has already
 # honoured towards the client before the body was read.
-_NOT_FORWARDED = _HOP_BY_HOP | {"host", "expect"}
+# The gateway's client name is for the meter only.
+_NOT_FORWARDED = _HOP_BY_HOP | {"host", "expect", CLIENT_HEADER.lower()}
 
 
 def _request_headers(headers: CIMultiDictProxy[str], identity: bool) -> CIMultiDict[str]:

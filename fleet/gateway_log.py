@@ -52,6 +52,7 @@ from fleet.gateway_routes import (
     INFERENCE_ROUTES,
     READ_ONLY_PREFIXES,
     READ_ONLY_ROUTES,
+    UNKNOWN_CLIENT,
     UPSTREAM_PREFIX,
 )
 from fleet.log_follower import LogFollower
@@ -60,7 +61,6 @@ log = logging.getLogger("fleet.gateway_log")
 
 ROUTES = ("inference", "read", "admin", "health", "other")
 REASONS = ("unauthorized", "forbidden", "too_large", "rate_limited", "shed")
-UNKNOWN_CLIENT = "unknown"
 # Request series of authenticated clients that exist from the start: served (200), rate-limited (429) and
 # shed (503) answers on the routes nginx proxies.
 INITIAL_STATUSES = ("200", "429", "503")

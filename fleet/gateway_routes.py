@@ -9,6 +9,11 @@ from __future__ import annotations
 
 # The admin key maps to this client name; client names are DNS labels, so it cannot clash with one.
 ADMIN_CLIENT = "_admin"
+# Requests from no configured client (no gateway in front, or a name not configured) are labelled so.
+UNKNOWN_CLIENT = "unknown"
+# The gateway names the client (never its key) to the metering exporter in this request header; nginx sets
+# it from its key map on every proxied request, so a value a client sends itself never gets through.
+CLIENT_HEADER = "X-Fleet-Client"
 
 # Routes (DESIGN.md, Ollama). Inference and read-only routes are open to every key; admin routes only to the
 # admin key from an admin CIDR. Anything else is 404.

@@ -8,6 +8,7 @@ both run a node the same way.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 
 from fleet import catalog, ports
 from fleet.capacity import context_length_env
@@ -81,9 +82,9 @@ def modelfile(model: ModelSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def meter_command(ollama_container: str, node: str, group: NodeGroup) -> list[str]:
+def meter_command(ollama_container: str, node: str, group: NodeGroup, clients: Iterable[str] = ()) -> list[str]:
     """Arguments of `python -m fleet.exporter`: proxy Ollama on the node's network, label series with the node
-    and, from the start, with the models it serves."""
+    and, from the start, with the models it serves and the gateway's clients (`gateway.clients`)."""
     command = [
         "--upstream",
         f"http://{ollama_container}:{ports.OLLAMA}",
@@ -96,6 +97,8 @@ def meter_command(ollama_container: str, node: str, group: NodeGroup) -> list[st
     ]
     for model in group.models:
         command += ["--model", model.ref]
+    for client in clients:
+        command += ["--client", client]
     return command
 
 

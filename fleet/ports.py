@@ -9,6 +9,7 @@ NGINX_STATUS = 8081  # nginx stub_status, internal only
 NGINX_EXPORTER = 9113
 GATEWAY_LOG_EXPORTER = 9115  # the gateway log exporter's /metrics (fleet.gateway_log: the gateway's own answers)
 PROMETHEUS = 9090
+ALERTMANAGER = 9093
 GRAFANA = 3000
 
 # Never open to 0.0.0.0/0 (policy `no-public-inference-ports`).
@@ -22,5 +23,6 @@ PRIVATE_PORTS = (
     NGINX_EXPORTER,
     GATEWAY_LOG_EXPORTER,
     PROMETHEUS,
+    ALERTMANAGER,
     GRAFANA,
 )

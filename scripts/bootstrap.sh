@@ -38,7 +38,7 @@ if [ "$full" = 1 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
   fi
   # Debian's packages start system services; the tests run their own instances on loopback.
-  for svc in nginx prometheus prometheus-node-exporter prometheus-nginx-exporter; do
+  for svc in nginx prometheus prometheus-node-exporter prometheus-nginx-exporter prometheus-alertmanager; do
     (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || service "$svc" stop >/dev/null 2>&1 || true
   done
   bash scripts/build-ollama.sh

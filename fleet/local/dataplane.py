@@ -36,6 +36,7 @@ from fleet.gateway_log import exporter_arguments as gateway_log_arguments
 from fleet.local.ollama import OllamaServer, OllamaSettings, smollm2_gguf
 from fleet.local.processes import LOOPBACK, ManagedProcess, clean_env, free_port, port_is_open
 from fleet.node_runtime import meter_command, modelfile, ollama_environment
+from fleet.render import alertmanager as alertmanager_render
 from fleet.render import nginx as nginx_render
 from fleet.render import prometheus as prometheus_render
 from fleet.render.rules import render_rules
@@ -45,6 +46,8 @@ NGINX_BINARY = "/usr/sbin/nginx"
 PROMETHEUS_BINARY = "/usr/bin/prometheus"
 NODE_EXPORTER_BINARY = "/usr/bin/prometheus-node-exporter"
 NGINX_EXPORTER_BINARY = "/usr/bin/prometheus-nginx-exporter"
+ALERTMANAGER_BINARY = "/usr/bin/prometheus-alertmanager"
+AMTOOL_BINARY = "/usr/bin/amtool"
 
 # Debian package of each tool, named in the error when it is missing (scripts/apt-packages.txt installs them).
 DEBIAN_PACKAGES = {
@@ -52,6 +55,8 @@ DEBIAN_PACKAGES = {
     PROMETHEUS_BINARY: "prometheus",
     NODE_EXPORTER_BINARY: "prometheus-node-exporter",
     NGINX_EXPORTER_BINARY: "prometheus-nginx-exporter",
+    ALERTMANAGER_BINARY: "prometheus-alertmanager",
+    AMTOOL_BINARY: "prometheus-alertmanager",
 }
 
 # Models this test bed can serve without a network, by (served name, quantization) -> where the GGUF is.
@@ -153,9 +158,11 @@ def node_environment(group: NodeGroup) -> dict[str, str]:
     return env
 
 
-def meter_arguments(group: NodeGroup, node: str, upstream: str, listen: str, metrics_listen: str) -> list[str]:
+def meter_arguments(
+    group: NodeGroup, node: str, upstream: str, listen: str, metrics_listen: str, clients: list[str] | None = None
+) -> list[str]:
     """The deployment's exporter arguments for a node, with loopback addresses in place of container ones."""
-    args = meter_command("ollama", node, group)
+    args = meter_command("ollama", node, group, clients or [])
     replace = {"--upstream": upstream, "--listen": listen, "--metrics-listen": metrics_listen}
     for index, arg in enumerate(args[:-1]):
         if arg in replace:
@@ -330,6 +337,8 @@ class DataPlane:
         node_exporter: bool = True,
         nginx_exporter: bool = True,
         gateway_log_exporter: bool = True,
+        alertmanager: bool = True,
+        alert_receiver_secrets: Mapping[str, str] | None = None,
         https_port: int = 0,
         http_port: int = 0,
         prometheus_port: int = 0,
@@ -338,7 +347,8 @@ class DataPlane:
     ) -> None:
         """`overrides`: dotted camelCase paths of the stack object (see `apply_overrides`). Ports 0 pick free
         ones. `monitoring` defaults to the stack's `monitoring.enabled`; `scrape_interval` to its
-        `monitoring.scrapeInterval` (tests scrape every second)."""
+        `monitoring.scrapeInterval` (tests scrape every second). `alert_receiver_secrets` plays the secret config
+        `alertReceiverSecrets` for the stack's alert receivers."""
         self.stack = stack
         self.settings = load_settings(stack, overrides)
         self.overrides = dict(overrides or {})
@@ -351,6 +361,8 @@ class DataPlane:
         self.with_node_exporter = self.monitoring and node_exporter
         self.with_nginx_exporter = self.monitoring and nginx_exporter
         self.with_gateway_log = self.monitoring and gateway_log_exporter
+        self.with_alertmanager = self.monitoring and alertmanager
+        self.alert_receiver_secrets = dict(alert_receiver_secrets or {})
         self.warm_models = warm
         self.log = log or (lambda message: None)
 
@@ -361,6 +373,7 @@ class DataPlane:
         self.node_exporter_port = free_port() if self.with_node_exporter else None
         self.nginx_exporter_port = free_port() if self.with_nginx_exporter else None
         self.gateway_log_port = free_port() if self.with_gateway_log else None
+        self.alertmanager_port = free_port() if self.with_alertmanager else None
 
         # Keys are generated per start and live only in the run directory (the secret include and the state).
         self.client_keys: dict[str, str] = {c.name: secrets.token_urlsafe(24) for c in self.settings.gateway.clients}
@@ -372,6 +385,7 @@ class DataPlane:
         self.node_exporter: ManagedProcess | None = None
         self.nginx_exporter: ManagedProcess | None = None
         self.gateway_log: ManagedProcess | None = None
+        self.alertmanager: ManagedProcess | None = None
         self.gateway_plan: nginx_render.GatewayPlan | None = None
         self.prometheus_plan: prometheus_render.PrometheusPlan | None = None
         self._started: list[ManagedProcess] = []
@@ -395,6 +409,10 @@ class DataPlane:
     @property
     def prometheus_url(self) -> str | None:
         return f"http://{LOOPBACK}:{self.prometheus_port}" if self.prometheus_port else None
+
+    @property
+    def alertmanager_url(self) -> str | None:
+        return f"http://{LOOPBACK}:{self.alertmanager_port}" if self.alertmanager_port else None
 
     @property
     def nginx_dir(self) -> Path:
@@ -452,6 +470,8 @@ class DataPlane:
             binaries.append(NODE_EXPORTER_BINARY)
         if self.with_nginx_exporter:
             binaries.append(NGINX_EXPORTER_BINARY)
+        if self.with_alertmanager:
+            binaries += [ALERTMANAGER_BINARY, AMTOOL_BINARY]
         tools = {b: _require(b) for b in binaries}
         for port in (self.https_port, self.http_port, self.prometheus_port):
             if port and port_is_open(LOOPBACK, port):
@@ -502,7 +522,12 @@ class DataPlane:
                     name=f"meter-{name}",
                     argv=[sys.executable, "-m", "fleet.exporter"]
                     + meter_arguments(
-                        group, name, server.base_url, f"{LOOPBACK}:{meter_port}", f"{LOOPBACK}:{metrics_port}"
+                        group,
+                        name,
+                        server.base_url,
+                        f"{LOOPBACK}:{meter_port}",
+                        f"{LOOPBACK}:{metrics_port}",
+                        [c.name for c in self.settings.gateway.clients],
                     ),
                     log_path=self.run_dir / "logs" / f"meter-{name}.log",
                     env=clean_env(),
@@ -597,6 +622,9 @@ class DataPlane:
             self.node_exporter.start()
             self.node_exporter.wait_for_http(f"http://{LOOPBACK}:{self.node_exporter_port}/metrics")
 
+        if self.with_alertmanager:
+            self._start_alertmanager(tools)
+
         prom_dir = self.run_dir / "prometheus"
         rules_file = prom_dir / "rules" / "fleet.rules.yml"
         rules_file.parent.mkdir(parents=True, exist_ok=True)
@@ -624,6 +652,7 @@ class DataPlane:
             rule_files=[str(rules_file)],
             stack=self.stack,
             scrape_interval=self.scrape_interval,
+            alertmanagers=[f"{LOOPBACK}:{self.alertmanager_port}"] if self.alertmanager_port else [],
         )
         config = prom_dir / "prometheus.yml"
         config.write_text(prometheus_render.render_prometheus(self.prometheus_plan))
@@ -639,6 +668,31 @@ class DataPlane:
         self.log(f"starting Prometheus on {self.prometheus_url}")
         self.prometheus.start()
         self.prometheus.wait_for_http(f"{self.prometheus_url}/-/ready", timeout=START_TIMEOUT_S)
+
+    def _start_alertmanager(self, tools: Mapping[str, str]) -> None:
+        """Alertmanager with the stack's receivers and routes, checked by amtool first, clustering off."""
+        folder = self.run_dir / "alertmanager"
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        config = folder / "alertmanager.yml"
+        try:
+            text = alertmanager_render.render_alertmanager(self.settings, self.alert_receiver_secrets)
+        except alertmanager_render.AlertingConfigError as exc:
+            raise DataPlaneError(str(exc)) from None
+        _write_secret(config, text)
+        check = subprocess.run([tools[AMTOOL_BINARY], "check-config", str(config)], capture_output=True, text=True, timeout=60)
+        if check.returncode != 0:
+            raise DataPlaneError(f"amtool refuses the rendered config {config}: {check.stdout.strip()} {check.stderr.strip()}")
+        args = alertmanager_render.alertmanager_args(
+            config_file=str(config),
+            storage_path=str(folder / "data"),
+            listen_address=f"{LOOPBACK}:{self.alertmanager_port}",
+        )
+        self.alertmanager = self._track(
+            ManagedProcess("alertmanager", [tools[ALERTMANAGER_BINARY], *args], self.run_dir / "logs" / "alertmanager.log", env=clean_env(), cwd=folder)
+        )
+        self.log(f"starting Alertmanager on {self.alertmanager_url}")
+        self.alertmanager.start()
+        self.alertmanager.wait_for_http(f"{self.alertmanager_url}/-/ready", timeout=START_TIMEOUT_S)
 
     def stop(self) -> None:
         """Stop every process, newest first (the monitoring, the gateway, then the nodes)."""
@@ -705,6 +759,7 @@ class DataPlane:
             "gateway_url": self.gateway_url,
             "http_url": self.http_url,
             "prometheus_url": self.prometheus_url,
+            "alertmanager_url": self.alertmanager_url,
             "ca_file": str(self.ca_file) if self.tls else None,
             "client_keys": dict(self.client_keys),
             "admin_key": self.admin_key,

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from fleet import catalog, ports
 from fleet.config import FleetSettings
-from fleet.render import grafana, nginx, prometheus, rules
+from fleet.render import alertmanager, grafana, nginx, prometheus, rules
 
 NGINX_CONF = "nginx/nginx.conf"
 PROMETHEUS_CONF = "prometheus/prometheus.yml"
 RULES_FILE = "prometheus/rules/fleet.rules.yml"
+ALERTMANAGER_CONF = "alertmanager/alertmanager.yml"
 GRAFANA_DATASOURCE = "grafana/provisioning/datasources/ollama-fleet.yaml"
 GRAFANA_PROVIDER = "grafana/provisioning/dashboards/ollama-fleet.yaml"
 GRAFANA_DASHBOARD = f"grafana/dashboards/{grafana.DASHBOARD_FILE}"
@@ -26,6 +27,7 @@ README = "README.md"
 GATEWAY_NODE_EXPORTER = f"192.0.2.5:{ports.NODE_EXPORTER}"
 NGINX_EXPORTER = f"nginx-exporter:{ports.NGINX_EXPORTER}"
 GATEWAY_LOG_EXPORTER = f"gateway-log-exporter:{ports.GATEWAY_LOG_EXPORTER}"
+ALERTMANAGER = f"alertmanager:{ports.ALERTMANAGER}"
 
 # Placeholder of the retained model volume in the rendered host setup scripts.
 PLACEHOLDER_VOLUME_ID = "vol-00000000000000000"
@@ -67,7 +69,8 @@ def _readme(stack: str, files: Sequence[str]) -> str:
         "Written by `fleet render`; the deployment renders the same files with the real addresses.",
         "Addresses in 192.0.2.0/24 (RFC 5737) and the model volume id "
         f"`{PLACEHOLDER_VOLUME_ID}` stand for values known only after deployment.",
-        "Not included, because they are secret: the API-key include of nginx, TLS keys, cloud-init user data.",
+        "Not included, because they are secret: the API-key include of nginx, TLS keys, cloud-init user data; "
+        "the alert receivers' secrets are placeholders (`secret.invalid` URLs, `<secret …>` strings).",
         "",
         "Files:",
         "",
@@ -94,9 +97,11 @@ def render_bundle(
             gateway_log_exporters=[GATEWAY_LOG_EXPORTER],
             gateway_node_exporters={"gateway-0": GATEWAY_NODE_EXPORTER},
             stack=stack,
+            alertmanagers=[ALERTMANAGER],
         )
         files[PROMETHEUS_CONF] = prometheus.render_prometheus(prom_plan)
         files[RULES_FILE] = rules.render_rules(settings)
+        files[ALERTMANAGER_CONF] = alertmanager.render_alertmanager(settings, alertmanager.placeholder_secrets(settings))
         files[GRAFANA_DATASOURCE] = grafana.render_datasource(scrape_interval=settings.monitoring.scrape_interval)
         files[GRAFANA_PROVIDER] = grafana.render_dashboard_provider()
         files[GRAFANA_DASHBOARD] = grafana.render_dashboard(settings)

@@ -28,6 +28,7 @@ from fleet.config import FleetSettings
 from fleet.gateway_routes import (
     ADMIN_CLIENT,
     ADMIN_PREFIXES,
+    CLIENT_HEADER,
     ADMIN_ROUTES,
     INFERENCE_ROUTES,
     READ_ONLY_PREFIXES,
@@ -337,6 +338,7 @@ def render_nginx(plan: GatewayPlan) -> str:
         "nginx.conf.j2",
         plan=plan,
         admin_client=ADMIN_CLIENT,
+        client_header=CLIENT_HEADER,
         inference_routes=INFERENCE_ROUTES,
         read_only_routes=READ_ONLY_ROUTES,
         read_only_prefixes=READ_ONLY_PREFIXES,

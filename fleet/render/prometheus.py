@@ -87,6 +87,7 @@ class PrometheusPlan:
     external_labels: Mapping[str, str]
     rule_files: tuple[str, ...]
     jobs: tuple[ScrapeJob, ...]
+    alertmanagers: tuple[str, ...] = ()  # `host:port` of the Alertmanagers alerts are sent to
 
     def job(self, name: str) -> ScrapeJob | None:
         return next((j for j in self.jobs if j.name == name), None)
@@ -157,11 +158,13 @@ def build_prometheus_plan(
     stack: str | None = None,
     scrape_interval: str | None = None,
     evaluation_interval: str | None = None,
+    alertmanagers: Sequence[str] = (),
 ) -> PrometheusPlan:
     """The scrape plan. `nginx_exporters` and `gateway_log_exporters` are `host:port` of the nginx exporters
     and gateway log exporters (one of each per gateway host); `gateway_node_exporters`
     maps a host name (its `node` label, e.g. `gateway-0`) to the `host:port` of its node exporter.
-    The intervals default to `monitoring.scrapeInterval` (loopback tests may scrape faster)."""
+    The intervals default to `monitoring.scrapeInterval` (loopback tests may scrape faster). `alertmanagers`
+    are the `host:port` of the Alertmanagers that firing and resolved alerts are sent to."""
     known_groups = {g.name: g for g in settings.node_groups}
     for node in nodes:
         if node.group not in known_groups:
@@ -226,6 +229,7 @@ def build_prometheus_plan(
         external_labels=labels,
         rule_files=tuple(rule_files),
         jobs=tuple(j for j in jobs if j.groups),
+        alertmanagers=tuple(_check_target(t, "alertmanager") for t in alertmanagers),
     )
 
 
@@ -237,6 +241,7 @@ def render_prometheus(plan: PrometheusPlan) -> str:
             "evaluation_interval": plan.evaluation_interval,
             "external_labels": dict(plan.external_labels),
         },
+        **({"alerting": {"alertmanagers": [{"static_configs": [{"targets": list(plan.alertmanagers)}]}]}} if plan.alertmanagers else {}),
         "rule_files": list(plan.rule_files),
         "scrape_configs": [
             {

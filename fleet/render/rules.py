@@ -72,7 +72,7 @@ def alerts(settings: FleetSettings) -> list[Alert]:
         Alert(
             name="OllamaNodeDown",
             expr=f'up{{job="{JOB_METER}"}} == 0 or ollama_up == 0',
-            for_="2m",
+            for_=t.node_down_for,
             severity="critical",
             summary="Ollama node {{ $labels.instance }} is down",
             description="The node's metering exporter cannot be scraped, or it cannot reach Ollama on the node.",
@@ -106,12 +106,12 @@ def alerts(settings: FleetSettings) -> list[Alert]:
         Alert(
             name="OllamaTimeToFirstTokenHigh",
             expr=(
-                "histogram_quantile(0.95, sum by (le, model) (rate(ollama_time_to_first_token_seconds_bucket[5m])))"
+                "histogram_quantile(0.95, sum by (le, group, model) (rate(ollama_time_to_first_token_seconds_bucket[5m])))"
                 f" > {_num(t.ttft_p95_seconds)}"
             ),
             for_="10m",
             severity="warning",
-            summary=f"p95 time to first token of {{{{ $labels.model }}}} is above {_num(t.ttft_p95_seconds)}s",
+            summary=f"p95 time to first token of {{{{ $labels.model }}}} in group {{{{ $labels.group }}}} is above {_num(t.ttft_p95_seconds)}s",
             description="Requests wait for a slot or a model load; add nodes, raise numParallel or shed earlier.",
         ),
         Alert(
@@ -124,7 +124,7 @@ def alerts(settings: FleetSettings) -> list[Alert]:
         ),
         Alert(
             name="OllamaQueueGrowing",
-            expr=f"sum by (node) (deriv(ollama_inflight_requests[10m])) * 60 > {_num(t.queue_growth_per_minute)}",
+            expr=f"sum by (group, node) (deriv(ollama_inflight_requests[10m])) * 60 > {_num(t.queue_growth_per_minute)}",
             for_="5m",
             severity="warning",
             summary="In-flight requests on {{ $labels.node }} keep growing",

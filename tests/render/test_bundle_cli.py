@@ -32,7 +32,7 @@ def test_render_writes_every_file(stack, tmp_path):
     settings = load_stack(stack).settings
     expected = {bundle.NGINX_CONF, bundle.README}
     if settings.monitoring.enabled:
-        expected |= {bundle.PROMETHEUS_CONF, bundle.RULES_FILE, bundle.GRAFANA_DATASOURCE, bundle.GRAFANA_PROVIDER, bundle.GRAFANA_DASHBOARD}
+        expected |= {bundle.PROMETHEUS_CONF, bundle.RULES_FILE, bundle.ALERTMANAGER_CONF, bundle.GRAFANA_DATASOURCE, bundle.GRAFANA_PROVIDER, bundle.GRAFANA_DASHBOARD}
     assert expected <= written
     if settings.target == "aws":
         assert {f"cloud-init/{g.name}-0-setup.sh" for g in settings.node_groups} <= written

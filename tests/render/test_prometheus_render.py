@@ -211,7 +211,7 @@ def alert_cases(settings) -> dict[str, list[dict]]:
         ],
         "OllamaTimeToFirstTokenHigh": [
             _case(_ttft_buckets(meter, ttft, slow=True), "OllamaTimeToFirstTokenHigh", "25m",
-                  [_alert(settings, "OllamaTimeToFirstTokenHigh", {"model": "m"})]),
+                  [_alert(settings, "OllamaTimeToFirstTokenHigh", {"model": "m", "group": "chat"})]),
             _case(_ttft_buckets(meter, ttft, slow=False), "OllamaTimeToFirstTokenHigh", "25m", []),
         ],
         "GpuVramNearFull": [
@@ -226,7 +226,7 @@ def alert_cases(settings) -> dict[str, list[dict]]:
         ],
         "OllamaQueueGrowing": [
             _case({f'ollama_inflight_requests{{{meter},node="chat-0",model="m"}}': f"0+{grow * 2:g}x30"},
-                  "OllamaQueueGrowing", "20m", [_alert(settings, "OllamaQueueGrowing", {"node": "chat-0"})]),
+                  "OllamaQueueGrowing", "20m", [_alert(settings, "OllamaQueueGrowing", {"node": "chat-0", "group": "chat"})]),
             _case({f'ollama_inflight_requests{{{meter},node="chat-0",model="m"}}': f"{grow * 10:g}x30"},
                   "OllamaQueueGrowing", "20m", []),
         ],

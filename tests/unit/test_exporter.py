@@ -744,3 +744,39 @@ async def test_the_command_runs_the_exporter_and_stops_on_sigterm():
             proc.kill()
             await proc.wait()
         await fake_server.close()
+
+
+@async_test
+async def test_tokens_and_requests_are_labelled_by_the_client_the_gateway_names():
+    """The gateway's client header labels tokens and requests; names that are not configured (or no header,
+    as from a request that bypassed the gateway) are `unknown`; the header never reaches Ollama."""
+    async with bed(clients=("team-a", "team-b")) as b:
+        sent: dict[str, list[int]] = {}
+        for client in ("team-a", "team-b", "team-a", "intruder", None, "_admin"):
+            headers = {"X-Fleet-Client": client} if client else {}
+            async with b.client.post(
+                f"{b.url}/api/generate", json={"model": MODEL, "prompt": "hello there"}, headers=headers
+            ) as resp:
+                p, c = _native_counts(await resp.read())
+            label = client if client in ("team-a", "team-b", "_admin") else "unknown"
+            totals = sent.setdefault(label, [0, 0, 0])
+            totals[0] += p
+            totals[1] += c
+            totals[2] += 1
+        m = await b.metrics()
+        assert m.label_values("ollama_inference_tokens_total", "client") == {"team-a", "team-b", "_admin", "unknown"}
+        for label, (prompt, completion, requests) in sent.items():
+            assert m.value("ollama_inference_tokens_total", client=label, type="prompt") == prompt
+            assert m.value("ollama_inference_tokens_total", client=label, type="completion") == completion
+            assert m.value("ollama_inference_requests_total", client=label, status="200") == requests
+        assert all("x-fleet-client" not in {k.lower() for k in r.headers} for r in b.fake.received)
+
+
+@async_test
+async def test_configured_clients_start_at_zero():
+    """Series of configured clients and models exist before any request, so increase() counts the first one."""
+    async with bed(clients=("team-a",), models=(MODEL,)) as b:
+        m = await b.metrics()
+        for client in ("team-a", "_admin"):
+            for kind in ("prompt", "completion"):
+                assert m.value("ollama_inference_tokens_total", model=MODEL, client=client, type=kind) == 0

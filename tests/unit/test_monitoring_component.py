@@ -5,13 +5,14 @@ public addresses."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 
 import pulumi
 import pytest
 import yaml
 
-from components.monitoring import Monitoring, MonitoringArgs, node_targets
+from components.monitoring import ALERTMANAGER_CONF, Monitoring, MonitoringArgs, node_targets, receiver_secrets
 from docker_mocks import (
     PRIVATE_ADDRESS,
     VOLUME,
@@ -24,7 +25,8 @@ from docker_mocks import (
 )
 from fleet import ports
 from fleet.config import FleetSettings
-from fleet.render import grafana, prometheus, rules
+from fleet.local.dataplane import load_settings
+from fleet.render import alertmanager, grafana, prometheus, rules
 
 PASSWORD = "grafana-Admin-Password-0123456789"
 
@@ -43,9 +45,15 @@ class Built:
         return yaml.safe_load(self.uploads("prometheus")["/etc/prometheus/prometheus.yml"]["content"])
 
 
-def build_monitoring(stack: str, targets: dict[str, list[str]], **host: object) -> Built:
+def build_monitoring(
+    stack: str,
+    targets: dict[str, list[str]],
+    settings: FleetSettings | None = None,
+    receiver_secrets: str | None = None,
+    **host: object,
+) -> Built:
     monitor = use_mocks(stack)
-    settings = settings_of(stack)
+    settings = settings or settings_of(stack)
     built = Built(monitor, settings)
 
     @pulumi.runtime.test
@@ -57,6 +65,7 @@ def build_monitoring(stack: str, targets: dict[str, list[str]], **host: object) 
                 host=make_host(**host),
                 targets={job: [pulumi.Output.from_input(t) for t in values] for job, values in targets.items()},
                 grafana_password=pulumi.Output.secret(PASSWORD),
+                alert_receiver_secrets_json=pulumi.Output.secret(receiver_secrets) if receiver_secrets else None,
             ),
         )
 
@@ -183,14 +192,14 @@ def _plain_values(value):
 def test_uis_are_published_on_loopback_locally_and_on_the_private_address_on_aws(dev, prod):
     for built, address in ((dev, "127.0.0.1"), (prod, PRIVATE_ADDRESS)):
         published = sorted((p["ip"], p["internal"]) for c in built.monitor.containers() for p in c.inputs.get("ports") or [])
-        assert published == [(address, ports.GRAFANA), (address, ports.PROMETHEUS)]
+        assert published == [(address, ports.GRAFANA), (address, ports.PROMETHEUS), (address, ports.ALERTMANAGER)]
     assert dev.outputs["prometheus_url"] == f"http://127.0.0.1:{ports.PROMETHEUS}"
     assert prod.outputs["grafana_url"] == f"http://{PRIVATE_ADDRESS}:{ports.GRAFANA}"
 
 
 def test_containers_wait_for_the_host_restart_and_check_health(dev):
     ready = dev.monitor.urn_of("host-ready")
-    for role, url in (("prometheus", "/-/healthy"), ("grafana", "/api/health")):
+    for role, url in (("prometheus", "/-/healthy"), ("grafana", "/api/health"), ("alertmanager", "/-/healthy")):
         container = dev.monitor.container(role)
         assert ready in container.depends_on
         assert container.inputs["restart"] == "unless-stopped"
@@ -210,3 +219,45 @@ def test_node_targets_must_match_the_stack_nodes():
         node_targets(settings, moved)
     nodes = node_targets(settings, PROD_TARGETS)
     assert [(n.name, n.host, n.gpu) for n in nodes] == [("chat-0", "10.70.1.10", True), ("chat-1", "10.70.2.11", True)]
+
+
+RECEIVER_SECRET = "https://hooks.slack.com/services/T000/B000/secret-Slack-Path"
+
+
+def test_alertmanager_gets_prometheus_alerts_and_its_receivers_as_a_secret():
+    settings = load_settings(
+        "prod",
+        {
+            "monitoring.alerting.receivers": [
+                {"name": "team-slack", "kind": "slack"},
+                {"name": "audit", "kind": "webhook", "url": "http://audit.internal:8080/alerts"},
+            ],
+            "monitoring.alerting.critical": ["team-slack", "audit"],
+            "monitoring.alerting.warning": ["team-slack"],
+        },
+    )
+    secrets = {"team-slack": RECEIVER_SECRET}
+    built = build_monitoring("prod", PROD_TARGETS, settings=settings, receiver_secrets=json.dumps(secrets), transport="ssh")
+    container = built.monitor.container("alertmanager")
+    upload = built.uploads("alertmanager")[ALERTMANAGER_CONF]
+    assert is_wire_secret(upload["content"])
+    assert unwrap(upload["content"]) == alertmanager.render_alertmanager(settings, secrets)
+    for resource in built.monitor.registered:
+        assert RECEIVER_SECRET not in str(list(_plain_values(built.monitor.wire_inputs(resource)))), resource.name
+    # Prometheus sends its alerts to the Alertmanager container over the component's network.
+    alerting = built.scrape_config()["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert alerting == [f"{container.inputs['name']}:{ports.ALERTMANAGER}"]
+    # Silences outlive the container: its storage is a named volume.
+    volume = built.monitor.named("ollama-monitoring-alertmanager-data")
+    assert container.inputs["volumes"] == [{"volumeName": volume.inputs["name"], "containerPath": "/alertmanager"}]
+    command = container.inputs["command"]
+    assert "--storage.path=/alertmanager" in command and "--cluster.listen-address=" in command
+    image = next(r for r in built.monitor.registered if r.outputs.get("imageId") == container.inputs["image"])
+    assert "@sha256:" in image.inputs["name"] and image.inputs["name"] == settings.images.alertmanager
+
+
+def test_receiver_secrets_that_do_not_fit_are_refused():
+    assert receiver_secrets(None) == {} and receiver_secrets('{"a": "b"}') == {"a": "b"}
+    for bad in ("[1]", "not json", '{"a": 1}'):
+        with pytest.raises(alertmanager.AlertingConfigError, match="ollama-fleet:alertReceiverSecrets must be a JSON object"):
+            receiver_secrets(bad)

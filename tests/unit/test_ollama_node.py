@@ -234,7 +234,8 @@ def test_addresses_of_the_node_for_the_gateway_and_prometheus(dev, staging):
 
 def test_meter_command_is_accepted_by_the_exporter_cli(dev):
     command = dev.monitor.container("meter").inputs["command"]
-    assert command == meter_command(f"{dev.name}-ollama", "cpu-0", dev.group)
+    assert command == meter_command(f"{dev.name}-ollama", "cpu-0", dev.group, ["dev"])
+    assert command[-2:] == ["--client", "dev"]
     args = build_parser().parse_args(command)
     assert args.upstream == f"http://{dev.name}-ollama:{ports.OLLAMA}"
     assert args.listen == ("0.0.0.0", ports.METER)
