@@ -521,7 +521,7 @@ def validate_public_ports(args: ResourceValidationArgs, report: ReportViolation)
         exposed = _exposed(from_port, to_port, protocol, private)
         if exposed:
             report(
-                f"ports {', '.join(map(str, exposed))} (Ollama, metering, exporters, Prometheus or Grafana) are open "
+                f"ports {', '.join(map(str, exposed))} (Ollama, metering, exporters, Prometheus, Alertmanager or Grafana) are open "
                 f"to {', '.join(world)}; allow them only from the VPC or the gateway's security group",
                 None,
             )

@@ -281,7 +281,7 @@ def test_private_ports_never_open_to_the_world(resources_of, port):
 
 def test_public_ports_check_ipv6_ranges_all_protocols_and_inline_rules(resources_of):
     extra = [
-        ingress_rule("prod", "v6-range", 9000, cidr6="::/0", to_port=9200),  # covers 9090, 9100, 9113
+        ingress_rule("prod", "v6-range", 9000, cidr6="::/0", to_port=9200),  # covers 9090, 9093, 9100, 9113
         ingress_rule("prod", "everything", 0, cidr="0.0.0.0/0", protocol="-1", to_port=0),
         resource(
             "prod",
@@ -293,7 +293,7 @@ def test_public_ports_check_ipv6_ranges_all_protocols_and_inline_rules(resources
     ]
     found = {v.resource_name: v.message for v in violations(resources_of("prod") + extra, "prod", "no-public-inference-ports")}
     assert set(found) == {"v6-range", "everything", "inline", "rule"}
-    assert "9090, 9100, 9113" in found["v6-range"] and "::/0" in found["v6-range"]
+    assert "9090, 9093, 9100, 9113" in found["v6-range"] and "::/0" in found["v6-range"]
 
 
 def test_public_ports_allow_https_admin_cidrs_egress_and_udp(resources_of):
