@@ -281,6 +281,7 @@ def tune(
         _usage_error(f"--metric {metric!r}: allowed: tokens, requests")
     try:
         index, node_group = tn.find_group(settings, group, stack_config.path.name)
+        version = tn.stack_ollama_version(settings, stack_config.path.name)
         swept = lt.parse_levels(values, int, "--values") if values else tn.DEFAULT_VALUES[param]
         if any(v < 1 for v in swept):
             raise lt.LoadSpecError(f"--values {values}: every value must be at least 1")
@@ -291,7 +292,7 @@ def tune(
 
     refused: dict[int, str] = {}
     if param == "num_parallel":
-        swept_list, refused = tn.split_fitting(node_group, swept, headroom)
+        swept_list, refused = tn.split_fitting(node_group, swept, headroom, version)
         for value, reason in sorted(refused.items()):
             err.print(f"[yellow]refused:[/yellow] {reason}", highlight=False, soft_wrap=True)
         if not swept_list:

@@ -129,12 +129,23 @@ def with_num_parallel(group: NodeGroup, value: int) -> NodeGroup:
     return group.model_copy(update={"ollama": group.ollama.model_copy(update={"num_parallel": value})})
 
 
-def capacity_refusal(group: NodeGroup, num_parallel: int, headroom: float) -> str | None:
-    """Why the capacity model refuses `num_parallel` for the group (None when it fits)."""
-    estimate = capacity.estimate_node(with_num_parallel(group, num_parallel), headroom)
+def stack_ollama_version(settings: FleetSettings, stack_file: str) -> str:
+    """The Ollama release the stack deploys (the tag of images.ollama), whose capacity rules apply."""
+    try:
+        version = capacity.version_of_image(settings.images.ollama)
+        capacity.rules_of(version)
+    except capacity.CapacityError as error:
+        raise TuneError(f"{stack_file}: {FLEET_KEY}.images.ollama: {error}") from None
+    return version
+
+
+def capacity_refusal(group: NodeGroup, num_parallel: int, headroom: float, ollama_version: str | None = None) -> str | None:
+    """Why the capacity model refuses `num_parallel` for the group under the rules of the Ollama release
+    the stack deploys (None when it fits)."""
+    estimate = capacity.estimate_node(with_num_parallel(group, num_parallel), headroom, ollama_version=ollama_version)
     if estimate.fits:
         return None
-    largest = capacity.max_num_parallel(group, headroom)
+    largest = capacity.max_num_parallel(group, headroom, ollama_version=ollama_version)
     detail = "; ".join(estimate.problems) or (
         f"needs {capacity.human(estimate.total)} of {capacity.human(estimate.usable)} usable "
         f"({estimate.gpus} × {estimate.gpu_model}, {headroom:.0%} headroom)"
@@ -143,11 +154,13 @@ def capacity_refusal(group: NodeGroup, num_parallel: int, headroom: float) -> st
     return f"numParallel {num_parallel} does not fit {group.instance_type}: {detail}; {limit}"
 
 
-def split_fitting(group: NodeGroup, values: Sequence[int], headroom: float) -> tuple[list[int], dict[int, str]]:
+def split_fitting(
+    group: NodeGroup, values: Sequence[int], headroom: float, ollama_version: str | None = None
+) -> tuple[list[int], dict[int, str]]:
     """The values the capacity model accepts, and the refused ones with the reason."""
     fitting, refused = [], {}
     for value in values:
-        reason = capacity_refusal(group, value, headroom)
+        reason = capacity_refusal(group, value, headroom, ollama_version)
         if reason:
             refused[value] = reason
         else:
@@ -165,12 +178,13 @@ def recommend(
     """The config change that puts the knee into the stack, checked against the capacity model."""
     group = settings.node_groups[group_index]
     headroom = settings.policy.vram_headroom
+    version = capacity.version_of_image(settings.images.ollama)  # checked by stack_ollama_version first
     base = f"{FLEET_KEY}.nodeGroups[{group_index}]"
     rec = Recommendation(param=param, knee_value=knee_value, refused=dict(refused or {}))
     if knee_value is None:
         return rec
     if param == "num_parallel":
-        reason = capacity_refusal(group, knee_value, headroom)
+        reason = capacity_refusal(group, knee_value, headroom, version)
         if reason:
             raise TuneError(f"refusing to recommend {reason}")
         if knee_value == group.ollama.num_parallel:
@@ -202,7 +216,7 @@ def recommend(
         f"the knee ({per_node} per node) is below the {slots} slots a node has: fewer slots keep TTFT within bounds"
     )
     if parallel != group.ollama.num_parallel:
-        reason = capacity_refusal(group, parallel, headroom)
+        reason = capacity_refusal(group, parallel, headroom, version)
         if reason:
             raise TuneError(f"refusing to recommend {reason}")
         rec.changes.append(ConfigChange(f"{base}.ollama.numParallel", group.ollama.num_parallel, parallel))

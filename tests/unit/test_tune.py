@@ -227,3 +227,19 @@ def test_cli_tune_with_nothing_in_bounds_exits_non_zero(tmp_path):
         _cli(), ["tune", "--stack", "dev", "--group", "cpu", "--from-results", str(tmp_path), "--max-p95-ttft", "1"]
     )
     assert result.exit_code == 1 and "no value of concurrency stays within the bounds" in result.output
+
+
+def test_refusals_follow_the_ollama_release_of_the_stack():
+    settings = _long_context(load_stack("prod").settings)
+    group = settings.node_groups[0]
+    headroom = settings.policy.vram_headroom
+    older = settings.model_copy(update={"images": settings.images.model_copy(update={"ollama": "ollama/ollama:0.24.0@sha256:" + "a" * 64})})
+    assert tn.stack_ollama_version(older, "Pulumi.prod.yaml") == "0.24.0"
+    largest_then = capacity.max_num_parallel(group, headroom, ollama_version="0.24.0")
+    largest_now = capacity.max_num_parallel(group, headroom, ollama_version=tn.stack_ollama_version(settings, "Pulumi.prod.yaml"))
+    assert largest_then != largest_now
+    with pytest.raises(tn.TuneError, match=f"numParallel {largest_then + 1} does not fit"):
+        tn.recommend("num_parallel", largest_then + 1, older, 0)
+    unsupported = settings.model_copy(update={"images": settings.images.model_copy(update={"ollama": "ollama/ollama:0.12.0"})})
+    with pytest.raises(tn.TuneError, match=r"Pulumi.prod.yaml: .*images.ollama: Ollama 0.12.0 is not supported"):
+        tn.stack_ollama_version(unsupported, "Pulumi.prod.yaml")
