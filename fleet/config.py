@@ -215,7 +215,10 @@ class Images(Model):
     # `docker run` guide); its memory rules are fleet.ollama_rules' v0.30+ range.
     ollama: ImageRef = Field(
         "ollama/ollama:0.32.15@sha256:57d60e686821ea81a7748a3ec8141308c8b8f95b27105713954abf7a6529e700",
-        description="Ollama server image (GPU and CPU builds in one multi-arch image).",
+        description=(
+            "Ollama server image (GPU and CPU builds in one multi-arch image); its tag is the Ollama release "
+            "whose memory rules the capacity model applies (supported: v0.13.1 and later)."
+        ),
     )
     nginx: ImageRef = Field(
         "nginx:1.28.0-alpine@sha256:30f1c0d78e0ad60901648be663a710bdadf19e4c10ac6782c235200619158284",
