@@ -38,6 +38,8 @@ class _Site:
     certificate: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
     # The public URL where DNS names the gateway; None means the gateway's own address.
     url: pulumi.Output[str] | None = None
+    # The AMI every GPU node boots (AWS only).
+    node_ami: pulumi.Input[str] | None = None
 
 
 class Fleet(pulumi.ComponentResource):
@@ -48,6 +50,7 @@ class Fleet(pulumi.ComponentResource):
     api_keys: pulumi.Output[dict[str, str]]
     admin_key: pulumi.Output[str]
     grafana_password: pulumi.Output[str]
+    deployed: pulumi.Output[dict]
 
     def __init__(self, name: str, args: FleetArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TOKEN, name, None, opts)
@@ -68,6 +71,7 @@ class Fleet(pulumi.ComponentResource):
 
         upstreams: dict[str, list[pulumi.Output[str]]] = {}
         targets: dict[str, list[pulumi.Output[str]]] = {}
+        digests: dict[str, pulumi.Output[dict[str, str]]] = {}
         for group in settings.node_groups:
             for index, host in enumerate(site.node_hosts[group.name]):
                 node = OllamaNode(
@@ -76,6 +80,7 @@ class Fleet(pulumi.ComponentResource):
                     child,
                 )
                 upstreams.setdefault(group.name, []).append(node.upstream_address)
+                digests.setdefault(group.name, node.model_digests)  # every node of a group pulls the same
                 for job, target in node.metrics_targets.items():
                     targets.setdefault(job, []).append(target)
 
@@ -120,6 +125,13 @@ class Fleet(pulumi.ComponentResource):
 
         self.gateway_url = site.url or gateways[0].url
         self.node_addresses = pulumi.Output.all(*[a for group in upstreams.values() for a in group])
+        # What this stack runs, for its deployment record and `fleet promote`: image references (pinned by
+        # digest), model digests per node group as Ollama lists them, the AMI of the GPU nodes.
+        self.deployed = pulumi.Output.all(
+            images=settings.images.model_dump(by_alias=True),
+            models=pulumi.Output.all(**digests) if digests else {},
+            amiId=site.node_ami,
+        )
         self.api_keys = secrets.api_keys
         self.admin_key = secrets.admin_key
         self.grafana_password = secrets.grafana_password
@@ -169,7 +181,7 @@ class Fleet(pulumi.ComponentResource):
 
     def _aws(self, name: str, args: FleetArgs) -> _Site:
         from components.dns import Dns, DnsArgs
-        from components.gpu_host import GpuHost, GpuHostArgs
+        from components.gpu_host import GpuHost, GpuHostArgs, node_ami
         from components.network import Network, NetworkArgs
 
         settings = args.settings
@@ -179,6 +191,7 @@ class Fleet(pulumi.ComponentResource):
         network = Network(f"{name}-net", NetworkArgs(settings=settings, stack=args.stack), child)
         # One SSH key pair for the Docker provider and remote commands; it never leaves Pulumi state (secret).
         ssh_key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=child)
+        ami = node_ami(settings, self)
 
         def host(
             host_name: str, role: str, instance_type: str, zone_index: int, volume_gb: int | None, root_volume_gb: int | None = None
@@ -199,6 +212,7 @@ class Fleet(pulumi.ComponentResource):
                     model_volume_gb=volume_gb,
                     gpus=catalog.INSTANCES[instance_type].gpus if instance_type in catalog.INSTANCES else 0,
                     root_volume_gb=root_volume_gb,
+                    ami=ami if role == "node" else None,
                 ),
                 child,
             )
@@ -237,4 +251,5 @@ class Fleet(pulumi.ComponentResource):
             server_name=fqdn,
             certificate=certificate,
             url=dns.url if dns else None,
+            node_ami=ami,
         )

@@ -68,6 +68,8 @@ class GpuHostArgs:
     gpus: int
     # Root volume size; None means 100 GB for nodes (the GPU AMI is large) and 40 GB for the gateway.
     root_volume_gb: int | None = None
+    # The node AMI, resolved once per stack (`node_ami`), so every node of a stack boots the same image.
+    ami: pulumi.Input[str] | None = None
 
 
 def ssh_dir(stack: str) -> Path:
@@ -345,10 +347,23 @@ class GpuHost(pulumi.ComponentResource):
     def _ami(self, args: GpuHostArgs) -> pulumi.Input[str]:
         aws_settings = args.settings.aws
         assert aws_settings is not None
+        if args.role == "node" and args.ami is not None:
+            return args.ami
         if args.role == "node" and aws_settings.ami_id:
             return aws_settings.ami_id
         owner, pattern = (GPU_AMI_OWNER, GPU_AMI_NAME) if args.role == "node" else (UBUNTU_AMI_OWNER, UBUNTU_AMI_NAME)
-        return aws.ec2.get_ami_output(
+        return _newest_ami(owner, pattern, self)
+
+
+def node_ami(settings: FleetSettings, parent: pulumi.Resource) -> pulumi.Input[str]:
+    """The AMI of a stack's GPU nodes: `aws.amiId` when pinned, else one lookup of the newest GPU AMI for the whole
+    stack (exported in the deployment record, and pinned into the next stack by `fleet promote`)."""
+    assert settings.aws is not None
+    return settings.aws.ami_id or _newest_ami(GPU_AMI_OWNER, GPU_AMI_NAME, parent)
+
+
+def _newest_ami(owner: str, pattern: str, parent: pulumi.Resource) -> pulumi.Output[str]:
+    return aws.ec2.get_ami_output(
             most_recent=True,
             owners=[owner],
             filters=[
@@ -356,7 +371,7 @@ class GpuHost(pulumi.ComponentResource):
                 aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
                 aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
             ],
-            opts=pulumi.InvokeOutputOptions(parent=self),
+            opts=pulumi.InvokeOutputOptions(parent=parent),
         ).id
 
 

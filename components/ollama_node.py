@@ -21,7 +21,15 @@ from components.host import Host
 from components.images import exporter_image, pinned_image
 from fleet import ports
 from fleet.config import PROJECT, FleetSettings, NodeGroup
-from fleet.node_runtime import MODELS_DIR, meter_command, models_label, ollama_environment, pull_script, warm_script
+from fleet.node_runtime import (
+    MODELS_DIR,
+    meter_command,
+    model_digests,
+    models_label,
+    ollama_environment,
+    pull_script,
+    warm_script,
+)
 from fleet.render.prometheus import JOB_DCGM, JOB_METER, JOB_NODE
 
 TOKEN = f"{PROJECT}:index:OllamaNode"
@@ -118,6 +126,8 @@ class OllamaNode(pulumi.ComponentResource):
             self.metrics_targets[JOB_DCGM] = place.peer_address(meter_name, ports.DCGM_EXPORTER)
 
         self.pull, self.warm = self._model_steps(name, settings, group, host, ollama_name, models_json)
+        # The digests of what this node pulled, as Ollama lists them (the pull step reports them).
+        self.model_digests = self.pull.stdout.apply(model_digests)
         self.upstream_address = place.peer_address(meter_name, ports.METER)
         self.register_outputs(
             {

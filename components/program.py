@@ -31,6 +31,7 @@ def run() -> Fleet:
     )
     pulumi.export("gatewayUrl", fleet.gateway_url)
     pulumi.export("nodeAddresses", fleet.node_addresses)
+    pulumi.export("deployed", fleet.deployed)
     if fleet.grafana_url is not None:
         pulumi.export("grafanaUrl", fleet.grafana_url)
         pulumi.export("prometheusUrl", fleet.prometheus_url)

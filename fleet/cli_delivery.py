@@ -83,21 +83,42 @@ def promote(
     target: str = typer.Argument(..., metavar="TO", help="Stack that receives them, e.g. prod."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Write without asking (CI)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the diff and the verdict; write nothing."),
+    record: Path | None = typer.Option(
+        None, "--record",
+        help="FROM's deployment record (artifact deployment-record-FROM of the deploy run) instead of asking Pulumi.",
+    ),
 ) -> None:
-    """Copy the tested, pinned values (images, models, Ollama knobs, gateway limits) from FROM's stack file to TO's.
+    """Carry what FROM really ran — tested there — to TO's stack file: images, model digests, the AMI, and the
+    values meant to travel between these two stacks.
 
-    Shows the diff first, keeps TO's environment-specific values (placement, counts, domain, TLS, CIDRs,
-    clients, monitoring, policy, tags, secrets) and refuses when TO's policy verdict or capacity check fails.
+    Refused unless FROM was deployed and smoke-tested at one commit (its stack tags and history, or --record);
+    the values come from FROM's stack file at that commit and from its `deployed` output. Shows the diff first,
+    keeps TO's own values (placement, counts, queue and rate limits, domain, TLS, CIDRs, clients, monitoring,
+    policy, tags, secrets) and refuses when TO's policy verdict or capacity check fails.
     """
     from fleet import promote as promotion
+    from fleet.deployment import DeploymentError, DeploymentRecord
     from fleet.stack_file import project_root
+    from fleet.tested_source import UntestedSourceError, tested_source
 
     root = project_root()
     try:
-        plan = promotion.plan_promotion(source, target, root)
+        promotion.promoted_keys(source, target)
+        deployment = DeploymentRecord.from_file(record, source) if record else DeploymentRecord.from_pulumi(source, root)
+        tested = tested_source(source, target, root, deployment)
     except promotion.PromotionError as error:
         err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_CONFIG) from None
+    except (DeploymentError, UntestedSourceError) as error:
+        err.print(f"[bold red]refused:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    console.print(f"{source} was deployed and smoke-tested at {tested.commit}: promoting that")
+    try:
+        plan = promotion.plan_promotion(source, target, root, source_text=tested.text, deployed=tested.deployed)
+    except promotion.PromotionError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    plan.notes[:0] = tested.notes
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if not plan.changed:

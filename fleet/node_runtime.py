@@ -68,6 +68,34 @@ def pull_reference(model: ModelSpec) -> str | None:
     return entry.pull_tag(model.quantization)
 
 
+# Ollama keeps one manifest per model under $OLLAMA_MODELS/manifests/<host>/<namespace>/<model>/<tag>, and the
+# digest it lists (`/api/tags`, first 12 characters in `ollama list`) is the SHA-256 of that file (Ollama
+# v0.24.0 manifest/manifest.go, ParseNamedManifest; types/model/name.go, Filepath).
+_REGISTRY, _NAMESPACE = "registry.ollama.ai", "library"
+DIGEST_LINE = "model-digest"  # `model-digest <served name> sha256:<hex>` lines of the pull step's output
+
+
+def manifest_path(reference: str, models_dir: str = MODELS_DIR) -> str:
+    """Where Ollama keeps the manifest of `reference` (`name:tag` or `namespace/name:tag`)."""
+    name, _, tag = reference.partition(":")
+    parts = name.split("/")
+    if len(parts) == 1:
+        parts = [_REGISTRY, _NAMESPACE, *parts]
+    elif len(parts) == 2:
+        parts = [_REGISTRY, *parts]
+    return "/".join([models_dir.rstrip("/"), "manifests", *parts, tag or "latest"])
+
+
+def model_digests(output: str | None) -> dict[str, str]:
+    """The digests the pull step reported, by served name (`name:tag`)."""
+    found: dict[str, str] = {}
+    for line in (output or "").splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == DIGEST_LINE and fields[2].startswith("sha256:"):
+            found[fields[1]] = fields[2]
+    return found
+
+
 def import_path(model: ModelSpec) -> str:
     """Where a GGUF file is placed inside the container for `ollama create` (removed afterwards)."""
     return f"/tmp/{model.name}-{model.tag}.gguf".replace(":", "-")
@@ -174,6 +202,14 @@ def pull_script(container: str, group: NodeGroup, staged: dict[str, str] | None 
         lines.append(f"step {q('ollama create ' + model.ref)} create {q(model.ref)} {q(modelfile(model))}")
         if reference is None:
             lines.append(f'docker exec "$container" rm -f {q(import_path(model))}')
+    # What the node really pulled, as Ollama lists it: the deployment record (`deployed` output) carries it.
+    for model in group.models:
+        reference = pull_reference(model)
+        if reference is not None:
+            lines.append(
+                f'printf \'{DIGEST_LINE} %s sha256:%s\\n\' {q(model.ref)} '
+                f'"$(docker exec "$container" sha256sum {q(manifest_path(reference))} | cut -d" " -f1)"'
+            )
     return "\n".join(lines) + "\n"
 
 

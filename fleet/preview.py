@@ -92,6 +92,7 @@ def run_program(stack_config: StackConfig) -> PreviewResult:
             gatewayUrl=fleet.gateway_url,
             nodeAddresses=fleet.node_addresses,
             grafanaUrl=fleet.grafana_url,
+            deployed=fleet.deployed,
         ).apply(outputs.update)
 
     pulumi_mocks.test(program)()

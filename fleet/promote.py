@@ -37,22 +37,35 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
 from fleet.config import FLEET_KEY
-from fleet.stack_file import StackConfig, StackConfigError, load_stack, load_stack_file, stack_path
+from fleet.stack_file import StackConfig, StackConfigError, load_stack_file, stack_path
 
-# The promoted keys, relative to `ollama-fleet:fleet`. `nodeGroups[*]` means: in every node group of the
-# target that has a group of the same name in the source.
-PROMOTED: tuple[tuple[str, ...], ...] = (
-    ("images",),
-    ("nodeGroups[*]", "models"),
-    ("nodeGroups[*]", "ollama"),
-    ("gateway", "rateLimits"),
+# The promoted keys per stack pair, relative to `ollama-fleet:fleet`. `nodeGroups[*]` means: in every node
+# group of the target that has a group of the same name in the source. Nothing sized for the source's hardware
+# or traffic travels (node counts, instance types, `queuePerNode`, rate limits): the target keeps its own.
+_GATEWAY_TIMEOUTS: tuple[tuple[str, ...], ...] = (
     ("gateway", "maxBodySize"),
     ("gateway", "connectTimeoutS"),
     ("gateway", "readTimeoutS"),
     ("gateway", "sendTimeoutS"),
-    ("gateway", "queuePerNode"),
     ("gateway", "retryAfterS"),
 )
+TRAVELS: dict[tuple[str, str], tuple[tuple[str, ...], ...]] = {
+    # dev runs CPU models on a laptop-sized host: only the images and the gateway's protocol settings move on.
+    ("dev", "staging"): (("images",), *_GATEWAY_TIMEOUTS),
+    # staging runs the GPUs prod runs: the models and the Ollama knobs tested there move on too.
+    ("staging", "prod"): (("images",), ("nodeGroups[*]", "models"), ("nodeGroups[*]", "ollama"), *_GATEWAY_TIMEOUTS),
+}
+PROMOTED: tuple[tuple[str, ...], ...] = tuple(dict.fromkeys(path for paths in TRAVELS.values() for path in paths))
+
+
+def promoted_keys(source: str, target: str) -> tuple[tuple[str, ...], ...]:
+    try:
+        return TRAVELS[(source, target)]
+    except KeyError:
+        pairs = ", ".join(f"{a} → {b}" for a, b in TRAVELS)
+        raise PromotionError(f"no promotion from {source} to {target}: promotions go {pairs}") from None
+
+
 # Everything else stays as the target has it (docs/runbook.md, "Promotion", lists the notable keys).
 
 
@@ -282,11 +295,13 @@ def _groups_by_name(fleet: dict, name: str) -> dict[str, dict]:
     return {g.get("name"): g for g in groups if isinstance(g, dict)}
 
 
-def _promote_into(source: dict, target: dict, notes: list[str], source_name: str, target_name: str) -> list[Change]:
+def _promote_into(
+    source: dict, target: dict, notes: list[str], source_name: str, target_name: str, paths: tuple[tuple[str, ...], ...]
+) -> list[Change]:
     changes: list[Change] = []
     source_groups = _groups_by_name(source, source_name)
     target_groups = _groups_by_name(target, target_name)
-    for path in PROMOTED:
+    for path in paths:
         head, leaf = path[0], path[-1]
         if head == "nodeGroups[*]":
             for group_name, target_group in target_groups.items():
@@ -328,25 +343,70 @@ def _promote_into(source: dict, target: dict, notes: list[str], source_name: str
     return changes
 
 
-def plan_promotion(source: str, target: str, root: Path) -> PromotionPlan:
-    """The target file with the promoted keys of `source` applied, its diff and the changed keys. Writes nothing."""
+def _apply_deployed(source: dict, deployed: dict[str, Any]) -> None:
+    """Make the source mapping say what the source really ran (its `deployed` output): every image reference, and
+    the digest of each model pulled (node groups and models matched by name). Promotion then carries it."""
+    images = deployed.get("images") or {}
+    if images:
+        source["images"] = {**(source.get("images") or {}), **images}
+    groups = _groups_by_name(source, "source")
+    for group_name, digests in (deployed.get("models") or {}).items():
+        for model in (groups.get(group_name) or {}).get("models") or []:
+            digest = (digests or {}).get(f"{model.get('name')}:{model.get('tag')}")
+            if digest and not model.get("gguf"):
+                model["digest"] = digest
+
+
+def _pin_ami(target: CommentedMap, ami: str | None, notes: list[str], source: str) -> list[Change]:
+    """The GPU nodes' AMI the source booted, pinned in the target (`aws.amiId`)."""
+    aws = target.get("aws")
+    if not isinstance(aws, dict):
+        return []
+    if not ami:
+        notes.append(f"{source} reports no AMI (it has no GPU hosts): the target's aws.amiId stays as it is")
+        return []
+    before = _plain(aws["amiId"]) if "amiId" in aws else _MISSING
+    if before == ami:
+        return []
+    aws["amiId"] = ami
+    return [Change(f"{FLEET_KEY}.aws.amiId", before, ami)]
+
+
+def plan_promotion(
+    source: str, target: str, root: Path, source_text: str | None = None, deployed: dict[str, Any] | None = None
+) -> PromotionPlan:
+    """The target file with the promoted keys of `source` applied, its diff and the changed keys. Writes nothing.
+
+    `source_text` is the source stack file as it was deployed (default: the working tree's); `deployed` the
+    source's `deployed` output, whose image references, model digests and AMI are pinned into the target.
+    """
     if source == target:
         raise PromotionError(f"source and target are the same stack ({source!r})")
     for stack in (source, target):
         if not stack_path(stack, root).is_file():
             raise PromotionError(f"no stack file Pulumi.{stack}.yaml in {root}")
-    try:
-        load_stack(source, root)  # the source must be a valid, tested stack
-    except StackConfigError as error:
-        raise PromotionError(f"the source stack is not valid:\n{error}") from None
-    _, _, source_doc = _load(stack_path(source, root))
+    paths = promoted_keys(source, target)
+    source_name = f"Pulumi.{source}.yaml"
+    if source_text is None:
+        source_text = stack_path(source, root).read_text()
+    with tempfile.TemporaryDirectory(prefix="fleet-promote-source-") as tmp:
+        copy_path = Path(tmp) / source_name
+        copy_path.write_text(source_text)
+        try:
+            load_stack_file(copy_path, source)  # the source must be a valid, tested stack
+        except StackConfigError as error:
+            raise PromotionError(f"the source stack is not valid:\n{error}") from None
+        _, _, source_doc = _load(copy_path)
     target_file = stack_path(target, root)
     yaml, original, target_doc = _load(target_file)
     notes: list[str] = []
-    changes = _promote_into(
-        _fleet(source_doc, f"Pulumi.{source}.yaml"), _fleet(target_doc, target_file.name), notes,
-        f"Pulumi.{source}.yaml", target_file.name,
-    )
+    target_fleet = _fleet(target_doc, target_file.name)
+    source_fleet = _fleet(source_doc, source_name)
+    if deployed is not None:
+        _apply_deployed(source_fleet, deployed)
+    changes = _promote_into(source_fleet, target_fleet, notes, source_name, target_file.name, paths)
+    if deployed is not None:
+        changes += _pin_ami(target_fleet, deployed.get("amiId"), notes, source)
     out = io.StringIO()
     yaml.dump(target_doc, out)
     return PromotionPlan(source, target, target_file, original, out.getvalue(), changes, notes)

@@ -5,6 +5,7 @@ These pin down the upstream behaviour the gateway, the exporter and the capacity
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from fleet.local.ollama import OllamaSettings
 from fleet.local import ollama_build
 from fleet.local.ollama_build import OLLAMA_TAG
 from fleet.local.processes import port_is_open
+from fleet.node_runtime import manifest_path, model_digests
 
 pytestmark = pytest.mark.e2e
 
@@ -68,6 +70,19 @@ def test_model_imported_once_is_listed_by_every_node(ollama_cluster, model_name)
         assert entry["details"]["format"] == "gguf"
         assert entry["details"]["quantization_level"] == "Q4_1"
         assert entry["details"]["family"] == "llama"
+
+
+def test_the_digest_a_node_reports_is_the_one_ollama_lists(ollama_cluster, model_name, ollama_models_dir):
+    """The pull step hashes the model's manifest file (fleet.node_runtime.manifest_path); the real server lists
+    the same digest in /api/tags, so the deployment record carries what Ollama itself would report."""
+    reference = f"{model_name}:latest"
+    (entry,) = [m for m in ollama_cluster[0].tags() if m["name"] == reference]
+    manifest = Path(manifest_path(reference, str(ollama_models_dir)))
+    assert manifest.is_file(), f"no manifest at {manifest}"
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert digest == entry["digest"].removeprefix("sha256:")
+    line = f"model-digest {reference} sha256:{digest}"
+    assert model_digests(f"pulled\n{line}\n") == {reference: f"sha256:{digest}"}
 
 
 def test_generate_returns_real_tokens_and_timings(ollama_cluster, model_name, fast_options):

@@ -569,3 +569,44 @@ def test_exporter_requirements_are_the_hashed_closure_at_the_project_pins():
     distributions = importlib.metadata.packages_distributions()
     root_dists = sorted({distributions[m][0] for m in roots})
     assert set(pins) == _closure(root_dists)
+
+
+FAKE_DOCKER_MANIFESTS = r"""#!/usr/bin/env bash
+# Fake docker CLI: `exec [-i] CONTAINER CMD…`; files under /models live in $MODELS_ROOT.
+[ "$1" = exec ] || exit 2
+shift
+[ "$1" = -i ] && { shift; cat > /dev/null; }
+shift  # the container
+case "$1 $2" in
+  "ollama list") printf 'NAME ID SIZE MODIFIED\n' ;;
+  sha256sum*) exec sha256sum "$MODELS_ROOT${2#/models}" ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+def test_the_pull_step_reports_the_digest_of_each_pulled_model(tmp_path):
+    """The script runs (bash, a fake docker CLI): it prints, per registry model, the SHA-256 of the manifest
+    Ollama keeps for it, which `model_digests` reads into the `deployed` output; imported GGUF models have none."""
+    from fleet.config import NodeGroup
+    from fleet.node_runtime import manifest_path, model_digests, pull_reference
+
+    group = NodeGroup.model_validate({
+        "name": "chat", "instanceType": "g6e.xlarge", "count": 1,
+        "models": [{"name": "llama3.1", "tag": "8b", "quantization": "q4_K_M", "numCtx": 8192}],
+    })
+    reference = pull_reference(group.models[0])
+    manifest = tmp_path / "models" / manifest_path(reference, "").lstrip("/")
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"schemaVersion": 2, "layers": []}')
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER_MANIFESTS)
+    (bin_dir / "docker").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MODELS_ROOT": str(tmp_path / "models")}
+    done = subprocess.run(["bash", "-c", pull_script("ollama-chat-0", group)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    import hashlib
+
+    expected = "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert model_digests(done.stdout) == {"llama3.1:8b": expected}

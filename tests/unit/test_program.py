@@ -198,3 +198,21 @@ def test_preview_of_a_bad_stack_is_a_clear_error(tmp_path):
     assert data is None
     assert "Traceback" not in proc.stderr
     assert "Pulumi.bad.yaml" in proc.stderr and "numParallel" in proc.stderr
+
+
+def test_each_stack_exports_what_it_runs(previews):
+    """The `deployed` output (the deployment record `fleet promote` reads): the pinned images, the model
+    digests per node group, and the one AMI every GPU node of the stack boots."""
+    for stack in ("staging", "prod"):
+        _, data = previews[stack]
+        deployed = data["outputs"]["deployed"]
+        config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]["ollama-fleet:fleet"]
+        for key, reference in config.get("images", {}).items():
+            assert deployed["images"][key] == reference
+        assert all("@sha256:" in ref for ref in deployed["images"].values())
+        amis = {r["inputs"]["ami"] for r in of_type(data, INSTANCE) if "host-" in r["name"] and "gateway" not in r["name"]}
+        assert amis == {deployed["amiId"]}, amis  # resolved once for the whole stack
+        assert deployed["amiId"].startswith("ami-")
+        assert set(deployed["models"]) == {g["name"] for g in config["nodeGroups"]}
+    _, dev = previews["dev"]
+    assert dev["outputs"]["deployed"]["amiId"] is None  # no AWS hosts

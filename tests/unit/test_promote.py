@@ -1,8 +1,12 @@
-"""`fleet promote FROM TO` on temporary copies of the real stack files: what moves, what stays, and refusals."""
+"""`fleet promote FROM TO` on temporary git checkouts holding copies of the real stack files: what moves per stack
+pair, what stays, what the source really ran (its deployment record: tags, history, `deployed` output) pinned
+into the target, and the refusals — an untested source, uncommitted edits, a target that would not fit."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,14 @@ from fleet import promote
 from fleet.capacity import estimate_node
 from fleet.cli_delivery import register
 from fleet.config import FLEET_KEY
+from fleet.deployment import TAG_DEPLOYED, TAG_SMOKE_TESTED
 from fleet.stack_file import load_stack_file
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW_OLLAMA = "ollama/ollama:0.13.2@sha256:" + "b" * 64
 MODEL_DIGEST = "sha256:" + "a" * 64
+PULLED_DIGEST = "sha256:" + "d" * 64
+AMI = "ami-0123abcd4567ef890"
 
 
 @pytest.fixture
@@ -27,7 +34,38 @@ def project(tmp_path: Path) -> Path:
     """A project folder holding copies of Pulumi.yaml and the three real stack files."""
     for path in [ROOT / "Pulumi.yaml", *ROOT.glob("Pulumi.*.yaml")]:
         shutil.copy(path, tmp_path / path.name)
+    git(tmp_path, "init", "-q", "-b", "main")
+    commit_all(tmp_path, "stacks")
     return tmp_path
+
+
+def git(project: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com", "PATH": "/usr/bin:/bin", "HOME": str(project)}
+    done = subprocess.run(["git", "-C", str(project), *args], capture_output=True, text=True, env=env, check=True)
+    return done.stdout.strip()
+
+
+def commit_all(project: Path, message: str = "change") -> str:
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "--allow-empty", "-m", message)
+    return git(project, "rev-parse", "HEAD")
+
+
+def write_record(project: Path, stack: str = "staging", commit: str | None = None, smoke: str | None = None,
+                 deployed: dict | None = None) -> Path:
+    """The deployment record the deploy workflow saves: deployed and smoke-tested at `commit` (HEAD)."""
+    commit = commit or git(project, "rev-parse", "HEAD")
+    record = {
+        "stack": stack,
+        "outputs": {"deployed": deployed if deployed is not None else {"images": {}, "models": {}, "amiId": None},
+                    "apiKeys": "[secret]"},
+        "tags": {TAG_DEPLOYED: commit, TAG_SMOKE_TESTED: smoke or commit},
+        "history": [{"kind": "update", "result": "succeeded", "environment": {"git.head": commit}}],
+    }
+    path = project.parent / f"{project.name}-record-{stack}.json"
+    path.write_text(json.dumps(record))
+    return path
 
 
 def edit(path: Path, *replacements: tuple[str, str]) -> None:
@@ -81,17 +119,19 @@ PROMOTED_BY_TESTED_STAGING = {
     f"config.{FLEET_KEY}.nodeGroups[chat].models[llama3.1].digest",
     f"config.{FLEET_KEY}.nodeGroups[chat].ollama.numParallel",
     f"config.{FLEET_KEY}.nodeGroups[chat].ollama.maxQueue",
-    f"config.{FLEET_KEY}.gateway.rateLimits.perKeyPerMinute",
     f"config.{FLEET_KEY}.gateway.readTimeoutS",
-    f"config.{FLEET_KEY}.gateway.queuePerNode",
 }
 
 
-def run_cli(project: Path, monkeypatch, *args: str):
+def run_cli(project: Path, monkeypatch, *args: str, record: Path | None = None):
+    """`fleet promote` as after a green pipeline: everything committed, the source tested at HEAD."""
+    if record is None:
+        commit_all(project)
+        record = write_record(project, args[0])
     app = typer.Typer()
     register(app)
     monkeypatch.chdir(project)
-    return CliRunner().invoke(app, ["promote", *args])
+    return CliRunner().invoke(app, ["promote", *args, "--record", str(record)])
 
 
 # --- what moves, what stays ----------------------------------------------------------------------------------
@@ -112,9 +152,7 @@ def test_the_diff_shows_exactly_the_promoted_keys(project):
         f"{FLEET_KEY}.nodeGroups[chat].models[0].digest",
         f"{FLEET_KEY}.nodeGroups[chat].ollama.numParallel",
         f"{FLEET_KEY}.nodeGroups[chat].ollama.maxQueue",
-        f"{FLEET_KEY}.gateway.rateLimits.perKeyPerMinute",
         f"{FLEET_KEY}.gateway.readTimeoutS",
-        f"{FLEET_KEY}.gateway.queuePerNode",
     }
     changed_lines = [l[1:].strip() for l in plan.diff.splitlines() if l[:1] in "+-" and not l.startswith(("+++", "---"))]
     assert sorted(changed_lines) == sorted(
@@ -122,9 +160,7 @@ def test_the_diff_shows_exactly_the_promoted_keys(project):
             f"digest: {MODEL_DIGEST}",
             "numParallel: 4", "numParallel: 3",
             "maxQueue: 128", "maxQueue: 96",
-            "images:", f"ollama: {NEW_OLLAMA}",
-            "rateLimits:", "perKeyPerMinute: 900", "readTimeoutS: 300",
-            "queuePerNode: 8", "queuePerNode: 6",
+            "images:", f"ollama: {NEW_OLLAMA}", "readTimeoutS: 300",
         ]
     )
     numparallel = next(c for c in plan.changes if c.path.endswith("numParallel"))
@@ -148,7 +184,9 @@ def test_target_specific_values_and_layout_are_kept(project):
     assert settings.images.ollama == NEW_OLLAMA
     assert settings.node_groups[0].models[0].digest == MODEL_DIGEST
     assert settings.node_groups[0].ollama.num_parallel == 3
-    assert settings.gateway.rate_limits.per_key_per_minute == 900
+    # ... and nothing sized for staging's hardware or traffic did
+    assert settings.gateway.queue_per_node == 8
+    assert settings.gateway.rate_limits.per_key_per_minute != 900
     # Round-trip editing: the header comment, quoting and flow lists of the target stay as written.
     assert plan.candidate.startswith("# prod: AWS, GPU nodes in two zones")
     assert '          keepAlive: "-1"\n' in plan.candidate
@@ -182,8 +220,8 @@ def test_groups_are_matched_by_name(project):
     # dev's CPU group has no counterpart in staging: staging's GPU group keeps its own models and knobs.
     assert candidate["nodeGroups"] == original["nodeGroups"]
     assert any("'cpu'" in note and "not promoted" in note for note in plan.notes)
-    # gateway limits are promoted all the same (dev sets them explicitly)
-    assert candidate["gateway"]["rateLimits"] == yaml.safe_load((project / "Pulumi.dev.yaml").read_text())["config"][FLEET_KEY]["gateway"]["rateLimits"]
+    # dev's rate limits and queue are sized for a laptop: staging keeps its own
+    assert candidate["gateway"] == original["gateway"]
 
 
 def test_an_invalid_source_or_a_missing_stack_is_refused(project):
@@ -280,3 +318,61 @@ def test_the_runbook_lists_every_promoted_key():
     runbook = (ROOT / "docs" / "runbook.md").read_text()
     for path in promote.PROMOTED:
         assert f"`{'.'.join(path)}`" in runbook, f"docs/runbook.md does not list the promoted key {'.'.join(path)}"
+
+
+# --- what was deployed and tested ---------------------------------------------------------------------------------
+
+
+def test_only_the_pairs_of_the_pipeline_promote(project):
+    for source, target in (("staging", "dev"), ("dev", "prod"), ("prod", "staging")):
+        with pytest.raises(promote.PromotionError, match="promotions go dev → staging, staging → prod"):
+            promote.plan_promotion(source, target, project)
+    assert ("gateway", "queuePerNode") not in promote.PROMOTED and ("gateway", "rateLimits") not in promote.PROMOTED
+
+
+def test_the_deployed_digests_and_ami_are_pinned_into_the_target(project, monkeypatch):
+    deployed = {"images": {"ollama": NEW_OLLAMA}, "models": {"chat": {"llama3.1:8b": PULLED_DIGEST}}, "amiId": AMI}
+    commit_all(project)
+    result = run_cli(project, monkeypatch, "staging", "prod", "--yes", record=write_record(project, deployed=deployed))
+    assert result.exit_code == 0, result.output
+    settings = load_stack_file(project / "Pulumi.prod.yaml", "prod").settings
+    assert settings.images.ollama == NEW_OLLAMA
+    assert settings.node_groups[0].models[0].digest == PULLED_DIGEST
+    assert settings.aws.ami_id == AMI
+    plan = promote.plan_promotion("staging", "prod", project, deployed={**deployed, "amiId": "ami-0fedcba9876543210"})
+    assert [c.path for c in plan.changes] == [f"{FLEET_KEY}.aws.amiId"]  # the rest is already there
+    assert (plan.changes[0].before, plan.changes[0].after) == (AMI, "ami-0fedcba9876543210")
+
+
+def test_an_untested_source_is_refused(project, monkeypatch):
+    tested_staging(project)
+    head = commit_all(project)
+    before = (project / "Pulumi.prod.yaml").read_bytes()
+    for record, says in (
+        (write_record(project, smoke="f" * 40), "its smoke test passed at"),
+        (write_record(project, "prod"), "not a deployment record of stack 'staging'"),
+    ):
+        result = run_cli(project, monkeypatch, "staging", "prod", "--yes", record=record)
+        assert result.exit_code == 1, result.output
+        assert "refused:" in result.output and says in result.output, result.output
+    assert (project / "Pulumi.prod.yaml").read_bytes() == before
+    assert head
+
+
+def test_uncommitted_edits_are_refused(project, monkeypatch):
+    record = write_record(project)
+    edit(project / "Pulumi.staging.yaml", ("          numParallel: 4\n", "          numParallel: 3\n"))
+    result = run_cli(project, monkeypatch, "staging", "prod", "--yes", record=record)
+    assert result.exit_code == 1 and "uncommitted changes to Pulumi.staging.yaml" in result.output, result.output
+    assert "numParallel: 3" not in (project / "Pulumi.prod.yaml").read_text()
+
+
+def test_the_tested_version_is_promoted_not_a_later_edit(project, monkeypatch):
+    tested_staging(project)  # numParallel 3, deployed and smoke-tested …
+    tested = commit_all(project, "tested on staging")
+    edit(project / "Pulumi.staging.yaml", ("          numParallel: 3\n", "          numParallel: 2\n"))
+    commit_all(project, "not deployed yet")  # … then changed again, not deployed
+    result = run_cli(project, monkeypatch, "staging", "prod", "--yes", record=write_record(project, commit=tested))
+    assert result.exit_code == 0, result.output
+    assert load_stack_file(project / "Pulumi.prod.yaml", "prod").settings.node_groups[0].ollama.num_parallel == 3
+    assert "has changed since staging was tested" in result.output
