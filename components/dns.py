@@ -3,13 +3,13 @@ between two gateway hosts when `gateway.highAvailability` is set (trade-offs in 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
-from fleet.config import PROJECT, FleetSettings
+from fleet.config import PROJECT, FleetSettings, domain_in_zone
+from fleet.config_text import is_zone_id
 from fleet.stack_file import StackConfigError
 from fleet.tags import fleet_tags
 
@@ -21,7 +21,6 @@ HEALTH_PATH = "/health"
 # Standard interval (30 s) and 3 failures: failover in about 1.5 minutes, at the cheaper health check price.
 HEALTH_INTERVAL_S = 30
 HEALTH_FAILURES = 3
-_ZONE_ID = re.compile(r"^Z[A-Z0-9]{4,32}$")
 
 
 @dataclass
@@ -37,11 +36,6 @@ def gateway_url(settings: FleetSettings, host: str) -> str:
     if gateway.tls.mode == "off":
         return f"http://{host}" + ("" if gateway.http_port == 80 else f":{gateway.http_port}")
     return f"https://{host}" + ("" if gateway.https_port == 443 else f":{gateway.https_port}")
-
-
-def _in_zone(fqdn: str, zone: str) -> bool:
-    fqdn, zone = fqdn.rstrip(".").lower(), zone.rstrip(".").lower()
-    return fqdn == zone or fqdn.endswith("." + zone)
 
 
 class Dns(pulumi.ComponentResource):
@@ -70,13 +64,11 @@ class Dns(pulumi.ComponentResource):
             self.url = self.fqdn.apply(lambda ip: gateway_url(settings, ip))
             self.register_outputs({"fqdn": self.fqdn, "url": self.url})
             return
-        if not gateway.hosted_zone:
-            raise StackConfigError(stack_file, ["gateway.hostedZone: required with gateway.domain (the Route 53 zone that holds it)"])
+        # The config checked that a domain comes with its zone, and lies inside it when the zone is named.
+        assert gateway.hosted_zone is not None
         fqdn = gateway.domain.rstrip(".").lower()
         zone_ref = gateway.hosted_zone
-        by_id = bool(_ZONE_ID.match(zone_ref))
-        if not by_id and not _in_zone(fqdn, zone_ref):
-            raise StackConfigError(stack_file, [f"gateway.domain: {fqdn} is not inside the hosted zone {zone_ref}"])
+        by_id = is_zone_id(zone_ref)
         lookup = (
             aws.route53.get_zone_output(zone_id=zone_ref, opts=pulumi.InvokeOutputOptions(parent=self))
             if by_id
@@ -84,7 +76,7 @@ class Dns(pulumi.ComponentResource):
         )
 
         def checked(zone) -> str:
-            if not _in_zone(fqdn, zone.name):
+            if not domain_in_zone(fqdn, zone.name):
                 raise StackConfigError(stack_file, [f"gateway.domain: {fqdn} is not inside the hosted zone {zone.name} ({zone_ref})"])
             return zone.zone_id
 

@@ -38,7 +38,7 @@ GRAFANA_DASHBOARD = f"{grafana.DASHBOARDS_PATH}/{grafana.DASHBOARD_FILE}"
 ALERTMANAGER_CONF = "/etc/alertmanager/alertmanager.yml"
 ALERTMANAGER_DATA = "/alertmanager"
 
-_TARGET = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
+_TARGET = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 
 
 @dataclass
@@ -55,7 +55,7 @@ class MonitoringArgs:
 
 
 def _split(target: str, where: str) -> tuple[str, int]:
-    match = _TARGET.match(target)
+    match = _TARGET.fullmatch(target)
     if not match:
         raise prometheus.PrometheusPlanError(f"{where}: {target!r} must be `address:port`")
     return match.group("host"), int(match.group("port"))

@@ -21,7 +21,7 @@ import pulumi
 import pulumi_aws as aws
 
 from fleet import ports
-from fleet.config import PROJECT, FleetSettings
+from fleet.config import PROJECT, FleetSettings, plan_subnets
 from fleet.stack_file import StackConfigError
 from fleet.tags import fleet_tags
 
@@ -67,16 +67,6 @@ def _error(stack: str, key: str, message: str) -> StackConfigError:
     return StackConfigError(f"Pulumi.{stack}.yaml", [f"{key}: {message}"])
 
 
-def plan_subnets(vpc_cidr: str, zones: list[str]) -> list[str]:
-    """One subnet CIDR per zone, carved from the VPC CIDR in 16 equal blocks (index-aligned with `zones`)."""
-    network = ipaddress.ip_network(vpc_cidr, strict=True)
-    new_prefix = min(network.prefixlen + 4, 28)
-    blocks = list(network.subnets(new_prefix=new_prefix))
-    if len(zones) > len(blocks):
-        raise ValueError(f"{vpc_cidr} holds only {len(blocks)} subnets of /{new_prefix}; {len(zones)} zones asked for")
-    return [str(block) for block in blocks[: len(zones)]]
-
-
 def _is_world(cidr: str) -> bool:
     return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
 
@@ -98,16 +88,10 @@ def plan_rules(settings: FleetSettings, stack: str) -> list[RuleSpec]:
             RuleSpec("ingress", "gateway", gateway.https_port, "prefix-list", ROUTE53_HEALTHCHECKS_PREFIX_LIST, "Route 53 health checks")
         )
 
-    # Prometheus and Grafana (on the gateway host): from admin CIDRs only; with none, through SSM port forwarding.
+    # Prometheus and Grafana (on the gateway host): from admin CIDRs only (never the whole internet: the config
+    # refuses it); with none, through SSM port forwarding.
     if settings.monitoring.enabled:
         for cidr in gateway.admin_cidrs:
-            if _is_world(cidr):
-                raise _error(
-                    stack,
-                    "gateway.adminCidrs",
-                    f"{cidr} would open Prometheus and Grafana to the internet; name the admins' CIDRs "
-                    "or leave the list empty and use SSM port forwarding",
-                )
             for port, what in ((ports.GRAFANA, "Grafana"), (ports.PROMETHEUS, "Prometheus")):
                 rules.append(RuleSpec("ingress", "gateway", port, "cidr", cidr, f"{what} from admins"))
 
@@ -210,14 +194,8 @@ class Network(pulumi.ComponentResource):
 
     def _existing(self, name: str) -> tuple[pulumi.Output[str], list[pulumi.Output[str]]]:
         aws_settings = self._settings.aws
+        # One subnet per zone is checked by the config (fleet.config.Aws).
         assert aws_settings is not None and aws_settings.vpc_id
-        if len(aws_settings.subnet_ids) != len(aws_settings.zones):
-            raise _error(
-                self._stack,
-                "aws.subnetIds",
-                f"with aws.vpcId, give one subnet per zone in the order of aws.zones "
-                f"({len(aws_settings.zones)} zones, {len(aws_settings.subnet_ids)} subnets)",
-            )
         subnet_ids = []
         for index, (subnet_id, zone) in enumerate(zip(aws_settings.subnet_ids, aws_settings.zones)):
             found = aws.ec2.get_subnet_output(id=subnet_id, opts=pulumi.InvokeOutputOptions(parent=self))
@@ -240,12 +218,7 @@ class Network(pulumi.ComponentResource):
     def _created(self, name: str, child: pulumi.ResourceOptions) -> tuple[pulumi.Output[str], list[pulumi.Output[str]]]:
         aws_settings = self._settings.aws
         assert aws_settings is not None
-        if aws_settings.subnet_ids:
-            raise _error(self._stack, "aws.subnetIds", "existing subnets need aws.vpcId; leave both unset to create a VPC")
-        try:
-            cidrs = plan_subnets(aws_settings.vpc_cidr, aws_settings.zones)
-        except ValueError as exc:
-            raise _error(self._stack, "aws.vpcCidr", str(exc)) from None
+        cidrs = plan_subnets(aws_settings.vpc_cidr, len(aws_settings.zones))  # the config checked it fits
         vpc = aws.ec2.Vpc(
             f"{name}-vpc",
             cidr_block=aws_settings.vpc_cidr,

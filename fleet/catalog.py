@@ -385,3 +385,34 @@ def find_instance(name: str) -> GpuInstance | None:
 
 def find_model(ref: str) -> ModelArch | None:
     return MODELS.get(ref)
+
+
+# Instance types for the gateway and monitoring host (no GPU; nginx, Prometheus and Grafana): general purpose
+# and compute optimised families, x86 and Graviton.
+GATEWAY_INSTANCES: tuple[str, ...] = tuple(
+    f"{family}.{size}"
+    for family in ("t3", "t3a", "t4g", "m6i", "m6a", "m6g", "m7i", "m7a", "m7g", "c6i", "c6a", "c6g", "c7i", "c7a", "c7g")
+    for size in (("small", "medium", "large", "xlarge", "2xlarge") if family.startswith("t") else ("large", "xlarge", "2xlarge", "4xlarge"))
+)
+
+# AWS regions (commercial, GovCloud, China) a stack may name.
+AWS_REGIONS: tuple[str, ...] = (
+    "af-south-1",
+    "ap-east-1", "ap-east-2",
+    "ap-northeast-1", "ap-northeast-2", "ap-northeast-3",
+    "ap-south-1", "ap-south-2",
+    "ap-southeast-1", "ap-southeast-2", "ap-southeast-3", "ap-southeast-4", "ap-southeast-5", "ap-southeast-7",
+    "ca-central-1", "ca-west-1",
+    "cn-north-1", "cn-northwest-1",
+    "eu-central-1", "eu-central-2",
+    "eu-north-1",
+    "eu-south-1", "eu-south-2",
+    "eu-west-1", "eu-west-2", "eu-west-3",
+    "il-central-1",
+    "me-central-1", "me-south-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-east-1", "us-east-2",
+    "us-gov-east-1", "us-gov-west-1",
+    "us-west-1", "us-west-2",
+)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleet.stack_file import StackConfigError, load_stack
 
@@ -24,7 +25,8 @@ EXIT_POLICY = 3  # a mandatory policy failed
 
 
 def fail_config(error: StackConfigError) -> None:
-    err.print(f"[bold red]error:[/bold red] {error}", markup=True, highlight=False, soft_wrap=True)
+    # The message quotes the stack file's values: escape them so rich prints `[...]` as written.
+    err.print(f"[bold red]error:[/bold red] {escape(str(error))}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_CONFIG)
 
 
@@ -59,7 +61,11 @@ def preview(
     except Exception as error:  # the program refused the stack (a renderer or component check)
         if debug:
             raise
-        err.print(f"[bold red]error:[/bold red] {stack_config.path.name}: the program failed: {error}", highlight=False)
+        err.print(
+            f"[bold red]error:[/bold red] {stack_config.path.name}: the program failed: {escape(str(error))}",
+            highlight=False,
+            soft_wrap=True,
+        )
         err.print("(run with --debug for the traceback)")
         raise typer.Exit(1) from None
     if tree:

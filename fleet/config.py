@@ -16,7 +16,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from fleet import catalog
+from fleet import catalog, ports
+from fleet import config_text as rules
+from fleet.config_text import SettingProblem, text
 
 PROJECT = "ollama-fleet"
 FLEET_KEY = f"{PROJECT}:fleet"
@@ -28,30 +30,36 @@ Target = Literal["local", "aws"]
 TlsMode = Literal["self-signed", "acme", "provided", "off"]
 Enforcement = Literal["advisory", "mandatory", "disabled"]
 
-_DURATION = re.compile(r"^(-1|0|\d+(ms|s|m|h))$")
-_PROM_DURATION = re.compile(r"^\d+(ms|s|m|h|d|w|y)$")
-_SIZE = re.compile(r"^\d+[kKmMgG]?$")
-_DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 _IMAGE = re.compile(
-    r"^(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+/[a-z0-9._/-]+)?)"
+    r"(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]{1,5}/[a-z0-9]+(?:[._/-][a-z0-9]+)*)?)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?",
+    re.ASCII,
 )
+
+DnsLabel = text(rules.DNS_LABEL)
+Cidr = text(rules.CIDR)
 
 
 class Model(BaseModel):
-    """Base for every settings model: camelCase keys, unknown keys refused."""
+    """Base for every settings model: camelCase keys, unknown keys refused, strict types (no `true` for a
+    number, no "5" for 5), finite numbers only."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        allow_inf_nan=False,
     )
 
 
 class ModelSpec(Model):
     """One model served by a node group."""
 
-    name: str = Field(description="Model family as Ollama names it, e.g. `llama3.1`, `qwen2.5`, `nomic-embed-text`.")
-    tag: str = Field(description="Size tag, e.g. `8b`, `70b`, `135m`. The served name is `name:tag`.")
+    name: text(rules.MODEL_NAME) = Field(description="Model family as Ollama names it, e.g. `llama3.1`, `qwen2.5`, `nomic-embed-text`.")
+    tag: text(rules.MODEL_TAG) = Field(description="Size tag, e.g. `8b`, `70b`, `135m`. The served name is `name:tag`.")
     quantization: Quantization = Field(
         "q4_K_M", description="Weight quantization pulled for this model; decides the weight bytes in VRAM."
     )
@@ -64,13 +72,12 @@ class ModelSpec(Model):
             "(4096 / 32768 / 262144 tokens), which reserves a large KV cache on big GPUs: set it in prod."
         ),
     )
-    gguf: str | None = Field(
+    gguf: text(rules.GGUF_PATH) | None = Field(
         None,
         description="Path to a GGUF file for a model not in the catalog: its header gives the architecture and it is imported with `ollama create`.",
     )
-    digest: str | None = Field(
+    digest: text(rules.DIGEST) | None = Field(
         None,
-        pattern=r"^sha256:[0-9a-f]{64}$",
         description="Pinned Ollama manifest digest of the pulled model (promotion copies it between stacks).",
     )
     keep_loaded: bool = Field(
@@ -112,7 +119,7 @@ class OllamaSettings(Model):
     max_loaded_models: int | None = Field(
         None, ge=1, le=64, description="OLLAMA_MAX_LOADED_MODELS; unset means the number of models of the group."
     )
-    keep_alive: str = Field(
+    keep_alive: text(rules.OLLAMA_DURATION) = Field(
         "24h", description="OLLAMA_KEEP_ALIVE: how long an idle model stays loaded (`5m`, `24h`, `-1` for ever)."
     )
     flash_attention: bool = Field(True, description="OLLAMA_FLASH_ATTENTION; required for a quantized KV cache.")
@@ -126,16 +133,9 @@ class OllamaSettings(Model):
         description="OLLAMA_CONTEXT_LENGTH for requests to models without numCtx; unset means the largest numCtx of the group.",
     )
     gpu_overhead_bytes: int = Field(
-        0, ge=0, description="OLLAMA_GPU_OVERHEAD: VRAM per GPU that Ollama leaves unused, in bytes."
+        0, ge=0, le=1 << 40, description="OLLAMA_GPU_OVERHEAD: VRAM per GPU that Ollama leaves unused, in bytes."
     )
     sched_spread: bool = Field(False, description="OLLAMA_SCHED_SPREAD: spread each model over all GPUs.")
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        if not _DURATION.match(value):
-            raise ValueError("must be a duration such as `5m`, `24h`, `0` or `-1`")
-        return value
 
     @model_validator(mode="after")
     def _quantized_kv_needs_flash(self) -> "OllamaSettings":
@@ -150,7 +150,7 @@ class OllamaSettings(Model):
 class NodeGroup(Model):
     """A set of identical Ollama hosts serving the same models."""
 
-    name: str = Field(description="Short DNS-safe name of the group, e.g. `chat`.")
+    name: DnsLabel = Field(description="Short DNS-safe name of the group, e.g. `chat`.")
     instance_type: str = Field(
         description="AWS GPU instance type (g5.xlarge, g6e.xlarge, p5.48xlarge, ...) or `local-cpu` for the local Docker host."
     )
@@ -159,13 +159,6 @@ class NodeGroup(Model):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings, description="Ollama server knobs.")
     model_volume_gb: int = Field(200, ge=20, le=16_384, description="Size of the retained EBS volume holding the models.")
     root_volume_gb: int = Field(100, ge=30, le=2_048, description="Size of the encrypted root volume.")
-
-    @field_validator("name")
-    @classmethod
-    def _dns_name(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value):
-            raise ValueError("must be lower-case letters, digits and '-', starting with a letter, at most 32 characters")
-        return value
 
     @field_validator("instance_type")
     @classmethod
@@ -194,7 +187,7 @@ class NodeGroup(Model):
 
 
 def _validate_image(value: str) -> str:
-    match = _IMAGE.match(value)
+    match = _IMAGE.fullmatch(value) if value.isascii() else None
     if not match:
         raise ValueError("must be an image reference `repository:tag@sha256:<64 hex>`")
     if not match.group("tag"):
@@ -272,15 +265,8 @@ class RateLimits(Model):
 class Client(Model):
     """An API key holder. The key itself comes from secret config or is generated (pulumi_random)."""
 
-    name: str = Field(description="Name of the key holder (team or application); appears in logs and metrics, never the key.")
+    name: DnsLabel = Field(description="Name of the key holder (team or application); appears in logs and metrics, never the key.")
     per_minute: int | None = Field(None, ge=1, le=1_000_000, description="Override of the per-key rate for this client.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value):
-            raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
-        return value
 
 
 class Tls(Model):
@@ -290,8 +276,8 @@ class Tls(Model):
         "self-signed",
         description="`self-signed` (pulumi-tls), `acme` (DNS-01 via Route53), `provided` (certificate and key as secret config) or `off` (dev only).",
     )
-    acme_email: str | None = Field(None, description="Contact address for the ACME account (mode `acme`).")
-    acme_server: str = Field(
+    acme_email: text(rules.EMAIL) | None = Field(None, description="Contact address for the ACME account (required with mode `acme`).")
+    acme_server: text(rules.HTTPS_URL) = Field(
         "https://acme-v02.api.letsencrypt.org/directory", description="ACME directory URL (use the staging URL for staging)."
     )
 
@@ -299,20 +285,20 @@ class Tls(Model):
 class Gateway(Model):
     """The nginx gateway in front of the nodes."""
 
-    domain: str | None = Field(None, description="Public DNS name of the API, e.g. `llm.example.com` (required on AWS with DNS).")
-    hosted_zone: str | None = Field(None, description="Existing Route53 hosted zone (name or id) that holds `domain`.")
+    domain: text(rules.DOMAIN) | None = Field(None, description="Public DNS name of the API, e.g. `llm.example.com` (required on AWS with DNS).")
+    hosted_zone: text(rules.HOSTED_ZONE) | None = Field(None, description="Existing Route53 hosted zone (name or id) that holds `domain`.")
     tls: Tls = Field(default_factory=Tls, description="How the gateway gets its certificate.")
     https_port: int = Field(443, ge=1, le=65_535, description="Port the gateway serves HTTPS on.")
     http_port: int = Field(80, ge=1, le=65_535, description="Port that redirects to HTTPS.")
-    client_cidrs: list[str] = Field(["0.0.0.0/0"], description="CIDRs allowed to reach the gateway.")
-    admin_cidrs: list[str] = Field(
+    client_cidrs: list[Cidr] = Field(["0.0.0.0/0"], description="CIDRs allowed to reach the gateway.")
+    admin_cidrs: list[Cidr] = Field(
         [], description="CIDRs from which the admin key may use admin routes and reach monitoring. Empty: nowhere."
     )
     clients: list[Client] = Field(
         default_factory=lambda: [Client(name="default")], min_length=1, description="API key holders."
     )
     rate_limits: RateLimits = Field(default_factory=RateLimits, description="Rate limits per key and per IP.")
-    max_body_size: str = Field("16m", description="Largest request body (nginx size: `16m`); larger gets 413.")
+    max_body_size: text(rules.NGINX_SIZE) = Field("16m", description="Largest request body (nginx size: `16m`); larger gets 413.")
     connect_timeout_s: int = Field(5, ge=1, le=300, description="Upstream connect timeout, seconds.")
     read_timeout_s: int = Field(600, ge=5, le=86_400, description="Upstream read timeout (time between streamed chunks), seconds.")
     send_timeout_s: int = Field(600, ge=5, le=86_400, description="Upstream send timeout, seconds.")
@@ -326,22 +312,27 @@ class Gateway(Model):
     high_availability: bool = Field(False, description="Two gateway hosts in two zones behind Route53 failover (AWS).")
     instance_type: str = Field("t3.medium", description="Instance type of the gateway/monitoring host (AWS).")
 
-    @field_validator("client_cidrs", "admin_cidrs")
+    @field_validator("instance_type")
     @classmethod
-    def _cidrs(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"{value!r} is not a CIDR such as 203.0.113.0/24 ({exc})") from None
-        return values
-
-    @field_validator("max_body_size")
-    @classmethod
-    def _size(cls, value: str) -> str:
-        if not _SIZE.match(value):
-            raise ValueError("must be an nginx size such as `16m`, `512k` or `1g`")
+    def _known_gateway_instance(cls, value: str) -> str:
+        if value not in catalog.GATEWAY_INSTANCES:
+            raise ValueError(f"unknown gateway instance type; allowed: {', '.join(catalog.GATEWAY_INSTANCES)}")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "Gateway":
+        if self.http_port == self.https_port:
+            raise SettingProblem(("httpPort",), f"must differ from httpsPort ({self.https_port})", self.http_port)
+        taken = {port: "fleet" for port in ports.GATEWAY_HOST_PORTS}
+        for key, port in (("httpsPort", self.https_port), ("httpPort", self.http_port)):
+            if port in taken:
+                raise SettingProblem(
+                    (key,),
+                    f"{port} is used by the fleet's own services on the gateway host; "
+                    f"allowed: any port from 1 to 65535 except {', '.join(map(str, sorted(taken)))}",
+                    port,
+                )
+        return self
 
     @field_validator("clients")
     @classmethod
@@ -483,18 +474,11 @@ class Monitoring(Model):
     """Prometheus, Grafana, exporters and alert rules."""
 
     enabled: bool = Field(True, description="Deploy Prometheus, Grafana and the exporters.")
-    retention: str = Field("15d", description="Prometheus TSDB retention (`15d`, `720h`).")
-    scrape_interval: str = Field("15s", description="Prometheus scrape interval.")
-    grafana_admin_user: str = Field("admin", description="Grafana admin user (the password is secret config or generated).")
+    retention: text(rules.PROM_DURATION) = Field("15d", description="Prometheus TSDB retention (`15d`, `720h`).")
+    scrape_interval: text(rules.PROM_DURATION) = Field("15s", description="Prometheus scrape interval.")
+    grafana_admin_user: text(rules.LOGIN_NAME) = Field("admin", description="Grafana admin user (the password is secret config or generated).")
     alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
     alerting: Alerting = Field(default_factory=Alerting, description="Alertmanager: receivers and routes per severity.")
-
-    @field_validator("retention", "scrape_interval")
-    @classmethod
-    def _prom_duration(cls, value: str) -> str:
-        if not _PROM_DURATION.match(value):
-            raise ValueError("must be a Prometheus duration such as `15s`, `15d` or `720h`")
-        return value
 
 
 class Policy(Model):
@@ -506,21 +490,55 @@ class Policy(Model):
     )
 
 
+# AWS's limits on a VPC's IPv4 block.
+VPC_PREFIX_MIN, VPC_PREFIX_MAX = 16, 28
+# Tag keys the fleet sets itself on every AWS resource (fleet/tags.py), and AWS's 50 tags per resource.
+RESERVED_TAG_KEYS = ("project", "stack", "component", "environment", "Name")
+MAX_EXTRA_TAGS = 50 - len(RESERVED_TAG_KEYS)
+
+
+def plan_subnets(vpc_cidr: str, zone_count: int) -> list[str]:
+    """One subnet CIDR per zone, carved from the VPC CIDR in 16 equal blocks (index-aligned with the zones)."""
+    network = ipaddress.ip_network(vpc_cidr, strict=True)
+    if network.version != 4 or not VPC_PREFIX_MIN <= network.prefixlen <= VPC_PREFIX_MAX:
+        raise ValueError(f"must be an IPv4 CIDR from /{VPC_PREFIX_MIN} to /{VPC_PREFIX_MAX} (AWS's limits for a VPC)")
+    new_prefix = min(network.prefixlen + 4, VPC_PREFIX_MAX)
+    blocks = list(network.subnets(new_prefix=new_prefix))
+    if zone_count > len(blocks):
+        raise ValueError(f"{vpc_cidr} holds only {len(blocks)} subnets of /{new_prefix}; {zone_count} zones asked for")
+    return [str(block) for block in blocks[:zone_count]]
+
+
+def domain_in_zone(fqdn: str, zone: str) -> bool:
+    fqdn, zone = fqdn.rstrip(".").lower(), zone.rstrip(".").lower()
+    return fqdn == zone or fqdn.endswith("." + zone)
+
+
 class Aws(Model):
     """AWS placement of the hosts."""
 
     region: str = Field(description="AWS region, e.g. `us-east-1`.")
-    zones: list[str] = Field(min_length=1, description="Availability zones the nodes are spread over.")
-    vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$", description="Existing VPC to use; unset creates one.")
-    subnet_ids: list[str] = Field([], description="Existing subnets (one per zone) when `vpcId` is set.")
-    vpc_cidr: str = Field("10.42.0.0/16", description="CIDR of the VPC that is created when `vpcId` is unset.")
-    ami_id: str | None = Field(
-        None, pattern=r"^ami-[0-9a-f]{8,17}$", description="Pinned AMI; unset looks up the newest AWS Deep Learning Base GPU AMI."
+    zones: list[text(rules.ZONE)] = Field(min_length=1, description="Availability zones the nodes are spread over.")
+    vpc_id: text(rules.VPC_ID) | None = Field(None, description="Existing VPC to use; unset creates one.")
+    subnet_ids: list[text(rules.SUBNET_ID)] = Field([], description="Existing subnets (one per zone, in the order of `zones`) when `vpcId` is set.")
+    vpc_cidr: Cidr = Field(
+        "10.42.0.0/16",
+        description=f"IPv4 CIDR of the VPC that is created when `vpcId` is unset, /{VPC_PREFIX_MIN} to /{VPC_PREFIX_MAX} (AWS's limits).",
     )
-    ssh_cidrs: list[str] = Field(
+    ami_id: text(rules.AMI_ID) | None = Field(
+        None, description="Pinned AMI; unset looks up the newest AWS Deep Learning Base GPU AMI."
+    )
+    ssh_cidrs: list[Cidr] = Field(
         [], description="CIDRs allowed to SSH (port 22). Empty (default): no SSH port; access goes through SSM Session Manager."
     )
-    ssh_user: str = Field("ubuntu", description="Login user of the AMI, used by the Docker provider over SSH-through-SSM.")
+    ssh_user: text(rules.UNIX_USER) = Field("ubuntu", description="Login user of the AMI, used by the Docker provider over SSH-through-SSM.")
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        if value not in catalog.AWS_REGIONS:
+            raise ValueError(f"unknown AWS region; allowed: {', '.join(catalog.AWS_REGIONS)}")
+        return value
 
     @field_validator("zones")
     @classmethod
@@ -537,17 +555,34 @@ class Aws(Model):
     @classmethod
     def _ssh_cidrs(cls, values: list[str]) -> list[str]:
         for value in values:
-            net = ipaddress.ip_network(value, strict=False)
-            if net.prefixlen == 0:
+            if ipaddress.ip_network(value).prefixlen == 0:
                 raise ValueError("SSH from 0.0.0.0/0 is not allowed; name an admin CIDR or leave empty to use SSM")
         return values
+
+    @model_validator(mode="after")
+    def _network_shape(self) -> "Aws":
+        if self.vpc_id is not None:
+            if len(self.subnet_ids) != len(self.zones):
+                raise SettingProblem(
+                    ("subnetIds",),
+                    f"with aws.vpcId, give one subnet per zone in the order of aws.zones "
+                    f"({len(self.zones)} zones, {len(self.subnet_ids)} subnets)",
+                )
+            return self
+        if self.subnet_ids:
+            raise SettingProblem(("subnetIds",), "existing subnets need aws.vpcId; leave both unset to create a VPC")
+        try:
+            plan_subnets(self.vpc_cidr, len(self.zones))
+        except ValueError as exc:
+            raise SettingProblem(("vpcCidr",), str(exc), self.vpc_cidr) from None
+        return self
 
 
 class Local(Model):
     """The local Docker host used by the dev stack."""
 
-    docker_host: str = Field("unix:///var/run/docker.sock", description="Docker endpoint of the local host.")
-    bind_address: str = Field("127.0.0.1", description="Address the gateway and monitoring ports are published on.")
+    docker_host: text(rules.DOCKER_HOST) = Field("unix:///var/run/docker.sock", description="Docker endpoint of the local host.")
+    bind_address: text(rules.IPV4_ADDRESS) = Field("127.0.0.1", description="IPv4 address the gateway and monitoring ports are published on.")
 
 
 class FleetSettings(Model):
@@ -562,26 +597,86 @@ class FleetSettings(Model):
     gateway: Gateway = Field(default_factory=Gateway, description="The nginx gateway.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Prometheus, Grafana and alerts.")
     policy: Policy = Field(default_factory=Policy, description="Policy pack enforcement for this stack.")
-    tags: dict[str, str] = Field({}, description="Extra tags put on every AWS resource.")
+    tags: dict[text(rules.TAG_KEY), text(rules.TAG_VALUE)] = Field(
+        {}, description=f"Extra tags put on every AWS resource (at most {MAX_EXTRA_TAGS}; keys {', '.join(RESERVED_TAG_KEYS)} and `aws:*` are the fleet's and AWS's)."
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key in tags:
+            if key.lower().startswith("aws:"):
+                raise SettingProblem((key,), "keys starting with `aws:` are reserved by AWS", key)
+            if key in RESERVED_TAG_KEYS:
+                raise SettingProblem((key,), f"set by the fleet itself; reserved keys: {', '.join(RESERVED_TAG_KEYS)}", key)
+        if len(tags) > MAX_EXTRA_TAGS:
+            raise ValueError(f"at most {MAX_EXTRA_TAGS} extra tags (AWS allows {MAX_EXTRA_TAGS + len(RESERVED_TAG_KEYS)} per resource)")
+        return tags
 
     @model_validator(mode="after")
     def _target_consistency(self) -> "FleetSettings":
         if self.target == "aws" and self.aws is None:
-            raise ValueError("target `aws` needs an `aws` section (region, zones)")
-        for group in self.node_groups:
+            raise SettingProblem(("aws",), "target `aws` needs an `aws` section (region, zones)")
+        for index, group in enumerate(self.node_groups):
             is_local = group.instance_type == catalog.LOCAL_INSTANCE
             if self.target == "local" and not is_local:
-                raise ValueError(f"node group {group.name!r}: target `local` runs on `{catalog.LOCAL_INSTANCE}` only")
+                raise SettingProblem(
+                    ("nodeGroups", index, "instanceType"),
+                    f"node group {group.name!r}: target `local` runs on `{catalog.LOCAL_INSTANCE}` only",
+                    group.instance_type,
+                )
             if self.target == "aws" and is_local:
-                raise ValueError(f"node group {group.name!r}: `{catalog.LOCAL_INSTANCE}` is for target `local`; name an AWS GPU instance type")
+                raise SettingProblem(
+                    ("nodeGroups", index, "instanceType"),
+                    f"node group {group.name!r}: `{catalog.LOCAL_INSTANCE}` is for target `local`; name an AWS GPU instance type",
+                    group.instance_type,
+                )
         names = [g.name for g in self.node_groups]
-        if len(set(names)) != len(names):
-            raise ValueError("node group names must be unique")
-        if self.gateway.tls.mode == "acme" and not (self.gateway.domain and self.gateway.hosted_zone):
-            raise ValueError("gateway.tls.mode `acme` needs gateway.domain and gateway.hostedZone")
-        if self.gateway.domain and self.target == "aws" and not self.gateway.hosted_zone:
-            raise ValueError("gateway.domain on AWS needs gateway.hostedZone (the Route53 zone that holds it)")
+        for index, name in enumerate(names):
+            if names.index(name) != index:
+                raise SettingProblem(("nodeGroups", index, "name"), "node group names must be unique", name)
+        self._check_gateway_names()
+        self._check_monitoring_access()
         return self
+
+    def _check_gateway_names(self) -> None:
+        gateway = self.gateway
+        if gateway.tls.mode == "acme":
+            if self.target != "aws" or not (gateway.domain and gateway.hosted_zone):
+                raise SettingProblem(
+                    ("gateway", "tls", "mode"),
+                    "`acme` proves the domain with a DNS-01 challenge in Route 53: it needs target `aws`, "
+                    "gateway.domain and gateway.hostedZone (the Route53 zone that holds it); "
+                    "use `self-signed` or `provided` otherwise",
+                    gateway.tls.mode,
+                )
+            if not gateway.tls.acme_email:
+                raise SettingProblem(
+                    ("gateway", "tls", "acmeEmail"),
+                    "required with mode `acme` (the CA's contact for expiry and revocation notices); "
+                    "allowed: an e-mail address such as `platform@example.com`",
+                )
+        if gateway.domain and self.target == "aws" and not gateway.hosted_zone:
+            raise SettingProblem(
+                ("gateway", "hostedZone"), "gateway.domain on AWS needs gateway.hostedZone (the Route53 zone that holds it)"
+            )
+        zone = gateway.hosted_zone
+        if gateway.domain and zone and not rules.is_zone_id(zone) and not domain_in_zone(gateway.domain, zone):
+            raise SettingProblem(
+                ("gateway", "domain"), f"is not inside the hosted zone {zone}; allowed: {zone} or a name ending in .{zone.rstrip('.')}", gateway.domain
+            )
+
+    def _check_monitoring_access(self) -> None:
+        if not self.monitoring.enabled:
+            return
+        for index, cidr in enumerate(self.gateway.admin_cidrs):
+            if ipaddress.ip_network(cidr).prefixlen == 0:
+                raise SettingProblem(
+                    ("gateway", "adminCidrs", index),
+                    "would open Prometheus and Grafana to the internet; name the admins' CIDRs "
+                    "or leave the list empty and use SSM port forwarding",
+                    cidr,
+                )
 
     @property
     def node_count(self) -> int:

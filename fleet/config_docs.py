@@ -9,7 +9,9 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from fleet import catalog
 from fleet.config import FLEET_KEY, SECRET_KEYS, FleetSettings
+from fleet.config_text import TextRule, rules_of
 
 
 def _type_name(annotation: Any) -> str:
@@ -52,8 +54,13 @@ def _default(field) -> str:
     return "**required**"
 
 
+def _text_rules(field) -> list[TextRule]:
+    found = [item.func for item in field.metadata if isinstance(getattr(item, "func", None), TextRule)]
+    return found + [r for r in rules_of(field.annotation) if r not in found]
+
+
 def _constraints(field) -> str:
-    parts = []
+    parts = [rule.allowed.replace("|", "\\|") for rule in _text_rules(field)]
     for item in field.metadata:
         for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"), ("min_length", "min items "), ("pattern", "pattern ")):
             value = getattr(item, attr, None)
@@ -96,4 +103,13 @@ def render_reference() -> str:
                 f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {_constraints(field)} | {description} |"
             )
             queue.extend(m for m in _nested_models(field.annotation) if m not in seen)
+    lines += [
+        "",
+        "## Allowed names",
+        "",
+        f"- `nodeGroups[].instanceType`: {', '.join(f'`{name}`' for name in catalog.INSTANCES)}.",
+        f"- `gateway.instanceType`: {', '.join(f'`{name}`' for name in catalog.GATEWAY_INSTANCES)}.",
+        f"- `aws.region`: {', '.join(f'`{name}`' for name in catalog.AWS_REGIONS)}.",
+        f"- `nodeGroups[].models[]` without `gguf` (`name:tag`): {', '.join(f'`{name}`' for name in catalog.MODELS)}.",
+    ]
     return "\n".join(lines) + "\n"

@@ -26,3 +26,7 @@ PRIVATE_PORTS = (
     ALERTMANAGER,
     GRAFANA,
 )
+
+# Ports the fleet's own services listen on beside nginx on the gateway host: the gateway's public ports must
+# be others.
+GATEWAY_HOST_PORTS = (NGINX_STATUS, NGINX_EXPORTER, GATEWAY_LOG_EXPORTER, PROMETHEUS, GRAFANA, NODE_EXPORTER)

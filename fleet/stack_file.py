@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fleet.config import FLEET_KEY, PASSTHROUGH_PREFIXES, PROJECT, SECRET_KEYS, FleetSettings
+from fleet.config_text import SettingProblem
 
 
 class StackConfigError(Exception):
@@ -90,25 +91,56 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 def _key_path(loc: tuple[Any, ...]) -> str:
     path = FLEET_KEY
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if part == "[key]":  # pydantic's marker for a mapping's key (rather than its value)
+            path += " (the key)"
+        else:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path
+
+
+_SHOWN_CHARS = 80
+
+
+def show_value(value: Any) -> str:
+    """A value as the stack file would spell it (JSON, ASCII-escaped so a newline or a non-ASCII digit is visible),
+    shortened; never a Python repr."""
+    text = json.dumps(value, default=str, ensure_ascii=True)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+# pydantic's messages for the strict types, in the words of a stack file.
+_TYPE_MESSAGES = {
+    "int_type": "must be a whole number (not a string, a boolean or a decimal)",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number (not a string or a boolean)",
+    "finite_number": "must be a finite number (not .inf or .nan)",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string (quote it in YAML)",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping of settings",
+}
 
 
 def _describe(error: dict[str, Any]) -> str:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     kind = error["type"]
+    problem = (error.get("ctx") or {}).get("error")
+    if isinstance(problem, SettingProblem):
+        shown = "" if problem.value is None else f" (got {show_value(problem.value)})"
+        return f"{_key_path(loc + problem.key)}: {problem.message}{shown}"
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1])
         allowed = ", ".join(_allowed_keys(parent)) if parent else "none"
         return f"{_key_path(loc)}: unknown key; allowed keys here: {allowed}"
     if kind == "missing":
         return f"{_key_path(loc)}: required key is missing"
-    message = error["msg"]
+    message = _TYPE_MESSAGES.get(kind, error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
             message = message[len(prefix) :]
     got = error.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {json.dumps(got)})"
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {show_value(got)})"
     return f"{_key_path(loc)}: {message}{shown}"
 
 
@@ -122,14 +154,50 @@ def parse_settings(data: Any, stack_file: str) -> FleetSettings:
         raise StackConfigError(stack_file, [_describe(e) for e in exc.errors()]) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as a stack file needs it: a key given twice is an error (plain YAML keeps the later one silently),
+    and no anchors or aliases (a few lines of aliases can expand to millions of values)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "anchors and aliases (*name) are not allowed in a stack file; write the value out", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "a mapping key must be a plain value", key_node.start_mark
+                    ) from None
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        f"while reading the mapping at line {node.start_mark.line + 1}",
+                        node.start_mark,
+                        f"key {show_value(key)} is given twice (first at line {first.line + 1}); each key once",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_stack_yaml(path: Path) -> dict[str, Any]:
     name = path.name
     if not path.is_file():
         raise StackConfigError(name, [f"stack file not found at {path}"])
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise StackConfigError(name, [f"not valid YAML: {exc}"]) from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise StackConfigError(name, [f"cannot be read as UTF-8 text ({exc})"]) from None
     if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):
         raise StackConfigError(name, ["the file must be a mapping with a `config:` mapping"])
     return document.get("config") or {}
@@ -172,10 +240,41 @@ def load_stack(stack: str, root: Path | None = None) -> StackConfig:
     return load_stack_file(path, stack)
 
 
+def _file_problems(settings: FleetSettings, secrets_set: frozenset[str], root: Path) -> list[str]:
+    """What the settings alone cannot tell: GGUF files that must exist and be readable (relative to the project
+    folder), and the secret keys a TLS mode needs."""
+    from fleet.capacity import resolve_arch
+    from fleet.gguf_arch import GgufError
+
+    problems: list[str] = []
+    for g, group in enumerate(settings.node_groups):
+        for m, model in enumerate(group.models):
+            if model.gguf is None:
+                continue
+            try:
+                resolve_arch(model, root)
+            except GgufError as exc:
+                problems.append(
+                    f"{_key_path(('nodeGroups', g, 'models', m, 'gguf'))}: {exc}; allowed: a readable GGUF file, "
+                    f"absolute or relative to {root} (got {show_value(model.gguf)})"
+                )
+    if settings.gateway.tls.mode == "provided":
+        missing = [key for key in (f"{PROJECT}:tlsCertificate", f"{PROJECT}:tlsPrivateKey") if key not in secrets_set]
+        if missing:
+            problems.append(
+                f"{_key_path(('gateway', 'tls', 'mode'))}: `provided` needs the secret config {' and '.join(missing)} "
+                f"(pulumi config set --secret {missing[0].split(':', 1)[1]} < file.pem) (got \"provided\")"
+            )
+    return problems
+
+
 def load_stack_file(path: Path, stack: str | None = None) -> StackConfig:
     config = read_stack_yaml(path)
     secrets_set = check_keys(config, path.name)
     settings = parse_settings(config[FLEET_KEY], path.name)
+    problems = _file_problems(settings, secrets_set, path.parent)
+    if problems:
+        raise StackConfigError(path.name, problems)
     name = stack or path.name[len("Pulumi.") : -len(".yaml")]
     return StackConfig(stack=name, path=path, settings=settings, secret_keys_set=secrets_set, raw_config=config)
 

@@ -104,7 +104,7 @@ def render_setup_script(
     fstab: str = "/etc/fstab",
 ) -> str:
     """The bash script cloud-init runs once at first boot (idempotent)."""
-    if model_volume is not None and not _VOLUME_ID.match(model_volume.volume_id):
+    if model_volume is not None and not _VOLUME_ID.fullmatch(model_volume.volume_id):
         raise ValueError(f"not an EBS volume id: {model_volume.volume_id!r}")
     return _env().get_template("cloud-init/setup.sh.j2").render(
         host_name=host_name,
@@ -137,7 +137,7 @@ def render_user_data(
     """The `#cloud-config` user data of one host. It carries the host's private SSH host key: keep it secret."""
     keys = [_one_line(k, "an authorized SSH key") for k in authorized_keys]
     for key in keys:
-        if not _OPENSSH_PUBLIC.match(key):
+        if not _OPENSSH_PUBLIC.fullmatch(key):
             raise ValueError(f"not an OpenSSH public key: {key[:40]!r}")
     public = _one_line(host_key_public, "the host public key")
     if not public.startswith("ssh-ed25519 "):

@@ -41,8 +41,8 @@ from fleet.render.jinja import render_template
 PRIVATE_NETWORKS = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
-_LISTEN = re.compile(r"^((\[[0-9A-Fa-f:.]+\]|[0-9.]+):)?(\d{1,5})$")
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
+_LISTEN = re.compile(r"^((\[[0-9A-Fa-f:.]+\]|[0-9.]+):)?([0-9]{1,5})$")
 _PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
 # API keys are matched by anchored regexes in the include: allow only characters that need no quoting
 # (pulumi_random and `openssl rand -hex` keys fit).
@@ -70,7 +70,7 @@ class GatewayPaths:
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if not _PATH.match(value):
+            if not _PATH.fullmatch(value):
                 raise GatewayPlanError(f"paths.{name}: {value!r} must be a path of letters, digits and ._/-")
 
     @classmethod
@@ -181,14 +181,14 @@ class GatewayPlan:
 
 
 def _check_address(value: str, where: str) -> str:
-    match = _ADDRESS.match(value)
+    match = _ADDRESS.fullmatch(value)
     if not match or not 0 < int(match.group(2)) < 65536:
         raise GatewayPlanError(f"{where}: {value!r} must be `host:port` (an IP address or DNS name and a port)")
     return value
 
 
 def _check_listen(value: str, where: str) -> str:
-    match = _LISTEN.match(value)
+    match = _LISTEN.fullmatch(value)
     if not match or not 0 < int(match.group(3)) < 65536:
         raise GatewayPlanError(f"{where}: {value!r} must be `address:port` or a port")
     return value
@@ -271,7 +271,7 @@ def build_gateway_plan(
         )
 
     server_name = gateway.domain or "_"
-    if server_name != "_" and not _HOSTNAME.match(server_name):
+    if server_name != "_" and not _HOSTNAME.fullmatch(server_name):
         raise GatewayPlanError(f"gateway.domain: {server_name!r} is not a DNS name")
     tls_on = gateway.tls.mode != "off" if tls is None else tls
     if listen_address is not None:
@@ -280,7 +280,7 @@ def build_gateway_plan(
         except ValueError:
             raise GatewayPlanError(f"listen_address: {listen_address!r} is not an IP address") from None
     status = _check_listen(status_listen or f"127.0.0.1:{ports.NGINX_STATUS}", "status_listen")
-    if user is not None and not re.match(r"^[a-z_][a-z0-9_-]*( [a-z_][a-z0-9_-]*)?$", user):
+    if user is not None and not re.fullmatch(r"^[a-z_][a-z0-9_-]*( [a-z_][a-z0-9_-]*)?$", user):
         raise GatewayPlanError(f"user: {user!r} must be `user` or `user group`")
     client_cidrs = _check_cidrs(gateway.client_cidrs, "gateway.clientCidrs")
     if any(ipaddress.ip_network(c).prefixlen == 0 for c in client_cidrs):
@@ -356,7 +356,7 @@ def render_log_rotation(
 ) -> str:
     """A shell script rotating the access-log file (`GatewayPaths.access_log_file`) by rename and
     `nginx -s reopen`, for the nginx image's /docker-entrypoint.d/ (it backgrounds itself)."""
-    if not _PATH.match(log_path):
+    if not _PATH.fullmatch(log_path):
         raise GatewayPlanError(f"log_path: {log_path!r} must be a path of letters, digits and ._/-")
     if max_bytes < 1 or interval_s < 1:
         raise GatewayPlanError("max_bytes and interval_s must be at least 1")
@@ -376,14 +376,14 @@ def render_api_keys(clients: Mapping[str, str], admin_key: str) -> str:
     """
     entries: list[tuple[str, str]] = []
     for name, key in sorted(clients.items()):
-        if name == ADMIN_CLIENT or not re.match(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$", name):
+        if name == ADMIN_CLIENT or not re.fullmatch(r"[a-z]([a-z0-9-]{0,30}[a-z0-9])?", name, flags=re.ASCII):
             raise GatewayPlanError(f"api key client name {name!r} must be a DNS label (a-z, 0-9, '-')")
         entries.append((name, key))
     entries.append((ADMIN_CLIENT, admin_key))
     seen: dict[str, str] = {}
     for name, key in entries:
         label = "admin key" if name == ADMIN_CLIENT else f"api key of {name!r}"
-        if not _API_KEY.match(key):
+        if not _API_KEY.fullmatch(key):
             raise GatewayPlanError(f"{label}: must be 16 to 256 characters of A-Z a-z 0-9 _ . ~ -")
         if key in seen:
             raise GatewayPlanError(f"{label}: the same key is also given to {seen[key]!r}; keys must differ")

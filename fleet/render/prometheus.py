@@ -32,7 +32,7 @@ JOB_PROMETHEUS = "prometheus"
 
 DEFAULT_RULES_FILE = "/etc/prometheus/rules/fleet.rules.yml"
 
-_TARGET = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_TARGET = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)$")
 
 
@@ -58,7 +58,7 @@ class NodeTarget:
     dcgm_port: int | None = ports.DCGM_EXPORTER  # used only when `gpu`
 
     def __post_init__(self) -> None:
-        if not _HOST.match(self.host):
+        if not _HOST.fullmatch(self.host):
             raise PrometheusPlanError(f"node {self.name!r}: host {self.host!r} must be an address or DNS name without a port")
 
 
@@ -94,7 +94,7 @@ class PrometheusPlan:
 
 
 def _check_target(value: str, where: str) -> str:
-    match = _TARGET.match(value)
+    match = _TARGET.fullmatch(value)
     if not match or not 0 < int(match.group(2)) < 65536:
         raise PrometheusPlanError(f"{where}: {value!r} must be `host:port`")
     return value

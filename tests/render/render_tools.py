@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.render import nginx
 from fleet.render.nginx import GatewayPaths
 from fleet.stack_file import available_stacks
 
@@ -36,6 +37,21 @@ def nginx_user() -> str | None:
     import pwd
 
     return f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
+
+
+def loopback_plan(settings, paths: GatewayPaths | None = None, **overrides) -> nginx.GatewayPlan:
+    """The gateway plan of a stack for a test nginx on loopback (placeholder upstreams, unprivileged ports)."""
+    return nginx.build_gateway_plan(
+        settings,
+        nginx.placeholder_upstreams(settings),
+        paths=paths,
+        listen_address="127.0.0.1",
+        https_port=18443,
+        http_port=18080,
+        status_listen="127.0.0.1:18081",
+        user=nginx_user(),
+        **overrides,
+    )
 
 
 def make_prefix(root: Path) -> GatewayPaths:

@@ -12,24 +12,14 @@ from fleet import capacity
 from fleet.config import FleetSettings
 from fleet.render import nginx as ng
 from fleet.stack_file import load_stack
-from render_tools import Directive, make_prefix, nginx_test, nginx_user, parse_nginx, require_tool
+from render_tools import Directive, loopback_plan, make_prefix, nginx_test, parse_nginx, require_tool
 
 KEYS = {"search": "k-search-0123456789abcdef", "support-bot": "k-support-0123456789abcdef", "ci": "k-ci-0123456789ABCDEF"}
 ADMIN_KEY = "admin-key-0123456789abcdef"
 
 
 def _plan(settings: FleetSettings, prefix=None, **overrides) -> ng.GatewayPlan:
-    return ng.build_gateway_plan(
-        settings,
-        ng.placeholder_upstreams(settings),
-        paths=prefix,
-        listen_address="127.0.0.1",
-        https_port=18443,
-        http_port=18080,
-        status_listen="127.0.0.1:18081",
-        user=nginx_user(),
-        **overrides,
-    )
+    return loopback_plan(settings, prefix, **overrides)
 
 
 def _two_groups(settings: FleetSettings) -> FleetSettings:

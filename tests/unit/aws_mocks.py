@@ -18,7 +18,7 @@ from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 from fleet.config import PROJECT, FleetSettings
 from fleet.mock_cloud import FleetMocks, RecordingMonitor, fake_invoke
 from fleet.resources import RegisteredResource
-from fleet.stack_file import load_stack
+from fleet.stack_file import load_stack, parse_settings
 
 GPU_AMI = "ami-0gpu0000000000001"
 UBUNTU_AMI = "ami-0ubuntu000000002"
@@ -144,4 +144,4 @@ def stack_settings(stack: str, changes: dict[str, Any] | None = None) -> FleetSe
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
-    return FleetSettings.model_validate(data)
+    return parse_settings(data, f"Pulumi.{stack}.yaml")
