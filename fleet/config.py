@@ -352,7 +352,7 @@ class Receiver(Model):
     """Where alerts go. Secrets (Slack and PagerDuty keys, SMTP password, a webhook URL holding a token) come
     from the secret key `ollama-fleet:alertReceiverSecrets`, never from this file."""
 
-    name: str = Field(description="Name of the receiver, used in `critical`/`warning` and in notifications.")
+    name: DnsLabel = Field(description="Name of the receiver, used in `critical`/`warning` and in notifications.")
     kind: ReceiverKind = Field(
         description=(
             "`webhook` (POST of Alertmanager's JSON; `url` here or its secret), `email` (`to`, `from`, "
@@ -360,35 +360,14 @@ class Receiver(Model):
             "`pagerduty` (the Events API v2 routing key is the secret)."
         )
     )
-    url: str | None = Field(None, description="Webhook URL when it holds no token (kind `webhook`); else set it as the secret.")
-    to: str | None = Field(None, description="Recipient address (kind `email`).")
-    from_address: str | None = Field(None, description="Sender address (kind `email`).")
-    smarthost: str | None = Field(None, description="SMTP server `host:port` (kind `email`).")
-    auth_username: str | None = Field(None, description="SMTP user (kind `email`); its password is the secret.")
+    url: text(rules.HTTP_URL) | None = Field(None, description="Webhook URL when it holds no token (kind `webhook`); else set it as the secret.")
+    to: text(rules.EMAIL) | None = Field(None, description="Recipient address (kind `email`).")
+    from_address: text(rules.EMAIL) | None = Field(None, description="Sender address (kind `email`).")
+    smarthost: text(rules.HOST_PORT) | None = Field(None, description="SMTP server `host:port` (kind `email`).")
+    auth_username: text(rules.LOGIN_NAME) | None = Field(None, description="SMTP user (kind `email`); its password is the secret.")
     require_tls: bool = Field(True, description="SMTP STARTTLS required (kind `email`).")
-    channel: str | None = Field(None, description="Slack channel, e.g. `#llm-oncall` (kind `slack`); unset: the webhook's own.")
+    channel: text(rules.SLACK_CHANNEL) | None = Field(None, description="Slack channel, e.g. `#llm-oncall` (kind `slack`); unset: the webhook's own.")
     send_resolved: bool = Field(True, description="Also notify when the alert resolves.")
-
-    @field_validator("name")
-    @classmethod
-    def _receiver_name(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value):
-            raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("smarthost")
-    @classmethod
-    def _host_port(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z0-9.-]+:\d{1,5}$", value):
-            raise ValueError("must be `host:port`, e.g. smtp.example.com:587")
-        return value
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> "Receiver":
@@ -411,20 +390,13 @@ class Alerting(Model):
     """Alertmanager, deployed beside Prometheus: who gets which alerts, grouped and de-duplicated."""
 
     receivers: list[Receiver] = Field([], description="Places alerts go (webhook, email, Slack, PagerDuty).")
-    critical: list[str] = Field(
+    critical: list[DnsLabel] = Field(
         [], description="Receivers of `critical` alerts (a node down): each one gets them. Empty: nobody is paged."
     )
-    warning: list[str] = Field([], description="Receivers of `warning` alerts (latency, errors, refusals, VRAM).")
-    group_wait: str = Field("30s", description="Wait before the first notification of a new group, to gather its alerts.")
-    group_interval: str = Field("5m", description="Wait before notifying about alerts added to (or resolved in) a group.")
-    repeat_interval: str = Field("4h", description="Repeat a notification for alerts that still fire.")
-
-    @field_validator("group_wait", "group_interval", "repeat_interval")
-    @classmethod
-    def _am_duration(cls, value: str) -> str:
-        if not _PROM_DURATION.match(value):
-            raise ValueError("must be a duration such as `30s`, `5m` or `4h`")
-        return value
+    warning: list[DnsLabel] = Field([], description="Receivers of `warning` alerts (latency, errors, refusals, VRAM).")
+    group_wait: text(rules.PROM_DURATION) = Field("30s", description="Wait before the first notification of a new group, to gather its alerts.")
+    group_interval: text(rules.PROM_DURATION) = Field("5m", description="Wait before notifying about alerts added to (or resolved in) a group.")
+    repeat_interval: text(rules.PROM_DURATION) = Field("4h", description="Repeat a notification for alerts that still fire.")
 
     @field_validator("receivers")
     @classmethod
@@ -460,14 +432,7 @@ class Alerts(Model):
     refusal_ratio: float = Field(0.10, gt=0, lt=1, description="Alert when 429/503 refusals exceed this share.")
     vram_full_ratio: float = Field(0.95, gt=0, le=1, description="Alert when used VRAM exceeds this share of total.")
     queue_growth_per_minute: float = Field(5.0, gt=0, description="Alert when in-flight requests grow faster than this.")
-    node_down_for: str = Field("2m", description="How long a node must be unreachable before `OllamaNodeDown` fires.")
-
-    @field_validator("node_down_for")
-    @classmethod
-    def _for_duration(cls, value: str) -> str:
-        if not _PROM_DURATION.match(value):
-            raise ValueError("must be a Prometheus duration such as `30s` or `2m`")
-        return value
+    node_down_for: text(rules.PROM_DURATION) = Field("2m", description="How long a node must be unreachable before `OllamaNodeDown` fires.")
 
 
 class Monitoring(Model):

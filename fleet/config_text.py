@@ -107,6 +107,12 @@ HTTPS_URL = TextRule(
     rf"https://{_HOST_OR_IP}(:[0-9]{{1,5}})?(/[A-Za-z0-9._~%-]+)*/?",
     "an `https://` URL of letters, digits and `._~%-` such as `https://acme-v02.api.letsencrypt.org/directory`",
 )
+HTTP_URL = TextRule(
+    rf"https?://{_HOST_OR_IP}(:[0-9]{{1,5}})?(/[A-Za-z0-9._~%-]+)*/?",
+    "an `http://` or `https://` URL of letters, digits and `._~%-` (no query string: a URL holding a token is a secret)",
+)
+HOST_PORT = TextRule(rf"{_HOST_OR_IP}:[0-9]{{1,5}}", "`host:port` such as `smtp.example.com:587`")
+SLACK_CHANNEL = TextRule(r"[#@][a-z0-9._-]{1,80}", "a Slack channel `#name` or user `@name` (lower-case a-z, 0-9, '.', '_', '-')")
 LOGIN_NAME = TextRule(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", "1 to 64 of A-Z, a-z, 0-9, '.', '_', '@', '-', starting with a letter or digit")
 UNIX_USER = TextRule(r"[a-z_][a-z0-9_-]{0,31}", "a Unix user name: lower-case a-z, 0-9, '_', '-', starting with a letter or '_', at most 32")
 ZONE = TextRule(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]{1,2}(-[a-z]+-[0-9]{1,2})?[a-z]", "an availability zone name such as `us-east-1a`")

@@ -138,8 +138,8 @@ def test_missing_and_stray_secrets_are_named():
         ({"critical": ["pager"]}, "critical names receivers that `receivers` does not define: pager"),
         ({"receivers": [{"name": "m", "kind": "email", "to": "a@example.com"}]}, "kind `email` needs fromAddress, smarthost"),
         ({"receivers": [{"name": "s", "kind": "slack", "url": "https://x.example"}]}, "url does not apply to kind `slack`"),
-        ({"receivers": [{"name": "w", "kind": "webhook", "url": "ftp://x"}]}, "must be an http:// or https:// URL"),
-        ({"groupWait": "soon"}, "must be a duration"),
+        ({"receivers": [{"name": "w", "kind": "webhook", "url": "ftp://x"}]}, "must be an `http://` or `https://` URL"),
+        ({"groupWait": "soon"}, "must be a Prometheus duration"),
     ],
 )
 def test_bad_alerting_config_names_the_key(alerting, message):

@@ -24,10 +24,11 @@ from render_tools import NGINX, PROMTOOL, loopback_plan, make_prefix, nginx_test
 from fleet import node_runtime
 from fleet.config import FleetSettings
 from fleet.render import cloud_init, nginx, prometheus, rules
-from fleet.render.bundle import render_bundle
+from fleet.render.bundle import ALERTMANAGER_CONF, render_bundle
 from fleet.stack_file import StackConfigError, load_stack, parse_settings
 
 SHELLCHECK = shutil.which("shellcheck")
+AMTOOL = shutil.which("amtool")
 MARKER_NAME = "injected-command-ran"
 LIST_INDEX = 0
 DICT_KEY, DICT_VALUE = "<key>", "<value>"
@@ -150,7 +151,27 @@ def _set(data: dict, path: tuple, value: str) -> dict:
     return data
 
 
-BASES = {stack: load_stack(stack).settings.model_dump(by_alias=True, mode="json", exclude_none=True) for stack in ("dev", "prod")}
+def _base(stack: str, receiver: dict) -> dict:
+    """A real stack with one alert receiver (the first list item, where the enumeration points)."""
+    data = load_stack(stack).settings.model_dump(by_alias=True, mode="json", exclude_none=True)
+    data["monitoring"]["alerting"].update(receivers=[receiver], critical=[receiver["name"]])
+    return data
+
+
+BASES = {
+    "dev": _base("dev", {"name": "oncall", "kind": "slack", "channel": "#llm-oncall"}),
+    "prod": _base(
+        "prod",
+        {
+            "name": "mail",
+            "kind": "email",
+            "to": "oncall@example.com",
+            "fromAddress": "alerts@example.com",
+            "smarthost": "smtp.example.com:587",
+            "authUsername": "alerts",
+        },
+    ),
+}
 
 
 def _variants(path: tuple, marker: Path) -> Iterator[tuple[str, dict]]:
@@ -213,6 +234,11 @@ def check_renders_safely(settings: FleetSettings, tmp_path: Path, marker: Path) 
     for name, content in files.items():
         if name.endswith((".yml", ".yaml")):
             yaml.safe_load(content)
+    if ALERTMANAGER_CONF in files and AMTOOL:
+        am = tmp_path / "alertmanager.yml"
+        am.write_text(files[ALERTMANAGER_CONF])
+        result = subprocess.run([AMTOOL, "check-config", str(am)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{where}: amtool check-config: {result.stdout}{result.stderr}"
     if settings.monitoring.enabled and PROMTOOL:
         rule_file = tmp_path / "fleet.rules.yml"
         rule_file.write_text(rules.render_rules(settings))
@@ -318,7 +344,7 @@ def test_metacharacters_in_a_string_field_are_refused_or_render_safely(path, tmp
 def test_the_checks_run_on_the_real_stacks(stack, tmp_path):
     """The render checks above pass on an unchanged stack (so an accepted payload is judged by working tools)."""
     marker = tmp_path / MARKER_NAME
-    check_renders_safely(load_stack(stack).settings, tmp_path, marker)
+    check_renders_safely(parse_settings(BASES[stack], f"Pulumi.{stack}.yaml"), tmp_path, marker)
 
 
 def test_a_stand_in_docker_would_notice_an_injected_command(tmp_path):
