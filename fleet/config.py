@@ -299,6 +299,18 @@ class Gateway(Model):
     )
     rate_limits: RateLimits = Field(default_factory=RateLimits, description="Rate limits per key and per IP.")
     max_body_size: text(rules.NGINX_SIZE) = Field("16m", description="Largest request body (nginx size: `16m`); larger gets 413.")
+    client_header_timeout_s: int = Field(
+        10, ge=1, le=60, description="Time a client has to send the whole request header (and finish the TLS handshake), seconds; slower connections are closed."
+    )
+    client_body_timeout_s: int = Field(
+        30, ge=1, le=600, description="Longest pause between two reads of a request body, seconds; a stalled upload gets 408."
+    )
+    max_connections_per_ip: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Requests in progress at once from one client address (streams included); more get 429. A team behind one NAT address shares it.",
+    )
     connect_timeout_s: int = Field(5, ge=1, le=300, description="Upstream connect timeout, seconds.")
     read_timeout_s: int = Field(600, ge=5, le=86_400, description="Upstream read timeout (time between streamed chunks), seconds.")
     send_timeout_s: int = Field(600, ge=5, le=86_400, description="Upstream send timeout, seconds.")

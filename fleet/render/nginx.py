@@ -49,6 +49,10 @@ _PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
 _API_KEY = re.compile(r"^[A-Za-z0-9_.~-]{16,256}$")
 
 
+# Internal URIs of the JSON error pages for errors nginx raises while reading a request.
+ERROR_PAGES = "/.fleet-errors"
+
+
 class GatewayPlanError(ValueError):
     """A value the gateway config cannot be rendered with (names the field and what is allowed)."""
 
@@ -165,7 +169,16 @@ class GatewayPlan:
     retry_after_s: int
     queue_per_node: int
     upstream_host: str  # Host header sent upstream (Ollama accepts `localhost` whatever it listens on)
+    client_header_timeout_s: int = 10
+    client_body_timeout_s: int = 30
+    max_connections_per_ip: int = 256
     clients: tuple[str, ...] = field(default=())
+
+    @property
+    def inference_uri_regex(self) -> str:
+        """nginx regex of every inference route, bare or under a group prefix (the admin key is refused there)."""
+        routes = "|".join(re.escape(route) for route in INFERENCE_ROUTES)
+        return f"~^(/groups/[a-z0-9-]+)?({routes})$"
 
     def max_conns_by_group(self) -> dict[str, int]:
         """max_conns per node of each group (the gateway container's `upstream-max-conns` label)."""
@@ -317,6 +330,9 @@ def build_gateway_plan(
         retry_after_s=gateway.retry_after_s,
         queue_per_node=gateway.queue_per_node,
         upstream_host=upstream_host,
+        client_header_timeout_s=gateway.client_header_timeout_s,
+        client_body_timeout_s=gateway.client_body_timeout_s,
+        max_connections_per_ip=gateway.max_connections_per_ip,
         clients=tuple(c.name for c in gateway.clients),
     )
 
@@ -338,6 +354,7 @@ def render_nginx(plan: GatewayPlan) -> str:
         "nginx.conf.j2",
         plan=plan,
         admin_client=ADMIN_CLIENT,
+        error_pages=ERROR_PAGES,
         client_header=CLIENT_HEADER,
         inference_routes=INFERENCE_ROUTES,
         read_only_routes=READ_ONLY_ROUTES,

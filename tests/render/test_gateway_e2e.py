@@ -131,9 +131,9 @@ def gateway_settings():
 
 
 class Gateway:
-    def __init__(self, root: Path, upstreams: list[Upstream]) -> None:
+    def __init__(self, root: Path, upstreams: list[Upstream], settings=None) -> None:
         binary = require_tool(NGINX, "nginx")
-        self.settings = gateway_settings()
+        self.settings = settings or gateway_settings()
         paths = make_prefix(root)
         self.https_port, self.http_port, status_port = free_port(), free_port(), free_port()
         self.plan = ng.build_gateway_plan(
@@ -347,8 +347,9 @@ def test_streaming_is_not_buffered(gateway, nodes):
     assert served.gate_released_in_time is True
 
 
-def test_http_redirects_to_https(gateway):
-    plain = httpx.get(f"http://127.0.0.1:{gateway.http_port}/api/tags", follow_redirects=False)
-    assert plain.status_code == 308
-    assert plain.headers["location"] == f"https://127.0.0.1:{gateway.https_port}/api/tags"
+def test_plain_http_without_a_domain_is_refused_not_redirected(gateway):
+    """No configured name: nothing safe to redirect to (the Host header is the client's), so a JSON 400."""
+    plain = httpx.get(f"http://127.0.0.1:{gateway.http_port}/api/tags", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert plain.status_code == 400 and "location" not in plain.headers
+    assert f"use https:// on port {gateway.https_port}" in _error(plain)
     assert httpx.get(f"http://127.0.0.1:{gateway.http_port}/health").status_code == 200
