@@ -46,4 +46,6 @@ if [ "$full" = 1 ]; then
   bash scripts/build-oracle.sh >/dev/null
   # actionlint (pinned, built with Go, cached) checks .github/workflows in tests/unit/test_workflows.py.
   bash scripts/install-actionlint.sh
+  # The Debian base of the stand-in images run by tests/docker (debootstrap, cached).
+  bash scripts/docker-base.sh >/dev/null
 fi
