@@ -9,7 +9,6 @@ connect); the gateway alone listens on every address.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 
@@ -17,7 +16,8 @@ import pulumi
 import pulumi_docker as docker
 
 from components.host import Host
-from fleet.config import PROJECT, FleetSettings
+from fleet import contract
+from fleet.config import FleetSettings
 
 RESTART = "unless-stopped"
 # json-file with rotation: without it a busy gateway or a chatty Ollama fills the host's disk.
@@ -25,19 +25,6 @@ LOG_DRIVER = "json-file"
 LOG_OPTS = {"max-size": "50m", "max-file": "5"}
 # What every container of the fleet runs with: `docker.Container(..., **containers.RUNTIME)`.
 RUNTIME = {"restart": RESTART, "log_driver": LOG_DRIVER, "log_opts": LOG_OPTS}
-LABEL_PREFIX = f"{PROJECT}."
-ROLES = (
-    "ollama",
-    "meter",
-    "gateway",
-    "nginx-exporter",
-    "gateway-log-exporter",
-    "prometheus",
-    "alertmanager",
-    "grafana",
-    "node-exporter",
-    "dcgm-exporter",
-)
 ALL_ADDRESSES = "0.0.0.0"
 
 _CONTAINER_NAME = re.compile(r"[^a-zA-Z0-9_.-]")
@@ -59,17 +46,14 @@ def container_name(component: str, role: str) -> str:
 def labels(
     settings: FleetSettings, role: str, extra: Mapping[str, pulumi.Input[str]] | None = None
 ) -> list[docker.ContainerLabelArgs]:
-    """`ollama-fleet.role` and `ollama-fleet.environment` on every container (the policy pack reads them)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown container role {role!r}; roles: {', '.join(ROLES)}")
-    values: dict[str, pulumi.Input[str]] = {"role": role, "environment": settings.environment}
-    values.update(extra or {})
-    return [docker.ContainerLabelArgs(label=f"{LABEL_PREFIX}{key}", value=value) for key, value in values.items()]
+    """The contract's labels of every container (role, environment) plus `extra` (`fleet.contract` keys)."""
+    values = contract.container_labels(settings, role, extra)
+    return [docker.ContainerLabelArgs(label=key, value=value) for key, value in values.items()]
 
 
-def json_label(value: object) -> str:
-    """A label value holding structured data: compact JSON with sorted keys, so it only changes with the data."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def volume_labels(settings: FleetSettings) -> list[docker.VolumeLabelArgs]:
+    """The contract's labels of a Docker volume (the stack's environment)."""
+    return [docker.VolumeLabelArgs(label=k, value=v) for k, v in contract.environment_labels(settings).items()]
 
 
 def metrics_healthcheck(port: int) -> docker.ContainerHealthcheckArgs:
@@ -99,9 +83,7 @@ class Placement:
                 f"{component}-net",
                 name=f"{component}-net",
                 driver="bridge",
-                labels=[
-                    docker.NetworkLabelArgs(label=f"{LABEL_PREFIX}environment", value=settings.environment),
-                ],
+                labels=[docker.NetworkLabelArgs(label=k, value=v) for k, v in contract.environment_labels(settings).items()],
                 opts=self.resource_options(parent),
             )
 

@@ -21,11 +21,10 @@ import pulumi
 import pulumi_docker as docker
 
 from components import containers
-from components.containers import Placement, container_name, healthcheck, json_label, metrics_healthcheck, labels, resolve_grouped
+from components.containers import Placement, container_name, healthcheck, metrics_healthcheck, labels, resolve_grouped
 from components.host import Host
 from components.images import exporter_image, pinned_image
-from fleet import gateway_log, ports
-from fleet.capacity import max_conns_per_node
+from fleet import contract, gateway_log, ports
 from fleet.config import PROJECT, FleetSettings
 from fleet.render import nginx
 
@@ -82,11 +81,6 @@ def gateway_plan(settings: FleetSettings, upstreams: dict[str, list[str]], serve
     return nginx.build_gateway_plan(settings, upstreams, status_listen=f"0.0.0.0:{ports.NGINX_STATUS}")
 
 
-def upstream_max_conns(settings: FleetSettings) -> dict[str, int]:
-    """max_conns per node of each group, from the capacity model (the gateway's `upstream-max-conns` label)."""
-    return {g.name: max_conns_per_node(g, settings.gateway.queue_per_node) for g in settings.node_groups}
-
-
 class Gateway(pulumi.ComponentResource):
     url: pulumi.Output[str]
     status_target: pulumi.Output[str]  # the nginx exporter (job `nginx`)
@@ -137,7 +131,7 @@ class Gateway(pulumi.ComponentResource):
         self.log_volume = docker.Volume(
             f"{name}-access-log",
             name=f"{name}-access-log",
-            labels=[docker.VolumeLabelArgs(label=f"{containers.LABEL_PREFIX}environment", value=settings.environment)],
+            labels=containers.volume_labels(settings),
             opts=place.resource_options(self),
         )
 
@@ -159,15 +153,7 @@ class Gateway(pulumi.ComponentResource):
             ),
             wait=True,
             wait_timeout=120,
-            labels=labels(
-                settings,
-                "gateway",
-                {
-                    "tls-mode": gateway.tls.mode,
-                    "upstream-max-conns": json_label(upstream_max_conns(settings)),
-                    "queue-per-node": str(gateway.queue_per_node),
-                },
-            ),
+            labels=labels(settings, "gateway", contract.GatewayContract.of(settings).labels()),
             opts=place.resource_options(self),
         )
 

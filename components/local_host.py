@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
-from components.containers import LABEL_PREFIX
+from fleet import contract
 from components.host import Host
 from fleet.config import PROJECT, FleetSettings
 
@@ -34,20 +34,20 @@ class LocalHost(pulumi.ComponentResource):
         local = settings.local
         self.provider = docker.Provider(f"{name}-docker", host=local.docker_host, opts=pulumi.ResourceOptions(parent=self))
         on_host = pulumi.ResourceOptions(parent=self, provider=self.provider)
-        environment_label = {"label": f"{LABEL_PREFIX}environment", "value": settings.environment}
+        environment_labels = contract.environment_labels(settings)
 
         self.network = docker.Network(
             f"{name}-net",
             name=f"{name}-net",
             driver="bridge",
-            labels=[docker.NetworkLabelArgs(**environment_label)],
+            labels=[docker.NetworkLabelArgs(label=k, value=v) for k, v in environment_labels.items()],
             opts=on_host,
         )
         models_volume = f"{name}-models"
         self.models = docker.Volume(
             models_volume,
             name=models_volume,
-            labels=[docker.VolumeLabelArgs(**environment_label)],
+            labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in environment_labels.items()],
             # Models are gigabytes: keep them when the stack is destroyed.
             opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(retain_on_delete=True)),
         )

@@ -25,7 +25,7 @@ from components import containers
 from components.containers import Placement, container_name, healthcheck, labels, resolve_grouped
 from components.host import Host
 from components.images import pinned_image
-from fleet import ports
+from fleet import contract, ports
 from fleet.config import PROJECT, FleetSettings
 from fleet.render import alertmanager, grafana, prometheus, rules
 
@@ -166,7 +166,7 @@ class Monitoring(pulumi.ComponentResource):
         self.tsdb = docker.Volume(
             f"{name}-tsdb",
             name=f"{name}-tsdb",
-            labels=[docker.VolumeLabelArgs(label=f"{containers.LABEL_PREFIX}environment", value=settings.environment)],
+            labels=containers.volume_labels(settings),
             opts=place.resource_options(self),
         )
         prometheus_image = pinned_image(f"{name}-prometheus-image", settings.images.prometheus, place, self)
@@ -195,7 +195,7 @@ class Monitoring(pulumi.ComponentResource):
             ),
             wait=True,
             wait_timeout=120,
-            labels=labels(settings, "prometheus", {"retention": settings.monitoring.retention}),
+            labels=labels(settings, "prometheus", {contract.LABELS.retention: settings.monitoring.retention}),
             opts=place.resource_options(self),
         )
 
@@ -206,7 +206,7 @@ class Monitoring(pulumi.ComponentResource):
         self.alertmanager_data = docker.Volume(
             f"{name}-alertmanager-data",
             name=f"{name}-alertmanager-data",
-            labels=[docker.VolumeLabelArgs(label=f"{containers.LABEL_PREFIX}environment", value=settings.environment)],
+            labels=containers.volume_labels(settings),
             opts=place.resource_options(self),
         )
         alertmanager_image = pinned_image(f"{name}-alertmanager-image", settings.images.alertmanager, place, self)

@@ -16,16 +16,15 @@ import pulumi_docker as docker
 from pulumi_command import local, remote
 
 from components import containers
-from components.containers import Placement, container_name, healthcheck, json_label, labels, metrics_healthcheck
+from components.containers import Placement, container_name, healthcheck, labels, metrics_healthcheck
 from components.host import Host
 from components.images import exporter_image, pinned_image
-from fleet import ports
+from fleet import contract, ports
 from fleet.config import PROJECT, FleetSettings, NodeGroup
 from fleet.node_runtime import (
     MODELS_DIR,
     meter_command,
     model_digests,
-    models_label,
     ollama_environment,
     pull_script,
     warm_script,
@@ -54,14 +53,15 @@ class OllamaNode(pulumi.ComponentResource):
     def __init__(self, name: str, args: OllamaNodeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TOKEN, name, None, opts)
         settings, group, host = args.settings, args.group, args.host
-        node = f"{group.name}-{args.index}"
+        node_contract = contract.NodeContract.of(settings, group, args.index)
+        node = node_contract.node
         gpu = host.gpus > 0
         place = Placement(name, settings, host, self)
         images = settings.images
 
         ollama_image = pinned_image(f"{name}-ollama-image", images.ollama, place, self)
         ollama_name = container_name(name, "ollama")
-        models_json = json_label(models_label(group))
+        models_json = contract.models_value(group)
         models_mount = (
             docker.ContainerVolumeArgs(host_path=host.models_path, container_path=MODELS_DIR)
             if host.models_path.startswith("/")
@@ -82,17 +82,7 @@ class OllamaNode(pulumi.ComponentResource):
             healthcheck=healthcheck(["CMD", "ollama", "list"], start_period="60s"),
             wait=True,
             wait_timeout=300,
-            labels=labels(
-                settings,
-                "ollama",
-                {
-                    "node": node,
-                    "node-group": group.name,
-                    "instance-type": group.instance_type,
-                    "models": models_json,
-                    "vram-headroom": str(settings.policy.vram_headroom),
-                },
-            ),
+            labels=labels(settings, "ollama", node_contract.labels()),
             opts=place.resource_options(self),
         )
 
@@ -109,7 +99,7 @@ class OllamaNode(pulumi.ComponentResource):
             healthcheck=metrics_healthcheck(ports.METER_METRICS),
             wait=True,
             wait_timeout=120,
-            labels=labels(settings, "meter", {"node": node, "node-group": group.name}),
+            labels=labels(settings, "meter", {contract.LABELS.node: node, contract.LABELS.node_group: group.name}),
             opts=place.resource_options(self, depends_on=[self.container]),
         )
 
@@ -178,7 +168,7 @@ class OllamaNode(pulumi.ComponentResource):
                 ["CMD", "wget", "-qO", "/dev/null", pulumi.Output.concat("http://", probe, "/metrics")],
                 start_period="10s",
             ),
-            labels=labels(settings, "node-exporter", {"node": node}),
+            labels=labels(settings, "node-exporter", {contract.LABELS.node: node}),
             opts=place.resource_options(self),
             **extra,
         )
@@ -200,7 +190,7 @@ class OllamaNode(pulumi.ComponentResource):
             healthcheck=healthcheck(
                 ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{ports.DCGM_EXPORTER}"], start_period="30s"
             ),
-            labels=labels(settings, "dcgm-exporter", {"node": node}),
+            labels=labels(settings, "dcgm-exporter", {contract.LABELS.node: node}),
             opts=place.resource_options(self),
         )
 

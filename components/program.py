@@ -14,7 +14,7 @@ from fleet.stack_file import settings_from_pulumi_config
 
 def run() -> Fleet:
     stack = pulumi.get_stack()
-    settings = settings_from_pulumi_config(f"Pulumi.{stack}.yaml")
+    settings = settings_from_pulumi_config(stack)
     config = pulumi.Config(PROJECT)
     fleet = Fleet(
         "ollama",

@@ -10,8 +10,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
-from fleet import catalog, ports
-from fleet.capacity import context_length_env
+from fleet import catalog, contract, ports
 from fleet.config import ModelSpec, NodeGroup
 
 MODELS_DIR = "/models"
@@ -22,41 +21,9 @@ WARM_PROMPT = "Reply with the single word OK."
 
 
 def ollama_environment(group: NodeGroup) -> dict[str, str]:
-    """The Ollama server's environment: only knobs Ollama reads (DESIGN.md), every one from the config."""
-    knobs = group.ollama
-    env = {
-        "OLLAMA_HOST": f"0.0.0.0:{ports.OLLAMA}",
-        "OLLAMA_MODELS": MODELS_DIR,
-        "OLLAMA_NUM_PARALLEL": str(knobs.num_parallel),
-        "OLLAMA_MAX_QUEUE": str(knobs.max_queue),
-        "OLLAMA_MAX_LOADED_MODELS": str(group.max_loaded_models),
-        "OLLAMA_KEEP_ALIVE": knobs.keep_alive,
-        "OLLAMA_FLASH_ATTENTION": "1" if knobs.flash_attention else "0",
-        "OLLAMA_KV_CACHE_TYPE": knobs.kv_cache_type,
-        "OLLAMA_GPU_OVERHEAD": str(knobs.gpu_overhead_bytes),
-        "OLLAMA_SCHED_SPREAD": "1" if knobs.sched_spread else "0",
-    }
-    # Without it Ollama picks a VRAM-tiered default (up to 262144 tokens on a 48 GB GPU); the capacity model
-    # decides the value it sized the node with.
-    context = context_length_env(group)
-    if context is not None:
-        env["OLLAMA_CONTEXT_LENGTH"] = str(context)
-    return env
-
-
-def models_label(group: NodeGroup) -> list[dict[str, object]]:
-    """The `ollama-fleet.models` label: what the policy pack sizes against the GPUs."""
-    return [
-        {
-            "name": m.name,
-            "tag": m.tag,
-            "quantization": m.quantization,
-            "numCtx": m.num_ctx,
-            "keepLoaded": m.keep_loaded,
-            "gguf": m.gguf,
-        }
-        for m in group.models
-    ]
+    """The Ollama server's environment: where it listens and keeps models, and the knobs the contract writes
+    (fleet.contract: only knobs Ollama reads, every one from the config)."""
+    return {"OLLAMA_HOST": f"0.0.0.0:{ports.OLLAMA}", "OLLAMA_MODELS": MODELS_DIR, **contract.ollama_environment(group)}
 
 
 def pull_reference(model: ModelSpec) -> str | None:

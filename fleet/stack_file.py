@@ -7,6 +7,7 @@ is allowed; callers print it and exit non-zero instead of showing a traceback.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -144,6 +145,42 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{_key_path(loc)}: {message}{shown}"
 
 
+# Words of a stack name that decide its environment ("prod", "prod-eu", "team.production", "stg2").
+_ENVIRONMENT_WORDS = {
+    "dev": "dev",
+    "development": "dev",
+    "staging": "staging",
+    "stage": "staging",
+    "stg": "staging",
+    "prod": "prod",
+    "production": "prod",
+    "prd": "prod",
+}
+_STRICTNESS = ("dev", "staging", "prod")
+
+
+def environment_of_stack(stack: str) -> str | None:
+    """The environment a stack's name decides: `prod`, `prod-eu`, `eu.production`, `prd2` are prod stacks
+    (likewise dev and staging); a name with words of several environments gets the strictest; None when the
+    name names none (`sandbox`), and the stack file's `environment` then stands alone."""
+    words = (w.rstrip("0123456789") for w in re.split(r"[^a-z0-9]+", stack.lower()))
+    found = {_ENVIRONMENT_WORDS[w] for w in words if w in _ENVIRONMENT_WORDS}
+    return max(found, key=_STRICTNESS.index) if found else None
+
+
+def check_environment(settings: FleetSettings, stack: str, stack_file: str) -> None:
+    """The stack's name decides its environment: a stack file that declares another one is refused."""
+    decided = environment_of_stack(stack)
+    if decided is not None and settings.environment != decided:
+        raise StackConfigError(
+            stack_file,
+            [
+                f"{FLEET_KEY}.environment: is {settings.environment!r}, but stack {stack!r} is a {decided} stack (its "
+                f"name decides the environment and which policies are strict); allowed: {decided}"
+            ],
+        )
+
+
 def parse_settings(data: Any, stack_file: str) -> FleetSettings:
     """Validate the `ollama-fleet:fleet` object, translating pydantic's errors into `StackConfigError`."""
     if not isinstance(data, dict):
@@ -276,15 +313,19 @@ def load_stack_file(path: Path, stack: str | None = None) -> StackConfig:
     if problems:
         raise StackConfigError(path.name, problems)
     name = stack or path.name[len("Pulumi.") : -len(".yaml")]
+    check_environment(settings, name, path.name)
     return StackConfig(stack=name, path=path, settings=settings, secret_keys_set=secrets_set, raw_config=config)
 
 
-def settings_from_pulumi_config(stack_file: str) -> FleetSettings:
-    """Inside a Pulumi program: read the fleet object through `pulumi.Config` and validate it."""
+def settings_from_pulumi_config(stack: str) -> FleetSettings:
+    """Inside a Pulumi program: read the fleet object of `stack` through `pulumi.Config` and validate it."""
     import pulumi
 
+    stack_file = f"Pulumi.{stack}.yaml"
     raw = pulumi.Config(PROJECT).get_object("fleet")
     if raw is None:
         raise StackConfigError(stack_file, [f"{FLEET_KEY}: required key is missing"])
-    return parse_settings(raw, stack_file)
+    settings = parse_settings(raw, stack_file)
+    check_environment(settings, stack, stack_file)
+    return settings
 

@@ -5,15 +5,18 @@ when the Pulumi CLI runs the pack from this folder; it therefore imports only `f
 
 Every policy reads what the program registers (inputs, camelCase, as the engine sends them to a policy
 pack): Docker containers (`docker:index/container:Container`: `labels` as `[{label, value}]`, `envs` as
-`KEY=value`, `image`, `uploads`), Docker images (`docker:index/remoteImage:RemoteImage` `name`), EC2
-instances, EBS volumes and security groups and their rules. Values unknown during a preview raise
-`UnknownValueError` when read, which the engine reports as "can't run during preview" instead of passing.
+`KEY=value`, `image`, `uploads`, `ports`), Docker images (`docker:index/remoteImage:RemoteImage` `name`),
+EC2 instances, EBS volumes and security groups and their rules. What the policies need from the stack's
+config travels on the containers as `fleet.contract` writes it, and is read back only through
+`fleet.contract`: the policies have no defaults of their own, and a missing or garbled label is a refusal.
+Every refusal names the stack file (from the resource's URN: the stack the engine runs), the dotted key and
+what is allowed. Values unknown during a preview raise `UnknownValueError` when read, which the engine
+reports as "can't run during preview" instead of passing.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,8 +34,9 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 
-from fleet import capacity, catalog, ports
-from fleet.config import ModelSpec, NodeGroup, OllamaSettings
+from fleet import capacity, catalog, contract, ports
+from fleet.contract import ContractError, NodeContract
+from fleet.stack_file import environment_of_stack
 
 PACK_NAME = "ollama-fleet"
 # Without a policy config file every policy blocks; policies/config.dev.json relaxes dev to advisory.
@@ -46,12 +50,6 @@ EBS_VOLUME = "aws:ebs/volume:Volume"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 SG_INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 SG_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
-
-LABEL = "ollama-fleet."
-ROLE, ENVIRONMENT = f"{LABEL}role", f"{LABEL}environment"
-NODE_GROUP, INSTANCE_TYPE = f"{LABEL}node-group", f"{LABEL}instance-type"
-MODELS, HEADROOM = f"{LABEL}models", f"{LABEL}vram-headroom"
-TLS_MODE, MAX_CONNS, QUEUE = f"{LABEL}tls-mode", f"{LABEL}upstream-max-conns", f"{LABEL}queue-per-node"
 
 # Relative GGUF paths in a stack file are relative to the project (where Pulumi runs the program).
 PROJECT_ROOT = Path(catalog.__file__).resolve().parent.parent
@@ -88,32 +86,19 @@ def _items(value: Any) -> list[Any]:
 
 
 def labels(props: Mapping[str, Any]) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for item in _items(_get(props, "labels")):
-        if isinstance(item, Mapping) and "label" in item:
-            result[str(item["label"])] = str(_get(item, "value", default=""))
-    return result
+    return contract.labels_of(props)
 
 
 def envs(props: Mapping[str, Any]) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for entry in _items(_get(props, "envs")):
-        if isinstance(entry, str) and "=" in entry:
-            key, value = entry.split("=", 1)
-            result[key] = value
-    return result
+    return contract.env_of(props)
 
 
 def role(props: Mapping[str, Any]) -> str | None:
-    return labels(props).get(ROLE)
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+    return contract.role_of(labels(props))
 
 
 def _int(value: Any, default: int | None = None) -> int | None:
-    """An integer from a label, an env value or a protobuf number (which arrives as a float: 11435.0)."""
+    """An integer from a protobuf number (which arrives as a float: 11435.0)."""
     if value is None or value == "" or isinstance(value, bool):
         return default
     try:
@@ -123,86 +108,37 @@ def _int(value: Any, default: int | None = None) -> int | None:
     return int(number) if number.is_integer() else default
 
 
-class NodeSpecError(ValueError):
-    """The labels/environment of an Ollama container do not describe a node the capacity model can check."""
+def stack_of(urn: str) -> str:
+    """The stack a resource belongs to, from its URN (`urn:pulumi:<stack>::<project>::<type>::<name>`): the
+    stack the engine runs, whatever the stack file says about itself."""
+    head = urn.split("::", 1)[0]
+    parts = head.split(":", 2)
+    return parts[2] if len(parts) == 3 else ""
 
 
-def node_group_from_container(props: Mapping[str, Any], name: str = "node") -> tuple[NodeGroup, float]:
-    """Rebuild the node group an Ollama container runs (from its labels and OLLAMA_* environment) and its headroom."""
-    tags = labels(props)
-    env = envs(props)
-    instance_type = tags.get(INSTANCE_TYPE)
-    if not instance_type:
-        raise NodeSpecError(f"label {INSTANCE_TYPE} is missing")
-    instance = catalog.find_instance(instance_type)
-    if instance is None:
-        raise NodeSpecError(f"label {INSTANCE_TYPE}={instance_type!r} is not a known instance type")
-    try:
-        entries = json.loads(tags.get(MODELS) or "null")
-    except json.JSONDecodeError as exc:
-        raise NodeSpecError(f"label {MODELS} is not JSON ({exc})") from None
-    if not isinstance(entries, list) or not entries:
-        raise NodeSpecError(f"label {MODELS} must be a non-empty JSON list of models")
-    models = []
-    for entry in entries:
-        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("tag"):
-            raise NodeSpecError(f"label {MODELS}: each model must be an object with name and tag")
-        # Built without the stack-file checks, so that each policy reports its own finding (numCtx bounds).
-        spec = ModelSpec.model_construct(
-            name=str(entry["name"]),
-            tag=str(entry["tag"]),
-            quantization=entry.get("quantization") or "",
-            num_ctx=_int(entry.get("numCtx")),
-            gguf=entry.get("gguf") or None,
-            digest=None,
-            keep_loaded=entry.get("keepLoaded", True) is not False,
-        )
-        if not spec.gguf:
-            arch = catalog.find_model(spec.ref)
-            if arch is None:
-                raise NodeSpecError(f"model {spec.ref} is neither in the catalog nor given as a GGUF file")
-            if not spec.quantization:
-                raise NodeSpecError(f"model {spec.ref} names no quantization")
-            if spec.quantization not in arch.weights:
-                raise NodeSpecError(
-                    f"model {spec.ref}: quantization {spec.quantization} is not published; allowed: {', '.join(arch.quantizations())}"
-                )
-        models.append(spec)
-    flash = _truthy(env.get("OLLAMA_FLASH_ATTENTION"))
-    kv_type = env.get("OLLAMA_KV_CACHE_TYPE") or "f16"
-    if kv_type not in capacity.KV_BYTES:
-        raise NodeSpecError(f"OLLAMA_KV_CACHE_TYPE={kv_type!r}; allowed: {', '.join(capacity.KV_BYTES)}")
-    if not flash:
-        kv_type = "f16"  # Ollama ignores a quantized KV cache without flash attention
-    knobs = OllamaSettings.model_construct(
-        num_parallel=_int(env.get("OLLAMA_NUM_PARALLEL"), 1),
-        max_queue=_int(env.get("OLLAMA_MAX_QUEUE"), 512),
-        max_loaded_models=_int(env.get("OLLAMA_MAX_LOADED_MODELS"), 3 * max(instance.gpus, 1)),
-        keep_alive=env.get("OLLAMA_KEEP_ALIVE", "5m"),
-        flash_attention=flash,
-        kv_cache_type=kv_type,
-        context_length=_int(env.get("OLLAMA_CONTEXT_LENGTH")),
-        gpu_overhead_bytes=_int(env.get("OLLAMA_GPU_OVERHEAD"), 0),
-        sched_spread=_truthy(env.get("OLLAMA_SCHED_SPREAD")),
-    )
-    group = NodeGroup.model_construct(
-        name=tags.get(NODE_GROUP) or name,
-        instance_type=instance_type,
-        count=1,
-        models=models,
-        ollama=knobs,
-        model_volume_gb=200,
-        root_volume_gb=100,
-    )
-    try:
-        headroom = float(tags.get(HEADROOM, capacity.DEFAULT_HEADROOM))
-    except ValueError:
-        raise NodeSpecError(f"label {HEADROOM}={tags.get(HEADROOM)!r} is not a number") from None
-    return group, headroom
+def stack_file(urn: str) -> str:
+    return f"Pulumi.{stack_of(urn) or '<stack>'}.yaml"
+
+
+def environment(urn: str, declared: str | None) -> str | None:
+    """The environment whose rules apply: the one the stack's name decides, else what the containers declare."""
+    return environment_of_stack(stack_of(urn)) or declared
+
+
+def node_of(props: Mapping[str, Any]) -> NodeContract:
+    """The node an Ollama container runs, read back through the contract (ContractError when it cannot be)."""
+    return contract.decode_node(labels(props), envs(props))
 
 
 def _ollama_container(args: ResourceValidationArgs) -> bool:
     return args.resource_type == CONTAINER and role(args.props) == "ollama"
+
+
+def _cannot_check(what: str, urn: str, name: str, exc: Exception) -> str:
+    return (
+        f"{stack_file(urn)}: cannot check {what} for {name}: {exc}. The program writes these labels and variables "
+        "through fleet.contract; deploy what it registers"
+    )
 
 
 # ----------------------------------------------------------------------------------------- vram-fit
@@ -228,17 +164,27 @@ def _describe(estimate: capacity.NodeEstimate) -> str:
     return text
 
 
+def estimate(node: NodeContract, headroom: float) -> capacity.NodeEstimate:
+    """The node under the memory rules of the Ollama release its image runs."""
+    return capacity.estimate_node(node.group, headroom, PROJECT_ROOT, ollama_version=node.ollama_version)
+
+
 def validate_vram_fit(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if not _ollama_container(args):
         return
     try:
-        group, headroom = node_group_from_container(args.props, args.name)
-        estimate = capacity.estimate_node(group, _headroom(args.get_config(), headroom), PROJECT_ROOT)
-    except (NodeSpecError, capacity.CapacityError, ValueError) as exc:
-        report(f"cannot check VRAM for {args.name}: {exc}", None)
+        node = node_of(args.props)
+        found = estimate(node, _headroom(args.get_config(), node.headroom))
+    except (ContractError, capacity.CapacityError, ValueError) as exc:
+        report(_cannot_check("VRAM", args.urn, args.name, exc), None)
         return
-    if estimate.has_verdict and not estimate.fits:
-        report(_describe(estimate), None)
+    if found.has_verdict and not found.fits:
+        report(
+            f"{stack_file(args.urn)}: {node.key()}: {_describe(found)} (memory rules of Ollama {node.ollama_version}, "
+            f"from {contract.config_key('images.ollama')}). Allowed: models, numCtx, numParallel and "
+            f"kvCacheType whose estimate fits the GPUs with {contract.config_key('policy.vramHeadroom')} kept free",
+            None,
+        )
 
 
 vram_fit = ResourceValidationPolicy(
@@ -261,36 +207,43 @@ def validate_quantization(args: ResourceValidationArgs, report: ReportViolation)
     if not _ollama_container(args):
         return
     try:
-        group, headroom = node_group_from_container(args.props, args.name)
-    except NodeSpecError as exc:
-        report(f"cannot check quantization for {args.name}: {exc}", None)
+        node = node_of(args.props)
+    except ContractError as exc:
+        report(_cannot_check("quantization", args.urn, args.name, exc), None)
+        return
+    group, headroom = node.group, node.headroom
+    try:
+        version = node.ollama_version
+    except capacity.CapacityError as exc:
+        report(_cannot_check("quantization", args.urn, args.name, exc), None)
         return
     instance = catalog.find_instance(group.instance_type)
     if instance is None or instance.gpus == 0:
         return  # no VRAM to fit on a CPU host
-    for spec in group.models:
+    for index, spec in enumerate(group.models):
         if spec.gguf:
             continue  # a GGUF file carries its own quantization; vram-fit checks it
         arch = catalog.find_model(spec.ref)
         if arch is None or "fp16" not in arch.weights:
             continue
         with_fp16 = group.model_copy(update={"models": [m.model_copy(update={"quantization": "fp16"}) if m is spec else m for m in group.models]})
-        if capacity.fits(with_fp16, headroom, PROJECT_ROOT):
+        if capacity.fits(with_fp16, headroom, PROJECT_ROOT, version):
             continue
-        options = capacity.fitting_quantizations(group, spec.ref, headroom, PROJECT_ROOT)
+        options = capacity.fitting_quantizations(group, spec.ref, headroom, PROJECT_ROOT, version)
         if spec.quantization in options:
             continue
+        key = node.key(f"models[{index}].quantization")
         if options:
             report(
-                f"{spec.ref} does not fit {group.instance_type} at fp16 and its quantization {spec.quantization} does not fit "
-                f"either; quantizations that fit: {', '.join(options)}",
+                f"{stack_file(args.urn)}: {key}: {spec.ref} does not fit {group.instance_type} at fp16 and its "
+                f"quantization {spec.quantization} does not fit either; quantizations that fit: {', '.join(options)}",
                 None,
             )
         else:
             report(
-                f"{spec.ref} does not fit {group.instance_type} at fp16 nor at any published quantization "
-                f"({', '.join(arch.quantizations())}) with numParallel {group.ollama.num_parallel}: lower numCtx or "
-                "numParallel, or pick a larger instance type",
+                f"{stack_file(args.urn)}: {key}: {spec.ref} does not fit {group.instance_type} at fp16 nor at any "
+                f"published quantization ({', '.join(arch.quantizations())}) with numParallel "
+                f"{group.ollama.num_parallel}: lower numCtx or numParallel, or pick a larger instance type",
                 None,
             )
 
@@ -324,75 +277,80 @@ def _resources_of(args: StackValidationArgs, type_: str, wanted_role: str | None
 
 
 def validate_concurrency(args: StackValidationArgs, report: ReportViolation) -> None:
-    groups: dict[str, tuple[NodeGroup, Any]] = {}
+    groups: dict[str, tuple[NodeContract, Any]] = {}
     unknown: list[Any] = []  # containers whose labels a preview cannot know yet
+    unreadable: list[Any] = []  # containers already reported
     for resource in _resources_of(args, CONTAINER, "ollama", unknown):
+        where = stack_file(resource.urn)
         try:
-            group, _ = node_group_from_container(resource.props, resource.name)
-            env = envs(resource.props)
+            node = node_of(resource.props)
         except UnknownValueError:
             unknown.append(resource)
             continue
-        except NodeSpecError as exc:
-            report(f"{resource.name}: {exc}", resource.urn)
+        except ContractError as exc:
+            report(_cannot_check("concurrency", resource.urn, resource.name, exc), resource.urn)
+            unreadable.append(resource)
             continue
-        first = groups.setdefault(group.name, (group, resource))[0]
+        group = node.group
+        first = groups.setdefault(group.name, (node, resource))[0].group
         if first is not group and capacity.max_conns_per_node(first, 0) != capacity.max_conns_per_node(group, 0):
             report(
-                f"{resource.name}: nodes of group {group.name} differ in numParallel or resident models; the gateway "
-                "gives every node of a group the same max_conns",
+                f"{where}: {node.key()}: nodes of group {group.name} differ in numParallel or resident models; the "
+                "gateway gives every node of a group the same max_conns. Allowed: one setting per group",
                 resource.urn,
             )
-        if "OLLAMA_NUM_PARALLEL" not in env:
-            report(f"{resource.name}: OLLAMA_NUM_PARALLEL is not set; the gateway's max_conns cannot match the node", resource.urn)
-        elif not 1 <= group.ollama.num_parallel <= 64:
-            report(f"{resource.name}: OLLAMA_NUM_PARALLEL={group.ollama.num_parallel} is outside 1..64", resource.urn)
-        for spec in group.models:
+        for index, spec in enumerate(group.models):
             try:
                 arch = capacity.resolve_arch(spec, PROJECT_ROOT)
             except (capacity.CapacityError, ValueError):
                 continue
-            num_ctx, source = capacity.effective_num_ctx(spec, group)
+            try:
+                num_ctx, source = capacity.effective_num_ctx(spec, group, ollama_version=node.ollama_version)
+            except capacity.CapacityError as exc:
+                report(_cannot_check("concurrency", resource.urn, resource.name, exc), resource.urn)
+                break
             if num_ctx > arch.max_context:
-                where = "numCtx" if source == "numCtx" else f"OLLAMA_CONTEXT_LENGTH ({source})"
+                key = node.key(f"models[{index}].numCtx" if source == "numCtx" else "ollama.contextLength")
+                what = "numCtx" if source == "numCtx" else f"OLLAMA_CONTEXT_LENGTH ({source})"
                 report(
-                    f"{resource.name}: {spec.ref} {where} {num_ctx} exceeds the model's maximum context {arch.max_context}",
+                    f"{where}: {key}: {spec.ref} {what} {num_ctx} exceeds the model's maximum context "
+                    f"{arch.max_context}; allowed: at most {arch.max_context}",
                     resource.urn,
                 )
     for gateway in _resources_of(args, CONTAINER, "gateway"):
+        where = stack_file(gateway.urn)
         try:
-            tags = labels(gateway.props)
+            declared = contract.decode_gateway(labels(gateway.props))
         except UnknownValueError:
             continue
-        queue = _int(tags.get(QUEUE))
-        if queue is None:
-            report(f"{gateway.name}: label {QUEUE} is missing or not a number", gateway.urn)
+        except ContractError as exc:
+            report(_cannot_check("concurrency", gateway.urn, gateway.name, exc), gateway.urn)
             continue
-        try:
-            conns = json.loads(tags.get(MAX_CONNS) or "null")
-        except json.JSONDecodeError:
-            conns = None
-        if not isinstance(conns, dict):
-            report(f"{gateway.name}: label {MAX_CONNS} must be a JSON object {{group: max_conns per node}}", gateway.urn)
-            continue
-        for name, (group, node) in sorted(groups.items()):
+        queue, conns = declared.queue_per_node, declared.max_conns
+        for name, (node, resource) in sorted(groups.items()):
+            group = node.group
             expected = capacity.max_conns_per_node(group, queue)
             got = conns.get(name)
             if got != expected:
                 report(
-                    f"{gateway.name}: max_conns for group {name} is {got}, expected {expected} "
+                    f"{where}: {node.key()}: the gateway's max_conns for group {name} is {got}, expected {expected} "
                     f"(numParallel {group.ollama.num_parallel} × {max(1, len(group.resident_models))} resident models "
-                    f"+ queue {queue})",
+                    f"+ {contract.config_key('gateway.queuePerNode')} {queue})",
                     gateway.urn,
                 )
             if queue > group.ollama.max_queue:
                 report(
-                    f"{gateway.name}: queuePerNode {queue} exceeds OLLAMA_MAX_QUEUE {group.ollama.max_queue} of group "
-                    f"{name}: Ollama would refuse requests the gateway lets through",
-                    node.urn,
+                    f"{where}: {contract.config_key('gateway.queuePerNode')}: {queue} exceeds OLLAMA_MAX_QUEUE "
+                    f"{group.ollama.max_queue} of group {name} ({node.key('ollama.maxQueue')}): Ollama would refuse "
+                    f"requests the gateway lets through; allowed: at most {group.ollama.max_queue}",
+                    resource.urn,
                 )
-        for name in sorted(set(conns) - set(groups)) if not unknown else ():
-            report(f"{gateway.name}: max_conns names group {name!r}, which has no Ollama node", gateway.urn)
+        for name in sorted(set(conns) - set(groups)) if not (unknown or unreadable) else ():
+            report(
+                f"{where}: {contract.config_key('nodeGroups')}: the gateway's max_conns names group {name!r}, which has "
+                f"no Ollama node; allowed: {', '.join(sorted(groups)) or 'the stack’s node groups'}",
+                gateway.urn,
+            )
     if unknown:
         # As the analyzer does for a value read during preview: say the check could not run on these nodes.
         raise UnknownValueError(UNKNOWN_STRING_VALUE, [unknown[0].name, "labels"])
@@ -432,11 +390,12 @@ def validate_pinned_images(args: StackValidationArgs, report: ReportViolation) -
     environments = set()
     for container in _resources_of(args, CONTAINER):
         try:
-            env = labels(container.props).get(ENVIRONMENT)
+            declared = contract.declared_environment(labels(container.props))
         except UnknownValueError:
-            continue
-        if env:
-            environments.add(env)
+            declared = None
+        found = environment(container.urn, declared)
+        if found:
+            environments.add(found)
     strict = bool(environments & strict_envs)
     for resource in args.resources:
         key = {"docker:index/container:Container": "image", REMOTE_IMAGE: "name"}.get(resource.resource_type)
@@ -450,7 +409,11 @@ def validate_pinned_images(args: StackValidationArgs, report: ReportViolation) -
             continue
         problem = image_problem(reference, strict)
         if problem:
-            report(f"{resource.name}: {problem}", resource.urn)
+            report(
+                f"{stack_file(resource.urn)}: {contract.config_key('images')}: {resource.name}: {problem}; allowed: "
+                f"`repository:tag@sha256:<digest>`{' (the digest is required in ' + ', '.join(sorted(strict_envs)) + ')' if strict else ''}",
+                resource.urn,
+            )
 
 
 pinned_images = StackValidationPolicy(
@@ -546,15 +509,22 @@ def validate_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type != CONTAINER or role(args.props) != "gateway":
         return
     tags = labels(args.props)
-    env = tags.get(ENVIRONMENT, "")
-    mode = tags.get(TLS_MODE)
+    try:
+        mode = contract.decode_gateway(tags).tls_mode
+    except ContractError as exc:
+        report(_cannot_check("TLS", args.urn, args.name, exc), None)
+        return
+    env = environment(args.urn, contract.declared_environment(tags))
     strict = set(args.get_config().get("environments", ["prod"]))
-    if mode is None:
-        report(f"gateway container has no {TLS_MODE} label; cannot tell how clients are served", None)
-    elif env in strict and mode not in ("acme", "provided"):
-        report(f"{env}: the gateway serves TLS mode {mode!r}; {env} needs a trusted certificate (acme or provided)", None)
+    key = f"{stack_file(args.urn)}: {contract.config_key('gateway.tls.mode')}"
+    if env in strict and mode not in ("acme", "provided"):
+        report(f"{key}: the gateway serves TLS mode {mode!r}; {env} needs a trusted certificate; allowed: acme, provided", None)
     elif env != "dev" and mode == "off":
-        report(f"{env or 'this stack'}: the gateway serves plain HTTP (tls mode off); only dev may", None)
+        report(
+            f"{key}: the gateway serves plain HTTP (tls mode off) in {env or 'a stack of no known environment'}; "
+            "only dev may; allowed: self-signed, acme, provided",
+            None,
+        )
 
 
 tls_in_prod = ResourceValidationPolicy(
@@ -565,6 +535,43 @@ tls_in_prod = ResourceValidationPolicy(
     config_schema=PolicyConfigSchema(
         properties={"environments": {"type": "array", "items": {"type": "string"}, "default": ["prod"]}}
     ),
+)
+
+
+# ------------------------------------------------------------------------------ environment-of-stack
+
+
+def validate_environment(args: StackValidationArgs, report: ReportViolation) -> None:
+    """The stack's name decides its environment; containers that declare another one were built from a stack
+    file that claims to be what it is not."""
+    for container in _resources_of(args, CONTAINER):
+        try:
+            declared = contract.declared_environment(labels(container.props))
+        except UnknownValueError:
+            continue
+        stack = stack_of(container.urn)
+        decided = environment_of_stack(stack)
+        if declared is None:
+            report(
+                f"{stack_file(container.urn)}: {container.name}: label {contract.LABELS.environment} is missing; "
+                f"allowed: {', '.join(contract.environment_names())}",
+                container.urn,
+            )
+        elif decided is not None and declared != decided:
+            report(
+                f"{stack_file(container.urn)}: {contract.config_key('environment')}: {container.name} is deployed "
+                f"as {declared!r}, but stack {stack!r} is a {decided} stack (its name decides); allowed: {decided}",
+                container.urn,
+            )
+            return  # one finding names the key; every container says the same
+
+
+environment_of_stack_policy = StackValidationPolicy(
+    name="environment-of-stack",
+    description="The stack's name decides its environment (prod, prod-eu, production… are prod): a stack file "
+    "declaring another environment does not get that environment's laxer rules.",
+    validate=validate_environment,
+    severity=Severity.HIGH,
 )
 
 
@@ -775,6 +782,7 @@ POLICIES = [
     pinned_images,
     no_public_inference_ports,
     tls_in_prod,
+    environment_of_stack_policy,
     imdsv2_required,
     encrypted_volumes,
     admin_routes_closed,

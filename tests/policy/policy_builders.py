@@ -1,227 +1,112 @@
-"""Builders of the resources a stack registers, following CONTRACTS.md (labels, envs, images, uploads), from the
-real stack files. Tests take a stack's list, change one thing, and run the real policies on it."""
+"""Resources for the policy tests: what the real program registers under mocks for a stack, or for a stack
+file with overrides (`program_resources`), and edits made through `fleet.contract` for the few cases the
+program cannot produce (garbled labels, resources another program might add). No label key is spelled here."""
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fleet import capacity
-from fleet.config import FleetSettings, NodeGroup
+from fleet import contract
+from fleet.config import ModelSpec
+from fleet.contract import NodeContract
 from fleet.resources import RegisteredResource
-from fleet.stack_file import load_stack
+from policies import rules
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "ollama-fleet"
 
-CONTAINER = "docker:index/container:Container"
-REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
-INSTANCE = "aws:ec2/instance:Instance"
-EBS_VOLUME = "aws:ebs/volume:Volume"
-SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
-SG_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
-SG_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
+CONTAINER = rules.CONTAINER
+REMOTE_IMAGE = rules.REMOTE_IMAGE
+INSTANCE = rules.INSTANCE
+EBS_VOLUME = rules.EBS_VOLUME
+SECURITY_GROUP = rules.SECURITY_GROUP
+SG_INGRESS = rules.SG_INGRESS_RULE
+SG_RULE = rules.SG_RULE
 
-# A gateway config shaped like the rendered one: admin routes answer 403 unless the admin key from an admin CIDR.
-CLOSED_NGINX = """
-events {}
-http {
-    upstream fleet_chat { least_conn; server 10.0.1.10:11435 max_conns=12; }
-    map "$fleet_client:$fleet_admin_network" $fleet_admin_allowed { default 0; "_admin:1" 1; }
-    server {
-        listen 443 ssl;
-        location = /health { return 200 'ok'; }
-        location = /api/chat { proxy_pass http://fleet_chat/api/chat; }
-        location = /api/pull {
-            if ($fleet_admin_allowed = 0) { return 403; }
-            proxy_pass http://fleet_chat/api/pull;
-        }
-        location ~ ^/api/(push|create|copy|delete)$ {
-            if ($fleet_admin_allowed = 0) { return 403; }
-            proxy_pass http://fleet_chat;
-        }
-        location ^~ /api/blobs/ { deny all; }
-        location / { return 404; }
-    }
-    server {
-        listen 8081;
-        location = /stub_status { stub_status; }
-    }
-}
+# Runs the program under mocks in a fresh interpreter (Pulumi's mocks are process-global) for a stack file
+# with dotted overrides (`nodeGroups.0.ollama.numParallel`), and prints the registrations as a policy reads them.
+_DUMP = """
+import json, pickle, sys
+from dataclasses import replace
+from fleet import contract, preview
+from fleet.local.dataplane import apply_overrides
+from fleet.config import FLEET_KEY
+from fleet.policy_runner import plain
+from fleet.stack_file import load_stack
+stack, overrides, renamed = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+if renamed:
+    contract.LABELS = replace(contract.LABELS, **renamed)
+config = load_stack(stack)
+if overrides:
+    raw = dict(config.raw_config)
+    raw[FLEET_KEY] = apply_overrides(raw[FLEET_KEY], overrides)
+    config = replace(config, raw_config=raw)
+result = preview.run_program(config)
+for r in result.resources:
+    r.inputs = plain(r.inputs)
+    r.outputs = plain(r.outputs or {})
+sys.stdout.buffer.write(pickle.dumps(result.resources))
 """
 
-
-def urn(stack: str, type_: str, name: str) -> str:
-    return f"urn:pulumi:{stack}::{PROJECT}::{type_}::{name}"
+_CACHE: dict[str, list[RegisteredResource]] = {}
 
 
-def resource(stack: str, type_: str, name: str, inputs: dict[str, Any], outputs: dict[str, Any] | None = None) -> RegisteredResource:
-    return RegisteredResource(type=type_, name=name, urn=urn(stack, type_, name), custom=True, inputs=inputs, outputs=outputs or {})
+class ProgramFailed(AssertionError):
+    """The program refused the stack (stderr holds its message)."""
 
 
-def labels(values: dict[str, str]) -> list[dict[str, str]]:
-    return [{"label": f"ollama-fleet.{key}", "value": value} for key, value in values.items()]
-
-
-def ollama_env(group: NodeGroup) -> dict[str, str]:
-    knobs = group.ollama
-    env = {
-        "OLLAMA_HOST": "0.0.0.0:11434",
-        "OLLAMA_MODELS": "/models",
-        "OLLAMA_NUM_PARALLEL": str(knobs.num_parallel),
-        "OLLAMA_MAX_QUEUE": str(knobs.max_queue),
-        "OLLAMA_MAX_LOADED_MODELS": str(group.max_loaded_models),
-        "OLLAMA_KEEP_ALIVE": knobs.keep_alive,
-        "OLLAMA_FLASH_ATTENTION": "1" if knobs.flash_attention else "0",
-        "OLLAMA_KV_CACHE_TYPE": knobs.kv_cache_type,
-        "OLLAMA_GPU_OVERHEAD": str(knobs.gpu_overhead_bytes),
-        "OLLAMA_SCHED_SPREAD": "1" if knobs.sched_spread else "0",
-    }
-    context = capacity.context_length_env(group)
-    if context is not None:
-        env["OLLAMA_CONTEXT_LENGTH"] = str(context)
-    return env
-
-
-def models_label(group: NodeGroup) -> str:
-    return json.dumps(
-        [
-            {"name": m.name, "tag": m.tag, "quantization": m.quantization, "numCtx": m.num_ctx, "keepLoaded": m.keep_loaded, "gguf": m.gguf}
-            for m in group.models
-        ],
-        sort_keys=True,
-    )
-
-
-def ollama_container(stack: str, settings: FleetSettings, group: NodeGroup, index: int = 0) -> RegisteredResource:
-    env = ollama_env(group)
-    return resource(
-        stack,
-        CONTAINER,
-        f"ollama-{group.name}-{index}-ollama",
-        {
-            "name": f"ollama-{group.name}-{index}-ollama",
-            "image": "sha256:" + "ab" * 32,  # the RemoteImage's image id, as the node component passes it
-            "envs": [f"{k}={v}" for k, v in sorted(env.items())],
-            "labels": labels(
-                {
-                    "role": "ollama",
-                    "environment": settings.environment,
-                    "node": f"{group.name}-{index}",
-                    "node-group": group.name,
-                    "instance-type": group.instance_type,
-                    "models": models_label(group),
-                    "vram-headroom": str(settings.policy.vram_headroom),
-                }
-            ),
-        },
-    )
-
-
-def gateway_container(stack: str, settings: FleetSettings, index: int = 0, nginx_conf: str | None = CLOSED_NGINX) -> RegisteredResource:
-    queue = settings.gateway.queue_per_node
-    uploads = [{"file": "/etc/nginx/fleet/api-keys.conf", "content": "map $fleet_api_key $fleet_client { default \"\"; }"}]
-    if nginx_conf is not None:
-        uploads.insert(0, {"file": "/etc/nginx/nginx.conf", "content": nginx_conf})
-    return resource(
-        stack,
-        CONTAINER,
-        f"ollama-gateway-{index}-nginx",
-        {
-            "image": "sha256:" + "cd" * 32,
-            "uploads": uploads,
-            "labels": labels(
-                {
-                    "role": "gateway",
-                    "environment": settings.environment,
-                    "tls-mode": settings.gateway.tls.mode,
-                    "upstream-max-conns": json.dumps({g.name: capacity.max_conns_per_node(g, queue) for g in settings.node_groups}),
-                    "queue-per-node": str(queue),
-                }
-            ),
-        },
-    )
-
-
-def remote_image(stack: str, name: str, reference: str) -> RegisteredResource:
-    return resource(stack, REMOTE_IMAGE, name, {"name": reference, "keepLocally": True})
-
-
-def instance(stack: str, name: str, instance_type: str, *, http_tokens: str | None = "required", root_encrypted: bool | None = True) -> RegisteredResource:
-    inputs: dict[str, Any] = {"instanceType": instance_type, "ami": "ami-0123456789abcdef0"}
-    if http_tokens is not None:
-        inputs["metadataOptions"] = {"httpEndpoint": "enabled", "httpTokens": http_tokens, "httpPutResponseHopLimit": 2}
-    if root_encrypted is not None:
-        inputs["rootBlockDevice"] = {"volumeSize": 100, "volumeType": "gp3", "encrypted": root_encrypted}
-    return resource(stack, INSTANCE, name, inputs)
-
-
-def ebs_volume(stack: str, name: str, size: int, encrypted: bool = True) -> RegisteredResource:
-    return resource(stack, EBS_VOLUME, name, {"size": size, "type": "gp3", "encrypted": encrypted, "availabilityZone": "us-east-1a"})
-
-
-def ingress_rule(stack: str, name: str, port: int, *, cidr: str | None = None, cidr6: str | None = None,
-                 source_group: str | None = None, protocol: str = "tcp", to_port: int | None = None) -> RegisteredResource:
-    inputs: dict[str, Any] = {"securityGroupId": "sg-0123456789abcdef0", "ipProtocol": protocol, "fromPort": port, "toPort": to_port or port}
-    if cidr:
-        inputs["cidrIpv4"] = cidr
-    if cidr6:
-        inputs["cidrIpv6"] = cidr6
-    if source_group:
-        inputs["referencedSecurityGroupId"] = source_group
-    return resource(stack, SG_INGRESS, name, inputs)
-
-
-def fleet_resources(stack: str) -> list[RegisteredResource]:
-    """What the program registers for `stack`, reduced to what the policies read."""
-    settings = load_stack(stack, ROOT).settings
-    images = settings.images
-    out: list[RegisteredResource] = []
-    for group in settings.node_groups:
-        for index in range(group.count):
-            out.append(ollama_container(stack, settings, group, index))
-            out.append(remote_image(stack, f"ollama-{group.name}-{index}-ollama-image", images.ollama))
-            if settings.target == "aws":
-                out.append(instance(stack, f"ollama-{group.name}-host-{index}-instance", group.instance_type))
-                out.append(ebs_volume(stack, f"ollama-{group.name}-host-{index}-models", group.model_volume_gb))
-    gateways = 2 if settings.gateway.high_availability else 1
-    for index in range(gateways):
-        out.append(gateway_container(stack, settings, index))
-        out.append(remote_image(stack, f"ollama-gateway-{index}-nginx-image", images.nginx))
-        if settings.target == "aws":
-            out.append(instance(stack, f"ollama-gateway-host-{index}-instance", settings.gateway.instance_type))
-    out.append(remote_image(stack, "ollama-monitoring-prometheus-image", images.prometheus))
-    if settings.target == "aws":
-        gateway_sg = "sg-0aaaaaaaaaaaaaaaa"
-        for port in (settings.gateway.https_port, settings.gateway.http_port):
-            for cidr in settings.gateway.client_cidrs:
-                out.append(ingress_rule(stack, f"gateway-ingress-{port}-{cidr}", port, cidr=cidr))
-        for port in (3000, 9090):
-            for cidr in settings.gateway.admin_cidrs:
-                out.append(ingress_rule(stack, f"gateway-ingress-{port}-{cidr}", port, cidr=cidr))
-        for port in (11435, 9778, 9100, 9400):
-            out.append(ingress_rule(stack, f"node-ingress-{port}", port, source_group=gateway_sg))
-    return out
+def program_resources(
+    stack: str, overrides: Mapping[str, Any] | None = None, renamed_labels: Mapping[str, str] | None = None
+) -> list[RegisteredResource]:
+    """What the real program registers for `stack` (with `overrides` applied to its fleet object), a fresh copy."""
+    key = json.dumps([stack, overrides or {}, renamed_labels or {}], sort_keys=True)
+    if key not in _CACHE:
+        done = subprocess.run(
+            [sys.executable, "-c", _DUMP, stack, json.dumps(overrides or {}), json.dumps(renamed_labels or {})],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=600,
+        )
+        if done.returncode != 0:
+            raise ProgramFailed(done.stderr.decode()[-3000:])
+        _CACHE[key] = pickle.loads(done.stdout)
+    return copy.deepcopy(_CACHE[key])
 
 
 def find(resources: list[RegisteredResource], type_: str, role: str | None = None) -> list[RegisteredResource]:
     found = [r for r in resources if r.type == type_]
     if role is not None:
-        found = [r for r in found if r.label_map.get("ollama-fleet.role") == role]
+        found = [r for r in found if contract.role_of(r.label_map) == role]
     return found
+
+
+def node_of(resource: RegisteredResource) -> NodeContract:
+    return contract.decode_node(resource.label_map, resource.env_map)
 
 
 def _both(res: RegisteredResource, key: str, change) -> None:
     """Apply `change` to an input and to the recorded output of the same name (the state a stack policy reads)."""
-    res.inputs[key] = change(res.inputs[key])
+    res.inputs[key] = change(res.inputs.get(key) or [])
     if key in (res.outputs or {}):
         res.outputs[key] = change(res.outputs[key])
 
 
-def set_label(res: RegisteredResource, key: str, value: str) -> None:
-    name = f"ollama-fleet.{key}"
-    _both(res, "labels", lambda items: [i for i in items if i["label"] != name] + [{"label": name, "value": value}])
+def set_prop(res: RegisteredResource, key: str, value: Any) -> None:
+    """Set an input, and the recorded output of the same name (the state a stack policy reads)."""
+    _both(res, key, lambda _: value)
+
+
+def set_label(res: RegisteredResource, key: str, value: str | None) -> None:
+    """Set (or with None remove) a label; `key` is one of `contract.LABELS`."""
+    kept = lambda items: [i for i in items if i["label"] != key]  # noqa: E731
+    _both(res, "labels", lambda items: kept(items) + (contract.docker_labels({key: value}) if value is not None else []))
 
 
 def set_env(res: RegisteredResource, key: str, value: str | None) -> None:
@@ -232,7 +117,64 @@ def set_env(res: RegisteredResource, key: str, value: str | None) -> None:
     _both(res, "envs", change)
 
 
+def set_node(res: RegisteredResource, node: NodeContract) -> None:
+    """Write a node's contract onto an Ollama container, as the component does."""
+    for key, value in node.labels().items():
+        set_label(res, key, value)
+    for key in contract.OLLAMA_ENV.values():
+        set_env(res, key, node.environment().get(key))
+
+
+def with_models(node: NodeContract, models: list[dict[str, Any]]) -> NodeContract:
+    """The node serving `models` (stack-file spelling), built without the config's checks, so that a test can
+    hand the policies what a stack file could not pass (numCtx beyond the model, no quantization)."""
+    specs = [ModelSpec.model_construct(**_fields(m)) for m in models]
+    group = node.group.model_copy(update={"models": specs})
+    return NodeContract(group, node.group_index, node.node, node.headroom, node.ollama_image)
+
+
+def _fields(model: dict[str, Any]) -> dict[str, Any]:
+    by_alias = {info.alias or name: name for name, info in ModelSpec.model_fields.items()}
+    values = {name: info.default for name, info in ModelSpec.model_fields.items() if not info.is_required()}
+    values.update({by_alias.get(k, k): v for k, v in model.items()})
+    return values
+
+
 def set_models(res: RegisteredResource, models: list[dict[str, Any]]) -> None:
-    set_label(res, "models", json.dumps(models))
+    set_node(res, with_models(node_of(res), models))
 
 
+# ---- resources the program does not register (other programs, hand edits) ------------------------------------
+
+
+def urn(stack: str, type_: str, name: str) -> str:
+    return f"urn:pulumi:{stack}::{PROJECT}::{type_}::{name}"
+
+
+def resource(stack: str, type_: str, name: str, inputs: dict[str, Any], outputs: dict[str, Any] | None = None) -> RegisteredResource:
+    return RegisteredResource(type=type_, name=name, urn=urn(stack, type_, name), custom=True, inputs=inputs, outputs=outputs or {})
+
+
+def ingress_rule(stack: str, name: str, port: int, *, cidr: str | None = None, cidr6: str | None = None,
+                 source_group: str | None = None, protocol: str = "tcp", to_port: int | None = None,
+                 group: str = "sg-0123456789abcdef0") -> RegisteredResource:
+    inputs: dict[str, Any] = {"securityGroupId": group, "ipProtocol": protocol, "fromPort": port, "toPort": to_port or port}
+    if cidr:
+        inputs["cidrIpv4"] = cidr
+    if cidr6:
+        inputs["cidrIpv6"] = cidr6
+    if source_group:
+        inputs["referencedSecurityGroupId"] = source_group
+    return resource(stack, SG_INGRESS, name, inputs)
+
+
+def restack(resources: list[RegisteredResource], stack: str) -> list[RegisteredResource]:
+    """The same registrations under another stack's URNs (what a stack file copied to another name registers)."""
+    out = copy.deepcopy(resources)
+    for r in out:
+        head, rest = r.urn.split("::", 1)
+        r.urn = f"urn:pulumi:{stack}::{rest}"
+        r.parent_urn = r.parent_urn and f"urn:pulumi:{stack}::{r.parent_urn.split('::', 1)[1]}"
+        r.depends_on = [f"urn:pulumi:{stack}::{d.split('::', 1)[1]}" for d in r.depends_on]
+        r.provider = r.provider and f"urn:pulumi:{stack}::{r.provider.split('::', 1)[1]}"
+    return out

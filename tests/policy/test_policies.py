@@ -1,4 +1,7 @@
-"""Every policy, on resources built from the real stack files: the stack as configured passes, one change violates."""
+"""Every policy on what the real program registers for each stack (tests/policy/policy_builders.py): the
+stack as configured passes; a stack file changed by overrides, run through the program again, is refused.
+Cases the program cannot produce (config load refuses them, or only a hand edit makes them) change the
+registered resources through `fleet.contract`, and say so."""
 
 from __future__ import annotations
 
@@ -10,23 +13,24 @@ from policy_builders import (
     EBS_VOLUME,
     INSTANCE,
     REMOTE_IMAGE,
-    ROOT,
     SECURITY_GROUP,
     SG_RULE,
     find,
     ingress_rule,
+    node_of,
     resource,
     set_env,
     set_label,
     set_models,
+    set_prop,
 )
 
-from fleet import capacity, catalog
+from fleet import capacity, catalog, contract
 from fleet.policy_runner import evaluate
-from fleet.stack_file import load_stack
 from policies import rules
 
 LEVEL = {"dev": "advisory", "staging": "mandatory", "prod": "mandatory"}
+LLAMA_70B_Q8 = [{"name": "llama3.1", "tag": "70b", "quantization": "q8_0", "numCtx": 8192}]
 
 
 def violations(resources, stack, policy):
@@ -43,65 +47,110 @@ def test_every_stack_passes_every_policy(stack, resources_of):
 
 
 def test_vram_fit_refuses_a_model_that_does_not_fit(resources_of):
-    resources = resources_of("prod")
-    for node in find(resources, CONTAINER, "ollama"):
-        set_models(node, [{"name": "llama3.1", "tag": "70b", "quantization": "q8_0", "numCtx": 8192, "keepLoaded": True}])
+    resources = resources_of("prod", {"nodeGroups.0.models": LLAMA_70B_Q8})
     found = violations(resources, "prod", "vram-fit")
     assert len(found) == 2  # both nodes of the group
     assert all(v.enforcement == "mandatory" for v in found)
-    assert "g6e.xlarge" in found[0].message and "needs" in found[0].message
-    assert "quantization q8_0 → " in found[0].message or "instanceType" in found[0].message
+    message = found[0].message
+    assert message.startswith("Pulumi.prod.yaml: ollama-fleet:fleet.nodeGroups[0]: ")
+    assert "g6e.xlarge" in message and "needs" in message and "Allowed:" in message
+    assert "quantization q8_0 → " in message or "instanceType" in message
+
+
+OLLAMA_0_13_1 = "ollama/ollama:0.13.1@sha256:8850b8b33936b9fb246e7b3e02849941f1151ea847e5fb15511f17de9589aea1"
+
+
+def test_vram_fit_applies_the_rules_of_the_deployed_ollama(resources_of):
+    found = violations(resources_of("prod", {"nodeGroups.0.models": LLAMA_70B_Q8, "images.ollama": OLLAMA_0_13_1}), "prod", "vram-fit")
+    assert found and "memory rules of Ollama 0.13.1" in found[0].message
+    assert f"memory rules of Ollama {capacity.default_ollama_version()}" in violations(
+        resources_of("prod", {"nodeGroups.0.models": LLAMA_70B_Q8}), "prod", "vram-fit"
+    )[0].message
+
+
+def test_vram_fit_refuses_an_ollama_it_has_no_rules_for(resources_of):
+    found = violations(resources_of("staging", {"images.ollama": "ollama/ollama:0.1.0"}), "staging", "vram-fit")
+    assert len(found) == 1 and "cannot check VRAM" in found[0].message and "supported" in found[0].message
 
 
 def test_vram_fit_catches_the_unset_num_ctx_default_of_big_gpus(resources_of):
-    # numCtx unset and no OLLAMA_CONTEXT_LENGTH: Ollama's tier gives 32768 tokens per slot on an L40S (it
-    # reports 46068 MiB, under the 47 GiB tier); with 4 slots qwen2.5:32b's KV cache alone is
-    # 2 × 64 × 131072 × 8 × 128 × 34/32 B = 17 GiB next to 35 GB of q8_0 weights.
-    resources = resources_of("staging")
+    # numCtx unset and no contextLength: the node sets no OLLAMA_CONTEXT_LENGTH, and Ollama's tier gives 32768
+    # tokens per slot on an L40S (it reports 46068 MiB, under the 47 GiB tier); with 4 slots qwen2.5:32b's KV
+    # cache alone is 2 × 64 × 131072 × 8 × 128 × 34/32 B = 17 GiB next to 35 GB of q8_0 weights.
+    resources = resources_of("staging", {"nodeGroups.0.models": [{"name": "qwen2.5", "tag": "32b", "quantization": "q8_0"}]})
     node = find(resources, CONTAINER, "ollama")[0]
-    set_models(node, [{"name": "qwen2.5", "tag": "32b", "quantization": "q8_0", "numCtx": None, "keepLoaded": True}])
-    set_env(node, "OLLAMA_CONTEXT_LENGTH", None)
+    assert "OLLAMA_CONTEXT_LENGTH" not in node.env_map
     found = violations(resources, "staging", "vram-fit")
     assert len(found) == 1
     assert "set numCtx" in found[0].message
 
 
 def test_vram_fit_respects_the_headroom_label_and_the_config_floor(resources_of):
-    group = load_stack("prod", ROOT).settings.node_groups[0]
-    estimate = capacity.estimate_node(group, 0.10)
+    resources = resources_of("prod")
+    node = node_of(find(resources, CONTAINER, "ollama")[0])
+    estimate = capacity.estimate_node(node.group, 0.10, ollama_version=capacity.version_of_image(node.ollama_image))
     # A headroom that leaves less than the estimate: the same node no longer fits. The headroom is taken
     # from the memory the driver leaves free.
     free = estimate.gpus * (estimate.vram_per_gpu - estimate.driver_reserved)
     too_much = 1 - (estimate.total - estimate.gpus * estimate.driver_reserved) / free + 0.01
-    resources = resources_of("prod")
-    for node in find(resources, CONTAINER, "ollama"):
-        set_label(node, "vram-headroom", f"{too_much:.4f}")
-    assert violations(resources, "prod", "vram-fit")
-    resources = resources_of("prod")
+    assert violations(resources_of("prod", {"policy.vramHeadroom": round(too_much, 4)}), "prod", "vram-fit")
     report = evaluate(resources, "prod", config={"all": "mandatory", "vram-fit": {"minHeadroom": too_much}})
     assert report.by_policy("vram-fit")
 
 
 def test_vram_fit_gives_no_verdict_on_a_cpu_host(resources_of):
-    resources = resources_of("dev")
-    node = find(resources, CONTAINER, "ollama")[0]
-    set_models(node, [{"name": "llama3.1", "tag": "70b", "quantization": "fp16", "numCtx": 8192, "keepLoaded": True}])
+    resources = resources_of("dev", {"nodeGroups.0.models": [{"name": "llama3.1", "tag": "70b", "quantization": "fp16", "numCtx": 8192}]})
     assert violations(resources, "dev", "vram-fit") == []
 
 
-def test_vram_fit_reports_unreadable_node_labels(resources_of):
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("models", "not json", "is not JSON"),
+        ("models", None, "is missing"),
+        ("instance_type", "g99.huge", "unknown instance type"),
+        ("vram_headroom", "ten percent", "not a number"),
+        ("node_count", "-1", "not a whole number"),
+        ("ollama_image", None, "is missing"),
+    ],
+)
+def test_vram_fit_refuses_unreadable_node_labels(resources_of, key, value, message):
+    # Only a hand edit garbles what the program writes: a missing or garbled label is a refusal, never a default.
     resources = resources_of("prod")
     node = find(resources, CONTAINER, "ollama")[0]
-    set_label(node, "models", "not json")
+    set_label(node, getattr(contract.LABELS, key), value)
     found = violations(resources, "prod", "vram-fit")
-    assert len(found) == 1 and "not JSON" in found[0].message
+    assert len(found) == 1 and message in found[0].message and getattr(contract.LABELS, key) in found[0].message
+    assert found[0].message.startswith("Pulumi.prod.yaml: cannot check VRAM")
+
+
+@pytest.mark.parametrize("variable", ["OLLAMA_NUM_PARALLEL", "OLLAMA_KEEP_ALIVE", "OLLAMA_MAX_QUEUE", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_KV_CACHE_TYPE"])
+def test_a_knob_the_node_does_not_set_is_refused_not_assumed(resources_of, variable):
+    # The policies have no defaults of their own: without the variable Ollama would pick one the pack cannot know.
+    resources = resources_of("prod")
+    node = find(resources, CONTAINER, "ollama")[0]
+    set_env(node, variable, None)
+    found = violations(resources, "prod", "vram-fit")
+    assert len(found) == 1 and f"{variable} is not set" in found[0].message
+
+
+def test_knobs_are_read_as_ollama_reads_them(resources_of):
+    resources = resources_of("prod")
+    node = find(resources, CONTAINER, "ollama")[0]
+    set_env(node, "OLLAMA_NUM_PARALLEL", "4.0")  # Go's ParseUint refuses it: Ollama would fall back to its default
+    assert "not a whole number" in violations(resources, "prod", "vram-fit")[0].message
+    set_env(node, "OLLAMA_NUM_PARALLEL", '"4"')  # envconfig.Var drops the quotes
+    set_env(node, "OLLAMA_FLASH_ATTENTION", "off")  # strconv.ParseBool fails: Ollama counts it as true
+    assert node_of(node).group.ollama.flash_attention is True
+    assert violations(resources, "prod", "vram-fit") == []
 
 
 def test_vram_fit_in_dev_is_advisory(resources_of):
+    # A GPU instance type on the local target: config load refuses it, so the labels are edited.
     resources = resources_of("dev")
     node = find(resources, CONTAINER, "ollama")[0]
-    set_label(node, "instance-type", "g4dn.xlarge")  # 16 GiB T4
-    set_models(node, [{"name": "qwen2.5", "tag": "14b", "quantization": "q8_0", "numCtx": 8192, "keepLoaded": True}])
+    set_label(node, contract.LABELS.instance_type, "g4dn.xlarge")  # 16 GiB T4
+    set_models(node, [{"name": "qwen2.5", "tag": "14b", "quantization": "q8_0", "numCtx": 8192}])
     report = evaluate(resources, "dev")
     assert report.by_policy("vram-fit") and all(v.enforcement == "advisory" for v in report.by_policy("vram-fit"))
     assert not report.mandatory_failed
@@ -110,50 +159,49 @@ def test_vram_fit_in_dev_is_advisory(resources_of):
 # ---- quantization-required --------------------------------------------------------------------------------
 
 
-def _qwen32(node, quantization):
-    set_models(node, [{"name": "qwen2.5", "tag": "32b", "quantization": quantization, "numCtx": 8192, "keepLoaded": True}])
+def _qwen32(quantization):
+    return {"nodeGroups.0.models": [{"name": "qwen2.5", "tag": "32b", "quantization": quantization, "numCtx": 8192}]}
 
 
 def test_quantization_required_refuses_fp16_of_a_model_too_big_for_fp16(resources_of):
-    resources = resources_of("prod")
-    for node in find(resources, CONTAINER, "ollama"):
-        _qwen32(node, "fp16")  # 66 GB of weights on one 48 GiB L40S
+    resources = resources_of("prod", _qwen32("fp16"))  # 66 GB of weights on one 48 GiB L40S
     found = violations(resources, "prod", "quantization-required")
     assert len(found) == 2
-    group = rules.node_group_from_container(find(resources, CONTAINER, "ollama")[0].inputs)[0]
-    fitting = capacity.fitting_quantizations(group, "qwen2.5:32b", 0.10)
+    group = node_of(find(resources, CONTAINER, "ollama")[0]).group
+    fitting = capacity.fitting_quantizations(group, "qwen2.5:32b", 0.10, ollama_version=capacity.default_ollama_version())
     assert "fp16" not in fitting and "q4_K_M" in fitting
     assert f"quantizations that fit: {', '.join(fitting)}" in found[0].message
+    assert "ollama-fleet:fleet.nodeGroups[0].models[0].quantization" in found[0].message
 
 
 def test_quantization_required_accepts_a_quantization_that_fits(resources_of):
     resources = resources_of("prod")
     for node in find(resources, CONTAINER, "ollama"):
-        _qwen32(node, "q4_K_M")
+        set_models(node, _qwen32("q4_K_M")["nodeGroups.0.models"])
     assert violations(resources, "prod", "quantization-required") == []
 
 
 def test_quantization_required_accepts_fp16_where_fp16_fits(resources_of):
     resources = resources_of("prod")
     for node in find(resources, CONTAINER, "ollama"):
-        set_models(node, [{"name": "llama3.2", "tag": "3b", "quantization": "fp16", "numCtx": 8192, "keepLoaded": True}])
+        set_models(node, [{"name": "llama3.2", "tag": "3b", "quantization": "fp16", "numCtx": 8192}])
     assert violations(resources, "prod", "quantization-required") == []
 
 
 def test_quantization_required_when_nothing_fits(resources_of):
     resources = resources_of("prod")
     for node in find(resources, CONTAINER, "ollama"):
-        set_models(node, [{"name": "llama3.1", "tag": "70b", "quantization": "q4_0", "numCtx": 131072, "keepLoaded": True}])
+        set_models(node, [{"name": "llama3.1", "tag": "70b", "quantization": "q4_0", "numCtx": 131072}])
     found = violations(resources, "prod", "quantization-required")
     assert found and "nor at any published quantization" in found[0].message
 
 
-def test_quantization_required_needs_a_quantization_in_the_label(resources_of):
+def test_a_model_label_without_a_quantization_is_refused(resources_of):
     resources = resources_of("prod")
     for node in find(resources, CONTAINER, "ollama"):
-        set_models(node, [{"name": "llama3.1", "tag": "8b", "numCtx": 8192}])
+        set_label(node, contract.LABELS.models, json.dumps([{"name": "llama3.1", "tag": "8b", "quantization": None, "numCtx": 8192}]))
     found = violations(resources, "prod", "quantization-required")
-    assert found and "names no quantization" in found[0].message
+    assert found and "quantization" in found[0].message and "cannot check quantization" in found[0].message
 
 
 # ---- concurrency-bounds -----------------------------------------------------------------------------------
@@ -162,7 +210,7 @@ def test_quantization_required_needs_a_quantization_in_the_label(resources_of):
 def test_concurrency_bounds_checks_the_gateway_max_conns(resources_of):
     resources = resources_of("prod")
     gateway = find(resources, CONTAINER, "gateway")[0]
-    set_label(gateway, "upstream-max-conns", json.dumps({"chat": 99}))
+    set_label(gateway, contract.LABELS.upstream_max_conns, json.dumps({"chat": 99}))
     found = violations(resources, "prod", "concurrency-bounds")
     assert len(found) == 1
     # 4 parallel slots × 1 resident model + 8 queued
@@ -179,6 +227,12 @@ def test_concurrency_bounds_follows_num_parallel(resources_of):
     assert len(found) == 2 and all("expected 14" in v.message for v in found)  # the two HA gateways
 
 
+def test_the_program_keeps_the_gateway_and_the_nodes_in_step(resources_of):
+    resources = resources_of("prod", {"nodeGroups.0.ollama.numParallel": 6})
+    assert node_of(find(resources, CONTAINER, "ollama")[0]).group.ollama.num_parallel == 6
+    assert violations(resources, "prod", "concurrency-bounds") == []
+
+
 def test_concurrency_bounds_wants_the_nodes_of_a_group_alike(resources_of):
     resources = resources_of("prod")
     set_env(find(resources, CONTAINER, "ollama")[1], "OLLAMA_NUM_PARALLEL", "6")
@@ -187,22 +241,29 @@ def test_concurrency_bounds_wants_the_nodes_of_a_group_alike(resources_of):
 
 
 def test_concurrency_bounds_refuses_num_ctx_beyond_the_model(resources_of):
+    # Config load refuses it too; a hand edit of the label is the only way to the policy.
     resources = resources_of("staging")
     node = find(resources, CONTAINER, "ollama")[0]
     max_context = catalog.find_model("llama3.1:8b").max_context
-    set_models(node, [{"name": "llama3.1", "tag": "8b", "quantization": "q4_K_M", "numCtx": max_context * 2, "keepLoaded": True}])
+    set_models(node, [{"name": "llama3.1", "tag": "8b", "quantization": "q4_K_M", "numCtx": max_context * 2}])
     found = violations(resources, "staging", "concurrency-bounds")
     assert len(found) == 1 and f"numCtx {max_context * 2} exceeds" in found[0].message
     assert found[0].enforcement == "mandatory"
 
 
 def test_concurrency_bounds_refuses_a_context_length_beyond_the_model(resources_of):
-    resources = resources_of("prod")
-    node = find(resources, CONTAINER, "ollama")[0]
-    set_models(node, [{"name": "gemma2", "tag": "9b", "quantization": "q4_K_M", "numCtx": None, "keepLoaded": True}])
-    set_env(node, "OLLAMA_CONTEXT_LENGTH", "16384")  # gemma2 is trained for 8192
+    resources = resources_of(
+        "prod",
+        {
+            "nodeGroups.0.models": [{"name": "gemma2", "tag": "9b", "quantization": "q4_K_M"}],
+            "nodeGroups.0.ollama.contextLength": 16384,  # gemma2 is trained for 8192
+        },
+    )
     found = violations(resources, "prod", "concurrency-bounds")
-    assert any("OLLAMA_CONTEXT_LENGTH" in v.message and "8192" in v.message for v in found)
+    assert any(
+        "OLLAMA_CONTEXT_LENGTH" in v.message and "8192" in v.message and "nodeGroups[0].ollama.contextLength" in v.message
+        for v in found
+    )
 
 
 def test_concurrency_bounds_needs_num_parallel_and_a_queue_ollama_accepts(resources_of):
@@ -216,13 +277,13 @@ def test_concurrency_bounds_needs_num_parallel_and_a_queue_ollama_accepts(resour
     for node in find(resources, CONTAINER, "ollama"):
         set_env(node, "OLLAMA_MAX_QUEUE", "4")  # below the gateway's 8 per node
     found = violations(resources, "prod", "concurrency-bounds")
-    assert any("exceeds OLLAMA_MAX_QUEUE 4" in v.message for v in found)
+    assert any("exceeds OLLAMA_MAX_QUEUE 4" in v.message and "gateway.queuePerNode" in v.message for v in found)
 
 
 def test_concurrency_bounds_refuses_max_conns_for_a_group_without_nodes(resources_of):
     resources = resources_of("prod")
     gateway = find(resources, CONTAINER, "gateway")[0]
-    set_label(gateway, "upstream-max-conns", json.dumps({"chat": 12, "batch": 6}))
+    set_label(gateway, contract.LABELS.upstream_max_conns, json.dumps({"chat": 12, "batch": 6}))
     found = violations(resources, "prod", "concurrency-bounds")
     assert len(found) == 1 and "'batch'" in found[0].message
 
@@ -234,7 +295,7 @@ def test_concurrency_bounds_refuses_max_conns_for_a_group_without_nodes(resource
 def test_pinned_images_refuses_latest_and_untagged_everywhere(resources_of, stack, reference):
     resources = resources_of(stack)
     image = find(resources, REMOTE_IMAGE)[0]
-    image.inputs["name"] = reference
+    set_prop(image, "name", reference)
     found = violations(resources, stack, "pinned-images")
     assert len(found) == 1 and found[0].enforcement == LEVEL[stack]
     assert "latest" in found[0].message
@@ -245,18 +306,18 @@ def test_pinned_images_wants_the_digest_in_staging_and_prod(resources_of):
     tag_only = "ollama/ollama:0.13.1"
     for stack in ("staging", "prod"):
         resources = resources_of(stack)
-        find(resources, REMOTE_IMAGE)[0].inputs["name"] = tag_only
+        set_prop(find(resources, REMOTE_IMAGE)[0], "name", tag_only)
         found = violations(resources, stack, "pinned-images")
         assert len(found) == 1 and "needs its digest" in found[0].message, stack
 
     resources = resources_of("dev")
-    find(resources, REMOTE_IMAGE)[0].inputs["name"] = tag_only
+    set_prop(find(resources, REMOTE_IMAGE)[0], "name", tag_only)
     assert violations(resources, "dev", "pinned-images") == []
 
 
 def test_pinned_images_checks_container_images_too(resources_of):
     resources = resources_of("prod")
-    find(resources, CONTAINER, "gateway")[0].inputs["image"] = "nginx:latest"
+    set_prop(find(resources, CONTAINER, "gateway")[0], "image", "nginx:latest")
     found = violations(resources, "prod", "pinned-images")
     assert len(found) == 1 and "nginx:latest" in found[0].message
 
@@ -310,20 +371,23 @@ def test_public_ports_allow_https_admin_cidrs_egress_and_udp(resources_of):
 
 
 def test_tls_in_prod_needs_a_trusted_certificate(resources_of):
-    resources = resources_of("prod")
-    for gateway in find(resources, CONTAINER, "gateway"):
-        set_label(gateway, "tls-mode", "self-signed")
+    resources = resources_of("prod", {"gateway.tls": {"mode": "self-signed"}})
     found = violations(resources, "prod", "tls-in-prod")
     assert len(found) == 2 and "trusted certificate" in found[0].message
+    assert found[0].message.startswith("Pulumi.prod.yaml: ollama-fleet:fleet.gateway.tls.mode: ")
+    assert "allowed: acme, provided" in found[0].message
 
 
 def test_tls_off_only_in_dev(resources_of):
-    resources = resources_of("staging")
-    set_label(find(resources, CONTAINER, "gateway")[0], "tls-mode", "off")
-    assert len(violations(resources, "staging", "tls-in-prod")) == 1
-    resources = resources_of("dev")
-    set_label(find(resources, CONTAINER, "gateway")[0], "tls-mode", "off")
-    assert violations(resources, "dev", "tls-in-prod") == []
+    assert len(violations(resources_of("staging", {"gateway.tls.mode": "off"}), "staging", "tls-in-prod")) == 1
+    assert violations(resources_of("dev", {"gateway.tls.mode": "off"}), "dev", "tls-in-prod") == []
+
+
+def test_tls_mode_label_is_required(resources_of):
+    resources = resources_of("prod")
+    set_label(find(resources, CONTAINER, "gateway")[0], contract.LABELS.tls_mode, None)
+    found = violations(resources, "prod", "tls-in-prod")
+    assert len(found) == 1 and f"label {contract.LABELS.tls_mode} is missing" in found[0].message
 
 
 # ---- imdsv2-required and encrypted-volumes --------------------------------------------------------------------
@@ -434,7 +498,7 @@ def test_vram_fit_reads_a_custom_gguf_model(resources_of):
     gguf = str(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
     resources = resources_of("prod")
     for node in find(resources, CONTAINER, "ollama"):
-        set_models(node, [{"name": "custom", "tag": "v1", "quantization": "q4_K_M", "numCtx": 8192, "keepLoaded": True, "gguf": gguf}])
+        set_models(node, [{"name": "custom", "tag": "v1", "quantization": "q4_K_M", "numCtx": 8192, "gguf": gguf}])
     assert violations(resources, "prod", "vram-fit") == []
     for node in find(resources, CONTAINER, "ollama"):
         set_models(node, [{"name": "custom", "tag": "v1", "numCtx": 8192, "gguf": "/nonexistent/model.gguf"}])

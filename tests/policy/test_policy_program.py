@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from policy_builders import CONTAINER, find, set_label, set_models
+from policy_builders import CONTAINER, find, program_resources, set_label, set_models
+
+from fleet import contract
 
 from fleet.policy_runner import evaluate
 from policies import rules
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
-def test_the_program_passes_its_own_policies(program_resources, stack):
+def test_the_program_passes_its_own_policies(stack):
     resources = program_resources(stack)
     report = evaluate(resources, stack)
     assert report.violations == [], [v.to_dict() for v in report.violations]
@@ -23,7 +25,7 @@ def test_the_program_passes_its_own_policies(program_resources, stack):
         assert conf and "location" in conf
 
 
-def test_the_program_oversized_in_prod_is_refused(program_resources):
+def test_the_program_oversized_in_prod_is_refused():
     resources = program_resources("prod")
     for node in find(resources, CONTAINER, "ollama"):
         set_models(node, [{"name": "llama3.1", "tag": "70b", "quantization": "fp16", "numCtx": 8192, "keepLoaded": True}])
@@ -32,15 +34,15 @@ def test_the_program_oversized_in_prod_is_refused(program_resources):
     assert {"vram-fit", "quantization-required"} <= {v.policy for v in report.mandatory}
 
 
-def test_the_program_gateway_max_conns_is_checked(program_resources):
+def test_the_program_gateway_max_conns_is_checked():
     resources = program_resources("staging")
     gateway = find(resources, CONTAINER, "gateway")[0]
-    declared = json.loads(gateway.label_map["ollama-fleet.upstream-max-conns"])
-    set_label(gateway, "upstream-max-conns", json.dumps({k: v + 1 for k, v in declared.items()}))
+    declared = contract.decode_gateway(gateway.label_map).max_conns
+    set_label(gateway, contract.LABELS.upstream_max_conns, json.dumps({k: v + 1 for k, v in declared.items()}))
     assert evaluate(resources, "staging").by_policy("concurrency-bounds")
 
 
-def test_the_program_rendered_gateway_closes_admin_routes(program_resources):
+def test_the_program_rendered_gateway_closes_admin_routes():
     gateway = find(program_resources("prod"), CONTAINER, "gateway")[0]
     conf = rules._nginx_conf(gateway.inputs)
     assert rules.open_admin_routes(conf) == []

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from pulumi_command import local, remote
 
 from components.host import Host
+from fleet import contract
 from fleet.config import PROJECT, FleetSettings
 from fleet.mock_cloud import FleetMocks, RecordingMonitor
 from fleet.resources import RegisteredResource
@@ -60,7 +61,7 @@ class WireMonitor(RecordingMonitor):
         return found[0]
 
     def containers(self, role: str | None = None) -> list[RegisteredResource]:
-        return [c for c in self.of_type(CONTAINER) if role is None or c.label_map.get("ollama-fleet.role") == role]
+        return [c for c in self.of_type(CONTAINER) if role is None or c.label_map.get(contract.LABELS.role) == role]
 
     def container(self, role: str) -> RegisteredResource:
         found = self.containers(role)

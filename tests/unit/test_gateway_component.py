@@ -28,7 +28,7 @@ from docker_mocks import (
     unwrap,
     use_mocks,
 )
-from fleet import gateway_log, ports
+from fleet import contract, gateway_log, ports
 from fleet.capacity import max_conns_per_node
 from fleet.config import FleetSettings
 from fleet.render import nginx
@@ -157,10 +157,10 @@ def test_labels_carry_tls_mode_and_the_capacity_model_max_conns(dev):
     labels = dev.nginx.label_map
     group = dev.settings.node_groups[0]
     expected = max_conns_per_node(group, dev.settings.gateway.queue_per_node)
-    assert labels["ollama-fleet.role"] == "gateway"
-    assert labels["ollama-fleet.tls-mode"] == "self-signed"
-    assert json.loads(labels["ollama-fleet.upstream-max-conns"]) == {"cpu": expected}
-    assert labels["ollama-fleet.queue-per-node"] == str(dev.settings.gateway.queue_per_node)
+    assert labels[contract.LABELS.role] == "gateway"
+    assert labels[contract.LABELS.tls_mode] == "self-signed"
+    assert json.loads(labels[contract.LABELS.upstream_max_conns]) == {"cpu": expected}
+    assert labels[contract.LABELS.queue_per_node] == str(dev.settings.gateway.queue_per_node)
     # The label and the config nginx runs agree.
     conf = dev.uploads()["/etc/nginx/nginx.conf"]["content"]
     assert f"max_conns={expected} " in conf
@@ -215,7 +215,7 @@ def test_nginx_writes_the_access_log_file_into_a_volume_the_log_exporter_reads(d
     assert volume.provider.startswith(dev.monitor.urn_of("host-docker"))  # on the gateway's own host
     assert dev.monitor.urn_of("host-ready") in volume.depends_on
     assert {label["label"]: label["value"] for label in volume.inputs["labels"]} == {
-        "ollama-fleet.environment": dev.settings.environment
+        contract.LABELS.environment: dev.settings.environment
     }
 
 
@@ -233,8 +233,8 @@ def test_log_exporter_runs_the_meter_image_with_the_gateway_log_command(dev):
     # The command parses as the exporter's own CLI and names every configured client.
     args = gateway_log.build_parser().parse_args(exporter.inputs["command"])
     assert args.client == clients and args.metrics_listen == ("0.0.0.0", ports.GATEWAY_LOG_EXPORTER)
-    assert exporter.label_map["ollama-fleet.role"] == "gateway-log-exporter"
-    assert exporter.label_map["ollama-fleet.environment"] == dev.settings.environment
+    assert exporter.label_map[contract.LABELS.role] == "gateway-log-exporter"
+    assert exporter.label_map[contract.LABELS.environment] == dev.settings.environment
     assert exporter.inputs["restart"] == "unless-stopped"
     assert exporter.inputs["logDriver"] == "json-file" and set(exporter.inputs["logOpts"]) == {"max-size", "max-file"}
     probe = exporter.inputs["healthcheck"]["tests"]
@@ -256,7 +256,7 @@ def test_containers_wait_for_the_host_and_run_pinned_images(dev):
     ready = dev.monitor.urn_of("host-ready")
     for container in dev.monitor.containers():
         assert ready in container.depends_on
-        if container.label_map["ollama-fleet.role"] == "gateway-log-exporter":
+        if container.label_map[contract.LABELS.role] == "gateway-log-exporter":
             continue  # the exporter image built on the host (test_log_exporter_runs_the_meter_image)
         image = next(r for r in dev.monitor.registered if r.outputs.get("imageId") == container.inputs["image"])
         assert "@sha256:" in image.inputs["name"] and image.inputs["keepLocally"] is True
@@ -281,7 +281,7 @@ def test_aws_gateway_is_public_on_its_client_ports_only(prod):
     assert prod.outputs["log_target"] == f"{PRIVATE_ADDRESS}:{ports.GATEWAY_LOG_EXPORTER}"
     assert prod.outputs["url"] == "https://llm.example.com"
     labels = prod.nginx.label_map
-    assert labels["ollama-fleet.tls-mode"] == "acme"
+    assert labels[contract.LABELS.tls_mode] == "acme"
     conf = prod.uploads()["/etc/nginx/nginx.conf"]["content"]
     for address in PROD_UPSTREAMS["chat"]:
         assert f"server {address} max_conns=" in conf
@@ -304,7 +304,7 @@ def test_upstreams_of_several_groups_keep_their_nodes():
     blocks = {name: conf.split(f"upstream fleet_{name} {{")[1].split("}")[0] for name in ("cpu", "batch")}
     assert "a-meter:11435" in blocks["cpu"] and "b-meter" not in blocks["cpu"]
     assert "b-meter:11435" in blocks["batch"] and "c-meter:11435" in blocks["batch"] and "a-meter" not in blocks["batch"]
-    assert json.loads(built.nginx.label_map["ollama-fleet.upstream-max-conns"]) == {
+    assert json.loads(built.nginx.label_map[contract.LABELS.upstream_max_conns]) == {
         "cpu": max_conns_per_node(group, settings.gateway.queue_per_node),
         "batch": max_conns_per_node(second, settings.gateway.queue_per_node),
     }

@@ -23,7 +23,7 @@ from docker_mocks import (
     unwrap,
     use_mocks,
 )
-from fleet import ports
+from fleet import contract, ports
 from fleet.config import FleetSettings
 from fleet.local.dataplane import load_settings
 from fleet.render import alertmanager, grafana, prometheus, rules
@@ -139,7 +139,7 @@ def test_prometheus_runs_the_rules_with_retention_from_the_config(dev):
     command = container.inputs["command"]
     assert f"--storage.tsdb.retention.time={dev.settings.monitoring.retention}" in command
     assert "--config.file=/etc/prometheus/prometheus.yml" in command
-    assert container.label_map["ollama-fleet.retention"] == dev.settings.monitoring.retention
+    assert container.label_map[contract.LABELS.retention] == dev.settings.monitoring.retention
 
 
 def test_prometheus_keeps_its_data_in_a_named_volume(dev):

@@ -36,7 +36,7 @@ from docker_mocks import (
     settings_of,
     use_mocks,
 )
-from fleet import catalog, ports
+from fleet import catalog, contract, ports
 from fleet.capacity import context_length_env
 from fleet.config import FleetSettings, ModelSpec, NodeGroup
 from fleet.exporter import build_parser
@@ -158,20 +158,18 @@ def test_every_container_restarts_rotates_logs_and_is_labelled(dev, staging):
             assert inputs["restart"] == "unless-stopped", container.name
             assert inputs["logDriver"] == "json-file"
             assert set(inputs["logOpts"]) == {"max-size", "max-file"}
-            assert container.label_map["ollama-fleet.environment"] == built.settings.environment
-    roles = {c.label_map["ollama-fleet.role"] for c in staging.monitor.containers()}
+            assert container.label_map[contract.LABELS.environment] == built.settings.environment
+    roles = {c.label_map[contract.LABELS.role] for c in staging.monitor.containers()}
     assert roles == {"ollama", "meter", "node-exporter", "dcgm-exporter"}
 
 
 def test_ollama_labels_describe_the_models_for_the_policy_pack(staging):
     labels = staging.monitor.container("ollama").label_map
-    assert labels["ollama-fleet.node-group"] == "chat"
-    assert labels["ollama-fleet.instance-type"] == "g6e.xlarge"
-    assert float(labels["ollama-fleet.vram-headroom"]) == staging.settings.policy.vram_headroom
-    models = json.loads(labels["ollama-fleet.models"])
-    assert models == [
-        {"name": "llama3.1", "tag": "8b", "quantization": "q4_K_M", "numCtx": 8192, "keepLoaded": True, "gguf": None}
-    ]
+    assert labels[contract.LABELS.node_group] == "chat"
+    assert labels[contract.LABELS.instance_type] == "g6e.xlarge"
+    assert float(labels[contract.LABELS.vram_headroom]) == staging.settings.policy.vram_headroom
+    assert contract.decode_models(labels) == staging.group.models
+    assert [m["name"] for m in json.loads(labels[contract.LABELS.models])] == ["llama3.1"]
 
 
 def test_health_checks_use_what_each_image_has(dev, staging):
@@ -275,9 +273,9 @@ def test_meter_and_model_steps_come_after_the_ollama_container(dev):
 def test_model_steps_rerun_only_when_the_model_list_changes(dev):
     labels = dev.monitor.container("ollama").label_map
     pull, warm = dev.resource("models"), dev.resource("warm")
-    assert pull.inputs["triggers"] == [labels["ollama-fleet.models"]]
+    assert pull.inputs["triggers"] == [labels[contract.LABELS.models]]
     # The warm-up also follows the container: a new container starts with nothing loaded.
-    assert warm.inputs["triggers"] == [labels["ollama-fleet.models"], dev.monitor.id_of(dev.monitor.container("ollama"))]
+    assert warm.inputs["triggers"] == [labels[contract.LABELS.models], dev.monitor.id_of(dev.monitor.container("ollama"))]
 
 
 def test_a_changed_model_list_changes_the_triggers():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import ports
+from fleet import contract, ports
 from fleet.mock_cloud import fake_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def containers(data: dict, role: str | None = None) -> list[dict]:
         if resource["type"] != CONTAINER:
             continue
         labels = {item["label"]: item["value"] for item in resource["inputs"].get("labels", [])}
-        if role is None or labels.get("ollama-fleet.role") == role:
+        if role is None or labels.get(contract.LABELS.role) == role:
             found.append(resource)
     return found
 
@@ -70,7 +70,7 @@ def test_dev_runs_on_the_local_docker_host_without_gpus(previews):
     ollama = containers(data, "ollama")
     assert len(ollama) == 1
     assert not ollama[0]["inputs"].get("deviceRequests") and not ollama[0]["inputs"].get("gpus")
-    roles = {r for c in containers(data) for r in [dict((i["label"], i["value"]) for i in c["inputs"]["labels"])["ollama-fleet.role"]]}
+    roles = {r for c in containers(data) for r in [dict((i["label"], i["value"]) for i in c["inputs"]["labels"])[contract.LABELS.role]]}
     assert {"ollama", "meter", "gateway", "prometheus", "grafana"} <= roles
 
 
