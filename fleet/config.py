@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from fleet import catalog, ports
+from fleet import address_ranges, catalog, ports
 from fleet import config_text as rules
 from fleet.config_text import SettingProblem, text
 
@@ -331,6 +331,18 @@ class Gateway(Model):
             raise ValueError(f"unknown gateway instance type; allowed: {', '.join(catalog.GATEWAY_INSTANCES)}")
         return value
 
+    @field_validator("admin_cidrs")
+    @classmethod
+    def _admin_not_the_world(cls, values: list[str]) -> list[str]:
+        # Whether monitoring is on or not: the admin key's admin routes are open from these ranges.
+        found = address_ranges.exposure(values)
+        if found.is_world:
+            raise ValueError(
+                f"these ranges hold {found.describe()}: the admin key would work from the whole internet; "
+                f"allowed: {address_ranges.WORLD_RULE}"
+            )
+        return values
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> "Gateway":
         if self.http_port == self.https_port:
@@ -531,9 +543,15 @@ class Aws(Model):
     @field_validator("ssh_cidrs")
     @classmethod
     def _ssh_cidrs(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if ipaddress.ip_network(value).prefixlen == 0:
-                raise ValueError("SSH from 0.0.0.0/0 is not allowed; name an admin CIDR or leave empty to use SSM")
+        try:
+            found = address_ranges.exposure(values)
+        except ValueError as exc:
+            raise ValueError(f"not a list of CIDR ranges such as 203.0.113.0/24 ({exc})") from None
+        if found.is_world:
+            raise ValueError(
+                f"these ranges hold {found.describe()}: SSH from the whole internet; leave the list empty to use SSM; "
+                f"allowed: {address_ranges.WORLD_RULE}"
+            )
         return values
 
     @model_validator(mode="after")
@@ -559,13 +577,32 @@ class Local(Model):
     """The local Docker host used by the dev stack."""
 
     docker_host: text(rules.DOCKER_HOST) = Field("unix:///var/run/docker.sock", description="Docker endpoint of the local host.")
-    bind_address: text(rules.IPV4_ADDRESS) = Field("127.0.0.1", description="IPv4 address the gateway and monitoring ports are published on.")
+    publish_beyond_loopback: bool = Field(
+        False,
+        description="Allow a `bindAddress` other than loopback: the gateway, Prometheus and Grafana are then published to every network that address is on.",
+    )
+    bind_address: text(rules.IPV4_ADDRESS) = Field(
+        "127.0.0.1",
+        description="IPv4 address the gateway and monitoring ports are published on; loopback unless `publishBeyondLoopback`.",
+    )
+
+    @field_validator("bind_address")
+    @classmethod
+    def _loopback_unless_allowed(cls, value: str, info) -> str:
+        if not ipaddress.ip_address(value).is_loopback and not info.data.get("publish_beyond_loopback"):
+            raise ValueError(
+                f"{value} publishes the gateway, Prometheus and Grafana beyond this machine; allowed: a loopback "
+                "address (127.0.0.0/8), or set publishBeyondLoopback: true to mean it"
+            )
+        return value
 
 
 class FleetSettings(Model):
     """Everything one stack sets, under the `ollama-fleet:fleet` key of `Pulumi.<stack>.yaml`."""
 
-    environment: Environment = Field(description="`dev`, `staging` or `prod`; decides which policies are strict.")
+    environment: Environment = Field(
+        description="`dev`, `staging` or `prod`; decides which policies are strict. A stack whose name names an environment (`prod`, `prod-eu`, `production`, `stg`…) must declare that one."
+    )
     target: Target = Field(description="`local` (a Docker host, CPU Ollama) or `aws` (GPU instances).")
     aws: Aws | None = Field(None, description="AWS placement; required when target is `aws`.")
     local: Local = Field(default_factory=Local, description="Local Docker host; used when target is `local`.")

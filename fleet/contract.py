@@ -42,6 +42,7 @@ class LabelKeys:
 
     role: str = f"{PROJECT}.role"
     environment: str = f"{PROJECT}.environment"
+    publish_scope: str = f"{PROJECT}.publish-scope"
     # Ollama node
     node: str = f"{PROJECT}.node"
     node_group: str = f"{PROJECT}.node-group"
@@ -78,6 +79,10 @@ ROLES = (
     "node-exporter",
     "dcgm-exporter",
 )
+
+# Where a container's published ports may listen beyond loopback: nowhere (the local host), on the networks of
+# the local host's bind address (`local.publishBeyondLoopback`), or under AWS security groups.
+PUBLISH_SCOPES = ("loopback", "network", "security-groups")
 
 # OllamaSettings field -> the environment variable Ollama reads it from (envconfig/config.go).
 OLLAMA_ENV: dict[str, str] = {
@@ -155,7 +160,25 @@ def container_labels(settings: FleetSettings, role: str, extra: Mapping[str, Any
     """The labels of every fleet container: its role and the stack's environment, plus `extra`."""
     if role not in ROLES:
         raise ValueError(f"unknown container role {role!r}; roles: {', '.join(ROLES)}")
-    return {LABELS.role: role, LABELS.environment: settings.environment, **(extra or {})}
+    return {
+        LABELS.role: role,
+        LABELS.environment: settings.environment,
+        LABELS.publish_scope: publish_scope(settings),
+        **(extra or {}),
+    }
+
+
+def publish_scope(settings: FleetSettings) -> str:
+    if settings.target == "aws":
+        return "security-groups"
+    return "network" if settings.local.publish_beyond_loopback else "loopback"
+
+
+def decode_publish_scope(labels: Mapping[str, str]) -> str:
+    scope = _required(labels, LABELS.publish_scope)
+    if scope not in PUBLISH_SCOPES:
+        raise ContractError(f"label {LABELS.publish_scope}={scope!r}; allowed: {', '.join(PUBLISH_SCOPES)}")
+    return scope
 
 
 def environment_labels(settings: FleetSettings) -> dict[str, str]:

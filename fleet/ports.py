@@ -11,6 +11,7 @@ GATEWAY_LOG_EXPORTER = 9115  # the gateway log exporter's /metrics (fleet.gatewa
 PROMETHEUS = 9090
 ALERTMANAGER = 9093
 GRAFANA = 3000
+SSH = 22  # only from aws.sshCidrs, never from the world
 
 # Never open to 0.0.0.0/0 (policy `no-public-inference-ports`).
 PRIVATE_PORTS = (

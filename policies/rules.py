@@ -34,7 +34,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 
-from fleet import capacity, catalog, contract, ports
+from fleet import address_ranges, capacity, catalog, contract, ports
 from fleet.contract import ContractError, NodeContract
 from fleet.stack_file import environment_of_stack
 
@@ -434,14 +434,10 @@ pinned_images = StackValidationPolicy(
 )
 
 
-# ------------------------------------------------------------------------- no-public-inference-ports
+# ------------------------------------------------------------------------------------- no-public-inference-ports
 
-
-def _is_world(cidr: Any) -> bool:
-    try:
-        return ipaddress.ip_network(str(cidr), strict=False).prefixlen == 0
-    except ValueError:
-        return False
+# The stack-file key whose ranges open a port (the program opens the others to the gateway's group only).
+PORT_KEYS = {ports.GRAFANA: "gateway.adminCidrs", ports.PROMETHEUS: "gateway.adminCidrs", ports.SSH: "aws.sshCidrs"}
 
 
 def _exposed(from_port: Any, to_port: Any, protocol: Any, private: Sequence[int]) -> list[int]:
@@ -459,46 +455,122 @@ def _exposed(from_port: Any, to_port: Any, protocol: Any, private: Sequence[int]
     return [p for p in private if low <= p <= high]
 
 
-def validate_public_ports(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    private = sorted(int(p) for p in args.get_config().get("ports", list(ports.PRIVATE_PORTS)))
-    rules: list[tuple[Any, Any, Any, list[Any]]] = []
-    props = args.props
-    if args.resource_type == SECURITY_GROUP:
-        for rule in _items(_get(props, "ingress")):
-            cidrs = _items(_get(rule, "cidrBlocks")) + _items(_get(rule, "ipv6CidrBlocks"))
-            rules.append((_get(rule, "fromPort"), _get(rule, "toPort"), _get(rule, "protocol"), cidrs))
-    elif args.resource_type == SG_INGRESS_RULE:
+def _ingress(resource: Any) -> list[tuple[str, Any, Any, Any, list[str]]]:
+    """(security group, from port, to port, protocol, CIDRs) of each ingress rule a resource holds."""
+    props = resource.props
+    if resource.resource_type == SECURITY_GROUP:
+        return [
+            (resource.urn, _get(r, "fromPort"), _get(r, "toPort"), _get(r, "protocol"), _items(_get(r, "cidrBlocks")) + _items(_get(r, "ipv6CidrBlocks")))
+            for r in _items(_get(props, "ingress"))
+        ]
+    group = str(_get(props, "securityGroupId", default="(unknown group)"))
+    if resource.resource_type == SG_INGRESS_RULE:
         cidrs = [c for c in (_get(props, "cidrIpv4"), _get(props, "cidrIpv6")) if c]
-        rules.append((_get(props, "fromPort", default=-1), _get(props, "toPort", default=-1), _get(props, "ipProtocol"), cidrs))
-    elif args.resource_type == SG_RULE:
-        if _get(props, "type") != "ingress":
-            return
+        return [(group, _get(props, "fromPort", default=-1), _get(props, "toPort", default=-1), _get(props, "ipProtocol"), cidrs)]
+    if resource.resource_type == SG_RULE and _get(props, "type") == "ingress":
         cidrs = _items(_get(props, "cidrBlocks")) + _items(_get(props, "ipv6CidrBlocks"))
-        rules.append((_get(props, "fromPort"), _get(props, "toPort"), _get(props, "protocol"), cidrs))
-    else:
-        return
-    for from_port, to_port, protocol, cidrs in rules:
-        world = [str(c) for c in cidrs if _is_world(c)]
-        if not world:
-            continue
-        exposed = _exposed(from_port, to_port, protocol, private)
-        if exposed:
+        return [(group, _get(props, "fromPort"), _get(props, "toPort"), _get(props, "protocol"), cidrs)]
+    return []
+
+
+def validate_public_ports(args: StackValidationArgs, report: ReportViolation) -> None:
+    """Per security group and port, every range any rule admits counts together: halves, /8s and IPv6 included."""
+    private = sorted({int(p) for p in args.get_config().get("ports", list(ports.PRIVATE_PORTS))} | {ports.SSH})
+    rules_found: list[tuple[Any, str, list[int], list[str]]] = []
+    unknown: list[Any] = []
+    for resource in args.resources:
+        try:
+            for group, from_port, to_port, protocol, cidrs in _ingress(resource):
+                exposed = _exposed(from_port, to_port, protocol, private)
+                if exposed and cidrs:
+                    rules_found.append((resource, group, exposed, [str(c) for c in cidrs]))
+        except UnknownValueError:
+            unknown.append(resource)
+    admitted: dict[tuple[str, int], list[str]] = {}
+    for _, group, exposed, cidrs in rules_found:
+        for port in exposed:
+            admitted.setdefault((group, port), []).extend(cidrs)
+    for resource, group, exposed, _ in rules_found:
+        world = []
+        for port in exposed:
+            try:
+                if address_ranges.is_world(admitted[(group, port)]):
+                    world.append(port)
+            except ValueError:
+                report(f"{stack_file(resource.urn)}: {resource.name}: a range is not a CIDR: {admitted[(group, port)]}", resource.urn)
+                break
+        if world:
+            cidrs = sorted(set(c for p in world for c in admitted[(group, p)]))
+            keys = sorted({contract.config_key(PORT_KEYS[p]) for p in world if p in PORT_KEYS})
+            where = ", ".join(keys) if keys else "the security groups (only the gateway's group may reach these ports)"
             report(
-                f"ports {', '.join(map(str, exposed))} (Ollama, metering, exporters, Prometheus, Alertmanager or Grafana) are open "
-                f"to {', '.join(world)}; allow them only from the VPC or the gateway's security group",
-                None,
+                f"{stack_file(resource.urn)}: {where}: ports {', '.join(map(str, world))} (Ollama, metering, exporters, "
+                f"Prometheus, Alertmanager, Grafana or SSH) are open to {', '.join(cidrs)} in security group {group}, together "
+                f"{address_ranges.exposure(cidrs).describe()}: the world; allowed: {address_ranges.WORLD_RULE}; only the "
+                "gateway's HTTPS port faces clients",
+                resource.urn,
             )
+    if unknown:
+        raise UnknownValueError(UNKNOWN_STRING_VALUE, [unknown[0].name, "ingress"])
 
 
-no_public_inference_ports = ResourceValidationPolicy(
+no_public_inference_ports = StackValidationPolicy(
     name="no-public-inference-ports",
-    description="Ollama (11434), the meter, exporters, Prometheus (9090) and Grafana (3000) are never open to "
-    "0.0.0.0/0 or ::/0; only the gateway's HTTPS port faces clients.",
+    description="Ollama (11434), the meter, exporters, Prometheus (9090), Alertmanager, Grafana (3000) and SSH (22) are never open "
+    "to the world: the ranges that reach a port of a security group, however split, hold at most a /8's worth of "
+    "public addresses; only the gateway's HTTPS port faces clients.",
     validate=validate_public_ports,
     severity=Severity.CRITICAL,
     config_schema=PolicyConfigSchema(
         properties={"ports": {"type": "array", "items": {"type": "integer"}, "default": list(ports.PRIVATE_PORTS)}}
     ),
+)
+
+
+# ------------------------------------------------------------------------------------- ports-on-loopback
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_published_ports(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER:
+        return
+    bindings = _items(_get(args.props, "ports"))
+    if not bindings:
+        return
+    try:
+        scope = contract.decode_publish_scope(labels(args.props))
+    except ContractError as exc:
+        report(_cannot_check("published ports", args.urn, args.name, exc), None)
+        return
+    if scope != "loopback":
+        return  # under AWS security groups (no-public-inference-ports), or the stack opted in
+    beyond = []
+    for binding in bindings:
+        # Docker binds every address when a published port names none.
+        address = str(_get(binding, "ip", default="0.0.0.0"))
+        if not _is_loopback(address):
+            beyond.append(f"{address}:{_int(_get(binding, 'external')) or _int(_get(binding, 'internal'))}")
+    if beyond:
+        report(
+            f"{stack_file(args.urn)}: {contract.config_key('local.bindAddress')}: {args.name} publishes "
+            f"{', '.join(beyond)}, beyond this machine; allowed: a loopback address (127.0.0.1, ::1), or "
+            f"{contract.config_key('local.publishBeyondLoopback')}: true to publish on purpose",
+            None,
+        )
+
+
+ports_on_loopback = ResourceValidationPolicy(
+    name="ports-on-loopback",
+    description="On the local Docker host every published port listens on loopback, unless the stack sets "
+    "local.publishBeyondLoopback.",
+    validate=validate_published_ports,
+    severity=Severity.HIGH,
 )
 
 
@@ -749,6 +821,19 @@ def _nginx_conf(props: Mapping[str, Any]) -> str | None:
 def validate_admin_routes(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type != CONTAINER or role(args.props) != "gateway":
         return
+    try:
+        admin = contract.decode_gateway(labels(args.props)).admin_cidrs
+        exposure = address_ranges.exposure(admin)
+    except (ContractError, ValueError) as exc:
+        report(_cannot_check("the admin ranges", args.urn, args.name, exc), None)
+    else:
+        if exposure.is_world:
+            report(
+                f"{stack_file(args.urn)}: {contract.config_key('gateway.adminCidrs')}: the admin key works from "
+                f"{', '.join(admin)} ({exposure.describe()}): the whole internet, whether monitoring is on or not; "
+                f"allowed: {address_ranges.WORLD_RULE}",
+                None,
+            )
     conf = _nginx_conf(args.props)
     if conf is None:
         report("gateway container uploads no nginx.conf; cannot verify that admin routes are closed", None)
@@ -765,7 +850,8 @@ def validate_admin_routes(args: ResourceValidationArgs, report: ReportViolation)
 
 admin_routes_closed = ResourceValidationPolicy(
     name="admin-routes-closed",
-    description="The gateway never forwards Ollama's administrative routes (/api/pull, /api/push, /api/create, "
+    description="The admin key works only from admin ranges that are not the world, and the gateway never forwards "
+    "Ollama's administrative routes (/api/pull, /api/push, /api/create, "
     "/api/copy, /api/delete, /api/blobs) for client keys.",
     validate=validate_admin_routes,
     severity=Severity.CRITICAL,
@@ -781,6 +867,7 @@ POLICIES = [
     concurrency_bounds,
     pinned_images,
     no_public_inference_ports,
+    ports_on_loopback,
     tls_in_prod,
     environment_of_stack_policy,
     imdsv2_required,

@@ -36,8 +36,9 @@ def round_trip(settings: FleetSettings) -> None:
             labels = {**contract.container_labels(settings, "ollama"), **written.labels()}
             env = {"OLLAMA_HOST": "0.0.0.0:11434", "OLLAMA_MODELS": "/models", **written.environment()}
             assert contract.decode_node(labels, env) == written
-            # The knobs come back as the node runs them, which the capacity model sizes as the config.
-            assert sized(written.group, written.headroom) == sized(group, written.headroom)
+            assert contract.decode_publish_scope(labels) == contract.publish_scope(settings)
+        # The knobs come back as the node runs them, which the capacity model sizes as the config.
+        assert sized(written.group, written.headroom) == sized(group, written.headroom)
     gateway = GatewayContract.of(settings)
     assert contract.decode_gateway({**contract.container_labels(settings, "gateway"), **gateway.labels()}) == gateway
 
@@ -121,6 +122,7 @@ def test_the_program_writes_the_contract(stack):
     for container in find(resources, CONTAINER):
         assert contract.role_of(container.label_map) in contract.ROLES
         assert contract.declared_environment(container.label_map) == settings.environment
+        assert contract.decode_publish_scope(container.label_map) == ("security-groups" if settings.target == "aws" else "loopback")
 
 
 def test_renamed_label_keys_still_work_end_to_end(monkeypatch):

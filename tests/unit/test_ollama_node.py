@@ -420,7 +420,8 @@ def test_gguf_models_are_copied_in_and_imported(tmp_path):
     assert (tmp_path / "Modelfile").read_text() == modelfile(custom) == "FROM /tmp/custom-1b.gguf\nPARAMETER num_ctx 2048\n"
     assert calls[-1] == "exec n rm -f /tmp/custom-1b.gguf"
     # On an AWS host the file is staged on the host first, and copied from there.
-    built = build_node("staging", group=group.model_copy(update={"instance_type": "g6e.xlarge"}), transport="ssh", gpus=1)
+    staged = group.model_copy(update={"name": "chat", "instance_type": "g6e.xlarge"})  # the staging stack's group
+    built = build_node("staging", group=staged, transport="ssh", gpus=1)
     stage = built.resource("stage-custom-1b")
     assert stage.inputs["create"].startswith(SSH_COMMAND) and stage.inputs["create"].endswith("< models/custom.gguf")
     assert stage.urn in built.resource("models").depends_on
