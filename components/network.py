@@ -20,7 +20,7 @@ from typing import Literal
 import pulumi
 import pulumi_aws as aws
 
-from fleet import ports
+from fleet import address_ranges, ports
 from fleet.config import PROJECT, FleetSettings, plan_subnets
 from fleet.stack_file import StackConfigError
 from fleet.tags import fleet_tags
@@ -67,8 +67,6 @@ def _error(stack: str, key: str, message: str) -> StackConfigError:
     return StackConfigError(f"Pulumi.{stack}.yaml", [f"{key}: {message}"])
 
 
-def _is_world(cidr: str) -> bool:
-    return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
 
 
 def plan_rules(settings: FleetSettings, stack: str) -> list[RuleSpec]:
@@ -82,7 +80,7 @@ def plan_rules(settings: FleetSettings, stack: str) -> list[RuleSpec]:
         rules.append(RuleSpec("ingress", "gateway", gateway.https_port, "cidr", cidr, "HTTPS API from clients"))
         if gateway.http_port != gateway.https_port:
             rules.append(RuleSpec("ingress", "gateway", gateway.http_port, "cidr", cidr, "HTTP redirect to HTTPS"))
-    if gateway.high_availability and not any(_is_world(c) for c in gateway.client_cidrs):
+    if gateway.high_availability and not address_ranges.is_world(gateway.client_cidrs):
         # Failover needs Route 53's health checkers to see /health even when clients are restricted.
         rules.append(
             RuleSpec("ingress", "gateway", gateway.https_port, "prefix-list", ROUTE53_HEALTHCHECKS_PREFIX_LIST, "Route 53 health checks")

@@ -93,9 +93,11 @@ def test_monitoring_ports_follow_admin_cidrs_and_refuse_the_internet():
     off = plan_rules(stack_settings("prod", {"monitoring.enabled": False}), "prod")
     assert not [r for r in off if r.port in (ports.GRAFANA, ports.PROMETHEUS)]
 
-    # refused by the config itself, so `fleet validate` reports it
-    with pytest.raises(StackConfigError, match=r"gateway.adminCidrs\[0\]: would open Prometheus and Grafana to the internet"):
-        stack_settings("prod", {"gateway.adminCidrs": ["0.0.0.0/0"]})
+    # Refused by the config itself (so `fleet validate` reports it), however split, monitoring on or off.
+    for monitoring in (True, False):
+        for cidrs in (["0.0.0.0/0"], ["0.0.0.0/1", "128.0.0.0/1"]):
+            with pytest.raises(StackConfigError, match=r"gateway.adminCidrs: .*admin key would work from the whole internet"):
+                stack_settings("prod", {"gateway.adminCidrs": cidrs, "monitoring.enabled": monitoring})
 
 
 def test_restricted_clients_with_failover_still_admit_route53_health_checks():
