@@ -9,6 +9,11 @@ missing from it: nlohmann/json (Debian: nlohmann-json3-dev) and stb_image (Debia
 /usr/include; miniaudio, which Debian does not package and which only decodes audio attachments for
 audio-capable multimodal models, is replaced by the small stand-in in scripts/ollama-shim/.
 
+Speed: ggml is compiled for this CPU's vector extensions (fleet/local/cpu_profile.py), and the cache folder
+is named after them, so a binary is only reused on a CPU with the same set. go-sqlite3 (used by Ollama's
+`launch` command only) links the system libsqlite3 instead of compiling its 9 MB amalgamation. Go (>= 1.25)
+compiles each cgo C/C++ file as its own action, `-p` of them at a time.
+
 Stdlib only, so that scripts/build-ollama.sh can run it before the virtualenv has its dependencies.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import fcntl
 import os
 import shutil
@@ -23,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fleet.local import cpu_profile
 
 OLLAMA_MODULE = "github.com/ollama/ollama"
 OLLAMA_TAG = "v0.24.0"
@@ -34,7 +42,11 @@ SHIM_DIR = REPO_ROOT / "scripts" / "ollama-shim"
 REQUIRED_HEADERS = {
     "/usr/include/nlohmann/json_fwd.hpp": "nlohmann-json3-dev",
     "/usr/include/stb/stb_image.h": "libstb-dev",
+    "/usr/include/sqlite3.h": "libsqlite3-dev",
 }
+# Build tags: go-sqlite3 against the system library (see above).
+BUILD_TAGS = "libsqlite3"
+PROFILE_FILE = "build-profile.json"
 REQUIRED_TOOLS = {"go": "the Go toolchain (>= 1.24)", "gcc": "gcc", "g++": "g++"}
 
 
@@ -48,8 +60,14 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ollama-fleet"
 
 
+@functools.lru_cache(maxsize=1)
+def build_profile() -> cpu_profile.BuildProfile:
+    return cpu_profile.detect()
+
+
 def binary_path(tag: str = OLLAMA_TAG) -> Path:
-    return cache_root() / f"ollama-{tag}" / "bin" / "ollama"
+    """Where the binary for `tag`, compiled for this CPU's extensions, is cached."""
+    return cache_root() / f"ollama-{tag}-{build_profile().key}" / "bin" / "ollama"
 
 
 def _binary_works(path: Path, tag: str = OLLAMA_TAG) -> bool:
@@ -73,20 +91,23 @@ def check_prerequisites() -> None:
         raise OllamaBuildError("cannot build Ollama, missing: " + "; ".join(missing))
 
 
-def build_env(gobin: Path) -> dict[str, str]:
+def build_env(gobin: Path, profile: cpu_profile.BuildProfile) -> dict[str, str]:
     env = dict(os.environ)
     env["GOBIN"] = str(gobin)
     env["CGO_ENABLED"] = "1"
     # Use the installed toolchain; never fetch another one.
     env["GOTOOLCHAIN"] = "local"
     env["CGO_CPPFLAGS"] = f"-I{SHIM_DIR} {env.get('CGO_CPPFLAGS', '')}".strip()
+    # Replace Go's defaults ("-O2 -g"): the CPU's extensions are what makes ggml fast; the profile names them.
+    env["CGO_CFLAGS"] = profile.cflags
+    env["CGO_CXXFLAGS"] = profile.cflags
     return env
 
 
 def build_command(tag: str) -> list[str]:
     version = tag.removeprefix("v")
     return [
-        "go", "install", "-trimpath",
+        "go", "install", "-trimpath", "-p", str(os.cpu_count() or 1), "-tags", BUILD_TAGS,
         "-ldflags", f"-s -w -X {OLLAMA_MODULE}/version.Version={version}",
         f"{OLLAMA_MODULE}@{tag}",
     ]
@@ -118,9 +139,11 @@ def ensure_ollama(tag: str = OLLAMA_TAG, *, log=None, force: bool = False) -> Pa
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         cmd = build_command(tag)
-        log(f"building Ollama {tag}: {' '.join(cmd)} (GOBIN={staging}); first build takes several minutes")
+        profile = build_profile()
+        log(f"building Ollama {tag}: {' '.join(cmd)} (GOBIN={staging}, CGO_CFLAGS={profile.cflags!r}); "
+            "first build takes several minutes")
         started = time.monotonic()
-        proc = subprocess.run(cmd, env=build_env(staging), cwd=str(staging), capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=build_env(staging, profile), cwd=str(staging), capture_output=True, text=True)
         elapsed = time.monotonic() - started
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
@@ -129,6 +152,7 @@ def ensure_ollama(tag: str = OLLAMA_TAG, *, log=None, force: bool = False) -> Pa
         if not _binary_works(built, tag):
             raise OllamaBuildError(f"build finished but {built} does not run")
         target.parent.mkdir(parents=True, exist_ok=True)
+        (target.parent.parent / PROFILE_FILE).write_text(profile.to_json())
         os.replace(built, target)
         shutil.rmtree(staging, ignore_errors=True)
         log(f"built {target} in {elapsed:.0f}s")

@@ -47,9 +47,17 @@ def test_build_script_reuses_the_cached_binary(ollama_binary):
     assert ollama_binary.stat().st_mtime_ns == before  # not rebuilt
 
 
+def test_cached_build_records_the_cpu_extensions_it_was_compiled_for(ollama_binary):
+    profile = ollama_build.build_profile()
+    recorded = json.loads((ollama_binary.parent.parent / ollama_build.PROFILE_FILE).read_text())
+    assert recorded == {"machine": profile.machine, "cflags": profile.cflags, "key": profile.key}
+    assert ollama_binary.parent.parent.name.endswith(profile.key)
+
+
 def test_build_names_the_missing_debian_package(monkeypatch, tmp_path):
     monkeypatch.setenv("OLLAMA_FLEET_CACHE", str(tmp_path))
-    assert ollama_build.binary_path() == tmp_path / f"ollama-{OLLAMA_TAG}" / "bin" / "ollama"
+    key = ollama_build.build_profile().key
+    assert ollama_build.binary_path() == tmp_path / f"ollama-{OLLAMA_TAG}-{key}" / "bin" / "ollama"
     monkeypatch.setattr(ollama_build, "REQUIRED_HEADERS", {str(tmp_path / "absent" / "stb_image.h"): "libstb-dev"})
     with pytest.raises(ollama_build.OllamaBuildError, match="apt-get install libstb-dev"):
         ollama_build.ensure_ollama()
