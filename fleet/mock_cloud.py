@@ -16,18 +16,23 @@ from pulumi.runtime import mocks as pulumi_mocks
 from fleet.resources import RegisteredResource
 
 
+SPACE = 250 * 250 * 250
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()
 
 
 def _address(prefix: str, seed: str, taken: set[str] | None = None) -> str:
-    """A deterministic address for `seed`; with `taken`, the next free one (a real VPC never repeats one)."""
-    value = int(_digest(seed)[:8], 16) % 62_500
+    """A deterministic address for `seed` in the /8 `prefix`; with `taken`, the next free one (a real VPC never
+    repeats one). Which of two colliding hosts gets the next address depends on registration order, which is not
+    deterministic, so the space is wide (15.6 M addresses: one stack of 100 hosts in about 1,500 has such a pair)."""
+    value = int(_digest(seed)[:8], 16) % SPACE
     while True:
-        address = f"{prefix}.{value // 250 + 1}.{value % 250 + 2}"
+        address = f"{prefix}.{value // 62_500 + 1}.{value // 250 % 250 + 1}.{value % 250 + 2}"
         if taken is None or address not in taken:
             break
-        value = (value + 1) % 62_500
+        value = (value + 1) % SPACE
     if taken is not None:
         taken.add(address)
     return address
@@ -50,8 +55,8 @@ def fake_outputs(
         resource_id = f"i-{short}"
         outputs.setdefault("availabilityZone", inputs.get("availabilityZone"))
         outputs.update(
-            privateIp=_address("10.70", name, taken),
-            publicIp=_address("198.51", name, taken),
+            privateIp=_address("10", name, taken),
+            publicIp=_address("54", name, taken),
             privateDns=f"ip-{short}.ec2.internal",
         )
     elif type_ == "aws:ec2/vpc:Vpc":
@@ -63,7 +68,7 @@ def fake_outputs(
     elif type_ == "aws:ebs/volume:Volume":
         resource_id = f"vol-{short}"
     elif type_ == "aws:ec2/eip:Eip":
-        outputs.update(publicIp=_address("198.51", name, taken), allocationId=f"eipalloc-{short}")
+        outputs.update(publicIp=_address("54", name, taken), allocationId=f"eipalloc-{short}")
     elif type_ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
         # Auto-named by the provider: the name is an output others refer to.
         outputs.setdefault("name", f"{name}-{short[:7]}")
@@ -162,7 +167,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 parent_urn=request.parent or None,
                 protect=bool(request.protect),
                 retain_on_delete=bool(request.retainOnDelete),
-                depends_on=list(request.dependencies),
+                depends_on=sorted(request.dependencies),  # a set to the engine; sorted so previews diff cleanly
                 provider=request.provider or None,
             )
         )

@@ -58,12 +58,22 @@ def _config_for_mocks(stack_config: StackConfig) -> tuple[dict[str, str], list[s
     return values, secret_keys
 
 
+def _skip_source_positions() -> None:
+    """Register resources without the caller's stack trace. The SDK walks the whole Python stack (twice) for every
+    resource so that the engine can point its messages at a source line; the mock monitor ignores it, and it was
+    the largest single cost of a large preview (bench/preview_scale.py)."""
+    from pulumi.runtime import resource as sdk_resource
+    from pulumi.runtime.proto import source_pb2
+
+    if hasattr(sdk_resource, "_get_stack_trace"):
+        sdk_resource._get_stack_trace = source_pb2.StackTrace
+
+
 def run_program(stack_config: StackConfig) -> PreviewResult:
     """Run components.program under recording mocks. Mocks are process-global: call once per process."""
-    import atexit
     import os
-    import shutil
     import tempfile
+    from pathlib import Path
 
     import pulumi
     from pulumi.runtime import mocks as pulumi_mocks
@@ -71,6 +81,7 @@ def run_program(stack_config: StackConfig) -> PreviewResult:
 
     from fleet.mock_cloud import FleetMocks, RecordingMonitor
 
+    _skip_source_positions()
     mocks = FleetMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack_config.stack, preview=False, monitor=monitor)
@@ -78,11 +89,12 @@ def run_program(stack_config: StackConfig) -> PreviewResult:
     set_all_config(values, secret_keys)
 
     outputs: dict[str, Any] = {}
-    # The AWS hosts write the deployer's SSH files for the Docker provider; a preview keeps them out of the way.
+    # The AWS hosts write the deployer's SSH files for the Docker provider; a preview keeps them out of the way, in
+    # one fixed folder per user: its path is part of the previewed commands, so a random one would make two
+    # previews differ. The files are the mocks' deterministic placeholders, written atomically (concurrent
+    # previews write the same bytes), never real keys.
     if "OLLAMA_FLEET_SSH_DIR" not in os.environ:
-        ssh_dir = tempfile.mkdtemp(prefix="fleet-preview-ssh-")
-        os.environ["OLLAMA_FLEET_SSH_DIR"] = ssh_dir
-        atexit.register(shutil.rmtree, ssh_dir, ignore_errors=True)
+        os.environ["OLLAMA_FLEET_SSH_DIR"] = str(Path(tempfile.gettempdir()) / f"fleet-preview-ssh-{os.getuid()}")
 
     def program():
         from components.program import run
@@ -96,7 +108,10 @@ def run_program(stack_config: StackConfig) -> PreviewResult:
         ).apply(outputs.update)
 
     pulumi_mocks.test(program)()
-    return PreviewResult(stack=stack_config.stack, resources=monitor.registered, outputs=outputs)
+    # Registration order follows the SDK's thread pool, not the program: sort so that two previews of the same
+    # input are byte-identical (tree, --json, policy report).
+    resources = sorted(monitor.registered, key=lambda r: r.urn)
+    return PreviewResult(stack=stack_config.stack, resources=resources, outputs=outputs)
 
 
 def resource_tree(result: PreviewResult):
@@ -165,7 +180,7 @@ def clean(value: Any) -> Any:
 def to_json(result: PreviewResult) -> dict[str, Any]:
     return {
         "stack": result.stack,
-        "counts": dict(result.counts),
+        "counts": dict(sorted(result.counts.items())),
         "outputs": clean(result.outputs),
         "resources": [
             {
