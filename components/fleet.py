@@ -23,6 +23,7 @@ class FleetArgs:
     api_keys_json: pulumi.Output[str] | None = None
     admin_key: pulumi.Output[str] | None = None
     grafana_password: pulumi.Output[str] | None = None
+    prometheus_password: pulumi.Output[str] | None = None
     tls_certificate: pulumi.Output[str] | None = None
     tls_private_key: pulumi.Output[str] | None = None
     alert_receiver_secrets_json: pulumi.Output[str] | None = None
@@ -50,6 +51,7 @@ class Fleet(pulumi.ComponentResource):
     api_keys: pulumi.Output[dict[str, str]]
     admin_key: pulumi.Output[str]
     grafana_password: pulumi.Output[str]
+    prometheus_password: pulumi.Output[str]
     deployed: pulumi.Output[dict]
 
     def __init__(self, name: str, args: FleetArgs, opts: pulumi.ResourceOptions | None = None):
@@ -59,7 +61,7 @@ class Fleet(pulumi.ComponentResource):
 
         secrets = Secrets(
             f"{name}-secrets",
-            SecretsArgs(settings, args.api_keys_json, args.admin_key, args.grafana_password),
+            SecretsArgs(settings, args.api_keys_json, args.admin_key, args.grafana_password, args.prometheus_password),
             child,
         )
 
@@ -116,6 +118,8 @@ class Fleet(pulumi.ComponentResource):
                     host=site.gateway_hosts[0],
                     targets=targets,
                     grafana_password=secrets.grafana_password,
+                    prometheus_password=secrets.prometheus_password,
+                    prometheus_salt=secrets.prometheus_salt,
                     alert_receiver_secrets_json=args.alert_receiver_secrets_json,
                 ),
                 child,
@@ -135,6 +139,7 @@ class Fleet(pulumi.ComponentResource):
         self.api_keys = secrets.api_keys
         self.admin_key = secrets.admin_key
         self.grafana_password = secrets.grafana_password
+        self.prometheus_password = secrets.prometheus_password
         self.register_outputs(
             {
                 "gatewayUrl": self.gateway_url,

@@ -27,10 +27,12 @@ from components.host import Host
 from components.images import pinned_image
 from fleet import contract, ports
 from fleet.config import PROJECT, FleetSettings
-from fleet.render import alertmanager, grafana, prometheus, rules
+from fleet.render import alertmanager, grafana, prometheus, prometheus_web, rules
 
 TOKEN = f"{PROJECT}:index:Monitoring"
 PROMETHEUS_CONF = "/etc/prometheus/prometheus.yml"
+PROMETHEUS_WEB_CONF = "/etc/prometheus/web.yml"
+PROMETHEUS_PASSWORD_FILE = "/etc/prometheus/password"
 PROMETHEUS_DATA = "/prometheus"
 GRAFANA_DATASOURCE = "/etc/grafana/provisioning/datasources/ollama-fleet.yaml"
 GRAFANA_PROVIDER = "/etc/grafana/provisioning/dashboards/ollama-fleet.yaml"
@@ -50,6 +52,9 @@ class MonitoringArgs:
     # gateways' exporters.
     targets: dict[str, list[pulumi.Output[str]]]
     grafana_password: pulumi.Output[str]  # secret
+    # Prometheus' basic auth: the password (secret) and the bcrypt salt kept in the state (32 hex digits).
+    prometheus_password: pulumi.Output[str]
+    prometheus_salt: pulumi.Output[str]
     # JSON object receiver name -> secret (secret config `alertReceiverSecrets`); None when the stack sets none.
     alert_receiver_secrets_json: pulumi.Output[str] | None = None
 
@@ -105,7 +110,11 @@ def node_targets(settings: FleetSettings, targets: dict[str, list[str]]) -> list
 
 
 def scrape_plan(
-    settings: FleetSettings, targets: dict[str, list[str]], stack: str, alertmanagers: list[str] | None = None
+    settings: FleetSettings,
+    targets: dict[str, list[str]],
+    stack: str,
+    alertmanagers: list[str] | None = None,
+    self_password_file: str | None = None,
 ) -> prometheus.PrometheusPlan:
     return prometheus.build_prometheus_plan(
         settings,
@@ -114,6 +123,7 @@ def scrape_plan(
         gateway_log_exporters=list(targets.get(prometheus.JOB_GATEWAY_LOG, [])),
         stack=stack,
         alertmanagers=alertmanagers or [],
+        self_password_file=self_password_file,
     )
 
 
@@ -132,11 +142,15 @@ def receiver_secrets(secrets_json: str | None) -> dict[str, str]:
     return value
 
 
-def grafana_environment(settings: FleetSettings, password: pulumi.Output[str]) -> list[pulumi.Input[str]]:
-    """Grafana's settings: fixed admin user, secret password, no sign-up, no anonymous access, no phoning home."""
+def grafana_environment(
+    settings: FleetSettings, password: pulumi.Output[str], prometheus_password: pulumi.Output[str]
+) -> list[pulumi.Input[str]]:
+    """Grafana's settings: fixed admin user, secret password, no sign-up, no anonymous access, no phoning home;
+    the datasource's Prometheus password comes from the environment (the provisioning file names the variable)."""
     return [
         f"GF_SECURITY_ADMIN_USER={settings.monitoring.grafana_admin_user}",
         pulumi.Output.secret(pulumi.Output.concat("GF_SECURITY_ADMIN_PASSWORD=", password)),
+        pulumi.Output.secret(pulumi.Output.concat(f"{grafana.PROMETHEUS_PASSWORD_ENV}=", prometheus_password)),
         f"GF_SERVER_HTTP_PORT={ports.GRAFANA}",
         "GF_USERS_ALLOW_SIGN_UP=false",
         "GF_AUTH_ANONYMOUS_ENABLED=false",
@@ -161,7 +175,17 @@ class Monitoring(pulumi.ComponentResource):
         alertmanager_name = container_name(name, "alertmanager")
         # Prometheus and Alertmanager share the component's network: the container name is the address.
         plan = resolve_grouped(args.targets).apply(
-            lambda targets: scrape_plan(settings, targets, stack, [f"{alertmanager_name}:{ports.ALERTMANAGER}"])
+            lambda targets: scrape_plan(
+                settings, targets, stack, [f"{alertmanager_name}:{ports.ALERTMANAGER}"], PROMETHEUS_PASSWORD_FILE
+            )
+        )
+        # Basic auth on Prometheus' API and UI: the web config holds a bcrypt hash computed here; the password
+        # file is what its own self-scrape sends.
+        prometheus_password = pulumi.Output.secret(args.prometheus_password)
+        web_config = pulumi.Output.secret(
+            pulumi.Output.all(prometheus_password, args.prometheus_salt).apply(
+                lambda values: prometheus_web.render_web_config(prometheus_web.hash_password(values[0], values[1]))
+            )
         )
         self.tsdb = docker.Volume(
             f"{name}-tsdb",
@@ -180,18 +204,24 @@ class Monitoring(pulumi.ComponentResource):
                     config_file=PROMETHEUS_CONF,
                     storage_path=PROMETHEUS_DATA,
                     listen_address=f"0.0.0.0:{ports.PROMETHEUS}",
+                    web_config_file=PROMETHEUS_WEB_CONF,
                 )
             ),
             uploads=[
                 docker.ContainerUploadArgs(file=PROMETHEUS_CONF, content=plan.apply(prometheus.render_prometheus)),
+                docker.ContainerUploadArgs(file=PROMETHEUS_WEB_CONF, content=web_config),
+                docker.ContainerUploadArgs(file=PROMETHEUS_PASSWORD_FILE, content=prometheus_password),
                 docker.ContainerUploadArgs(file=prometheus.DEFAULT_RULES_FILE, content=rules.render_rules(settings)),
             ],
             volumes=[docker.ContainerVolumeArgs(volume_name=self.tsdb.name, container_path=PROMETHEUS_DATA)],
             networks_advanced=place.networks(prometheus_name),
             ports=place.operator_ports(ports.PROMETHEUS),
             **containers.RUNTIME,
+            # Every endpoint asks for the password, which must not sit in the container's visible config: healthy
+            # is "answers HTTP and asks for credentials" (busybox wget reports the 401).
             healthcheck=healthcheck(
-                ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{ports.PROMETHEUS}/-/healthy"], start_period="30s"
+                ["CMD-SHELL", f"wget -qO /dev/null http://127.0.0.1:{ports.PROMETHEUS}/-/healthy 2>&1 | grep -q 401"],
+                start_period="30s",
             ),
             wait=True,
             wait_timeout=120,
@@ -239,12 +269,14 @@ class Monitoring(pulumi.ComponentResource):
             f"{name}-grafana",
             name=grafana_name,
             image=grafana_image.image_id,
-            envs=grafana_environment(settings, args.grafana_password),
+            envs=grafana_environment(settings, args.grafana_password, prometheus_password),
             uploads=[
                 docker.ContainerUploadArgs(
                     file=GRAFANA_DATASOURCE,
                     content=grafana.render_datasource(
-                        f"http://{prometheus_name}:{ports.PROMETHEUS}", settings.monitoring.scrape_interval
+                        f"http://{prometheus_name}:{ports.PROMETHEUS}",
+                        settings.monitoring.scrape_interval,
+                        basic_auth_user=prometheus_web.PROMETHEUS_USER,
                     ),
                 ),
                 docker.ContainerUploadArgs(file=GRAFANA_PROVIDER, content=grafana.render_dashboard_provider()),

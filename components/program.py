@@ -24,6 +24,7 @@ def run() -> Fleet:
             api_keys_json=config.get_secret("apiKeys"),
             admin_key=config.get_secret("adminApiKey"),
             grafana_password=config.get_secret("grafanaAdminPassword"),
+            prometheus_password=config.get_secret("prometheusPassword"),
             tls_certificate=config.get_secret("tlsCertificate"),
             tls_private_key=config.get_secret("tlsPrivateKey"),
             alert_receiver_secrets_json=config.get_secret("alertReceiverSecrets"),
@@ -39,4 +40,5 @@ def run() -> Fleet:
     pulumi.export("apiKeys", pulumi.Output.secret(fleet.api_keys))
     pulumi.export("adminApiKey", pulumi.Output.secret(fleet.admin_key))
     pulumi.export("grafanaAdminPassword", pulumi.Output.secret(fleet.grafana_password))
+    pulumi.export("prometheusPassword", pulumi.Output.secret(fleet.prometheus_password))
     return fleet

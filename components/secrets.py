@@ -20,6 +20,7 @@ class SecretsArgs:
     api_keys_json: pulumi.Output[str] | None = None
     admin_key: pulumi.Output[str] | None = None
     grafana_password: pulumi.Output[str] | None = None
+    prometheus_password: pulumi.Output[str] | None = None
 
 
 def _generated(name: str, parent: pulumi.Resource, length: int = 40) -> pulumi.Output[str]:
@@ -63,4 +64,11 @@ class Secrets(pulumi.ComponentResource):
         self.grafana_password = pulumi.Output.secret(
             args.grafana_password or _generated(f"{name}-grafana-admin", self, 32)
         )
+        self.prometheus_password = pulumi.Output.secret(
+            args.prometheus_password or _generated(f"{name}-prometheus", self, 32)
+        )
+        # The salt of Prometheus' bcrypt hash, kept in the state: the same password renders the same web config.
+        self.prometheus_salt = random.RandomId(
+            f"{name}-prometheus-salt", byte_length=16, opts=pulumi.ResourceOptions(parent=self)
+        ).hex
         self.register_outputs({})

@@ -702,6 +702,7 @@ SECRET_KEYS: dict[str, str] = {
     f"{PROJECT}:apiKeys": "JSON object mapping client name to API key; clients without one get a generated key.",
     f"{PROJECT}:adminApiKey": "Admin API key for the admin routes (/api/pull, ...); generated when unset.",
     f"{PROJECT}:grafanaAdminPassword": "Grafana admin password; generated when unset.",
+    f"{PROJECT}:prometheusPassword": "Password of Prometheus' basic auth (user `fleet`; Grafana and the self-scrape send it); generated when unset.",
     f"{PROJECT}:tlsCertificate": "PEM certificate chain for gateway.tls.mode `provided`.",
     f"{PROJECT}:tlsPrivateKey": "PEM private key for gateway.tls.mode `provided`.",
     f"{PROJECT}:alertReceiverSecrets": (

@@ -82,6 +82,8 @@ def fake_outputs(
         outputs.setdefault("registrationUrl", f"https://acme.invalid/acct/{short}")
     elif type_ == "aws:route53/healthCheck:HealthCheck":
         resource_id = f"hc-{short}"
+    elif type_ == "random:index/randomId:RandomId":
+        outputs["hex"] = _digest("random-id", name)[: 2 * int(inputs.get("byteLength", 16))]
     elif type_ == "random:index/randomPassword:RandomPassword":
         outputs["result"] = "mock" + _digest("secret", name)[: max(int(inputs.get("length", 32)) - 4, 8)]
     elif type_ == "tls:index/privateKey:PrivateKey":

@@ -275,8 +275,27 @@ def render_dashboard(settings: FleetSettings) -> str:
     return JSONEncoder(sort_keys=True, indent=2).encode(build_dashboard(settings).build()) + "\n"
 
 
-def render_datasource(prometheus_url: str = f"http://prometheus:{ports.PROMETHEUS}", scrape_interval: str = "15s") -> str:
-    """provisioning/datasources/*.yaml: the Prometheus datasource the dashboard refers to by uid."""
+# Environment variable of the Grafana container holding Prometheus' password; the provisioning file names it
+# (Grafana expands `$__env{...}`), so the file itself carries no secret.
+PROMETHEUS_PASSWORD_ENV = "FLEET_PROMETHEUS_PASSWORD"
+
+
+def render_datasource(
+    prometheus_url: str = f"http://prometheus:{ports.PROMETHEUS}",
+    scrape_interval: str = "15s",
+    basic_auth_user: str | None = None,
+) -> str:
+    """provisioning/datasources/*.yaml: the Prometheus datasource the dashboard refers to by uid; with
+    `basic_auth_user`, it logs in with the password from PROMETHEUS_PASSWORD_ENV."""
+    auth = (
+        {
+            "basicAuth": True,
+            "basicAuthUser": basic_auth_user,
+            "secureJsonData": {"basicAuthPassword": f"$__env{{{PROMETHEUS_PASSWORD_ENV}}}"},
+        }
+        if basic_auth_user
+        else {}
+    )
     document = {
         "apiVersion": 1,
         "datasources": [
@@ -289,6 +308,7 @@ def render_datasource(prometheus_url: str = f"http://prometheus:{ports.PROMETHEU
                 "isDefault": True,
                 "editable": False,
                 "jsonData": {"timeInterval": scrape_interval, "httpMethod": "POST"},
+                **auth,
             }
         ],
     }

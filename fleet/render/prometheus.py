@@ -22,6 +22,7 @@ import yaml
 
 from fleet import catalog, ports
 from fleet.config import FleetSettings, NodeGroup
+from fleet.render.prometheus_web import PROMETHEUS_USER
 
 JOB_METER = "ollama-meter"
 JOB_NGINX = "nginx"
@@ -73,6 +74,7 @@ class ScrapeJob:
     name: str
     groups: tuple[StaticGroup, ...]
     metrics_path: str = "/metrics"
+    password_file: str | None = None  # basic auth (user PROMETHEUS_USER) read from this file at each scrape
 
     @property
     def targets(self) -> list[str]:
@@ -91,6 +93,12 @@ class PrometheusPlan:
 
     def job(self, name: str) -> ScrapeJob | None:
         return next((j for j in self.jobs if j.name == name), None)
+
+
+def _check_path(value: str, where: str) -> str:
+    if not re.fullmatch(r"/[A-Za-z0-9_./-]+", value, flags=re.ASCII):
+        raise PrometheusPlanError(f"{where}: {value!r} must be an absolute path of letters, digits and ._/-")
+    return value
 
 
 def _check_target(value: str, where: str) -> str:
@@ -159,12 +167,14 @@ def build_prometheus_plan(
     scrape_interval: str | None = None,
     evaluation_interval: str | None = None,
     alertmanagers: Sequence[str] = (),
+    self_password_file: str | None = None,
 ) -> PrometheusPlan:
     """The scrape plan. `nginx_exporters` and `gateway_log_exporters` are `host:port` of the nginx exporters
     and gateway log exporters (one of each per gateway host); `gateway_node_exporters`
     maps a host name (its `node` label, e.g. `gateway-0`) to the `host:port` of its node exporter.
     The intervals default to `monitoring.scrapeInterval` (loopback tests may scrape faster). `alertmanagers`
-    are the `host:port` of the Alertmanagers that firing and resolved alerts are sent to."""
+    are the `host:port` of the Alertmanagers that firing and resolved alerts are sent to. `self_password_file`
+    holds Prometheus' own password when its web config asks for basic auth (its self-scrape sends it)."""
     known_groups = {g.name: g for g in settings.node_groups}
     for node in nodes:
         if node.group not in known_groups:
@@ -204,7 +214,11 @@ def build_prometheus_plan(
         if n.gpu and n.dcgm_port is not None
     ]
     jobs = [
-        ScrapeJob(JOB_PROMETHEUS, (StaticGroup((_check_target(prometheus, "prometheus"),)),)),
+        ScrapeJob(
+            JOB_PROMETHEUS,
+            (StaticGroup((_check_target(prometheus, "prometheus"),)),),
+            password_file=_check_path(self_password_file, "self_password_file") if self_password_file else None,
+        ),
         ScrapeJob(JOB_METER, tuple(meter_groups)),
         ScrapeJob(
             JOB_NGINX,
@@ -247,6 +261,7 @@ def render_prometheus(plan: PrometheusPlan) -> str:
             {
                 "job_name": job.name,
                 "metrics_path": job.metrics_path,
+                **({"basic_auth": {"username": PROMETHEUS_USER, "password_file": job.password_file}} if job.password_file else {}),
                 "static_configs": [
                     {"targets": list(g.targets), **({"labels": dict(g.labels)} if g.labels else {})} for g in job.groups
                 ],
@@ -264,11 +279,16 @@ def prometheus_args(
     config_file: str = "/etc/prometheus/prometheus.yml",
     storage_path: str = "/prometheus",
     listen_address: str = f"0.0.0.0:{ports.PROMETHEUS}",
+    web_config_file: str | None = None,
 ) -> list[str]:
-    """Command-line flags of the Prometheus server (retention is a flag, not part of the config file)."""
-    return [
+    """Command-line flags of the Prometheus server (retention is a flag, not part of the config file);
+    `web_config_file` turns on basic auth (fleet.render.prometheus_web)."""
+    args = [
         f"--config.file={config_file}",
         f"--storage.tsdb.path={storage_path}",
         f"--storage.tsdb.retention.time={plan.retention}",
         f"--web.listen-address={listen_address}",
     ]
+    if web_config_file:
+        args.append(f"--web.config.file={_check_path(web_config_file, 'web_config_file')}")
+    return args

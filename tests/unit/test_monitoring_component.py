@@ -29,6 +29,8 @@ from fleet.local.dataplane import load_settings
 from fleet.render import alertmanager, grafana, prometheus, rules
 
 PASSWORD = "grafana-Admin-Password-0123456789"
+PROMETHEUS_PASSWORD = "prometheus-Password-0123456789"
+PROMETHEUS_SALT = "00112233445566778899aabbccddeeff"
 
 
 @dataclass
@@ -65,6 +67,8 @@ def build_monitoring(
                 host=make_host(**host),
                 targets={job: [pulumi.Output.from_input(t) for t in values] for job, values in targets.items()},
                 grafana_password=pulumi.Output.secret(PASSWORD),
+                prometheus_password=pulumi.Output.secret(PROMETHEUS_PASSWORD),
+                prometheus_salt=pulumi.Output.from_input(PROMETHEUS_SALT),
                 alert_receiver_secrets_json=pulumi.Output.secret(receiver_secrets) if receiver_secrets else None,
             ),
         )
@@ -167,13 +171,37 @@ def test_grafana_password_stays_secret(dev):
     container = dev.monitor.container("grafana")
     envs = dev.monitor.wire_inputs(container)["envs"]
     secret = [e for e in envs if is_wire_secret(e)]
-    assert [unwrap(e) for e in secret] == [f"GF_SECURITY_ADMIN_PASSWORD={PASSWORD}"]
+    assert [unwrap(e) for e in secret] == [
+        f"GF_SECURITY_ADMIN_PASSWORD={PASSWORD}",
+        f"{grafana.PROMETHEUS_PASSWORD_ENV}={PROMETHEUS_PASSWORD}",
+    ]
     plain = [e for e in envs if not is_wire_secret(e)]
     assert f"GF_SECURITY_ADMIN_USER={dev.settings.monitoring.grafana_admin_user}" in plain
     assert "GF_USERS_ALLOW_SIGN_UP=false" in plain and "GF_AUTH_ANONYMOUS_ENABLED=false" in plain
     assert dev.outputs["envs_secret"] is True
     for resource in dev.monitor.registered:
-        assert PASSWORD not in str(list(_plain_values(dev.monitor.wire_inputs(resource)))), resource.name
+        plain_values = str(list(_plain_values(dev.monitor.wire_inputs(resource))))
+        assert PASSWORD not in plain_values and PROMETHEUS_PASSWORD not in plain_values, resource.name
+
+
+def test_prometheus_asks_for_a_password_that_its_clients_send(dev):
+    import bcrypt
+
+    container = dev.monitor.container("prometheus")
+    assert "--web.config.file=/etc/prometheus/web.yml" in container.inputs["command"]
+    uploads = dev.uploads("prometheus")
+    web, password = uploads["/etc/prometheus/web.yml"], uploads["/etc/prometheus/password"]
+    assert is_wire_secret(web["content"]) and is_wire_secret(password["content"])
+    assert unwrap(password["content"]) == PROMETHEUS_PASSWORD
+    users = yaml.safe_load(unwrap(web["content"]))["basic_auth_users"]
+    assert bcrypt.checkpw(PROMETHEUS_PASSWORD.encode(), users["fleet"].encode())
+    self_scrape = next(j for j in dev.scrape_config()["scrape_configs"] if j["job_name"] == prometheus.JOB_PROMETHEUS)
+    assert self_scrape["basic_auth"] == {"username": "fleet", "password_file": "/etc/prometheus/password"}
+    datasource = yaml.safe_load(
+        dev.uploads("grafana")["/etc/grafana/provisioning/datasources/ollama-fleet.yaml"]["content"]
+    )["datasources"][0]
+    assert datasource["basicAuth"] is True and datasource["basicAuthUser"] == "fleet"
+    assert datasource["secureJsonData"]["basicAuthPassword"] == f"$__env{{{grafana.PROMETHEUS_PASSWORD_ENV}}}"
 
 
 def _plain_values(value):
@@ -205,7 +233,10 @@ def test_containers_wait_for_the_host_restart_and_check_health(dev):
         assert container.inputs["restart"] == "unless-stopped"
         assert container.inputs["logDriver"] == "json-file" and "max-size" in container.inputs["logOpts"]
         test = container.inputs["healthcheck"]["tests"]
-        assert test[:2] == ["CMD", "wget"] and test[-1].endswith(url)
+        if role == "prometheus":  # asks every client for the password: healthy is "answers with a 401"
+            assert test[0] == "CMD-SHELL" and f"{url} 2>&1 | grep -q 401" in test[1]
+        else:
+            assert test[:2] == ["CMD", "wget"] and test[-1].endswith(url)
         image = next(r for r in dev.monitor.registered if r.outputs.get("imageId") == container.inputs["image"])
         assert image.inputs["name"] == getattr(dev.settings.images, role)
 

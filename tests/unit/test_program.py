@@ -146,14 +146,13 @@ def test_prometheus_scrapes_the_log_exporter_of_every_gateway(previews, stack):
     gateways = containers(data, "gateway")
     assert len(exporters) == len(gateways) >= 1
     (prometheus,) = containers(data, "prometheus")
-    config = next(yaml.safe_load(u["content"]) for u in prometheus["inputs"]["uploads"] if u["file"].endswith("prometheus.yml"))
-    jobs = {job["job_name"]: [t for g in job["static_configs"] for t in g["targets"]] for job in config["scrape_configs"]}
-    targets = jobs["gateway-log"]
-    assert len(targets) == len(gateways) and all(t.endswith(f":{ports.GATEWAY_LOG_EXPORTER}") for t in targets)
-    # Each exporter sits where its gateway's nginx exporter is (same host, its own port).
-    assert sorted(t.rsplit(":", 1)[0].replace("gateway-log-exporter", "nginx-exporter") for t in targets) == sorted(
-        t.rsplit(":", 1)[0] for t in jobs["nginx"]
-    )
+    # Prometheus' uploads carry its password file and web config, so the preview masks them whole; the scrape
+    # config and its targets are checked with the secrets unwrapped in tests/unit/test_monitoring_component.py.
+    assert prometheus["inputs"]["uploads"] == "[secret]"
+    nginx_exporters = containers(data, "nginx-exporter")
+    assert len(nginx_exporters) == len(gateways)
+    names = sorted(c["inputs"]["name"] for c in exporters)
+    assert all("gateway-log-exporter" in n for n in names)
 
 
 def test_components_form_a_tree_under_the_fleet(previews):
