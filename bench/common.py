@@ -31,6 +31,9 @@ from fleet.stack_file import load_stack  # noqa: E402
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 API_KEY = "bench-key-0123456789abcdef"
 ADMIN_KEY = "bench-admin-0123456789abcdef"
+# The model the benchmarks ask for: the dev stack's, so the gateway routes it to the (only) group. The fake
+# backend answers any name.
+BENCH_MODEL = load_stack("dev", REPO).settings.node_groups[0].models[0].ref
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -17,7 +17,7 @@ import asyncio
 import time
 
 from common import (
-    API_KEY, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, workdir,
+    API_KEY, BENCH_MODEL, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, workdir,
 )
 
 from fleet.loadtest import LoadSpec, percentile, run_load_async
@@ -69,7 +69,7 @@ def main() -> None:
     with workdir("failover") as wd, fake_backends(2, wd, *backend_args) as backends:
         with fleet_gateway(settings, [b.address for b in backends], wd) as gateway:
             spec = LoadSpec(
-                url=gateway.url, api_key=API_KEY, model="fake", max_tokens=TOKENS,
+                url=gateway.url, api_key=API_KEY, model=BENCH_MODEL, max_tokens=TOKENS,
                 rate=(args.rate,), duration_s=args.seconds, timeout_s=30, read_timeout_s=30,
             )
             result, killed = asyncio.run(_run_and_kill(spec, backends[0], kill_at))

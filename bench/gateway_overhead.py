@@ -19,7 +19,7 @@ import argparse
 import statistics
 
 from common import (
-    API_KEY, bench_settings, cpu_per_request, fake_backends, fleet_gateway, machine_line, measure, ms, pct, print_table,
+    API_KEY, BENCH_MODEL, bench_settings, cpu_per_request, fake_backends, fleet_gateway, machine_line, measure, ms, pct, print_table,
     workdir,
 )
 
@@ -47,7 +47,7 @@ def main() -> None:
                 "gateway (http)": (plain.url, API_KEY, plain),
                 "gateway (TLS)": (tls.url, API_KEY, tls),
             }
-            base = dict(model="fake", max_tokens=args.tokens, timeout_s=30.0, read_timeout_s=30.0, verify_tls=False)
+            base = dict(model=BENCH_MODEL, max_tokens=args.tokens, timeout_s=30.0, read_timeout_s=30.0, verify_tls=False)
 
             saturation: dict[str, list] = {name: [] for name in targets}
             for _ in range(args.rounds):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from common import (
-    API_KEY, bench_settings, cpu_per_request, fake_backends, fleet_gateway, machine_line, measure, pct, print_table,
+    API_KEY, BENCH_MODEL, bench_settings, cpu_per_request, fake_backends, fleet_gateway, machine_line, measure, pct, print_table,
     workdir,
 )
 
@@ -30,7 +30,7 @@ def main() -> None:
 
     with workdir("generator") as wd, fake_backends(1, wd, "--tokens", "1") as backends:
         backend = backends[0]
-        base = dict(model="fake", max_tokens=1, timeout_s=30.0, read_timeout_s=30.0)
+        base = dict(model=BENCH_MODEL, max_tokens=1, timeout_s=30.0, read_timeout_s=30.0)
 
         direct = measure(LoadSpec(url=backend.url, concurrency=(args.concurrency,), duration_s=args.seconds, **base), backends)
         max_rate = direct.summary.throughput_rps

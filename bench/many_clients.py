@@ -18,7 +18,7 @@ import threading
 import time
 
 from common import (
-    API_KEY, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, raise_nofile, workdir,
+    API_KEY, BENCH_MODEL, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, raise_nofile, workdir,
 )
 
 from fleet.loadtest import LoadSpec, run_load
@@ -60,7 +60,7 @@ def main() -> None:
         print(f"warning: the open-files limit {nofile} is below what {args.clients} proxied streams need")
 
     settings = bench_settings(num_parallel=64, queue_per_node=args.clients)
-    spec_args = dict(model="fake", max_tokens=TOKENS, concurrency=(args.clients,), requests=args.clients,
+    spec_args = dict(model=BENCH_MODEL, max_tokens=TOKENS, concurrency=(args.clients,), requests=args.clients,
                      timeout_s=120, read_timeout_s=30, connect_timeout_s=60)
     rows = []
     statuses = {}

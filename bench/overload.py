@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 from common import (
-    API_KEY, REPO, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, seed_gateway, workdir,
+    API_KEY, BENCH_MODEL, REPO, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, seed_gateway, workdir,
 )
 
 from fleet import capacity
@@ -75,7 +75,7 @@ def main() -> None:
                               else seed_gateway([backends[0].address], wd / f"s{index}"))
                 with gateway_cm as gateway:
                     spec = LoadSpec(
-                        url=gateway.url, api_key=API_KEY, model="fake", max_tokens=TOKENS, rate=(offered,),
+                        url=gateway.url, api_key=API_KEY, model=BENCH_MODEL, max_tokens=TOKENS, rate=(offered,),
                         duration_s=args.seconds, timeout_s=args.client_timeout, read_timeout_s=args.client_timeout,
                         source_addresses=sources,
                     )

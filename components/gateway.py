@@ -1,7 +1,8 @@
 """The nginx gateway on a host: nginx with the rendered config, the nginx exporter reading its stub_status, and
 the gateway log exporter counting nginx's answers from its JSON access log.
 
-nginx.conf holds no secret and is uploaded as plain content (the policy pack reads it); the API-key include
+nginx.conf holds no secret and is uploaded as plain content (the policy pack reads it), with the njs router it
+imports (fleet/render/njs/fleet_router.js, which sends each request to the group serving its model); the API-key include
 and the TLS certificate and key are uploaded as secret content. Both are rendered from Outputs with
 `Output.all(...).apply(render)` and handed to the container as inputs: a change of keys, certificate or node
 addresses replaces the container with the new files.
@@ -107,6 +108,8 @@ class Gateway(pulumi.ComponentResource):
         paths = nginx.GatewayPaths()
         uploads = [
             docker.ContainerUploadArgs(file=NGINX_CONF, content=nginx_conf, permissions=PLAIN_MODE),
+            # the njs router nginx.conf imports (its routing table is in nginx.conf)
+            docker.ContainerUploadArgs(file=paths.router_script, content=nginx.router_script(), permissions=PLAIN_MODE),
             docker.ContainerUploadArgs(file=paths.api_keys_include, content=api_keys_conf, permissions=SECRET_MODE),
             docker.ContainerUploadArgs(
                 file=LOG_ROTATION_SCRIPT,

@@ -31,9 +31,18 @@ READ_ONLY_PREFIXES = ("/v1/models/",)  # GET /v1/models/{model}
 ADMIN_ROUTES = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 ADMIN_PREFIXES = ("/api/blobs/",)
 
+# One URL for every model: the gateway sends each request to the node group that serves its model.
+# Routes whose JSON body names the model (`model`; /api/show also the older `name`):
+MODEL_BODY_ROUTES = INFERENCE_ROUTES + ("/api/show",)
+# GET /v1/models/{model}: the model is in the path.
+MODEL_PATH_PREFIX = "/v1/models/"
+# Answered with the union of every group's answer.
+MODEL_LIST_ROUTES = ("/api/tags", "/api/ps", "/v1/models")
+
 # Answered by nginx itself, without a key.
 HEALTH_ROUTE = "/health"
-# Every node group's routes also live under `/groups/<name>/` (the first group serves the bare routes too).
+# Every node group's routes also live under `/groups/<name>/` for operators (a group's own list, one
+# group's admin routes); the bare admin routes and /api/version reach the first group.
 GROUP_ROUTE_PREFIX = "/groups/"
 
 # nginx upstream blocks are named `fleet_<group>`; nginx writes that name in $upstream_addr instead of a

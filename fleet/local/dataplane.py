@@ -513,7 +513,8 @@ class DataPlane:
                 server = OllamaServer(
                     binary,
                     self.run_dir / "ollama" / name,
-                    self.models_dir,
+                    # one folder per group: a node lists exactly its group's models, as a deployed node does
+                    self.models_dir / group.name,
                     settings=OllamaSettings(extra=env),
                     name=f"ollama-{name}",
                 )
@@ -542,6 +543,11 @@ class DataPlane:
 
     def _start_gateway(self, nginx_binary: str) -> None:
         paths = self.paths
+        if not Path(paths.njs_module).is_file():
+            raise DataPlaneError(
+                f"{paths.njs_module} is missing: apt-get install libnginx-mod-http-js (the gateway's model router; "
+                "scripts/bootstrap.sh --full installs it)"
+            )
         for folder in ("logs", "temp", "tls"):
             (self.nginx_dir / folder).mkdir(parents=True, exist_ok=True)
         if self.tls:

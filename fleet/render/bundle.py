@@ -15,6 +15,7 @@ from fleet.config import FleetSettings
 from fleet.render import alertmanager, grafana, nginx, prometheus, rules
 
 NGINX_CONF = "nginx/nginx.conf"
+NGINX_ROUTER = "nginx/router.js"  # the njs router nginx.conf imports
 PROMETHEUS_CONF = "prometheus/prometheus.yml"
 RULES_FILE = "prometheus/rules/fleet.rules.yml"
 ALERTMANAGER_CONF = "alertmanager/alertmanager.yml"
@@ -88,7 +89,7 @@ def render_bundle(
 ) -> dict[str, str]:
     """All rendered files of a stack: relative path -> content (no secrets)."""
     plan = nginx.build_gateway_plan(settings, upstreams or nginx.placeholder_upstreams(settings))
-    files = {NGINX_CONF: nginx.render_nginx(plan)}
+    files = {NGINX_CONF: nginx.render_nginx(plan), NGINX_ROUTER: nginx.router_script()}
     if settings.monitoring.enabled:
         prom_plan = prometheus.build_prometheus_plan(
             settings,

@@ -6,18 +6,22 @@ Two files come out:
   uploaded as plain content and read by the policy pack.
 * the API-key include (`render_api_keys`): the only place keys appear; deployed as a secret file.
 
-The config uses core modules only (map, geo, limit_req, upstream zone, ssl, stub_status): it must load on
-Debian 12's nginx 1.22 (loopback tests) and on the official nginx:1.28-alpine image (deployment).
+Besides core modules (map, geo, limit_req, upstream zone, ssl, stub_status) it loads the njs module, which
+routes each request by its model (`fleet/render/njs/fleet_router.js`, deployed beside nginx.conf): it must
+load on Debian 12's nginx 1.22 with `libnginx-mod-http-js` (loopback tests) and on the official
+nginx:1.28-alpine image, which ships the module (deployment).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import shlex
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fleet import ports
 from fleet.capacity import max_conns_per_node  # the one source of max_conns
@@ -31,11 +35,18 @@ from fleet.gateway_routes import (
     CLIENT_HEADER,
     ADMIN_ROUTES,
     INFERENCE_ROUTES,
+    MODEL_BODY_ROUTES,
+    MODEL_LIST_ROUTES,
+    MODEL_PATH_PREFIX,
     READ_ONLY_PREFIXES,
     READ_ONLY_ROUTES,
     upstream_name,
 )
+from fleet.model_names import short_name
 from fleet.render.jinja import render_template
+
+# The router the njs module runs; a static file (the routing table is rendered into nginx.conf).
+ROUTER_SCRIPT_SOURCE = Path(__file__).parent / "njs" / "fleet_router.js"
 
 # Private ranges allowed to read stub_status by default (the exporter runs beside nginx).
 PRIVATE_NETWORKS = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -47,6 +58,8 @@ _PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
 # API keys are matched by anchored regexes in the include: allow only characters that need no quoting
 # (pulumi_random and `openssl rand -hex` keys fit).
 _API_KEY = re.compile(r"^[A-Za-z0-9_.~-]{16,256}$")
+# Model names go into nginx strings and JSON unquoted: Ollama's name characters only.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,349}$")
 
 
 # Internal URIs of the JSON error pages for errors nginx raises while reading a request.
@@ -71,6 +84,9 @@ class GatewayPaths:
     # written only when it differs from `access_log`.
     access_log_file: str = "/var/log/nginx/fleet/access.log"
     temp_dir: str = "/var/cache/nginx"  # client_temp, proxy_temp, ... are created under it
+    # The njs module: Debian's libnginx-mod-http-js and the official image put it at the same path.
+    njs_module: str = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+    router_script: str = "/etc/nginx/fleet/router.js"  # fleet/render/njs/fleet_router.js, uploaded
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -90,6 +106,7 @@ class GatewayPaths:
             access_log=f"{prefix}/logs/access.log",
             access_log_file=f"{prefix}/logs/access.log",  # already a file: written once
             temp_dir=f"{prefix}/temp",
+            router_script=str(ROUTER_SCRIPT_SOURCE),  # read where the package is installed
         )
 
 
@@ -107,16 +124,27 @@ class UpstreamGroup:
     servers: tuple[UpstreamServer, ...]
     keepalive: int
     next_upstream_tries: int
-    is_default: bool  # the first group also serves the un-prefixed routes
+    is_default: bool  # the first group also serves the bare admin routes and /api/version
+    models: tuple[str, ...] = ()  # served models, short names (`fleet.model_names.short_name`)
 
     @property
     def upstream(self) -> str:
         return upstream_name(self.name)
 
     @property
-    def prefixes(self) -> tuple[str, ...]:
-        group_prefix = f"/groups/{self.name}"
-        return ("", group_prefix) if self.is_default else (group_prefix,)
+    def capacity(self) -> int:
+        """Requests the group's nodes admit at once (sum of max_conns)."""
+        return sum(server.max_conns for server in self.servers)
+
+    @property
+    def prefix(self) -> str:
+        """The group's own routes, for operators and the merged model lists."""
+        return f"/groups/{self.name}"
+
+    @property
+    def location(self) -> str:
+        """The named location the router sends the group's requests to."""
+        return f"@fleet_group_{self.name}"
 
 
 @dataclass(frozen=True)
@@ -180,6 +208,23 @@ class GatewayPlan:
         routes = "|".join(re.escape(route) for route in INFERENCE_ROUTES)
         return f"~^(/groups/[a-z0-9-]+)?({routes})$"
 
+    def model_routes(self) -> dict[str, list[tuple[str, int]]]:
+        """The router's table: served model (short name) -> the groups serving it, each weighted by the
+        connections its nodes admit together (a model on several groups is spread in that proportion)."""
+        routes: dict[str, list[tuple[str, int]]] = {}
+        for group in self.groups:
+            for model in group.models:
+                routes.setdefault(model, []).append((group.name, group.capacity))
+        return routes
+
+    @property
+    def model_routes_json(self) -> str:
+        return json.dumps(self.model_routes(), separators=(",", ":"), sort_keys=True)
+
+    @property
+    def groups_json(self) -> str:
+        return json.dumps([g.name for g in self.groups], separators=(",", ":"))
+
     def max_conns_by_group(self) -> dict[str, int]:
         """max_conns per node of each group (the gateway container's `upstream-max-conns` label)."""
         return {g.name: g.servers[0].max_conns for g in self.groups}
@@ -214,6 +259,16 @@ def _check_cidrs(values: Sequence[str], where: str) -> tuple[str, ...]:
         except ValueError:
             raise GatewayPlanError(f"{where}: {value!r} is not a CIDR such as 10.0.0.0/8") from None
     return tuple(values)
+
+
+def _group_models(group: str, models: Sequence) -> tuple[str, ...]:
+    """The short names of a group's models (the router's table keys)."""
+    for model in models:
+        if not _MODEL_NAME.match(model.ref):
+            raise GatewayPlanError(
+                f"nodeGroups[{group}].models: `{model.ref}` is not an Ollama model name (letters, digits and _.:/-)"
+            )
+    return tuple(short_name(model.ref) for model in models)
 
 
 def _key_zones(settings: FleetSettings) -> tuple[RateZone, ...]:
@@ -280,6 +335,7 @@ def build_gateway_plan(
                 # retry every other node once (before the first byte only; nginx never retries after it)
                 next_upstream_tries=len(servers),
                 is_default=index == 0,
+                models=_group_models(group.name, group.models),
             )
         )
 
@@ -357,11 +413,19 @@ def render_nginx(plan: GatewayPlan) -> str:
         error_pages=ERROR_PAGES,
         client_header=CLIENT_HEADER,
         inference_routes=INFERENCE_ROUTES,
+        model_body_routes=MODEL_BODY_ROUTES,
+        model_path_prefix=MODEL_PATH_PREFIX,
+        model_list_routes=MODEL_LIST_ROUTES,
         read_only_routes=READ_ONLY_ROUTES,
         read_only_prefixes=READ_ONLY_PREFIXES,
         admin_routes=ADMIN_ROUTES,
         admin_prefixes=ADMIN_PREFIXES,
     )
+
+
+def router_script() -> str:
+    """The njs router deployed at `GatewayPaths.router_script` beside nginx.conf."""
+    return ROUTER_SCRIPT_SOURCE.read_text()
 
 
 def render_log_rotation(

@@ -30,7 +30,7 @@ def test_render_writes_every_file(stack, tmp_path):
     out = tmp_path / "out"
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     settings = load_stack(stack).settings
-    expected = {bundle.NGINX_CONF, bundle.README}
+    expected = {bundle.NGINX_CONF, bundle.NGINX_ROUTER, bundle.README}
     if settings.monitoring.enabled:
         expected |= {bundle.PROMETHEUS_CONF, bundle.RULES_FILE, bundle.ALERTMANAGER_CONF, bundle.GRAFANA_DATASOURCE, bundle.GRAFANA_PROVIDER, bundle.GRAFANA_DASHBOARD}
     assert expected <= written

@@ -20,6 +20,7 @@ import pytest
 from render_tools import NGINX, make_prefix, nginx_user, require_tool
 
 from fleet.config import Client
+from fleet.model_names import short_name
 from fleet.render import nginx as ng
 from fleet.stack_file import load_stack
 
@@ -28,6 +29,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.tools]
 KEYS = {"alpha": "alpha-key-0123456789abcdef", "beta": "beta-key-0123456789abcdef"}
 ADMIN_KEY = "admin-key-0123456789abcdef"
 RETRY_AFTER = 7
+MODEL = "smollm2:135m"  # the dev stack's model, served by group `cpu`
+SECOND_MODEL = "tiny-embed:1m"  # served by group `embed` in the routing tests
 WAIT_S = 10  # upper bound of every wait in these tests
 
 
@@ -40,8 +43,9 @@ def free_port() -> int:
 class Upstream:
     """A stand-in node: records requests, answers NDJSON in chunks, can hold requests or answer 503."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, model: str = MODEL) -> None:
         self.name = name
+        self.model = model
         self.mode = "ok"  # ok | busy
         self.requests: list[dict] = []
         self.hold = threading.Event()  # when `holding`, requests wait for it before answering
@@ -71,6 +75,17 @@ class Upstream:
                     upstream.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                 if upstream.holding:
                     upstream.hold.wait(WAIT_S)
+                if self.path in ("/api/tags", "/api/ps", "/v1/models") and upstream.mode == "ok":
+                    item = {"name": upstream.model, "model": upstream.model, "node": upstream.name}
+                    listing = {"object": "list", "data": [{"id": upstream.model, "object": "model"}]} \
+                        if self.path == "/v1/models" else {"models": [item]}
+                    payload = json.dumps(listing).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 if upstream.mode == "busy":
                     payload = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
                     self.send_response(503)
@@ -112,8 +127,14 @@ class Upstream:
         self.server.server_close()
 
 
-def gateway_settings():
+def gateway_settings(second_group: bool = False):
     base = load_stack("dev").settings
+    if second_group:
+        # a second group with a model of its own (a GGUF path: nginx never reads it)
+        first = base.node_groups[0]
+        model = first.models[0].model_copy(update={"name": "tiny-embed", "tag": "1m", "gguf": "/models/tiny.gguf"})
+        second = first.model_copy(update={"name": "embed", "models": [model]})
+        base = base.model_copy(update={"node_groups": [first, second]})
     gateway = base.gateway.model_copy(
         update={
             "clients": [Client(name="alpha", per_minute=30), Client(name="beta")],
@@ -131,14 +152,17 @@ def gateway_settings():
 
 
 class Gateway:
-    def __init__(self, root: Path, upstreams: list[Upstream], settings=None) -> None:
+    def __init__(self, root: Path, upstreams: list[Upstream], settings=None, embed: list[Upstream] | None = None) -> None:
         binary = require_tool(NGINX, "nginx")
-        self.settings = settings or gateway_settings()
+        self.settings = settings or gateway_settings(second_group=embed is not None)
+        groups = {"cpu": [u.address for u in upstreams]}
+        if embed is not None:
+            groups["embed"] = [u.address for u in embed]
         paths = make_prefix(root)
         self.https_port, self.http_port, status_port = free_port(), free_port(), free_port()
         self.plan = ng.build_gateway_plan(
             self.settings,
-            {"cpu": [u.address for u in upstreams]},
+            groups,
             paths=paths,
             tls=True,
             listen_address="127.0.0.1",
@@ -216,17 +240,17 @@ def wait_until(condition, what: str) -> None:
 
 def test_authentication(gateway, nodes):
     with gateway.client() as anonymous:
-        response = anonymous.post("/api/generate", json={"model": "m"})
+        response = anonymous.post("/api/generate", json={"model": MODEL})
         assert response.status_code == 401 and "API key" in _error(response)
         assert response.headers["www-authenticate"].startswith("Bearer")
         assert anonymous.get("/nope").status_code == 401  # no route discovery without a key
         assert anonymous.get("/health").json() == {"status": "ok"}
-        wrong = anonymous.post("/api/generate", json={}, headers={"Authorization": "Bearer " + KEYS["beta"].upper()})
+        wrong = anonymous.post("/api/generate", json={"model": MODEL}, headers={"Authorization": "Bearer " + KEYS["beta"].upper()})
         assert wrong.status_code == 401  # keys are case-sensitive
-        by_header = anonymous.post("/api/generate", json={}, headers={"X-API-Key": KEYS["beta"]})
+        by_header = anonymous.post("/api/generate", json={"model": MODEL}, headers={"X-API-Key": KEYS["beta"]})
         assert by_header.status_code == 200
     with gateway.client(KEYS["beta"]) as beta:
-        assert beta.post("/v1/chat/completions", json={"model": "m"}).status_code == 200
+        assert beta.post("/v1/chat/completions", json={"model": MODEL}).status_code == 200
         assert beta.get("/nope").status_code == 404 and _error(beta.get("/nope")) == "not found"
     seen = [r["headers"] for node in nodes for r in node.requests]
     assert len(seen) == 2
@@ -248,7 +272,7 @@ def test_admin_routes(gateway, nodes):
         assert outside.post("/api/pull", json={}).status_code == 403  # admin key, but not from an admin CIDR
     assert not any(node.requests for node in nodes)
     with gateway.client(ADMIN_KEY) as admin:
-        assert admin.post("/api/pull", json={"model": "m"}).status_code == 200
+        assert admin.post("/api/pull", json={"model": MODEL}).status_code == 200
     assert [r["path"] for node in nodes for r in node.requests] == ["/api/pull"]
 
 
@@ -279,14 +303,14 @@ def test_shedding_when_every_node_is_full(gateway, nodes):
 
     def slow_request() -> None:
         with gateway.client(KEYS["beta"]) as c:
-            held.append(c.post("/api/generate", json={"model": "m"}).status_code)
+            held.append(c.post("/api/generate", json={"model": MODEL}).status_code)
 
     threads = [threading.Thread(target=slow_request) for _ in range(max_conns * len(nodes))]
     for thread in threads:
         thread.start()
     wait_until(lambda: sum(len(n.requests) for n in nodes) == len(threads), "every slot to be taken")
     with gateway.client(KEYS["beta"]) as beta:
-        shed = beta.post("/api/generate", json={"model": "m"})
+        shed = beta.post("/api/generate", json={"model": MODEL})
         assert shed.status_code == 503
         assert shed.headers["retry-after"] == str(RETRY_AFTER) and "busy" in _error(shed)
         assert gateway.client().get("/health").status_code == 200  # health keeps answering
@@ -302,14 +326,14 @@ def test_retry_on_another_node_before_the_first_byte(gateway, nodes):
     a, b = nodes
     b.stop()  # connection refused
     with gateway.client(KEYS["beta"]) as beta:
-        statuses = [beta.post("/api/chat", json={"model": "m"}).status_code for _ in range(6)]
+        statuses = [beta.post("/api/chat", json={"model": MODEL}).status_code for _ in range(6)]
     assert statuses == [200] * 6
     retried = [e for e in gateway.log() if "," in e["upstream_addr"]]
     assert retried and all(e["status"] == 200 for e in retried)
 
     a.mode = "busy"  # Ollama's queue is full on the only node left
     with gateway.client(KEYS["beta"]) as beta:
-        busy = beta.post("/api/chat", json={"model": "m"})
+        busy = beta.post("/api/chat", json={"model": MODEL})
     assert busy.status_code == 503 and busy.headers["retry-after"] == str(RETRY_AFTER)
     # a answered 503 and b is marked failed: no node left to try
     assert "busy" in _error(busy)
@@ -319,14 +343,14 @@ def test_busy_node_is_skipped(gateway, nodes):
     a, b = nodes
     a.mode = b.mode = "busy"  # both queues full: the last node's own 503 reaches the client, with Retry-After
     with gateway.client(KEYS["beta"]) as beta:
-        busy = beta.post("/api/generate", json={"model": "m"})
+        busy = beta.post("/api/generate", json={"model": MODEL})
     assert busy.status_code == 503 and busy.headers["retry-after"] == str(RETRY_AFTER)
     assert "maximum pending requests exceeded" in _error(busy)
     assert len(a.requests) == len(b.requests) == 1  # tried on both nodes before giving up
 
     b.mode = "ok"
     with gateway.client(KEYS["beta"]) as beta:
-        answers = [beta.post("/api/generate", json={"model": "m"}) for _ in range(4)]
+        answers = [beta.post("/api/generate", json={"model": MODEL}) for _ in range(4)]
     assert [r.status_code for r in answers] == [200] * 4
     assert {json.loads(r.text.splitlines()[0])["node"] for r in answers} == {"b"}
 
@@ -335,7 +359,7 @@ def test_streaming_is_not_buffered(gateway, nodes):
     for node in nodes:
         node.gated = True
     with gateway.client(KEYS["beta"]) as beta:
-        with beta.stream("POST", "/api/generate", json={"model": "m", "stream": True}) as response:
+        with beta.stream("POST", "/api/generate", json={"model": MODEL, "stream": True}) as response:
             lines = response.iter_lines()
             first = json.loads(next(lines))
             assert first["done"] is False
@@ -353,3 +377,186 @@ def test_plain_http_without_a_domain_is_refused_not_redirected(gateway):
     assert plain.status_code == 400 and "location" not in plain.headers
     assert f"use https:// on port {gateway.https_port}" in _error(plain)
     assert httpx.get(f"http://127.0.0.1:{gateway.http_port}/health").status_code == 200
+
+
+# ---- routing by model: two groups behind one URL ----------------------------------------------------
+
+
+@pytest.fixture
+def embed_node():
+    node = Upstream("c", model=SECOND_MODEL)
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def routed(tmp_path, nodes, embed_node):
+    """Group `cpu` (nodes a, b) serves MODEL, group `embed` (node c) serves SECOND_MODEL."""
+    gw = Gateway(tmp_path, nodes, embed=[embed_node])
+    yield gw
+    gw.stop()
+
+
+def _served_by(response: httpx.Response) -> str:
+    return json.loads(response.text.splitlines()[0])["node"]
+
+
+# Spellings clients use, and the model each means (Ollama's defaults: registry.ollama.ai, library, latest).
+SPELLINGS = [
+    (MODEL, MODEL),
+    ("library/smollm2:135m", MODEL),
+    ("registry.ollama.ai/library/smollm2:135m", MODEL),
+    ("https://registry.ollama.ai/library/smollm2:135m", MODEL),
+    ("  smollm2:135m  ", MODEL),
+    ("smollm2:135m:local", MODEL),
+    (SECOND_MODEL, SECOND_MODEL),
+    ("REGISTRY.ollama.ai/Library/tiny-embed:1m", SECOND_MODEL),  # host and namespace are case-insensitive
+    ("tiny-embed", None),  # means tiny-embed:latest, which no group serves
+    ("Smollm2:135m", None),  # model and tag are file names: case-sensitive, as in Ollama
+    ("smollm2:135m:cloud", None),
+    ("other/smollm2:135m", None),
+    ("hf.co/org/smollm2:135m", None),
+]
+
+
+@pytest.mark.parametrize("spelling, meant", SPELLINGS, ids=[s for s, _ in SPELLINGS])
+def test_names_are_read_as_ollama_reads_them(spelling, meant):
+    """The Python rule that builds the routing table agrees with the router's on every spelling (the
+    router's side is exercised on the real nginx in test_every_model_route_goes_to_its_group)."""
+    assert (short_name(spelling) == meant) if meant else short_name(spelling) not in (MODEL, SECOND_MODEL)
+
+
+def test_every_model_route_goes_to_its_group(routed, nodes, embed_node):
+    with routed.client(KEYS["beta"]) as beta:
+        for route in ng.MODEL_BODY_ROUTES:
+            for spelling, meant in SPELLINGS:
+                body = json.dumps({"model": spelling, "prompt": "é", "stream": False}).encode()
+                response = beta.post(route, content=body)
+                if meant is None:
+                    assert response.status_code == 404, (route, spelling)
+                    continue
+                assert response.status_code == 200, (route, spelling, response.text)
+                expected = {"c"} if meant == SECOND_MODEL else {"a", "b"}
+                assert _served_by(response) in expected, (route, spelling)
+                last = next(n for n in [*nodes, embed_node] if n.name == _served_by(response)).requests[-1]
+                assert last["path"] == route and last["body"] == body  # the body goes on byte for byte
+        # /api/show also reads the older `name` field, as Ollama does
+        shown = beta.post("/api/show", json={"name": SECOND_MODEL})
+        assert shown.status_code == 200 and _served_by(shown) == "c"
+        by_path = beta.get(f"/v1/models/{SECOND_MODEL}")
+        assert by_path.status_code == 200 and _served_by(by_path) == "c"
+        assert embed_node.requests[-1]["path"] == f"/v1/models/{SECOND_MODEL}"
+    # the access log names the group that served each request
+    logged = [(e["uri"], e["group"], e["upstream_addr"]) for e in routed.log() if e["status"] == 200]
+    addresses = {"cpu": {nodes[0].address, nodes[1].address}, "embed": {embed_node.address}}
+    assert logged and all(address in addresses[group] for _, group, address in logged)
+    assert {group for _, group, _ in logged} == {"cpu", "embed"}
+
+
+def test_unknown_model_is_404_with_the_served_list_and_no_node_asked(routed, nodes, embed_node):
+    with routed.client(KEYS["beta"]) as beta:
+        native = beta.post("/api/chat", json={"model": "llama3.1:8b", "messages": []})
+        openai = beta.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": []})
+        by_path = beta.get("/v1/models/gpt-4o")
+    assert native.status_code == openai.status_code == by_path.status_code == 404
+    assert native.headers["content-type"].startswith("application/json")
+    for response in (native, openai, by_path):
+        assert response.json()["models"] == sorted([MODEL, SECOND_MODEL])
+    assert "llama3.1:8b" in native.json()["error"] and MODEL in native.json()["error"]
+    # OpenAI clients read an error object
+    assert openai.json()["error"]["code"] == "model_not_found" and "gpt-4o" in openai.json()["error"]["message"]
+    assert not any(n.requests for n in [*nodes, embed_node])
+
+
+def test_bodies_without_a_model_are_400_and_the_body_limit_comes_first(routed, nodes, embed_node):
+    with routed.client(KEYS["beta"]) as beta:
+        for body in (b"not json", b"", b"[]", b"null", b'{"prompt": "hi"}', b'{"model": ""}', b'{"model": 42}',
+                     b'{"model": "   "}'):
+            response = beta.post("/api/generate", content=body)
+            assert response.status_code == 400, body
+            message = _error(response)
+            assert ("JSON" in message or "body" in message or "model is required" in message), body
+        assert "not valid JSON" in _error(beta.post("/api/generate", content=b"{oops"))
+        assert "model is required" in _error(beta.post("/api/chat", json={"messages": []}))
+        openai = beta.post("/v1/embeddings", content=b"{oops")
+        assert openai.status_code == 400 and "JSON" in openai.json()["error"]["message"]
+        too_large = beta.post("/api/chat", content=b"x" * 2048)  # not JSON either: the limit is checked first
+        assert too_large.status_code == 413
+    assert not any(n.requests for n in [*nodes, embed_node])
+
+
+def test_model_lists_are_the_union_of_every_group(routed, nodes, embed_node):
+    with routed.client(KEYS["beta"]) as beta:
+        for route, items, key in (("/api/tags", "models", "model"), ("/api/ps", "models", "model"),
+                                  ("/v1/models", "data", "id")):
+            response = beta.get(route)
+            assert response.status_code == 200 and "x-fleet-unavailable-groups" not in response.headers
+            assert sorted(item[key] for item in response.json()[items]) == sorted([MODEL, SECOND_MODEL]), route
+        assert beta.get("/v1/models").json()["object"] == "list"
+        # a group with no node answering is left out, and named
+        embed_node.mode = "busy"
+        partial = beta.get("/api/tags")
+        assert partial.status_code == 200 and partial.headers["x-fleet-unavailable-groups"] == "embed"
+        assert [m["model"] for m in partial.json()["models"]] == [MODEL]
+        # no group at all: 503 with Retry-After, like any request no node could take
+        for node in nodes:
+            node.mode = "busy"
+        none = beta.get("/v1/models")
+        assert none.status_code == 503 and none.headers["retry-after"] == str(RETRY_AFTER)
+        assert none.headers["x-fleet-unavailable-groups"] == "cpu,embed" and "no node" in _error(none)
+    assert {e["group"] for e in routed.log() if e["uri"] == "/api/tags"} == {"cpu,embed"}
+
+
+def test_shedding_and_max_conns_are_per_group(routed, nodes, embed_node):
+    max_conns = routed.plan.max_conns_by_group()
+    for node in nodes:
+        node.holding = True
+    held: list[int] = []
+
+    def slow_request() -> None:
+        with routed.client(KEYS["beta"]) as c:
+            held.append(c.post("/api/generate", json={"model": MODEL}).status_code)
+
+    threads = [threading.Thread(target=slow_request) for _ in range(max_conns["cpu"] * len(nodes))]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: sum(len(n.requests) for n in nodes) == len(threads), "every slot of group cpu to be taken")
+    with routed.client(KEYS["beta"]) as beta:
+        shed = beta.post("/api/generate", json={"model": MODEL})
+        assert shed.status_code == 503 and "busy" in _error(shed)
+        # the other group has its own nodes and its own max_conns
+        other = beta.post("/api/generate", json={"model": SECOND_MODEL})
+        assert other.status_code == 200 and _served_by(other) == "c"
+    for node in nodes:
+        node.hold.set()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert held == [200] * len(threads)
+
+
+def test_routed_requests_count_once_against_the_rate_limit(routed):
+    burst = routed.settings.gateway.rate_limits.per_key_burst
+    with routed.client(KEYS["alpha"]) as alpha:  # 30 per minute: no new token within this test
+        statuses = [alpha.post("/api/chat", json={"model": SECOND_MODEL}).status_code for _ in range(burst + 2)]
+    # the rate plus the burst pass, then 429: the redirect to the group does not count a second time
+    assert statuses[: burst + 1] == [200] * (burst + 1) and statuses[-1] == 429
+
+
+def test_a_model_path_is_routed_once_against_the_rate_limit(routed, embed_node):
+    burst = routed.settings.gateway.rate_limits.per_key_burst
+    with routed.client(KEYS["alpha"]) as alpha:
+        statuses = [alpha.get(f"/v1/models/{SECOND_MODEL}").status_code for _ in range(burst + 2)]
+    assert statuses[: burst + 1] == [200] * (burst + 1) and statuses[-1] == 429
+    assert len(embed_node.requests) == burst + 1
+
+
+def test_paths_that_escape_the_model_route_reach_no_node(routed, nodes, embed_node):
+    with routed.client(KEYS["beta"]) as beta:
+        for target in (f"/v1/models/{SECOND_MODEL}/../../../api/pull", "/v1/models/..%2F..%2Fapi%2Fpull",
+                       f"/v1/models/x/..%2F{SECOND_MODEL}%2F..%2F..%2F..%2Fapi%2Fdelete"):
+            response = beta.request("GET", "/", extensions={"target": target.encode()})
+            assert response.status_code in (403, 404), target
+        # a path that normalises onto a served model reaches the group with the normalised path
+        response = beta.request("GET", "/", extensions={"target": f"/v1/models/x/../{SECOND_MODEL}".encode()})
+        assert response.status_code == 200 and embed_node.requests[-1]["path"] == f"/v1/models/{SECOND_MODEL}"
+    assert [r["path"] for n in [*nodes, embed_node] for r in n.requests] == [f"/v1/models/{SECOND_MODEL}"]

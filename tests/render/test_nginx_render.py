@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -23,8 +24,10 @@ def _plan(settings: FleetSettings, prefix=None, **overrides) -> ng.GatewayPlan:
 
 
 def _two_groups(settings: FleetSettings) -> FleetSettings:
+    """A second group `embed` of two nodes serving a model of its own."""
     first = settings.node_groups[0]
-    second = first.model_copy(update={"name": "embed", "count": 2})
+    model = first.models[0].model_copy(update={"name": "embedder", "tag": "v1", "gguf": "/models/embedder.gguf"})
+    second = first.model_copy(update={"name": "embed", "count": 2, "models": [model]})
     return settings.model_copy(update={"node_groups": [first, second]})
 
 
@@ -95,17 +98,16 @@ def test_admin_routes_are_closed_to_client_keys(settings):
         if ifs:
             assert ifs[0].values("return") == [["403"]]
             guarded.add(key.split()[-1])
-    expected = {
-        prefix + route
-        for group in plan.groups
-        for prefix in group.prefixes
-        for route in ng.ADMIN_ROUTES + ng.ADMIN_PREFIXES
-    }
+    admin = ng.ADMIN_ROUTES + ng.ADMIN_PREFIXES
+    # every group's admin routes under its prefix; the bare ones reach the first group
+    expected = {group.prefix + route for group in plan.groups for route in admin} | set(admin)
     assert guarded == expected
     # every route that proxies is a known route, and only admin routes are guarded
-    allowed = ng.INFERENCE_ROUTES + ng.READ_ONLY_ROUTES + ng.READ_ONLY_PREFIXES + ng.ADMIN_ROUTES + ng.ADMIN_PREFIXES
+    allowed = ng.INFERENCE_ROUTES + ng.READ_ONLY_ROUTES + ng.READ_ONLY_PREFIXES + admin
     proxied = {key.split()[-1] for key, block in locations.items() if block.find("proxy_pass")}
-    assert proxied == {prefix + route for group in plan.groups for prefix in group.prefixes for route in allowed}
+    named = {group.location for group in plan.groups}
+    bare = set(admin) | {"/api/version"}
+    assert proxied == {group.prefix + route for group in plan.groups for route in allowed} | bare | named
     # the admin check needs the admin key AND an admin network
     conf = ng.render_nginx(plan)
     assert '"_admin:1" 1;' in conf
@@ -121,18 +123,62 @@ def test_unknown_routes_are_404_and_health_is_open(settings):
     assert not health.find("limit_req") and not health.find("proxy_pass")
 
 
-def test_groups_are_routed_by_prefix():
+def test_bare_routes_go_through_the_model_router():
     settings = _two_groups(load_stack("prod").settings)
-    locations = _locations(ng.render_nginx(_plan(settings)))
-    assert locations["= /api/chat"].values("proxy_pass") == [["http://fleet_chat/api/chat"]]
-    assert locations["= /groups/chat/api/chat"].values("proxy_pass") == [["http://fleet_chat/api/chat"]]
+    plan = _plan(settings)
+    conf = ng.render_nginx(plan)
+    locations = _locations(conf)
+    for route in ng.MODEL_BODY_ROUTES:
+        block = locations[f"= {route}"]
+        assert block.values("js_content") == [["fleet_router.byBody"]] and not block.find("proxy_pass")
+        assert [a[0] for a in block.values("limit_req")][-1] == "zone=fleet_ip"  # limits before the body is read
+        # the router reads the body in memory, up to the body limit
+        assert block.values("client_body_buffer_size") == [[settings.gateway.max_body_size]]
+    for route in ng.MODEL_LIST_ROUTES:
+        assert locations[f"= {route}"].values("js_content") == [["fleet_router.mergedList"]]
+    assert locations[f"^~ {ng.MODEL_PATH_PREFIX}"].values("js_content") == [["fleet_router.byPath"]]
+    # each group's named location passes the normalised route, tries every node once and shares the upstream (max_conns)
+    assert locations["@fleet_group_chat"].values("proxy_pass") == [["http://fleet_chat$uri"]]
+    assert locations["@fleet_group_embed"].values("proxy_pass") == [["http://fleet_embed$uri"]]
+    assert locations["@fleet_group_embed"].values("proxy_next_upstream_tries") == [["2"]]
+    # the routing table is the config's, in Ollama's shortest spelling, weighted by admitted connections
+    http = parse_nginx(conf).find("http")[0]
+    variables = {args[0]: args[1:] for args in http.values("js_var")}
+    capacity_of = {g.name: g.capacity for g in plan.groups}
+    assert json.loads(variables["$fleet_model_routes"][0]) == {
+        "llama3.1:8b": [["chat", capacity_of["chat"]]],
+        "embedder:v1": [["embed", capacity_of["embed"]]],
+    }
+    assert json.loads(variables["$fleet_groups"][0]) == ["chat", "embed"]
+    assert http.values("js_import") == [["fleet_router", "from", plan.paths.router_script]]
+    assert parse_nginx(conf).values("load_module") == [[plan.paths.njs_module]]
+    # operators keep each group's own routes; the first group answers /api/version and the bare admin routes
     assert locations["= /groups/embed/api/embed"].values("proxy_pass") == [["http://fleet_embed/api/embed"]]
-    # one try per node of the group: every other node gets the request once before the first byte
-    assert locations["= /api/chat"].values("proxy_next_upstream_tries") == [["2"]]
-    assert locations["= /groups/embed/api/embed"].values("proxy_next_upstream_tries") == [["2"]]
+    assert locations["= /groups/chat/api/tags"].values("proxy_pass") == [["http://fleet_chat/api/tags"]]
+    assert locations["= /api/version"].values("proxy_pass") == [["http://fleet_chat/api/version"]]
+    assert locations["= /api/delete"].values("proxy_pass") == [["http://fleet_chat/api/delete"]]
     # state-changing admin calls are not resent once sent
     assert locations["= /api/delete"].values("proxy_next_upstream") == [["error", "timeout"]]
-    assert "= /groups/embed/api/embed" in locations and "= /embed/api/embed" not in locations
+    assert locations["= /groups/embed/api/delete"].values("proxy_next_upstream") == [["error", "timeout"]]
+    # the access log names the group
+    assert '"group":"$fleet_group"' in "".join(next(d for d in http.walk() if d.name == "log_format").args)
+
+
+def test_a_model_on_several_groups_is_spread_by_capacity():
+    settings = load_stack("prod").settings
+    first = settings.node_groups[0]
+    second = first.model_copy(update={"name": "chat-b", "count": 3})
+    plan = _plan(settings.model_copy(update={"node_groups": [first, second]}))
+    assert plan.model_routes() == {"llama3.1:8b": [("chat", 2 * plan.groups[0].servers[0].max_conns),
+                                                   ("chat-b", 3 * plan.groups[1].servers[0].max_conns)]}
+
+
+def test_model_names_that_cannot_be_rendered_are_refused():
+    settings = load_stack("dev").settings
+    group = settings.node_groups[0]
+    bad = group.models[0].model_copy(update={"name": "evil'name", "gguf": "/m.gguf"})
+    with pytest.raises(ng.GatewayPlanError, match=r"nodeGroups\[cpu\]\.models: `evil'name:135m` is not an Ollama model name"):
+        _plan(settings.model_copy(update={"node_groups": [group.model_copy(update={"models": [bad]})]}))
 
 
 def test_streaming_retry_and_header_directives(settings):

@@ -315,7 +315,11 @@ def test_tls_off_serves_plain_http_without_certificate_files():
     gateway = settings.gateway.model_copy(update={"tls": settings.gateway.tls.model_copy(update={"mode": "off"})})
     plain = settings.model_copy(update={"gateway": gateway})
     built = build_gateway("dev", DEV_UPSTREAMS, settings=plain, tls=False, transport="local")
-    assert set(built.uploads()) == {"/etc/nginx/nginx.conf", nginx.GatewayPaths().api_keys_include, LOG_ROTATION_SCRIPT}
+    paths = nginx.GatewayPaths()
+    assert set(built.uploads()) == {"/etc/nginx/nginx.conf", paths.api_keys_include, paths.router_script, LOG_ROTATION_SCRIPT}
+    # the router the config imports travels with it, byte for byte
+    assert built.uploads()[paths.router_script]["content"] == nginx.router_script()
+    assert f"js_import fleet_router from {paths.router_script};" in built.uploads()["/etc/nginx/nginx.conf"]["content"]
     assert [p["internal"] for p in built.nginx.inputs["ports"]] == [gateway.http_port]
     assert built.outputs["url"] == f"http://localhost:{gateway.http_port}"
 
