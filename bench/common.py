@@ -37,9 +37,8 @@ BENCH_MODEL = load_stack("dev", REPO).settings.node_groups[0].models[0].ref
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(leader_pid: int) -> float:
-    """User + system CPU seconds of every live process in `leader_pid`'s process group (nginx and workers)."""
-    total = 0
+def _group_stat_fields(leader_pid: int) -> Iterator[list[str]]:
+    """/proc/<pid>/stat fields after the command name of every live process in `leader_pid`'s process group."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -49,8 +48,17 @@ def group_cpu_seconds(leader_pid: int) -> float:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[2]) == leader_pid:  # pgrp
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
+            yield fields
+
+
+def group_cpu_seconds(leader_pid: int) -> float:
+    """User + system CPU seconds of every live process in `leader_pid`'s process group (nginx and workers)."""
+    return sum(int(f[11]) + int(f[12]) for f in _group_stat_fields(leader_pid)) / CLOCK_TICKS  # utime, stime
+
+
+def group_rss_bytes(leader_pid: int) -> int:
+    """Resident memory of every live process in `leader_pid`'s process group (nginx and workers)."""
+    return sum(int(f[21]) for f in _group_stat_fields(leader_pid)) * os.sysconf("SC_PAGE_SIZE")  # rss, pages
 
 
 def self_cpu_seconds() -> float:
@@ -76,6 +84,13 @@ class Backend:
 
     def cpu_seconds(self) -> float:
         return group_cpu_seconds(self.process.pid)
+
+    def rss_bytes(self) -> int:
+        return group_rss_bytes(self.process.pid)
+
+    def unrouted_url(self, group: str) -> str:
+        """The group's own routes (`/groups/<group>/…`): plain proxying, without the model router."""
+        return f"{self.url}/groups/{group}"
 
 
 @contextlib.contextmanager
@@ -162,6 +177,13 @@ class Nginx:
 
     def cpu_seconds(self) -> float:
         return group_cpu_seconds(self.process.pid)
+
+    def rss_bytes(self) -> int:
+        return group_rss_bytes(self.process.pid)
+
+    def unrouted_url(self, group: str) -> str:
+        """The group's own routes (`/groups/<group>/…`): plain proxying, without the model router."""
+        return f"{self.url}/groups/{group}"
 
     def active_connections(self) -> int | None:
         """`Active connections` from stub_status (client connections, including the status request)."""

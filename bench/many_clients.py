@@ -5,7 +5,10 @@ apart, so all streams stay open together for ~10 s. The same load runs first str
 baseline: what the generator and the backend manage alone), then through this project's gateway rendered
 with worker_connections 16384 (each proxied stream holds two connections in one worker). The open-files limit
 is raised to the hard limit in this process; nginx and the backend inherit it. Connections held are sampled
-from nginx's stub_status and the backend's counters while the streams are open.
+from nginx's stub_status and the backend's counters while the streams are open, and nginx's resident memory
+(master and workers) with them. The gateway runs twice, each time fresh: on a group's own route
+(`/groups/<group>/…`, plain proxying) and on the bare route, where the njs model router picks the group for
+every stream first.
 
 Run: .venv/bin/python bench/many_clients.py [--clients 5000]
 """
@@ -66,33 +69,39 @@ def main() -> None:
     statuses = {}
     with workdir("many") as wd, fake_backends(1, wd, "--tokens", str(TOKENS), "--token-delay", str(TOKEN_DELAY_S)) as backends:
         backend = backends[0]
-        for name in ("direct to backend", "through the gateway"):
+        group = settings.node_groups[0].name
+        for name in ("direct to backend", "gateway, unrouted (/groups/…)", "gateway, routed by model"):
             held_backend = Sampler(lambda: backend.stats()["active"])
             if name == "direct to backend":
-                held_gateway = None
+                held_gateway = memory = None
                 held_backend.start()
                 started = time.perf_counter()
                 result = run_load(LoadSpec(url=backend.url, **spec_args))
             else:
-                with fleet_gateway(settings, [backend.address], wd, worker_connections=16384, access_log=False) as gateway:
+                with fleet_gateway(settings, [backend.address], wd / name.split()[1].strip(","),
+                                   worker_connections=16384, access_log=False) as gateway:
+                    url = gateway.url if "routed by model" in name else gateway.unrouted_url(group)
                     held_gateway = Sampler(gateway.active_connections)
-                    held_gateway.start()
-                    held_backend.start()
+                    memory = Sampler(gateway.rss_bytes)
+                    for sampler in (held_gateway, memory, held_backend):
+                        sampler.start()
                     started = time.perf_counter()
-                    result = run_load(LoadSpec(url=gateway.url, api_key=API_KEY, **spec_args))
+                    result = run_load(LoadSpec(url=url, api_key=API_KEY, **spec_args))
             wall = time.perf_counter() - started
             peak_backend = held_backend.stop()
             peak_gateway = held_gateway.stop() if held_gateway else None
+            peak_memory = memory.stop() if memory else None
             s = result.levels[0]
             statuses[name] = (s.status_counts, s.error_counts)
             rows.append([
                 name, s.requests, s.ok, s.errors, "-" if peak_gateway is None else peak_gateway, peak_backend,
+                "-" if peak_memory is None else f"{peak_memory / 2**20:.0f} MiB",
                 ms(s.ttft_p50_s), ms(s.ttft_p99_s), f"{s.latency_p99_s:.1f} s" if s.latency_p99_s else "-", f"{wall:.1f} s",
             ])
     print_table(
         f"{args.clients} simultaneous streams, {TOKENS} tokens {TOKEN_DELAY_S:g} s apart",
         ["target", "clients", "completed", "errors", "peak held by nginx", "peak open at backend",
-         "TTFT p50", "TTFT p99", "latency p99", "wall"],
+         "nginx peak memory", "TTFT p50", "TTFT p99", "latency p99", "wall"],
         rows,
     )
     for name, (status, errors) in statuses.items():
