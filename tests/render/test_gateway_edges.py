@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from test_gateway_e2e import ADMIN_KEY, KEYS, WAIT_S, Gateway, Upstream, _error, gateway_settings
+from test_gateway_e2e import ADMIN_KEY, KEYS, MODEL, WAIT_S, Gateway, Upstream, _error, gateway_settings
 
 from fleet.render import nginx as ng
 
@@ -72,13 +72,13 @@ def test_a_key_sent_over_plain_http_is_refused_not_redirected(gateway, nodes, he
 def test_the_admin_key_is_refused_on_inference_and_serves_admin_and_read_routes(gateway, nodes):
     with gateway.client(ADMIN_KEY) as admin:
         for route in ("/api/generate", "/v1/chat/completions", "/groups/cpu/api/chat"):
-            response = admin.post(route, json={"model": "m"})
+            response = admin.post(route, json={"model": MODEL})
             assert response.status_code == 403, route
             assert "client key" in _error(response)
         assert admin.get("/api/tags").status_code == 200
-        assert admin.post("/api/pull", json={"model": "m"}).status_code == 200
+        assert admin.post("/api/pull", json={"model": MODEL}).status_code == 200
     with gateway.client(KEYS["beta"]) as beta:
-        assert beta.post("/api/generate", json={"model": "m"}).status_code == 200
+        assert beta.post("/api/generate", json={"model": MODEL}).status_code == 200
     assert sorted(r["path"] for node in nodes for r in node.requests) == ["/api/generate", "/api/pull", "/api/tags"]
 
 
@@ -147,7 +147,7 @@ def test_hundreds_of_slow_headers_from_one_address_are_cut_and_others_still_serv
             slow.append(tls)
         opened = time.monotonic() - started
         with gateway.client(KEYS["beta"], local_address="127.0.0.2") as other:
-            assert other.post("/api/generate", json={"model": "m"}).status_code == 200
+            assert other.post("/api/generate", json={"model": MODEL}).status_code == 200
             assert other.get("/health").status_code == 200
 
         deadline = started + opened + HEADER_TIMEOUT_S + WAIT_S
@@ -184,10 +184,10 @@ def test_requests_in_progress_per_address_are_capped_and_others_still_served(gat
             stalled.append(tls)
         time.sleep(0.3)  # let nginx read the headers and count them
         with gateway.client(KEYS["beta"]) as same:
-            refused = same.post("/api/generate", json={"model": "m"})
+            refused = same.post("/api/generate", json={"model": MODEL})
             assert refused.status_code == 429 and "retry" in _error(refused)
         with gateway.client(KEYS["beta"], local_address="127.0.0.2") as other:
-            assert other.post("/api/generate", json={"model": "m"}).status_code == 200
+            assert other.post("/api/generate", json={"model": MODEL}).status_code == 200
         for tls in stalled:
             tls.settimeout(BODY_TIMEOUT_S + WAIT_S)
             try:
@@ -195,7 +195,7 @@ def test_requests_in_progress_per_address_are_capped_and_others_still_served(gat
             except (ConnectionResetError, ssl.SSLError):
                 pass
         with gateway.client(KEYS["beta"]) as same:
-            assert same.post("/api/generate", json={"model": "m"}).status_code == 200
+            assert same.post("/api/generate", json={"model": MODEL}).status_code == 200
     finally:
         for tls in stalled:
             tls.close()
