@@ -136,6 +136,15 @@ class OllamaSettings(Model):
         0, ge=0, le=1 << 40, description="OLLAMA_GPU_OVERHEAD: VRAM per GPU that Ollama leaves unused, in bytes."
     )
     sched_spread: bool = Field(False, description="OLLAMA_SCHED_SPREAD: spread each model over all GPUs.")
+    num_thread: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description=(
+            "CPU threads of each model runner (the Modelfile's `num_thread`); unset means Ollama's default, one per "
+            "physical core. Set it when several nodes share one host's CPU, or they slow each other down."
+        ),
+    )
 
     @model_validator(mode="after")
     def _quantized_kv_needs_flash(self) -> "OllamaSettings":

@@ -68,12 +68,16 @@ def import_path(model: ModelSpec) -> str:
     return f"/tmp/{model.name}-{model.tag}.gguf".replace(":", "-")
 
 
-def modelfile(model: ModelSpec) -> str:
-    """The Modelfile that names the served model `name:tag` and pins its context window."""
+def modelfile(model: ModelSpec, num_thread: int | None = None) -> str:
+    """The Modelfile that names the served model `name:tag` and pins its context window and, when set, the
+    runner's CPU threads (Ollama has no server-wide setting for them: llm/server.go takes `num_thread` from the
+    model's options, else one thread per physical core)."""
     source = pull_reference(model) or import_path(model)
     lines = [f"FROM {source}"]
     if model.num_ctx:
         lines.append(f"PARAMETER num_ctx {model.num_ctx}")
+    if num_thread:
+        lines.append(f"PARAMETER num_thread {num_thread}")
     return "\n".join(lines) + "\n"
 
 
@@ -166,7 +170,7 @@ def pull_script(container: str, group: NodeGroup, staged: dict[str, str] | None 
             lines.append(f"step {q('ollama pull ' + reference)} docker exec \"$container\" ollama pull {q(reference)}")
             if model.digest:
                 lines.append(f"check_digest {q(reference)} {q(model.digest)}")
-        lines.append(f"step {q('ollama create ' + model.ref)} create {q(model.ref)} {q(modelfile(model))}")
+        lines.append(f"step {q('ollama create ' + model.ref)} create {q(model.ref)} {q(modelfile(model, group.ollama.num_thread))}")
         if reference is None:
             lines.append(f'docker exec "$container" rm -f {q(import_path(model))}')
     # What the node really pulled, as Ollama lists it: the deployment record (`deployed` output) carries it.

