@@ -64,6 +64,9 @@ class LoadSpec:
     api_key: str | None = field(default=None, repr=False)
     verify_tls: bool | str = True  # False for a self-signed gateway, or a CA bundle path
     max_in_flight: int = 10_000  # open loop: arrivals beyond this many outstanding are counted as dropped
+    # With a duration: how long requests still in flight at the level's end may run before they are cut (and
+    # reported as cut); None means as long as the level itself, so a level lasts at most twice its duration.
+    drain_s: float | None = None
     # Local addresses the clients send from, in turn (e.g. many 127.0.0.x to look like many users to per-IP limits).
     source_addresses: tuple[str, ...] = ()
 
@@ -78,6 +81,13 @@ class LoadSpec:
     @property
     def route(self) -> str:
         return ROUTES[self.api]
+
+    @property
+    def drain_after_s(self) -> float | None:
+        """Seconds after a level's end at which requests still running are cut (None: no level end)."""
+        if self.duration_s is None:
+            return None
+        return self.duration_s if self.drain_s is None else self.drain_s
 
     def validate(self) -> "LoadSpec":
         if not self.url.startswith(("http://", "https://")):
@@ -101,6 +111,8 @@ class LoadSpec:
                 ipaddress.ip_address(address)
             except ValueError:
                 raise LoadSpecError(f"--source-ip {address!r}: not an IP address") from None
+        if self.drain_s is not None and self.drain_s < 0:
+            raise LoadSpecError(f"--drain {self.drain_s}: must be 0 seconds or more")
         for name in ("timeout_s", "connect_timeout_s", "read_timeout_s"):
             if not getattr(self, name) > 0:
                 raise LoadSpecError(f"{name}: must be more than 0 seconds")
@@ -141,7 +153,9 @@ class RequestRecord:
     start_s: float
     status: int | None = None
     ok: bool = False
-    error: str | None = None  # http | timeout | connect | disconnect | transport | stream_error | incomplete | dropped
+    # http | timeout | connect | disconnect | transport | stream_error | incomplete | dropped | cut (still running
+    # when the level's drain time was over: not a server error, reported apart)
+    error: str | None = None
     # Transport failures: before or after the first byte (the response headers). A request that failed before
     # it may still be retried on another node (nginx does so); after it, the client has a broken answer.
     # HTTP error answers have no phase: they are counted by status.
@@ -235,9 +249,14 @@ class StreamParser:
 # ---------------------------------------------------------------------------------------------------------
 # One request
 # ---------------------------------------------------------------------------------------------------------
-async def send_one(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, record: RequestRecord) -> RequestRecord:
-    """Send one streaming request and fill `record` from what arrives. Never raises for network trouble."""
+async def send_one(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, record: RequestRecord,
+                   cut_at: float | None = None) -> RequestRecord:
+    """Send one streaming request and fill `record` from what arrives. Never raises for network trouble.
+
+    `cut_at` (a time.perf_counter() value) ends a request still running then as `cut`: the level is over."""
     started = time.perf_counter()
+    budget = spec.timeout_s if cut_at is None else max(0.0, min(spec.timeout_s, cut_at - started))
+    cut_by_level = cut_at is not None and budget < spec.timeout_s
     headers = {"Content-Type": "application/json", "Accept": "application/x-ndjson, text/event-stream"}
     if spec.api_key:
         headers["Authorization"] = f"Bearer {spec.api_key}"
@@ -245,7 +264,7 @@ async def send_one(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, recor
     last_token_at: float | None = None
     done = False
     try:
-        async with asyncio.timeout(spec.timeout_s):
+        async with asyncio.timeout(budget):
             async with client.stream("POST", spec.route, content=body, headers=headers) as response:
                 now = time.perf_counter()
                 record.ttfb_s = now - started
@@ -287,7 +306,12 @@ async def send_one(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, recor
                     record.error, record.phase, record.detail = "incomplete", AFTER, "stream ended without its final chunk"
                     return record
                 record.ok = True
-    except (TimeoutError, httpx.TimeoutException) as exc:
+    except TimeoutError as exc:
+        if cut_by_level:
+            record.error, record.detail = "cut", "still running when the level's drain time was over"
+        else:
+            record.error, record.detail = "timeout", type(exc).__name__
+    except httpx.TimeoutException as exc:
         record.error, record.detail = "timeout", type(exc).__name__
     except httpx.ConnectError as exc:
         record.error, record.detail = "connect", str(exc)[:200] or type(exc).__name__
@@ -374,6 +398,7 @@ async def _closed_level(spec: LoadSpec, concurrency: int, sink: ProgressSink) ->
     try:
         start = time.perf_counter()
         deadline = start + spec.duration_s if spec.duration_s else math.inf
+        cut_at = deadline + spec.drain_after_s if spec.drain_after_s is not None else None
 
         async def worker() -> None:
             nonlocal issued
@@ -384,7 +409,7 @@ async def _closed_level(spec: LoadSpec, concurrency: int, sink: ProgressSink) ->
                     return
                 issued += 1
                 record = RequestRecord(level=concurrency, index=issued, start_s=now - start)
-                await send_one(client, spec, body, record)
+                await send_one(client, spec, body, record, cut_at)
                 records.append(record)
                 sink.advance(record)
 
@@ -404,11 +429,13 @@ async def _open_level(spec: LoadSpec, rate: float, sink: ProgressSink) -> tuple[
     clients = _Clients(spec)
     try:
         start = time.perf_counter()
+        drain = spec.drain_after_s
+        cut_at = start + spec.duration_s + drain if drain is not None and spec.duration_s is not None else None
 
         async def one(record: RequestRecord) -> None:
             client = clients.acquire()
             try:
-                await send_one(client, spec, body, record)
+                await send_one(client, spec, body, record, cut_at)
             finally:
                 clients.release(client)
             records.append(record)
@@ -491,15 +518,71 @@ class LevelSummary:
     status_counts: dict[str, int]
     error_counts: dict[str, int]
     schedule_lag_max_s: float  # open loop: how late the generator started a request (0 when closed)
+    # Requests still running when the level's drain time was over, ended by the generator (not errors).
+    cut: int = 0
+    # This machine while the level ran: the share of its CPUs that were busy (0-1), how many CPUs the load
+    # generator itself used on average, and how many it has. None where not measured (older results).
+    host_cpu_busy: float | None = None
+    generator_cpus: float | None = None
+    host_cpus: int | None = None
 
     @property
     def x(self) -> float:
         return self.level
 
 
-def summarize(mode: str, level: float, records: Sequence[RequestRecord], wall_s: float, lag_s: float = 0.0) -> LevelSummary:
+@dataclass(frozen=True)
+class CpuUsage:
+    """What this machine's CPUs did during a level."""
+
+    busy: float | None  # share of all CPUs busy, 0-1 (None where /proc/stat is unreadable)
+    generator_cpus: float  # CPUs the load generator's process used on average
+    cpus: int
+
+
+class CpuMeter:
+    """Measures the machine's CPU use and the generator's own between `start()` and `stop()`."""
+
+    def __init__(self) -> None:
+        self._host: tuple[int, int] | None = None
+        self._process = 0.0
+        self._wall = 0.0
+
+    @staticmethod
+    def _host_ticks() -> tuple[int, int] | None:
+        """(busy, total) jiffies of all CPUs from /proc/stat (busy = everything but idle and iowait)."""
+        try:
+            with open("/proc/stat") as handle:
+                values = [int(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        total = sum(values[:8])  # guest time is already counted in user
+        return total - idle, total
+
+    def start(self) -> "CpuMeter":
+        self._host = self._host_ticks()
+        self._process = time.process_time()
+        self._wall = time.perf_counter()
+        return self
+
+    def stop(self) -> CpuUsage:
+        from fleet.local.sizing import usable_cpus
+
+        wall = max(time.perf_counter() - self._wall, 1e-9)
+        generator = (time.process_time() - self._process) / wall
+        now = self._host_ticks()
+        busy = None
+        if self._host and now and now[1] > self._host[1]:
+            busy = min(1.0, max(0.0, (now[0] - self._host[0]) / (now[1] - self._host[1])))
+        return CpuUsage(busy=busy, generator_cpus=generator, cpus=usable_cpus())
+
+
+def summarize(mode: str, level: float, records: Sequence[RequestRecord], wall_s: float, lag_s: float = 0.0,
+              cpu: CpuUsage | None = None) -> LevelSummary:
     ok = [r for r in records if r.ok]
-    failed = [r for r in records if not r.ok]
+    cut = [r for r in records if r.error == "cut"]
+    failed = [r for r in records if not r.ok and r.error != "cut"]
     refused = [r for r in records if r.status in REFUSAL_STATUSES]
     wall = max(wall_s, 1e-9)
     server_counts = [r.server_tokens for r in ok if r.server_tokens is not None]
@@ -536,6 +619,10 @@ def summarize(mode: str, level: float, records: Sequence[RequestRecord], wall_s:
         status_counts=dict(sorted(Counter(str(r.status) if r.status is not None else "none" for r in records).items())),
         error_counts=dict(sorted(Counter(r.error_key for r in failed).items())),
         schedule_lag_max_s=lag_s,
+        cut=len(cut),
+        host_cpu_busy=cpu.busy if cpu else None,
+        generator_cpus=cpu.generator_cpus if cpu else None,
+        host_cpus=cpu.cpus if cpu else None,
     )
 
 
@@ -565,12 +652,13 @@ async def run_load_async(spec: LoadSpec, sink: ProgressSink | None = None) -> Lo
     starts: dict[float, float] = {}
     for level in spec.levels:
         sink.start_level(spec, level)
+        meter = CpuMeter().start()
         if spec.mode == "open":
             records, wall, lag, starts[level] = await _open_level(spec, float(level), sink)
         else:
             records, wall, lag, starts[level] = await _closed_level(spec, int(level), sink)
         records.sort(key=lambda r: r.index)
-        summary = summarize(spec.mode, level, records, wall, lag)
+        summary = summarize(spec.mode, level, records, wall, lag, meter.stop())
         summaries.append(summary)
         by_level[level] = records
         sink.end_level(summary)
@@ -634,7 +722,20 @@ def write_results(result: LoadResult, out: Path, plot: bool = True, x_label: str
 
 
 def plot_levels(result: LoadResult, path: Path, x_label: str | None = None) -> Path:
-    """Throughput, p50/p95 TTFT and error rate against the level (concurrency or rate), as a PNG."""
+    """The figure of `level_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = level_figure(result, x_label)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def level_figure(result: LoadResult, x_label: str | None = None):
+    """Four panels against the level (concurrency or rate), every y axis from zero, each point labelled with
+    the number of requests it stands for: throughput (tokens/s and requests/s), latency (time to first token
+    and whole request, p50 and p95), decode speed per request, and the share of requests that failed or were
+    cut (in %, 0-100)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -642,42 +743,68 @@ def plot_levels(result: LoadResult, path: Path, x_label: str | None = None) -> P
 
     levels = result.levels
     x = [s.level for s in levels]
+    nan = float("nan")
+
+    def values(name: str) -> list[float]:
+        return [nan if getattr(s, name) is None else getattr(s, name) for s in levels]
+
+    def counts(ax, ys: list[float], labels: list[str]) -> None:
+        for xi, yi, text in zip(x, ys, labels):
+            if yi == yi:  # not NaN
+                ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+
+    ok_counts = [f"n={s.ok}" for s in levels]
     label = x_label or ("request rate (requests/s)" if result.spec.mode == "open" else "concurrency (clients)")
-    fig, axes = plt.subplots(3, 1, figsize=(7, 9), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(7, 12), sharex=True)
+
     ax = axes[0]
-    ax.plot(x, [s.tokens_per_s for s in levels], "o-", label="tokens/s")
-    ax.set_ylabel("tokens/s")
-    ax.grid(True, alpha=0.3)
+    ax.plot(x, [s.tokens_per_s for s in levels], "o-", label="tokens/s (all requests)")
+    counts(ax, [s.tokens_per_s for s in levels], ok_counts)
+    ax.set_ylabel("throughput (tokens/s)")
     ax2 = ax.twinx()
     ax2.plot(x, [s.throughput_rps for s in levels], "s--", color="tab:green", label="requests/s")
-    ax2.set_ylabel("requests/s")
-    ax.set_title(f"{result.spec.url}{result.spec.route}  model {result.spec.model}")
+    ax2.set_ylabel("throughput (requests/s)")
+    ax2.set_ylim(bottom=0)
+    ax.set_title(f"{result.spec.url}{result.spec.route}  model {result.spec.model}\n(n = successful requests per point)")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper left")
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
 
     ax = axes[1]
-    nan = float("nan")
-    ax.plot(x, [s.ttft_p50_s if s.ttft_p50_s is not None else nan for s in levels], "o-", label="TTFT p50")
-    ax.plot(x, [s.ttft_p95_s if s.ttft_p95_s is not None else nan for s in levels], "o-", label="TTFT p95")
-    ax.set_ylabel("time to first token (s)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.plot(x, values("ttft_p50_s"), "o-", label="time to first token p50")
+    ax.plot(x, values("ttft_p95_s"), "o--", label="time to first token p95")
+    ax.plot(x, values("latency_p50_s"), "^-", label="whole request p50")
+    ax.plot(x, values("latency_p95_s"), "^--", label="whole request p95")
+    counts(ax, values("latency_p95_s"), ok_counts)
+    ax.set_ylabel("latency (s)")
+    ax.legend(loc="upper left", fontsize=8)
 
     ax = axes[2]
+    ax.plot(x, values("decode_tps_p50"), "o-", color="tab:purple", label="decode speed per request p50")
+    counts(ax, values("decode_tps_p50"), ok_counts)
+    ax.set_ylabel("decode speed (tokens/s per request)")
+    ax.legend(loc="upper left", fontsize=8)
+
+    ax = axes[3]
     errors = [100 * s.error_rate for s in levels]
-    ax.plot(x, errors, "o-", color="tab:red", label="errors")
-    ax.set_ylabel("error rate (%)")
+    cut = [100 * s.cut / s.requests if s.requests else 0.0 for s in levels]
+    ax.plot(x, errors, "o-", color="tab:red", label="failed")
+    ax.plot(x, cut, "x--", color="tab:orange", label="cut at the level's end")
+    counts(ax, errors, [f"{s.errors}/{s.requests}" for s in levels])
+    ax.set_ylabel("share of requests (%)")
+    ax.set_ylim(0, 105)
     ax.set_xlabel(label)
-    ax.set_ylim(0, max(1.0, max(errors, default=0) * 1.15))
-    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        if ax is not axes[3]:
+            ax.set_ylim(bottom=0)
     if len(set(x)) > 1 and min(x) > 0 and max(x) / min(x) >= 8:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(x)
-    ax.set_xticklabels([level_name(v) for v in x])
+        axes[3].set_xscale("log", base=2)
+    axes[3].set_xticks(x)
+    axes[3].set_xticklabels([level_name(v) for v in x])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def parse_levels(text: str, kind: Callable[[str], Any], option: str) -> tuple:

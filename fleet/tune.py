@@ -1,7 +1,8 @@
 """`fleet tune`: sweep client concurrency or OLLAMA_NUM_PARALLEL, pick the knee, name the config change.
 
-The knee is the value with the highest throughput among those whose p95 time to first token and error rate
-stay within the bounds; on a plateau (within `tolerance` of the best) the smallest such value wins, since
+The knee is the value with the highest throughput among those whose p95 time to first token, p95 latency,
+median decode speed per request and error rate stay within the bounds (and none of whose requests had to be
+cut at the level's end); on a plateau (within `tolerance` of the best) the smallest such value wins, since
 more concurrency there buys latency, not throughput.
 
 What the knee means for the stack:
@@ -13,17 +14,23 @@ What the knee means for the stack:
   `max_conns` per node (fleet.capacity.max_conns_per_node: slots plus `gateway.queuePerNode`) and refuses the
   rest fast, so the knee becomes `queuePerNode`; when the knee is below the slots a node already has, fewer
   slots (`numParallel`) are recommended instead.
+
+A sweep whose load generator ran on the machine that runs the nodes, with that machine's CPUs saturated,
+measures their contention rather than the slots: it never leads to fewer slots (`shared_cpu` says why).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import shlex
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -42,8 +49,22 @@ class TuneError(ValueError):
 
 @dataclass(frozen=True)
 class Bounds:
+    """What a level must stay within to count: time to first token, whole-request latency, decode speed per
+    request and errors. A level that only keeps its first token fast while each answer crawls is not served."""
+
     max_p95_ttft_s: float = 2.0
     max_error_rate: float = 0.01
+    max_p95_latency_s: float | None = 30.0
+    min_decode_tps: float | None = 5.0  # median tokens/s of one answer; about reading speed
+
+    def describe(self) -> str:
+        parts = [f"p95 TTFT ≤ {self.max_p95_ttft_s:g}s"]
+        if self.max_p95_latency_s is not None:
+            parts.append(f"p95 latency ≤ {self.max_p95_latency_s:g}s")
+        if self.min_decode_tps is not None:
+            parts.append(f"decode ≥ {self.min_decode_tps:g} tok/s")
+        parts.append(f"errors ≤ {self.max_error_rate:.1%}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -65,8 +86,16 @@ class Point:
             out.append("no request produced a token")
         elif p95 > bounds.max_p95_ttft_s:
             out.append(f"p95 TTFT {p95:.3f}s > {bounds.max_p95_ttft_s:g}s")
+        latency = self.summary.latency_p95_s
+        if bounds.max_p95_latency_s is not None and latency is not None and latency > bounds.max_p95_latency_s:
+            out.append(f"p95 latency {latency:.1f}s > {bounds.max_p95_latency_s:g}s")
+        decode = self.summary.decode_tps_p50
+        if bounds.min_decode_tps is not None and decode is not None and decode < bounds.min_decode_tps:
+            out.append(f"decode {decode:.1f} tok/s < {bounds.min_decode_tps:g}")
         if self.summary.error_rate > bounds.max_error_rate:
             out.append(f"error rate {self.summary.error_rate:.1%} > {bounds.max_error_rate:.1%}")
+        if self.summary.cut:
+            out.append(f"{self.summary.cut} still running after the level (cut)")
         return out
 
 
@@ -88,6 +117,50 @@ def pick_knee(points: Sequence[Point], bounds: Bounds, metric: Metric = "tokens"
     best = max(p.throughput(metric) for p in eligible)
     chosen = next(p for p in eligible if p.throughput(metric) >= best * (1 - tolerance))
     return Knee(chosen, tuple(p.value for p in eligible), {v: r for v, r in reasons.items() if r})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A sweep measured on the machine that runs the nodes
+# ---------------------------------------------------------------------------------------------------------
+# Above this share of busy CPUs, the load generator and a node on the same machine wait for each other.
+SHARED_CPU_BUSY = 0.85
+
+
+def is_local_endpoint(url: str) -> bool:
+    """The endpoint's host is this machine: a loopback address, `localhost`, or one of this host's addresses."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:
+        pass
+    try:
+        own = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+        theirs = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(own & theirs)
+
+
+def shared_cpu(url: str, points: Sequence[Point], param: str) -> str | None:
+    """Why the sweep cannot judge the slots, when the load generator ran on the machine that runs the nodes and
+    its CPUs were saturated (the levels out of bounds then measure the contention); None otherwise."""
+    if not is_local_endpoint(url):
+        return None
+    saturated = [p for p in points if p.summary.host_cpu_busy is not None and p.summary.host_cpu_busy >= SHARED_CPU_BUSY]
+    if not saturated:
+        return None
+    worst = max(saturated, key=lambda p: p.summary.host_cpu_busy or 0.0)
+    summary = worst.summary
+    cpus = f"{summary.host_cpus} CPUs" if summary.host_cpus else "CPUs"
+    generator = f", {summary.generator_cpus:.2f} of them used by the load generator" if summary.generator_cpus is not None else ""
+    return (
+        f"the load generator and the nodes shared this machine's {cpus} ({url} is local): "
+        f"{summary.host_cpu_busy:.0%} busy at {param} {worst.value}{generator}. Levels out of bounds there measure "
+        "that contention, not the stack, so fewer slots are not recommended; load from another machine to judge them"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -174,8 +247,11 @@ def recommend(
     settings: FleetSettings,
     group_index: int,
     refused: dict[int, str] | None = None,
+    contention: str | None = None,
 ) -> Recommendation:
-    """The config change that puts the knee into the stack, checked against the capacity model."""
+    """The config change that puts the knee into the stack, checked against the capacity model.
+
+    `contention` (from `shared_cpu`) says the sweep shared the CPU with the nodes: then no change lowers the slots."""
     group = settings.node_groups[group_index]
     headroom = settings.policy.vram_headroom
     version = capacity.version_of_image(settings.images.ollama)  # checked by stack_ollama_version first
@@ -189,6 +265,8 @@ def recommend(
             raise TuneError(f"refusing to recommend {reason}")
         if knee_value == group.ollama.num_parallel:
             rec.notes.append(f"numParallel {knee_value} is already configured: no change")
+        elif contention and knee_value < group.ollama.num_parallel:
+            rec.notes.append(f"numParallel stays {group.ollama.num_parallel}: {contention}")
         else:
             rec.changes.append(ConfigChange(f"{base}.ollama.numParallel", group.ollama.num_parallel, knee_value))
         return rec
@@ -203,17 +281,22 @@ def recommend(
             f"{knee_value} requests in flight over {group.count} node(s): {per_node} per node = {slots} slots "
             f"+ {queue} queued; the gateway sheds beyond that (max_conns {capacity.max_conns_per_node(group, queue)})"
         )
-        if queue != queue_now:
+        if contention and queue < queue_now:
+            rec.notes.append(f"gateway.queuePerNode stays {queue_now}: {contention}")
+        elif queue != queue_now:
             rec.changes.append(ConfigChange(f"{FLEET_KEY}.gateway.queuePerNode", queue_now, queue))
         else:
             rec.notes.append("gateway.queuePerNode already matches: no change")
         if len(settings.node_groups) > 1:
             rec.notes.append("gateway.queuePerNode applies to every node group")
         return rec
+    if contention:
+        rec.notes.append(f"the knee ({per_node} per node) is below the {slots} slots a node has, but {contention}")
+        return rec
     resident = max(1, len(group.resident_models))
     parallel = max(1, per_node // resident)
     rec.notes.append(
-        f"the knee ({per_node} per node) is below the {slots} slots a node has: fewer slots keep TTFT within bounds"
+        f"the knee ({per_node} per node) is below the {slots} slots a node has: fewer slots keep the levels within bounds"
     )
     if parallel != group.ollama.num_parallel:
         reason = capacity_refusal(group, parallel, headroom, version)

@@ -265,3 +265,51 @@ def test_clients_send_from_the_given_source_addresses():
     assert by_request == {"127.0.0.4": 1, "127.0.0.5": 1, "127.0.0.6": 1}  # one connection per address, reused
     with pytest.raises(lt.LoadSpecError, match="--source-ip"):
         spec(server.url, requests=1, source_addresses=("nope",)).validate()
+
+
+def test_a_level_ends_on_time_and_reports_what_it_cut():
+    # Each answer takes ~2 s; the level lasts 0.3 s and its in-flight requests may run 0.3 s more.
+    with BackendThread(FakeBackend(Behavior(tokens=20, token_delay_s=0.1))) as server:
+        result = lt.run_load(spec(server.url, concurrency=(3,), duration_s=0.3, drain_s=0.3))
+    level = result.levels[0]
+    assert level.wall_s < 1.5  # not the 2 s the requests would have taken, nor the 10 s timeout
+    assert level.cut == level.requests == 3 and level.ok == 0
+    assert level.errors == 0 and level.error_rate == 0.0  # a cut request is not the server's error
+    assert {r.error for r in result.records[3]} == {"cut"}
+    assert lt.LoadSpec(url="http://x", duration_s=4.0).drain_after_s == 4.0  # default: the level's duration
+    assert lt.LoadSpec(url="http://x", requests=4).drain_after_s is None  # no level end, nothing to cut
+    with pytest.raises(lt.LoadSpecError, match="--drain"):
+        lt.LoadSpec(url="http://x", duration_s=1.0, drain_s=-1).validate()
+
+
+def test_requests_that_finish_within_the_drain_time_count():
+    with BackendThread(FakeBackend(Behavior(tokens=5, token_delay_s=0.05))) as server:
+        result = lt.run_load(spec(server.url, concurrency=(2,), duration_s=0.2, drain_s=5.0))
+    level = result.levels[0]
+    assert level.cut == 0 and level.ok == level.requests >= 2
+
+
+def test_each_level_records_the_machines_cpu_use():
+    with BackendThread(FakeBackend(Behavior(tokens=4))) as server:
+        result = lt.run_load(spec(server.url, concurrency=(2,), requests=6))
+    level = result.levels[0]
+    assert level.host_cpus is not None and level.host_cpus >= 1
+    assert level.host_cpu_busy is not None and 0.0 <= level.host_cpu_busy <= 1.0
+    assert level.generator_cpus is not None and level.generator_cpus > 0
+
+
+def test_the_plot_has_latency_and_decode_panels_from_zero_with_sample_counts():
+    with BackendThread(FakeBackend(Behavior(tokens=6, token_delay_s=0.01))) as server:
+        result = lt.run_load(spec(server.url, concurrency=(1, 2), requests=4))
+    result.levels[1].errors, result.levels[1].error_rate = 1, 0.25  # one failed request of four
+    fig = lt.level_figure(result)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert {"latency (s)", "decode speed (tokens/s per request)", "share of requests (%)"} <= set(labels)
+    assert any(label.startswith("throughput (tokens/s") for label in labels)
+    for ax in fig.axes:
+        assert ax.get_ylim()[0] == 0, ax.get_ylabel()
+    errors_ax = next(ax for ax in fig.axes if ax.get_ylabel() == "share of requests (%)")
+    assert errors_ax.get_ylim() == (0, 105)  # a percentage axis, not a 0-1 fraction
+    assert max(errors_ax.lines[0].get_ydata()) == 25.0
+    notes = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {"n=4", "1/4"} <= notes  # sample counts at the points

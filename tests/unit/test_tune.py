@@ -243,3 +243,75 @@ def test_refusals_follow_the_ollama_release_of_the_stack():
     unsupported = settings.model_copy(update={"images": settings.images.model_copy(update={"ollama": "ollama/ollama:0.12.0"})})
     with pytest.raises(tn.TuneError, match=r"Pulumi.prod.yaml: .*images.ollama: Ollama 0.12.0 is not supported"):
         tn.stack_ollama_version(unsupported, "Pulumi.prod.yaml")
+
+
+def test_a_level_is_judged_by_latency_and_decode_speed_too():
+    fast_first_token = replace(summary(2, 60, 0.3), latency_p95_s=59.0, decode_tps_p50=1.5)
+    fine = replace(summary(1, 33, 0.2), latency_p95_s=2.1, decode_tps_p50=33.0)
+    knee = tn.pick_knee([tn.Point(1, fine), tn.Point(2, fast_first_token)], tn.Bounds())
+    assert knee.point.value == 1
+    assert knee.reasons[2] == ["p95 latency 59.0s > 30s", "decode 1.5 tok/s < 5"]
+    # Each bound can be switched off.
+    relaxed = tn.Bounds(max_p95_latency_s=None, min_decode_tps=None)
+    assert tn.pick_knee([tn.Point(1, fine), tn.Point(2, fast_first_token)], relaxed, tolerance=0).point.value == 2
+    assert "p95 latency" in tn.Bounds().describe() and "decode ≥ 5 tok/s" in tn.Bounds().describe()
+
+
+def test_a_level_whose_requests_were_cut_is_out_of_bounds():
+    cut = replace(summary(4, 400, 0.3), cut=3)
+    assert tn.Point(4, cut).violations(tn.Bounds()) == ["3 still running after the level (cut)"]
+
+
+def saturated(value: int, busy: float = 0.97) -> tn.Point:
+    return tn.Point(value, replace(summary(value, 60, 0.3), host_cpu_busy=busy, generator_cpus=0.4, host_cpus=2))
+
+
+def test_shared_cpu_is_detected_only_for_a_local_endpoint_with_busy_cpus():
+    sweep = [saturated(1, 0.6), saturated(2)]
+    note = tn.shared_cpu("https://127.0.0.1:8443", sweep, "concurrency")
+    assert note is not None and "shared this machine's 2 CPUs" in note and "97% busy at concurrency 2" in note
+    assert "0.40 of them used by the load generator" in note
+    assert tn.shared_cpu("http://localhost:11434", sweep, "concurrency") is not None
+    assert tn.shared_cpu("https://192.0.2.10", sweep, "concurrency") is None  # another machine
+    assert tn.shared_cpu("https://127.0.0.1:8443", [saturated(1, 0.5), saturated(2, 0.7)], "concurrency") is None
+    unmeasured = [tn.Point(1, summary(1, 60, 0.3))]  # results written before CPU use was recorded
+    assert tn.shared_cpu("https://127.0.0.1:8443", unmeasured, "concurrency") is None
+
+
+def test_contention_never_leads_to_fewer_slots_or_a_smaller_queue():
+    config = load_stack("dev")
+    settings = config.settings  # numParallel 2, queuePerNode 4, one node
+    note = "the load generator and the nodes shared this machine's CPUs"
+    # The knee (1 in flight) is below the 2 slots: without contention, fewer slots and no queue.
+    plain = tn.recommend("concurrency", 1, settings, 0)
+    assert {c.key_path.rsplit(".", 1)[1]: c.value for c in plain.changes} == {"numParallel": 1, "queuePerNode": 0}
+    shared = tn.recommend("concurrency", 1, settings, 0, contention=note)
+    assert shared.changes == [] and any(note in n for n in shared.notes)
+    # The knee at the slots would cut the queue from 4 to 0: not on a shared CPU either.
+    assert [c.value for c in tn.recommend("concurrency", 2, settings, 0).changes] == [0]
+    kept = tn.recommend("concurrency", 2, settings, 0, contention=note)
+    assert kept.changes == [] and any("queuePerNode stays 4" in n for n in kept.notes)
+    # A larger queue is still recommended: contention cannot make a level look better than it is.
+    assert [c.value for c in tn.recommend("concurrency", 8, settings, 0, contention=note).changes] == [6]
+    # num_parallel: never lower on a shared CPU, higher is fine.
+    assert tn.recommend("num_parallel", 1, settings, 0, contention=note).changes == []
+    assert [c.value for c in tn.recommend("num_parallel", 4, settings, 0, contention=note).changes] == [4]
+
+
+def test_tune_from_local_results_says_the_cpu_was_shared_and_keeps_the_slots(tmp_path):
+    sweep = lt.LoadResult(
+        spec=lt.LoadSpec(url="https://127.0.0.1:8443", concurrency=(1, 2), duration_s=6.0),
+        levels=[
+            replace(summary(1, 33, 0.3), latency_p95_s=2.0, decode_tps_p50=33.0, host_cpu_busy=0.95, host_cpus=2),
+            replace(summary(2, 3, 0.4), latency_p95_s=59.0, decode_tps_p50=1.5, host_cpu_busy=0.99, host_cpus=2),
+        ],
+        records={},
+    )
+    lt.write_results(sweep, tmp_path, plot=False)
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["tune", "--stack", "dev", "--group", "cpu", "--from-results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "p95 latency 59.0s > 30s" in result.output
+    assert "shared this machine's 2 CPUs" in result.output
+    assert "change in" not in result.output  # no config change from a contended sweep
