@@ -56,6 +56,11 @@ class GpuInstance:
         """Memory a process can allocate on one idle GPU (reported total less the driver's reservation)."""
         return max(self.vram_per_gpu - self.driver_reserved, 0)
 
+    @property
+    def on_demand_usd_per_hour(self) -> float | None:
+        """AWS's on-demand list price (ON_DEMAND_PRICE_SOURCE); None where none is listed."""
+        return ON_DEMAND_USD_PER_HOUR.get(self.name)
+
 
 @dataclass(frozen=True)
 class ModelArch:
@@ -172,6 +177,33 @@ INSTANCES: dict[str, GpuInstance] = {
         _gpu("p5.48xlarge", 8, "H100", 192, 2048 * GIB),
         _gpu("p5e.48xlarge", 8, "H200", 192, 2048 * GIB),
     ]
+}
+
+# On-demand list prices in USD per hour, to compare options (`fleet catalog instances`, `fleet fit`, `fleet plan`);
+# a bill also has storage, traffic and any discounts. p4de and p5e have no on-demand list price there (Capacity
+# Blocks only), so none is given.
+ON_DEMAND_PRICE_SOURCE = (
+    "AWS EC2 On-Demand pricing (aws.amazon.com/ec2/pricing/on-demand), US East (N. Virginia), Linux, as listed "
+    "on 2025-07-01 (P4d and P5 after the price reduction AWS announced on 2025-06-05)"
+)
+ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
+    "g4dn.xlarge": 0.526,
+    "g4dn.2xlarge": 0.752,
+    "g4dn.12xlarge": 3.912,
+    "g5.xlarge": 1.006,
+    "g5.2xlarge": 1.212,
+    "g5.4xlarge": 1.624,
+    "g5.12xlarge": 5.672,
+    "g5.48xlarge": 16.288,
+    "g6.xlarge": 0.8048,
+    "g6.2xlarge": 0.9776,
+    "g6.12xlarge": 4.6016,
+    "g6e.xlarge": 1.861,
+    "g6e.2xlarge": 2.24208,
+    "g6e.12xlarge": 10.49264,
+    "g6e.48xlarge": 30.13118,
+    "p4d.24xlarge": 21.96,
+    "p5.48xlarge": 55.04,
 }
 
 _LIB = "ollama.com/library/{} tag pages (blob sizes)"

@@ -10,9 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from fleet.stack_file import StackConfigError, load_stack
+from fleet.text import counted
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,  # plain help: wraps to the terminal, never cuts a value
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="ollama-fleet: preview, plan, render, test and tune a production Ollama service.",
@@ -22,6 +24,26 @@ err = Console(stderr=True)
 
 EXIT_CONFIG = 2  # bad stack configuration
 EXIT_POLICY = 3  # a mandatory policy failed
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"ollama-fleet {version('ollama-fleet')}", highlight=False)
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            console.print("ollama-fleet (not installed: run bash scripts/bootstrap.sh)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """ollama-fleet: preview, plan, render, test and tune a production Ollama service."""
 
 
 def fail_config(error: StackConfigError) -> None:
@@ -37,13 +59,15 @@ def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name 
         config = load_stack(stack)
     except StackConfigError as error:
         fail_config(error)
-    console.print(f"{config.path.name}: valid ({config.settings.node_count} nodes, target {config.settings.target})")
+    console.print(f"{config.path.name}: valid ({counted(config.settings.node_count, 'node')}, target {config.settings.target})")
 
 
 @app.command()
 def preview(
     stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml)."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the recorded resources as JSON here."),
+    json_out: Path | None = typer.Option(
+        None, "--json", show_default=False, help="Also write the recorded resources as JSON here. [default: none]"
+    ),
     tree: bool = typer.Option(True, "--tree/--no-tree", help="Print the resource tree."),
     debug: bool = typer.Option(False, "--debug", help="Show the traceback when the program fails."),
 ) -> None:
@@ -100,9 +124,9 @@ def docs(out: Path = typer.Option(Path("docs/configuration.md"), "--out", help="
 
 
 def _register_subcommands() -> None:
-    from fleet import cli_capacity, cli_delivery, cli_load, cli_local, cli_render
+    from fleet import cli_capacity, cli_catalog, cli_delivery, cli_load, cli_local, cli_render
 
-    for module in (cli_capacity, cli_render, cli_load, cli_delivery, cli_local):
+    for module in (cli_capacity, cli_catalog, cli_render, cli_load, cli_delivery, cli_local):
         module.register(app)
 
 

@@ -13,13 +13,16 @@ from rich.table import Table
 
 from fleet import capacity
 from fleet.capacity import CapacityError, NodeEstimate, human
+from fleet.capacity_limits import GroupLimits, group_limits
+from fleet.capacity_limits import describe as describe_limits
 from fleet.catalog import GIB, MIB
+from fleet.console import print_table
 from fleet.stack_file import StackConfig, StackConfigError, load_stack
 
 EXIT_DOES_NOT_FIT = 1
 EXIT_CONFIG = 2
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Capacity planning.")
+app = typer.Typer(add_completion=False, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False, help="Capacity planning.")
 
 
 def _share(value: float | None) -> str:
@@ -93,15 +96,8 @@ def estimate_table(estimate: NodeEstimate, title: str | None = None) -> Table:
     return table
 
 
-TABLE_WIDTH = 110  # the table's natural width; logs and pipes get it in full
-
-
-def print_estimate(console: Console, estimate: NodeEstimate, title: str | None = None) -> None:
-    target = console
-    if not console.is_terminal and console.width < TABLE_WIDTH:
-        # Logs and pipes default to 80 columns, which would truncate the numbers.
-        target = Console(width=TABLE_WIDTH, file=console.file, color_system=None, highlight=False)
-    target.print(estimate_table(estimate, title))
+def print_estimate(console: Console, estimate: NodeEstimate, title: str | None = None, limits: GroupLimits | None = None) -> None:
+    print_table(console, estimate_table(estimate, title))
     if any(m.num_ctx_source == "vram-tier" for m in estimate.models):
         console.print("  * numCtx unset: Ollama's VRAM-tier default context")
     if not estimate.cpu_only and len(estimate.gpu_usage) > 1:
@@ -117,6 +113,9 @@ def print_estimate(console: Console, estimate: NodeEstimate, title: str | None =
         console.print("  to make it fit, any one of:")
         for suggestion in estimate.suggestions:
             console.print(f"    • {suggestion}", highlight=False, soft_wrap=True)
+    if limits is not None:
+        for line in describe_limits(limits):
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 def print_plan(console: Console, stack_config: StackConfig) -> bool:
@@ -128,7 +127,7 @@ def print_plan(console: Console, stack_config: StackConfig) -> bool:
     for group in settings.node_groups:
         estimate = capacity.estimate_node(group, headroom, stack_config.path.parent, version)
         title = f"{stack_config.stack}: node group {group.name}, {group.count} × {group.instance_type}"
-        print_estimate(console, estimate, title)
+        print_estimate(console, estimate, title, group_limits(group, headroom, stack_config.path.parent))
         conns = capacity.max_conns_per_node(group, settings.gateway.queue_per_node)
         console.print(
             f"  gateway max_conns per node: {conns} "
@@ -178,7 +177,11 @@ def plan(
                 "ollamaVersion": version,
                 "ollamaRules": capacity.rules_of(version).name,
                 "groups": [
-                    {**e.to_dict(), "maxConnsPerNode": capacity.max_conns_per_node(g, config.settings.gateway.queue_per_node)}
+                    {
+                        **e.to_dict(),
+                        "maxConnsPerNode": capacity.max_conns_per_node(g, config.settings.gateway.queue_per_node),
+                        "limits": _limits_dict(group_limits(g, headroom, config.path.parent)),
+                    }
                     for e, g in zip(estimates, config.settings.node_groups)
                 ],
             }
@@ -194,7 +197,9 @@ def plan(
 def fit(
     model: str = typer.Option(..., "--model", "-m", help="Model `name:tag` from the catalog, or a path to a GGUF file."),
     quant: str = typer.Option("q4_K_M", "--quant", "-q", help="Weight quantization (q4_0, q4_K_M, q5_K_M, q8_0, fp16, ...)."),
-    num_ctx: int | None = typer.Option(None, "--num-ctx", help="Context per slot; unset means Ollama's VRAM-tier default."),
+    num_ctx: int | None = typer.Option(
+        None, "--num-ctx", show_default=False, help="Context per slot. [default: Ollama's VRAM-tier default for the GPU]"
+    ),
     num_parallel: int = typer.Option(1, "--num-parallel", "-p", help="OLLAMA_NUM_PARALLEL."),
     instance: str = typer.Option(..., "--instance", "-i", help="Instance type (g6e.xlarge, p5.48xlarge, local-cpu, ...)."),
     kv_cache_type: str = typer.Option("f16", "--kv-cache-type", help="OLLAMA_KV_CACHE_TYPE: f16, q8_0 or q4_0."),
@@ -215,11 +220,16 @@ def fit(
         _error(err, _validation_message(error), EXIT_CONFIG)
     except (CapacityError, ValueError) as error:
         _error(err, str(error), EXIT_CONFIG)
+    limits = group_limits(group, headroom, Path.cwd())
     if json_out:
-        typer.echo(json.dumps(estimate.to_dict(), indent=2))
+        typer.echo(json.dumps({**estimate.to_dict(), "limits": _limits_dict(limits)}, indent=2))
     else:
-        print_estimate(out, estimate, f"{group.models[0].ref} on {instance}")
+        print_estimate(out, estimate, f"{group.models[0].ref} on {instance}", limits)
     raise typer.Exit(0 if estimate.fits else EXIT_DOES_NOT_FIT)
+
+
+def _limits_dict(limits: GroupLimits | None) -> dict | None:
+    return None if limits is None else limits.to_dict()
 
 
 def register(target: typer.Typer) -> None:

@@ -28,14 +28,23 @@ def smoke(
     ),
     admin_key: str | None = typer.Option(
         None, "--admin-key", envvar="FLEET_ADMIN_KEY",
-        help="The admin key (or FLEET_ADMIN_KEY): also check it reaches an admin route (from an admin CIDR only).",
+        show_default=False,
+        help="The admin key (or FLEET_ADMIN_KEY): also check it reaches an admin route (from an admin CIDR only). "
+        "[default: none, not checked]",
     ),
-    model: str | None = typer.Option(None, "--model", help="Model to generate with; default: the first one /api/tags lists."),
+    model: str | None = typer.Option(
+        None, "--model", show_default=False, help="Model to generate with. [default: the first one /api/tags lists]"
+    ),
     insecure: bool = typer.Option(False, "--insecure", help="Do not verify the TLS certificate (self-signed dev/staging)."),
-    ca_cert: str | None = typer.Option(None, "--ca-cert", help="Verify the gateway's certificate with this CA bundle instead."),
+    ca_cert: str | None = typer.Option(
+        None, "--ca-cert", show_default=False,
+        help="Verify the gateway's certificate with this CA bundle instead. [default: the system's CAs]",
+    ),
     metrics_url: str | None = typer.Option(
         None, "--metrics-url",
-        help="Prometheus base URL (query API) or a metering exporter's …/metrics URL; checks ollama_inference_tokens_total.",
+        show_default=False,
+        help="Prometheus base URL (query API) or a metering exporter's /metrics URL; checks ollama_inference_tokens_total. "
+        "[default: none, not checked]",
     ),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per request (generation: --generate-timeout)."),
     generate_timeout: float = typer.Option(180.0, "--generate-timeout", help="Seconds for the generation (a cold node loads the model first)."),

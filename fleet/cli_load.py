@@ -17,6 +17,7 @@ from rich.table import Table
 
 from fleet import loadtest as lt
 from fleet import tune as tn
+from fleet.console import print_table
 
 console = Console()
 err = Console(stderr=True)
@@ -80,24 +81,31 @@ def _fmt(value: float | None, unit: str = "s", digits: int = 3) -> str:
 
 def summary_table(result: lt.LoadResult) -> Table:
     spec = result.spec
-    table = Table(title=f"{spec.url}{spec.route} ({spec.mode} loop, model {spec.model})")
-    table.add_column("req/s" if spec.mode == "open" else "clients", justify="right")
-    for name in ("requests", "ok", "err %", "ok req/s", "tok/s", "TTFT p50", "TTFT p95", "latency p95", "refusals"):
-        table.add_column(name, justify="right")
+    table = Table(title=f"{spec.url}{spec.route} ({spec.mode} loop, model {spec.model})", title_justify="left")
+    table.add_column("req/s" if spec.mode == "open" else "clients", justify="right", no_wrap=True)
+    for name in ("requests", "ok", "err %", "cut", "ok req/s", "tok/s", "TTFT p50", "TTFT p95", "latency p95", "decode p50", "refusals", "CPU busy"):
+        table.add_column(name, justify="right", no_wrap=True)
     for s in result.levels:
         table.add_row(
             lt.level_name(s.level),
             str(s.requests),
             str(s.ok),
             f"{100 * s.error_rate:.1f}",
+            str(s.cut),
             f"{s.throughput_rps:.1f}",
             f"{s.tokens_per_s:.1f}",
             _fmt(s.ttft_p50_s),
             _fmt(s.ttft_p95_s),
             _fmt(s.latency_p95_s),
+            _fmt(s.decode_tps_p50, " tok/s", 1),
             str(s.refusals),
+            _share(s.host_cpu_busy),
         )
     return table
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def error_lines(result: lt.LoadResult) -> list[str]:
@@ -105,6 +113,12 @@ def error_lines(result: lt.LoadResult) -> list[str]:
     unit = "req/s" if result.spec.mode == "open" else "clients"
     lines = []
     for s in result.levels:
+        if s.cut:
+            lines.append(
+                f"cut at {lt.level_name(s.level)} {unit}: {s.cut} of {s.requests} requests were still running "
+                f"{result.spec.drain_after_s:g}s after the level's end (--drain); not counted as errors, and the "
+                "level's latency figures leave them out"
+            )
         if s.error_counts:
             kinds = ", ".join(f"{k} ×{v}" for k, v in s.error_counts.items())
             retry = f"; Retry-After seen {s.retry_after_seen}× ({', '.join(s.retry_after_values)})" if s.retry_after_seen else ""
@@ -121,7 +135,7 @@ def _verify(insecure: bool, ca_cert: Optional[Path]) -> bool | str:
 def _build_spec(
     url: str, api: str, model: str, prompt: str, max_tokens: int, concurrency: str, rate: Optional[str],
     requests: Optional[int], duration: Optional[float], timeout: float, read_timeout: float, api_key: Optional[str],
-    insecure: bool, ca_cert: Optional[Path], source_ips: Optional[list[str]] = None,
+    insecure: bool, ca_cert: Optional[Path], source_ips: Optional[list[str]] = None, drain: Optional[float] = None,
 ) -> lt.LoadSpec:
     levels = lt.parse_levels(concurrency, int, "--concurrency")
     rates = lt.parse_levels(rate, float, "--rate") if rate else ()
@@ -140,6 +154,7 @@ def _build_spec(
         api_key=api_key,
         verify_tls=_verify(insecure, ca_cert),
         source_addresses=tuple(source_ips or ()),
+        drain_s=drain,
     ).validate()
 
 
@@ -150,36 +165,45 @@ def _usage_error(message: str) -> None:
 
 # Options shared by both commands.
 API_HELP = "ollama: /api/generate; chat: /api/chat; openai: /v1/chat/completions (streamed, SSE)."
-KEY_HELP = "API key, sent as `Authorization: Bearer <key>` (or set FLEET_API_KEY)."
+KEY_HELP = "API key, sent as `Authorization: Bearer <key>` (or set FLEET_API_KEY). [default: none, no key sent]"
+PROMPT_HELP = "Prompt of every request."
+CA_HELP = "CA bundle to verify the gateway's certificate with (a self-signed gateway's certificate). [default: the system's CAs]"
+REQUESTS_HELP = "Requests per level. [default: no count; --duration bounds the level]"
+DURATION_HELP = "Seconds per level: no request starts after it. [default: no time bound; --requests bounds the level]"
+DRAIN_HELP = (
+    "Seconds requests still in flight at a level's end may run on; then they are cut and reported as cut. "
+    "[default: the level's --duration]"
+)
 
 
 def loadtest(
     url: str = typer.Argument(..., help="Base URL of an Ollama-compatible endpoint, e.g. https://127.0.0.1:8443 or http://127.0.0.1:11434."),
     api: str = typer.Option("ollama", "--api", help=API_HELP),
     model: str = typer.Option("smollm2:135m", "--model", "-m", help="Model name as the server knows it."),
-    prompt: str = typer.Option("Why is the sky blue? Answer in one sentence.", "--prompt"),
+    prompt: str = typer.Option("Why is the sky blue? Answer in one sentence.", "--prompt", help=PROMPT_HELP),
     max_tokens: int = typer.Option(64, "--max-tokens", help="Output cap per request (num_predict / max_tokens)."),
     concurrency: str = typer.Option("1,2,4,8", "--concurrency", "-c", help="Closed-loop levels: clients sending back to back."),
-    rate: Optional[str] = typer.Option(None, "--rate", "-r", help="Open-loop levels in requests/s (e.g. 5,10,20); replaces --concurrency."),
-    requests: Optional[int] = typer.Option(None, "--requests", "-n", help="Requests per level."),
-    duration: Optional[float] = typer.Option(None, "--duration", "-d", help="Seconds per level (no request starts after it)."),
+    rate: Optional[str] = typer.Option(None, "--rate", "-r", show_default=False, help="Open-loop levels in requests/s (e.g. 5,10,20); replaces --concurrency. [default: none, closed loop]"),
+    requests: Optional[int] = typer.Option(None, "--requests", "-n", show_default=False, help=REQUESTS_HELP),
+    duration: Optional[float] = typer.Option(None, "--duration", "-d", show_default=False, help=DURATION_HELP),
+    drain: Optional[float] = typer.Option(None, "--drain", show_default=False, help=DRAIN_HELP),
     timeout: float = typer.Option(120.0, "--timeout", help="Whole-request timeout, seconds."),
     read_timeout: float = typer.Option(60.0, "--read-timeout", help="Longest silence between streamed chunks, seconds."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="FLEET_API_KEY", help=KEY_HELP, show_default=False),
     insecure: bool = typer.Option(False, "--insecure", "-k", help="Do not verify the TLS certificate (self-signed gateway)."),
-    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", help="CA bundle to verify the gateway's certificate with."),
-    source_ip: Optional[list[str]] = typer.Option(None, "--source-ip", help="Local address to send from; repeat to spread clients over several (per-IP limits)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results.json, summary.csv, requests-*.csv and plot.png here."),
+    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", show_default=False, help=CA_HELP),
+    source_ip: Optional[list[str]] = typer.Option(None, "--source-ip", show_default=False, metavar="ADDRESS", help="Local address to send from; repeat to spread clients over several (per-IP limits). [default: the system's choice]"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", show_default=False, help="Write results.json, summary.csv, requests-*.csv and plot.png here. [default: print only]"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per level."),
 ) -> None:
     """Load an Ollama-compatible endpoint: TTFT, tokens/s, latency and errors per concurrency level or rate."""
     try:
         spec = _build_spec(url, api, model, prompt, max_tokens, concurrency, rate, requests, duration, timeout,
-                           read_timeout, api_key, insecure, ca_cert, source_ip)
+                           read_timeout, api_key, insecure, ca_cert, source_ip, drain)
     except lt.LoadSpecError as exc:
         _usage_error(str(exc))
     result = lt.run_load(spec, RichProgress(console, enabled=progress))
-    console.print(summary_table(result))
+    print_table(console, summary_table(result))
     for line in error_lines(result):
         console.print(line, highlight=False, soft_wrap=True)
     if out is not None:
@@ -191,9 +215,10 @@ def loadtest(
 
 
 def _sweep_table(points: list[tn.Point], knee: tn.Knee, bounds: tn.Bounds, param: str, refused: dict[int, str]) -> Table:
-    table = Table(title=f"sweep over {param} (bounds: p95 TTFT ≤ {bounds.max_p95_ttft_s:g}s, errors ≤ {bounds.max_error_rate:.1%})")
-    for name in (param, "clients", "ok req/s", "tok/s", "TTFT p50", "TTFT p95", "err %", "verdict"):
-        table.add_column(name, justify="left" if name == "verdict" else "right")
+    table = Table(title=f"sweep over {param} (bounds: {bounds.describe()})", title_justify="left")
+    for name in (param, "clients", "ok req/s", "tok/s", "TTFT p50", "TTFT p95", "latency p95", "decode p50", "err %", "CPU busy"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("verdict", justify="left", overflow="fold", min_width=24)
     chosen = knee.point.value if knee.point else None
     for p in points:
         s = p.summary
@@ -201,10 +226,11 @@ def _sweep_table(points: list[tn.Point], knee: tn.Knee, bounds: tn.Bounds, param
         verdict = "[bold green]knee[/]" if p.value == chosen else ("; ".join(reasons) if reasons else "within bounds")
         table.add_row(
             str(p.value), lt.level_name(s.level), f"{s.throughput_rps:.1f}", f"{s.tokens_per_s:.1f}",
-            _fmt(s.ttft_p50_s), _fmt(s.ttft_p95_s), f"{100 * s.error_rate:.1f}", verdict,
+            _fmt(s.ttft_p50_s), _fmt(s.ttft_p95_s), _fmt(s.latency_p95_s, digits=1),
+            _fmt(s.decode_tps_p50, " tok/s", 1), f"{100 * s.error_rate:.1f}", _share(s.host_cpu_busy), verdict,
         )
     for value, reason in sorted(refused.items()):
-        table.add_row(str(value), "-", "-", "-", "-", "-", "-", f"[red]refused (capacity)[/]: {reason}")
+        table.add_row(str(value), "-", "-", "-", "-", "-", "-", "-", "-", "-", f"[red]refused (capacity)[/]: {reason}")
     return table
 
 
@@ -243,29 +269,32 @@ def _local_ollama_sweep(work: Path):
 def tune(
     stack: str = typer.Option(..., "--stack", "-s", help="Stack whose config the recommendation is for (Pulumi.<stack>.yaml)."),
     group: str = typer.Option(..., "--group", "-g", help="Node group to tune."),
-    url: Optional[str] = typer.Option(None, "--url", help="Endpoint to load (the gateway or a node); not used with --local or --from-results."),
+    url: Optional[str] = typer.Option(None, "--url", show_default=False, help="Endpoint to load (the gateway or a node); not used with --local or --from-results. [default: none]"),
     param: str = typer.Option("concurrency", "--param", help="concurrency (client load, sets gateway admission) or num_parallel (OLLAMA_NUM_PARALLEL)."),
-    values: Optional[str] = typer.Option(None, "--values", help="Values to sweep, e.g. 1,2,4,8 (default per --param)."),
-    max_p95_ttft: float = typer.Option(2.0, "--max-p95-ttft", help="Bound on p95 time to first token, seconds."),
-    max_error_rate: float = typer.Option(0.01, "--max-error-rate", help="Bound on the error rate (0.01 = 1%)."),
+    values: Optional[str] = typer.Option(None, "--values", show_default=False, help="Values to sweep, e.g. 1,2,4,8. [default: 1,2,4,8,16,32 for concurrency, 1,2,4,8,16 for num_parallel]"),
+    max_p95_ttft: float = typer.Option(tn.Bounds.max_p95_ttft_s, "--max-p95-ttft", help="Bound on p95 time to first token, seconds."),
+    max_p95_latency: float = typer.Option(tn.Bounds.max_p95_latency_s, "--max-p95-latency", help="Bound on p95 whole-request latency, seconds (0: no bound)."),
+    min_decode: float = typer.Option(tn.Bounds.min_decode_tps, "--min-decode", help="Bound on the median decode speed of one answer, tokens/s (0: no bound)."),
+    max_error_rate: float = typer.Option(tn.Bounds.max_error_rate, "--max-error-rate", help="Bound on the error rate (0.01 = 1%)."),
     metric: str = typer.Option("tokens", "--metric", help="Throughput to maximise: tokens (tokens/s) or requests (req/s)."),
     tolerance: float = typer.Option(0.05, "--tolerance", help="On a plateau, the smallest value within this share of the best wins."),
-    restart_cmd: Optional[str] = typer.Option(None, "--restart-cmd", help="num_parallel: shell command restarting the server(s) with {value}, e.g. \"ssh node 'OLLAMA_NUM_PARALLEL={value} systemctl restart ollama'\"."),
+    restart_cmd: Optional[str] = typer.Option(None, "--restart-cmd", show_default=False, help="num_parallel: shell command restarting the server(s) with {value}, e.g. \"ssh node 'OLLAMA_NUM_PARALLEL={value} systemctl restart ollama'\". [default: none]"),
     local: bool = typer.Option(False, "--local", help="num_parallel: sweep a loopback Ollama (fleet.local) restarted per value, with the test model."),
-    clients: Optional[int] = typer.Option(None, "--clients", help="num_parallel: concurrent clients per value (default: value × nodes × resident models)."),
-    from_results: Optional[Path] = typer.Option(None, "--from-results", help="Pick the knee from a `fleet loadtest --out` folder instead of loading."),
+    clients: Optional[int] = typer.Option(None, "--clients", show_default=False, help="num_parallel: concurrent clients per value. [default: value × nodes × resident models]"),
+    from_results: Optional[Path] = typer.Option(None, "--from-results", show_default=False, help="Pick the knee from a `fleet loadtest --out` folder instead of loading. [default: none, load now]"),
     api: str = typer.Option("ollama", "--api", help=API_HELP),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to load (default: the group's first model)."),
-    prompt: str = typer.Option("Why is the sky blue? Answer in one sentence.", "--prompt"),
-    max_tokens: int = typer.Option(64, "--max-tokens"),
-    requests: Optional[int] = typer.Option(None, "--requests", "-n", help="Requests per value."),
-    duration: Optional[float] = typer.Option(None, "--duration", "-d", help="Seconds per value."),
-    timeout: float = typer.Option(120.0, "--timeout"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", show_default=False, help="Model to load. [default: the group's first model]"),
+    prompt: str = typer.Option("Why is the sky blue? Answer in one sentence.", "--prompt", help=PROMPT_HELP),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Output cap per request (num_predict / max_tokens)."),
+    requests: Optional[int] = typer.Option(None, "--requests", "-n", show_default=False, help=REQUESTS_HELP),
+    duration: Optional[float] = typer.Option(None, "--duration", "-d", show_default=False, help=DURATION_HELP),
+    drain: Optional[float] = typer.Option(None, "--drain", show_default=False, help=DRAIN_HELP),
+    timeout: float = typer.Option(120.0, "--timeout", help="Whole-request timeout, seconds."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="FLEET_API_KEY", help=KEY_HELP, show_default=False),
-    insecure: bool = typer.Option(False, "--insecure", "-k"),
-    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the sweep (results, plot) and tune.json here."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    insecure: bool = typer.Option(False, "--insecure", "-k", help="Do not verify the TLS certificate (self-signed gateway)."),
+    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", show_default=False, help=CA_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", show_default=False, help="Write the sweep (results, plot) and tune.json here. [default: print only]"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per value."),
 ) -> None:
     """Sweep concurrency or NUM_PARALLEL, pick the knee, and print the stack config change to make."""
     from fleet.stack_file import StackConfigError, load_stack
@@ -287,7 +316,12 @@ def tune(
             raise lt.LoadSpecError(f"--values {values}: every value must be at least 1")
     except (tn.TuneError, lt.LoadSpecError) as exc:
         _usage_error(str(exc))
-    bounds = tn.Bounds(max_p95_ttft_s=max_p95_ttft, max_error_rate=max_error_rate)
+    bounds = tn.Bounds(
+        max_p95_ttft_s=max_p95_ttft,
+        max_error_rate=max_error_rate,
+        max_p95_latency_s=max_p95_latency or None,
+        min_decode_tps=min_decode or None,
+    )
     headroom = settings.policy.vram_headroom
 
     refused: dict[int, str] = {}
@@ -303,8 +337,9 @@ def tune(
     sink = RichProgress(console, enabled=progress)
     points: list[tn.Point]
     sweep: lt.LoadResult | None = None
+    measured_url = url or "http://127.0.0.1"  # --local loads a loopback Ollama
     if from_results is not None:
-        points = _points_from_results(from_results, param, swept)
+        points, measured_url = _points_from_results(from_results, param, swept)
     else:
         if local and param != "num_parallel":
             _usage_error("--local restarts a loopback Ollama per numParallel value: use it with --param num_parallel")
@@ -316,7 +351,7 @@ def tune(
             spec = lt.LoadSpec(
                 url=url or "http://127.0.0.1:0", api=api, model=model or node_group.models[0].ref, prompt=prompt,  # type: ignore[arg-type]
                 max_tokens=max_tokens, requests=requests, duration_s=duration, timeout_s=timeout,
-                read_timeout_s=timeout, api_key=api_key, verify_tls=_verify(insecure, ca_cert),
+                read_timeout_s=timeout, api_key=api_key, verify_tls=_verify(insecure, ca_cert), drain_s=drain,
             ).validate()
             if param == "concurrency":
                 points, sweep = tn.sweep_concurrency(spec, swept, sink)
@@ -343,9 +378,12 @@ def tune(
             raise typer.Exit(EXIT_NO_SUCCESS)
 
     knee = tn.pick_knee(points, bounds, metric=metric, tolerance=tolerance)  # type: ignore[arg-type]
-    console.print(_sweep_table(points, knee, bounds, param, refused))
+    print_table(console, _sweep_table(points, knee, bounds, param, refused))
+    contention = tn.shared_cpu(measured_url, points, param)
+    if contention:
+        err.print(f"[bold yellow]note:[/bold yellow] {contention}", highlight=False, soft_wrap=True)
     try:
-        rec = tn.recommend(param, knee.point.value if knee.point else None, settings, index, refused)  # type: ignore[arg-type]
+        rec = tn.recommend(param, knee.point.value if knee.point else None, settings, index, refused, contention)  # type: ignore[arg-type]
     except tn.TuneError as exc:
         err.print(f"[bold red]refused:[/bold red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_REFUSED)
@@ -366,16 +404,18 @@ def tune(
             console.print(f"  ({change.command(stack)})", highlight=False, soft_wrap=True)
 
 
-def _points_from_results(folder: Path, param: str, wanted: tuple[int, ...]) -> list[tn.Point]:
+def _points_from_results(folder: Path, param: str, wanted: tuple[int, ...]) -> tuple[list[tn.Point], str]:
+    """The levels of a `fleet loadtest --out` folder, and the URL they were measured against."""
     path = folder / "results.json" if folder.is_dir() else folder
     try:
         data = json.loads(path.read_text())
         summaries = [lt.LevelSummary(**level) for level in data["levels"]]
+        url = str(data["spec"]["url"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _usage_error(f"--from-results {path}: not a `fleet loadtest` results.json ({exc})")
     if param != "concurrency":
         _usage_error("--from-results holds a concurrency sweep: use it with --param concurrency")
-    return [tn.Point(int(s.level), s) for s in summaries]
+    return [tn.Point(int(s.level), s) for s in summaries], url
 
 
 def _write_tune(out: Path, stack: str, group: str, param: str, bounds: tn.Bounds, points, knee: tn.Knee, rec) -> None:

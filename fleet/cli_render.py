@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from fleet.stack_file import StackConfigError, load_stack
+from fleet.text import counted
 
 EXIT_CONFIG = 2
 
@@ -33,4 +34,4 @@ def register(app: typer.Typer) -> None:
         written = write_bundle(files, out)
         for path in written:
             console.print(f"wrote {path}", highlight=False)
-        console.print(f"{len(written)} files for stack {config.stack} in {out}", highlight=False)
+        console.print(f"{counted(len(written), 'file')} for stack {config.stack} in {out}", highlight=False)

@@ -268,8 +268,12 @@ def test_admin_routes(gateway, nodes):
         for route in ng.ADMIN_ROUTES + ("/api/blobs/sha256:0123",):
             response = beta.post(route, json={})
             assert response.status_code == 403, route
+            # The body says why, and what would be allowed.
+            assert "admin route" in _error(response) and "needs the admin key" in _error(response), route
     with gateway.client(ADMIN_KEY, local_address="127.0.0.2") as outside:
-        assert outside.post("/api/pull", json={}).status_code == 403  # admin key, but not from an admin CIDR
+        response = outside.post("/api/pull", json={})
+        assert response.status_code == 403  # admin key, but not from an admin CIDR
+        assert "only from an admin network (gateway.adminCidrs)" in _error(response)
     assert not any(node.requests for node in nodes)
     with gateway.client(ADMIN_KEY) as admin:
         assert admin.post("/api/pull", json={"model": MODEL}).status_code == 200
