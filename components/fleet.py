@@ -69,7 +69,7 @@ class Fleet(pulumi.ComponentResource):
 
         from components.gateway import Gateway, GatewayArgs
         from components.ollama_node import OllamaNode, OllamaNodeArgs
-        from fleet.render.prometheus import JOB_GATEWAY_LOG
+        from fleet.render.prometheus import GATEWAY_NODE_TARGETS, JOB_GATEWAY_LOG
 
         upstreams: dict[str, list[pulumi.Output[str]]] = {}
         targets: dict[str, list[pulumi.Output[str]]] = {}
@@ -99,12 +99,15 @@ class Fleet(pulumi.ComponentResource):
                     certificate_pem=site.certificate[0] if site.certificate else None,
                     private_key_pem=site.certificate[1] if site.certificate else None,
                     server_name=site.server_name,
+                    host_label=f"gateway-{index}",
                 ),
                 child,
             )
             gateways.append(gateway)
             targets.setdefault("nginx", []).append(gateway.status_target)
             targets.setdefault(JOB_GATEWAY_LOG, []).append(gateway.log_target)
+            if gateway.node_target is not None:
+                targets.setdefault(GATEWAY_NODE_TARGETS, []).append(gateway.node_target)
 
         self.grafana_url = None
         self.prometheus_url = None

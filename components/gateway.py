@@ -25,6 +25,7 @@ from components import containers
 from components.containers import Placement, container_name, healthcheck, metrics_healthcheck, labels, resolve_grouped
 from components.host import Host
 from components.images import exporter_image, pinned_image
+from components.node_exporter import node_exporter
 from fleet import contract, gateway_log, ports
 from fleet.config import PROJECT, FleetSettings
 from fleet.render import nginx
@@ -52,6 +53,7 @@ class GatewayArgs:
     certificate_pem: pulumi.Output[str] | None = None  # secret
     private_key_pem: pulumi.Output[str] | None = None  # secret
     server_name: str | None = None
+    host_label: str = "gateway-0"  # the `node` label of this gateway host's node exporter
 
 
 # Docker's default address pools. A client on the Docker host itself reaches a port published on loopback
@@ -179,6 +181,14 @@ class Gateway(pulumi.ComponentResource):
         )
 
         self.log_exporter = self._log_exporter(name, settings, place, paths.access_log_file, log_dir)
+
+        # The host's own CPU, memory and disks. A gateway on the local Docker host shares it with the nodes,
+        # whose exporters already report it.
+        self.node_exporter = None
+        self.node_target: pulumi.Output[str] | None = None
+        if settings.monitoring.enabled and not place.shared:
+            self.node_exporter = node_exporter(name, settings, place, self, args.host_label)
+            self.node_target = place.peer_address(container_name(name, "node-exporter"), ports.NODE_EXPORTER)
 
         self.status_target = place.peer_address(exporter_name, ports.NGINX_EXPORTER)
         self.log_target = place.peer_address(container_name(name, "gateway-log-exporter"), ports.GATEWAY_LOG_EXPORTER)

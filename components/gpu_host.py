@@ -171,21 +171,29 @@ class GpuHost(pulumi.ComponentResource):
             )
 
         volume_id = self.model_volume.id if self.model_volume else pulumi.Output.from_input("")
+        # What the host's first-boot script depends on; the user data adds the SSH identities around it.
+        bootstrap = dict(
+            host_name=name,
+            role=args.role,
+            ssh_user=aws_settings.ssh_user,
+            gpus=args.gpus,
+            models_path=Host.models_path,
+            config_path=Host.config_path,
+        )
         user_data = pulumi.Output.all(
             host_key.private_key_openssh, host_key.public_key_openssh, args.ssh_public_key, volume_id
         ).apply(
             lambda v: cloud_init.render_user_data(
-                host_name=name,
-                role=args.role,
-                ssh_user=aws_settings.ssh_user,
+                **bootstrap,
                 authorized_keys=[v[2]],
                 host_key_private=v[0],
                 host_key_public=v[1],
-                gpus=args.gpus,
                 model_volume=cloud_init.ModelVolume(v[3]) if v[3] else None,
-                models_path=Host.models_path,
-                config_path=Host.config_path,
             )
+        )
+        # The same script on its own, without the keys: an output `fleet render` writes for review.
+        self.setup_script = volume_id.apply(
+            lambda v: cloud_init.render_setup_script(**bootstrap, model_volume=cloud_init.ModelVolume(v) if v else None)
         )
 
         ami_pinned = args.role == "node" and aws_settings.ami_id is not None
@@ -341,6 +349,7 @@ class GpuHost(pulumi.ComponentResource):
                 "privateIp": self.private_ip,
                 "publicIp": self.public_ip,
                 "modelVolumeId": self.model_volume.id if self.model_volume else None,
+                "setupScript": self.setup_script,
             }
         )
 

@@ -48,8 +48,8 @@ class MonitoringArgs:
     settings: FleetSettings
     host: Host
     # Scrape job -> `address:port` targets. Node jobs (`ollama-meter`, `node`, `dcgm`) list the nodes in the
-    # order of the stack's node groups and indexes (dcgm: GPU groups only); `nginx` and `gateway-log` list the
-    # gateways' exporters.
+    # order of the stack's node groups and indexes (dcgm: GPU groups only); `nginx`, `gateway-log` and
+    # prometheus.GATEWAY_NODE_TARGETS (the hosts' node exporters, AWS only) list the gateways' exporters.
     targets: dict[str, list[pulumi.Output[str]]]
     grafana_password: pulumi.Output[str]  # secret
     # Prometheus' basic auth: the password (secret) and the bcrypt salt kept in the state (32 hex digits).
@@ -121,6 +121,9 @@ def scrape_plan(
         nodes=node_targets(settings, targets),
         nginx_exporters=list(targets.get(prometheus.JOB_NGINX, [])),
         gateway_log_exporters=list(targets.get(prometheus.JOB_GATEWAY_LOG, [])),
+        gateway_node_exporters={
+            f"gateway-{index}": target for index, target in enumerate(targets.get(prometheus.GATEWAY_NODE_TARGETS, []))
+        },
         stack=stack,
         alertmanagers=alertmanagers or [],
         self_password_file=self_password_file,

@@ -19,6 +19,7 @@ from components import containers
 from components.containers import Placement, container_name, healthcheck, labels, metrics_healthcheck
 from components.host import Host
 from components.images import exporter_image, pinned_image
+from components.node_exporter import node_exporter
 from fleet import contract, ports
 from fleet.config import PROJECT, FleetSettings, NodeGroup
 from fleet.node_runtime import (
@@ -103,7 +104,7 @@ class OllamaNode(pulumi.ComponentResource):
             opts=place.resource_options(self, depends_on=[self.container]),
         )
 
-        self.node_exporter = self._node_exporter(name, settings, place, node)
+        self.node_exporter = node_exporter(name, settings, place, self, node, beside=self.meter)
         # Keyed by Prometheus job. Every exporter of a node answers on the node's one address (the meter's
         # container name on the shared network, the host's private address on AWS), as the scrape plan expects.
         self.metrics_targets: dict[str, pulumi.Output[str]] = {
@@ -125,52 +126,6 @@ class OllamaNode(pulumi.ComponentResource):
                 "metricsTargets": self.metrics_targets,
                 "models": models_json,
             }
-        )
-
-    def _node_exporter(self, name: str, settings: FleetSettings, place: Placement, node: str) -> docker.Container:
-        exporter_name = container_name(name, "node-exporter")
-        image = pinned_image(f"{name}-node-exporter-image", settings.images.node_exporter, place, self)
-        command: list[pulumi.Input[str]] = []
-        extra: dict = {}
-        if place.shared:
-            # In the meter's network namespace: the node's exporters share one address, the meter's name. No
-            # root filesystem mount: Docker Desktop refuses to share `/`, and a dev host's disks matter little.
-            extra = {"network_mode": pulumi.Output.concat("container:", self.meter.id)}
-            probe: pulumi.Input[str] = f"127.0.0.1:{ports.NODE_EXPORTER}"
-        else:
-            # Host networking (the host's interfaces, not the container's), listening on the private address
-            # only; the host's filesystems read-only, rslave so that later mounts (the model volume) show.
-            probe = pulumi.Output.from_input(place.host.private_address).apply(
-                lambda address: f"{address}:{ports.NODE_EXPORTER}"
-            )
-            command = ["--path.rootfs=/host", pulumi.Output.concat("--web.listen-address=", probe)]
-            extra = {
-                "network_mode": "host",
-                "mounts": [
-                    docker.ContainerMountArgs(
-                        type="bind",
-                        source="/",
-                        target="/host",
-                        read_only=True,
-                        bind_options=docker.ContainerMountBindOptionsArgs(propagation="rslave"),
-                    )
-                ],
-            }
-        return docker.Container(
-            f"{name}-node-exporter",
-            name=exporter_name,
-            image=image.image_id,
-            command=command or None,
-            pid_mode="host",
-            **containers.RUNTIME,
-            # The image is busybox-based: wget exists.
-            healthcheck=healthcheck(
-                ["CMD", "wget", "-qO", "/dev/null", pulumi.Output.concat("http://", probe, "/metrics")],
-                start_period="10s",
-            ),
-            labels=labels(settings, "node-exporter", {contract.LABELS.node: node}),
-            opts=place.resource_options(self),
-            **extra,
         )
 
     def _dcgm_exporter(self, name: str, settings: FleetSettings, place: Placement, node: str) -> docker.Container:

@@ -1,4 +1,4 @@
-"""`fleet render --stack NAME --out DIR`: write every rendered config file of a stack for review."""
+"""`fleet render --stack NAME --out DIR`: write every file a stack's program deploys, for review."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fleet.stack_file import StackConfigError, load_stack
 from fleet.text import counted
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
 
 
 def register(app: typer.Typer) -> None:
@@ -19,19 +20,22 @@ def register(app: typer.Typer) -> None:
         stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml)."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder to write the files into (created if needed)."),
     ) -> None:
-        """Write the nginx, Prometheus, alert-rule, Grafana and cloud-init files a stack deploys (no secrets)."""
-        from fleet.render.bundle import render_bundle, write_bundle
-        from fleet.render.nginx import GatewayPlanError
-        from fleet.render.prometheus import PrometheusPlanError
+        """Write the files the program deploys (nginx, Prometheus, alert rules, Grafana, host setup scripts), taken
+        from the program run offline under Pulumi's mocks, as `fleet preview` runs it; no secrets."""
+        from fleet import preview
+        from fleet.render.bundle import program_files, stand_ins, write_bundle
 
         console, err = Console(), Console(stderr=True)
         try:
             config = load_stack(stack)
-            files = render_bundle(config.settings, config.stack)
-        except (StackConfigError, GatewayPlanError, PrometheusPlanError) as error:
+            result = preview.run_program(config)
+        except StackConfigError as error:
             err.print(f"[bold red]error:[/bold red] {error}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_CONFIG) from None
-        written = write_bundle(files, out)
+        except Exception as error:  # the program refused the stack (a renderer or component check)
+            err.print(f"[bold red]error:[/bold red] {config.path.name}: the program failed: {error}", highlight=False)
+            raise typer.Exit(EXIT_FAILED) from None
+        written = write_bundle(program_files(result.resources, stand_ins(config.settings)), out)
         for path in written:
-            console.print(f"wrote {path}", highlight=False)
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
         console.print(f"{counted(len(written), 'file')} for stack {config.stack} in {out}", highlight=False)

@@ -174,3 +174,13 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             )
         )
         return response
+
+    def RegisterResourceOutputs(self, request):  # noqa: N802 (gRPC method name)
+        """A component's registered outputs (e.g. a host's setup script) join its record."""
+        from pulumi.runtime import rpc
+
+        outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
+        for record in self.registered:
+            if record.urn == request.urn:
+                record.outputs.update(outputs)
+        return super().RegisterResourceOutputs(request)

@@ -7,5 +7,5 @@ Public API:
   prometheus: NodeTarget, PrometheusPlan, node_targets, build_prometheus_plan, render_prometheus, prometheus_args
   rules:      alerts, render_rules, rule_queries
   grafana:    build_dashboard, render_dashboard, render_datasource, render_dashboard_provider, dashboard_queries
-  bundle:     render_bundle, write_bundle
+  bundle:     program_files (the files of the program run under mocks), write_bundle
 """

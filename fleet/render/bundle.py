@@ -1,114 +1,96 @@
-"""Every rendered file of a stack in one mapping (relative path -> content), for `fleet render` and review.
+"""Every file the program puts on its hosts, for `fleet render` and review: taken from the resources the real
+program registers when it runs under Pulumi's mocks (the offline preview), so the bundle is what a deployment
+writes, for every topology (two gateways with high availability, every node group, every host's setup script).
 
-Node and gateway addresses exist only after deployment; here they are documentation addresses
-(192.0.2.0/24, RFC 5737) unless given. Secrets are never part of a bundle: the API-key include, TLS keys and
-the cloud-init user data (it carries the host's SSH key) are rendered only at deployment.
+Addresses, ids and volume ids are the preview's stand-ins for values known only after deployment. Secrets are
+never part of a bundle: uploads Pulumi holds as secret, the gateway's API-key include, certificate and key, and
+the hosts' user data (it carries their SSH host keys; the setup script inside it is included on its own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from fleet import catalog, ports
 from fleet.config import FleetSettings
-from fleet.render import alertmanager, grafana, nginx, prometheus, rules
+from fleet.render.nginx import GatewayPaths
+from fleet.resources import RegisteredResource
 
-NGINX_CONF = "nginx/nginx.conf"
-NGINX_ROUTER = "nginx/router.js"  # the njs router nginx.conf imports
-PROMETHEUS_CONF = "prometheus/prometheus.yml"
-RULES_FILE = "prometheus/rules/fleet.rules.yml"
-ALERTMANAGER_CONF = "alertmanager/alertmanager.yml"
-GRAFANA_DATASOURCE = "grafana/provisioning/datasources/ollama-fleet.yaml"
-GRAFANA_PROVIDER = "grafana/provisioning/dashboards/ollama-fleet.yaml"
-GRAFANA_DASHBOARD = f"grafana/dashboards/{grafana.DASHBOARD_FILE}"
+CONTAINER = "docker:index/container:Container"
+GPU_HOST = "ollama-fleet:index:GpuHost"
 README = "README.md"
 
-# Placeholder addresses of the gateway/monitoring host's own exporters.
-GATEWAY_NODE_EXPORTER = f"192.0.2.5:{ports.NODE_EXPORTER}"
-NGINX_EXPORTER = f"nginx-exporter:{ports.NGINX_EXPORTER}"
-GATEWAY_LOG_EXPORTER = f"gateway-log-exporter:{ports.GATEWAY_LOG_EXPORTER}"
-ALERTMANAGER = f"alertmanager:{ports.ALERTMANAGER}"
-
-# Placeholder of the retained model volume in the rendered host setup scripts.
-PLACEHOLDER_VOLUME_ID = "vol-00000000000000000"
-HOST_MODELS_PATH = "/opt/ollama/models"
-HOST_CONFIG_PATH = "/opt/ollama-fleet"
+_PATHS = GatewayPaths()
+# Files of the gateway that are secret whatever the upload says (Pulumi marks a whole upload list secret as
+# soon as one item is, so the plain items travel in a secret list).
+SECRET_FILES = frozenset({_PATHS.api_keys_include, _PATHS.certificate, _PATHS.certificate_key})
 
 
-def _cloud_init_files(settings: FleetSettings) -> dict[str, str]:
-    """Setup scripts of the AWS hosts (one per node group, and the gateway host), when that renderer exists."""
-    try:
-        from fleet.render import cloud_init
-    except ImportError:
-        return {}
-    if hasattr(cloud_init, "bundle_files"):
-        return dict(cloud_init.bundle_files(settings))
-    if settings.target != "aws" or settings.aws is None:
-        return {}
+def _is_secret(value: Any) -> bool:
+    from pulumi.runtime.rpc import is_rpc_secret
+
+    return bool(is_rpc_secret(value))
+
+
+def _plain(value: Any) -> Any:
+    """The value inside a secret wrapper (the caller decides what may be shown)."""
+    return value["value"] if _is_secret(value) else value
+
+
+def stand_ins(settings: FleetSettings) -> dict[str, str]:
+    """Reviewable content for uploads that are secret only for the secrets they hold: Alertmanager's config, with
+    placeholders where the receivers' secrets go."""
+    from components.monitoring import ALERTMANAGER_CONF
+    from fleet.render import alertmanager
+
+    return {ALERTMANAGER_CONF: alertmanager.render_alertmanager(settings, alertmanager.placeholder_secrets(settings))}
+
+
+def program_files(resources: Iterable[RegisteredResource], reviewable: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Relative path -> content of every file the program uploads into a container
+    (`<container>/<path in the container>`) and every host's first-boot script (`cloud-init/<host>-setup.sh`).
+    A secret upload is left out, or shown as its `reviewable` stand-in (by path; see `stand_ins`)."""
     files: dict[str, str] = {}
-    hosts = [
-        (f"{g.name}-0", "ollama", catalog.find_instance(g.instance_type).gpus) for g in settings.node_groups
-    ] + [("gateway-0", "gateway", 0)]
-    for host_name, role, gpus in hosts:
-        files[f"cloud-init/{host_name}-setup.sh"] = cloud_init.render_setup_script(
-            host_name=host_name,
-            role=role,
-            ssh_user=settings.aws.ssh_user,
-            gpus=gpus,
-            model_volume=cloud_init.ModelVolume(PLACEHOLDER_VOLUME_ID) if role == "ollama" else None,
-            models_path=HOST_MODELS_PATH,
-            config_path=HOST_CONFIG_PATH,
-        )
+    reviewable = reviewable or {}
+    for resource in resources:
+        if resource.type == CONTAINER:
+            for upload in _plain(resource.inputs.get("uploads")) or []:
+                if _is_secret(upload) or not isinstance(upload, dict):
+                    continue
+                path, content = upload.get("file"), upload.get("content")
+                if path in SECRET_FILES:
+                    continue
+                if _is_secret(content):
+                    content = reviewable.get(str(path))
+                if not isinstance(content, str):
+                    continue
+                files[f"{resource.name}/{str(path).lstrip('/')}"] = content
+        elif resource.type == GPU_HOST:
+            script = resource.outputs.get("setupScript")
+            if isinstance(script, str) and not _is_secret(script):
+                files[f"cloud-init/{resource.name}-setup.sh"] = script
+    if files:
+        files[README] = _readme(sorted(files))
     return files
 
 
-def _readme(stack: str, files: Sequence[str]) -> str:
+def _readme(paths: Iterable[str]) -> str:
     lines = [
-        f"# Rendered configuration of stack `{stack}`",
+        "# Rendered configuration",
         "",
-        "Written by `fleet render`; the deployment renders the same files with the real addresses.",
-        "Addresses in 192.0.2.0/24 (RFC 5737) and the model volume id "
-        f"`{PLACEHOLDER_VOLUME_ID}` stand for values known only after deployment.",
-        "Not included, because they are secret: the API-key include of nginx, TLS keys, cloud-init user data; "
+        "Written by `fleet render` from the resources the program registers under Pulumi's mocks (the offline",
+        "preview): the files a deployment uploads into each container (`<container>/<path>`) and each host's",
+        "first-boot script. Addresses, ids and volume ids are the preview's stand-ins for values known only",
+        "after deployment.",
+        "Not included, because they are secret: the API-key include of nginx, TLS keys, the hosts' user data;",
         "the alert receivers' secrets are placeholders (`secret.invalid` URLs, `<secret …>` strings).",
         "",
         "Files:",
         "",
     ]
-    lines += [f"- `{path}`" for path in files]
+    lines += [f"- `{path}`" for path in paths]
     return "\n".join(lines) + "\n"
-
-
-def render_bundle(
-    settings: FleetSettings,
-    stack: str,
-    *,
-    upstreams: Mapping[str, Sequence[str]] | None = None,
-    nodes: Sequence[prometheus.NodeTarget] | None = None,
-) -> dict[str, str]:
-    """All rendered files of a stack: relative path -> content (no secrets)."""
-    plan = nginx.build_gateway_plan(settings, upstreams or nginx.placeholder_upstreams(settings))
-    files = {NGINX_CONF: nginx.render_nginx(plan), NGINX_ROUTER: nginx.router_script()}
-    if settings.monitoring.enabled:
-        prom_plan = prometheus.build_prometheus_plan(
-            settings,
-            nodes=nodes if nodes is not None else prometheus.placeholder_node_targets(settings),
-            nginx_exporters=[NGINX_EXPORTER],
-            gateway_log_exporters=[GATEWAY_LOG_EXPORTER],
-            gateway_node_exporters={"gateway-0": GATEWAY_NODE_EXPORTER},
-            stack=stack,
-            alertmanagers=[ALERTMANAGER],
-        )
-        files[PROMETHEUS_CONF] = prometheus.render_prometheus(prom_plan)
-        files[RULES_FILE] = rules.render_rules(settings)
-        files[ALERTMANAGER_CONF] = alertmanager.render_alertmanager(settings, alertmanager.placeholder_secrets(settings))
-        files[GRAFANA_DATASOURCE] = grafana.render_datasource(scrape_interval=settings.monitoring.scrape_interval)
-        files[GRAFANA_PROVIDER] = grafana.render_dashboard_provider()
-        files[GRAFANA_DASHBOARD] = grafana.render_dashboard(settings)
-    files.update(_cloud_init_files(settings))
-    files[README] = _readme(stack, sorted(files))
-    return files
 
 
 def write_bundle(files: Mapping[str, str], out: Path) -> list[Path]:

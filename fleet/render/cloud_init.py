@@ -18,8 +18,6 @@ from typing import Literal
 import jinja2
 import yaml
 
-from fleet import catalog
-from fleet.config import FleetSettings
 from fleet.render.jinja import environment
 
 # NVIDIA container toolkit installed where the image has none (the Deep Learning AMI ships it).
@@ -33,8 +31,6 @@ ATTACH_WAIT_S = 1800
 # Host paths (the defaults of components.host.Host): the mounted model volume and the rendered configs.
 MODELS_PATH = "/var/lib/ollama-fleet/models"
 CONFIG_PATH = "/etc/ollama-fleet"
-# Stands for the model volume's id in files rendered before deployment (`fleet render`).
-PLACEHOLDER_VOLUME_ID = "vol-00000000000000000"
 # SSH through SSM: no inbound port; the deployer needs the AWS CLI and its session-manager-plugin.
 SSM_PROXY_COMMAND = "aws ssm start-session --target {target} --document-name AWS-StartSSHSession --parameters portNumber=%p --region {region}"
 
@@ -278,32 +274,3 @@ def render_readiness_script(
     return _env().get_template("cloud-init/wait-ready.sh.j2").render(
         host_name=host_name, ssh_argv=ssh_argv, steps=steps, timeout_s=int(timeout_s), interval_s=interval_s
     )
-
-
-def bundle_files(settings: FleetSettings) -> dict[str, str]:
-    """The host setup scripts of an AWS stack for review (`fleet render`): the first host of each node group and
-    the first gateway host (the others differ only in name and volume id). The user data itself is not included: it carries the host's private SSH key."""
-    if settings.target != "aws" or settings.aws is None:
-        return {}
-    files = {}
-    for group in settings.node_groups:
-        instance = catalog.find_instance(group.instance_type)
-        files[f"cloud-init/{group.name}-0-setup.sh"] = render_setup_script(
-            host_name=f"{group.name}-0",
-            role="node",
-            ssh_user=settings.aws.ssh_user,
-            gpus=instance.gpus if instance else 0,
-            model_volume=ModelVolume(PLACEHOLDER_VOLUME_ID),
-            models_path=MODELS_PATH,
-            config_path=CONFIG_PATH,
-        )
-    files["cloud-init/gateway-0-setup.sh"] = render_setup_script(
-        host_name="gateway-0",
-        role="gateway",
-        ssh_user=settings.aws.ssh_user,
-        gpus=0,
-        model_volume=None,
-        models_path=MODELS_PATH,
-        config_path=CONFIG_PATH,
-    )
-    return files

@@ -137,21 +137,6 @@ def test_scripts_pass_shellcheck(variant, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_review_bundle_has_a_setup_script_per_group_and_for_the_gateway(tmp_path):
-    from fleet.stack_file import load_stack
-
-    assert cloud_init.bundle_files(load_stack("dev").settings) == {}
-    files = cloud_init.bundle_files(load_stack("prod").settings)
-    assert set(files) == {"cloud-init/chat-0-setup.sh", "cloud-init/gateway-0-setup.sh"}
-    assert "nvidia-ctk" in files["cloud-init/chat-0-setup.sh"] and "mount_model_volume" in files["cloud-init/chat-0-setup.sh"]
-    assert "nvidia-ctk" not in files["cloud-init/gateway-0-setup.sh"]
-    for name, content in files.items():
-        path = tmp_path / name.replace("/", "_")
-        path.write_text(content)
-        assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, name
-        assert "PRIVATE KEY" not in content
-
-
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="not an EBS volume id"):
         cloud_init.render_setup_script(

@@ -89,6 +89,7 @@ def build_gateway(
             built.outputs["url"] = await gateway.url.future()
             built.outputs["status_target"] = await gateway.status_target.future()
             built.outputs["log_target"] = await gateway.log_target.future()
+            built.outputs["node_target"] = await gateway.node_target.future() if gateway.node_target else None
 
         return pulumi.Output.from_input(asyncio.ensure_future(collect()))
 
@@ -388,3 +389,14 @@ def test_the_uploaded_files_load_in_real_nginx(tmp_path):
     proc = subprocess.run([NGINX, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_an_aws_gateway_host_has_its_own_node_exporter_and_a_local_one_does_not(dev, prod):
+    exporter = prod.monitor.container("node-exporter")
+    assert exporter.inputs["networkMode"] == "host"
+    assert f"--web.listen-address={PRIVATE_ADDRESS}:{ports.NODE_EXPORTER}" in exporter.inputs["command"]
+    assert exporter.label_map["ollama-fleet.node"] == "gateway-0"
+    assert prod.outputs["node_target"] == f"{PRIVATE_ADDRESS}:{ports.NODE_EXPORTER}"
+    # On the local Docker host the nodes' exporters already report the one host.
+    assert dev.outputs["node_target"] is None
+    assert not [c for c in dev.monitor.containers() if c.name.endswith("node-exporter")]
