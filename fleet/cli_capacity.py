@@ -207,7 +207,8 @@ def fit(
     headroom: float = typer.Option(capacity.DEFAULT_HEADROOM, "--headroom", help="Share of VRAM kept free beyond the estimate."),
     json_out: bool = typer.Option(False, "--json", help="Print every term in bytes and the verdict as JSON."),
     ollama_version: str | None = typer.Option(
-        None, "--ollama-version", help="Ollama release whose memory rules apply (default: the release of the default image)."
+        None, "--ollama-version", show_default=False,
+        help="Ollama release whose memory rules apply. [default: the release of the default image]",
     ),
 ) -> None:
     """Does one model fit one instance type at this quantization, context and concurrency?"""

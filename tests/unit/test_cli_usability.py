@@ -70,7 +70,7 @@ def test_help_wraps_at_narrow_widths_and_has_no_placeholder_types(path, command)
     assert done.returncode == 0, done.stderr
     assert "…" not in done.stdout  # nothing cut
     assert "<bool>" not in done.stdout
-    assert "[default:" in done.stdout or all(_switch(p) for p in _options(command))
+    assert "[default:" in done.stdout or all(_switch(p) or p.required for p in _options(command))
 
 
 def _level(level: int) -> lt.LevelSummary:
