@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fleet.stack_file import StackConfigError, load_stack
+from fleet.console import print_table
 from fleet.text import counted
 
 app = typer.Typer(
@@ -94,7 +95,7 @@ def preview(
         raise typer.Exit(1) from None
     if tree:
         console.print(preview_mod.resource_tree(result))
-    console.print(preview_mod.counts_table(result))
+    print_table(console, preview_mod.counts_table(result))
     if json_out:
         json_out.write_text(json.dumps(preview_mod.to_json(result), indent=2))
         console.print(f"resources written to {json_out}")

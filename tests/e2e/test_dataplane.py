@@ -481,3 +481,21 @@ def test_down_never_signals_a_pid_that_names_another_process():
         if sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait(timeout=5)
+
+
+def test_a_port_in_use_is_named_with_the_flag_that_changes_it(tmp_path):
+    import socket
+
+    with socket.socket() as held:
+        held.bind((LOOPBACK, 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "fleet.cli", "local", "up", "--state-dir", str(tmp_path), "--https-port", str(port),
+             "--http-port", "0", "--prometheus-port", "0"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"port {port} on 127.0.0.1 (https) is in use: choose another with --https-port N" in done.stderr
+    assert "local down" in done.stderr  # in case an earlier sandbox holds it
+    assert "logs in" not in done.stderr  # nothing ran, so no log folder is pointed at
+    assert not (tmp_path / "state.json").exists()
