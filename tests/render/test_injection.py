@@ -23,8 +23,7 @@ from render_tools import NGINX, PROMTOOL, loopback_plan, make_prefix, nginx_test
 
 from fleet import node_runtime
 from fleet.config import FleetSettings
-from fleet.render import cloud_init, nginx, prometheus, rules
-from fleet.render.bundle import ALERTMANAGER_CONF, render_bundle
+from fleet.render import alertmanager, cloud_init, grafana, nginx, prometheus, rules
 from fleet.stack_file import StackConfigError, load_stack, parse_settings
 
 SHELLCHECK = shutil.which("shellcheck")
@@ -230,13 +229,18 @@ def check_renders_safely(settings: FleetSettings, tmp_path: Path, marker: Path) 
         assert result.returncode == 0, f"{where}: nginx -t: {result.stderr}"
 
     # Prometheus config and rules, Grafana provisioning: YAML that parses, and promtool
-    files = render_bundle(settings, "injection")
-    for name, content in files.items():
-        if name.endswith((".yml", ".yaml")):
-            yaml.safe_load(content)
-    if ALERTMANAGER_CONF in files and AMTOOL:
+    files = {}
+    if settings.monitoring.enabled:
+        files = {
+            "alertmanager.yml": alertmanager.render_alertmanager(settings, alertmanager.placeholder_secrets(settings)),
+            "datasource.yaml": grafana.render_datasource(scrape_interval=settings.monitoring.scrape_interval),
+            "provider.yaml": grafana.render_dashboard_provider(),
+        }
+    for content in files.values():
+        yaml.safe_load(content)
+    if "alertmanager.yml" in files and AMTOOL:
         am = tmp_path / "alertmanager.yml"
-        am.write_text(files[ALERTMANAGER_CONF])
+        am.write_text(files["alertmanager.yml"])
         result = subprocess.run([AMTOOL, "check-config", str(am)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{where}: amtool check-config: {result.stdout}{result.stderr}"
     if settings.monitoring.enabled and PROMTOOL:
