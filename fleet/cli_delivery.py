@@ -93,8 +93,9 @@ def promote(
     yes: bool = typer.Option(False, "--yes", "-y", help="Write without asking (CI)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the diff and the verdict; write nothing."),
     record: Path | None = typer.Option(
-        None, "--record",
-        help="FROM's deployment record (artifact deployment-record-FROM of the deploy run) instead of asking Pulumi.",
+        None, "--record", show_default=False,
+        help="FROM's deployment record (artifact deployment-record-FROM of the deploy run) instead of asking Pulumi. "
+        "[default: none, Pulumi is asked]",
     ),
 ) -> None:
     """Carry what FROM really ran — tested there — to TO's stack file: images, model digests, the AMI, and the
