@@ -11,7 +11,9 @@ ratios to one node serving alone with every core. Bounded: short answers, a fixe
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,6 +53,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48)
     args = parser.parse_args()
+    # A terminated run stops its Ollama servers (they run in their own sessions) through the `finally` below.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     binary, gguf, cpus = ensure_ollama(), smollm2_gguf(), usable_cpus()
     sized = plan_threads([2], [None], cpus)[1][0]
     print(machine_line(), f"(usable: {cpus})")
