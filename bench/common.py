@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/x.py` from the repository root
     sys.path.insert(0, str(REPO))
 
-from fleet.config import FleetSettings  # noqa: E402
+from fleet.config import FleetSettings, Measured  # noqa: E402
 from fleet.fake_backend import raise_nofile  # noqa: E402,F401  (re-exported for the benchmarks)
 from fleet.local.processes import ManagedProcess, clean_env, free_port  # noqa: E402
 from fleet.stack_file import load_stack  # noqa: E402
@@ -119,7 +119,9 @@ def fake_backends(count: int, workdir: Path, *args: str) -> Iterator[list[Backen
 def bench_settings(
     *,
     num_parallel: int = 4,
-    queue_per_node: int = 4,
+    queue_per_node: int | None = 4,
+    ttft_target_s: float | None = None,
+    measured: Measured | None = None,
     count: int = 1,
     per_key_per_minute: int = 1_000_000,
     per_key_burst: int = 100_000,
@@ -131,11 +133,13 @@ def bench_settings(
     settings = load_stack("dev", REPO).settings
     group = settings.node_groups[0]
     group = group.model_copy(
-        update={"count": count, "ollama": group.ollama.model_copy(update={"num_parallel": num_parallel})}
+        update={"count": count, "measured": measured,
+                "ollama": group.ollama.model_copy(update={"num_parallel": num_parallel})}
     )
     gateway = settings.gateway.model_copy(
         update={
             "queue_per_node": queue_per_node,
+            "ttft_target_seconds": ttft_target_s,
             "read_timeout_s": read_timeout_s,
             "rate_limits": settings.gateway.rate_limits.model_copy(
                 update={

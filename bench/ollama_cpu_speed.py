@@ -17,6 +17,7 @@ Run: .venv/bin/python bench/ollama_cpu_speed.py --baseline ~/.cache/ollama-fleet
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def generate(server: OllamaServer, tokens: int, threads: int | None) -> tuple[fl
     return decode, prompt
 
 
+def _exit_on_signal(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
 
@@ -57,6 +62,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="num_predict per request")
     parser.add_argument("--threads", type=int, default=None, help="num_thread (default: Ollama's choice)")
     args = parser.parse_args()
+    # A `timeout` or Ctrl-C still stops the servers (the finally below).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     print(machine_line())
     current = args.current or ensure_ollama()
     print(f"baseline: {args.baseline}\ncurrent:  {current} (CGO_CFLAGS {build_profile().cflags!r})")

@@ -24,6 +24,7 @@ host (`local-cpu`) the same terms are reported against system memory, with no VR
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -43,7 +44,7 @@ from fleet.capacity_terms import (  # noqa: F401 - re-exported: the capacity voc
     weight_bytes,
 )
 from fleet.catalog import GIB, MIB, GpuInstance, ModelArch
-from fleet.config import Images, ModelSpec, NodeGroup, OllamaSettings
+from fleet.config import DEFAULT_QUEUE_PER_NODE, Gateway, Images, ModelSpec, NodeGroup, OllamaSettings
 from fleet.ollama_rules import OllamaRules, OllamaVersionError, ollama_version_of, rules_for
 
 DEFAULT_HEADROOM = 0.10
@@ -888,8 +889,37 @@ def suggestions(
 def max_conns_per_node(group: NodeGroup, queue_per_node: int) -> int:
     """Connections the gateway lets through to one node: a slot per parallel request of each resident
     model plus the allowed queue. The one place this number is computed (gateway `max_conns`, policy)."""
-    resident = max(1, len(group.resident_models))
-    return group.ollama.num_parallel * resident + queue_per_node
+    return slots_per_node(group) + queue_per_node
+
+
+def slots_per_node(group: NodeGroup) -> int:
+    """Requests one node serves at once: a slot per parallel request of each resident model."""
+    return group.ollama.num_parallel * max(1, len(group.resident_models))
+
+
+def queue_for_ttft_target(group: NodeGroup, target_s: float) -> int:
+    """Requests a node may hold waiting so that the last of them still has its first token within `target_s`.
+
+    With every slot busy, a slot frees every serviceTime ÷ slots seconds on average, so the k-th waiting
+    request starts after about k × serviceTime ÷ slots and has its first token firstToken later. Capped at
+    OLLAMA_MAX_QUEUE (beyond it Ollama refuses)."""
+    if group.measured is None:
+        raise CapacityError(f"node group {group.name!r} has no measured service time (nodeGroups[].measured)")
+    budget = target_s - group.measured.first_token_seconds
+    if budget <= 0:
+        return 0
+    queue = math.floor(budget * slots_per_node(group) / group.measured.service_time_seconds + 1e-9)
+    return min(queue, group.ollama.max_queue)
+
+
+def queue_per_node(group: NodeGroup, gateway: Gateway) -> int:
+    """The queue the gateway allows a node of `group`: gateway.queuePerNode when the stack sets it, else the
+    one derived from gateway.ttftTargetSeconds, else the default."""
+    if gateway.queue_per_node is not None:
+        return gateway.queue_per_node
+    if gateway.ttft_target_seconds is not None:
+        return queue_for_ttft_target(group, gateway.ttft_target_seconds)
+    return DEFAULT_QUEUE_PER_NODE
 
 
 def _gib(value: int) -> str:

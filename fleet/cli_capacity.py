@@ -128,11 +128,12 @@ def print_plan(console: Console, stack_config: StackConfig) -> bool:
         estimate = capacity.estimate_node(group, headroom, stack_config.path.parent, version)
         title = f"{stack_config.stack}: node group {group.name}, {group.count} × {group.instance_type}"
         print_estimate(console, estimate, title, group_limits(group, headroom, stack_config.path.parent))
-        conns = capacity.max_conns_per_node(group, settings.gateway.queue_per_node)
+        queue = capacity.queue_per_node(group, settings.gateway)
+        conns = capacity.max_conns_per_node(group, queue)
         console.print(
             f"  gateway max_conns per node: {conns} "
             f"(numParallel {group.ollama.num_parallel} × {max(1, len(group.resident_models))} resident + "
-            f"queue {settings.gateway.queue_per_node})"
+            f"queue {queue})"
         )
         ok = ok and estimate.fits
     return ok
@@ -179,7 +180,7 @@ def plan(
                 "groups": [
                     {
                         **e.to_dict(),
-                        "maxConnsPerNode": capacity.max_conns_per_node(g, config.settings.gateway.queue_per_node),
+                        "maxConnsPerNode": capacity.max_conns_per_node(g, capacity.queue_per_node(g, config.settings.gateway)),
                         "limits": _limits_dict(group_limits(g, headroom, config.path.parent)),
                     }
                     for e, g in zip(estimates, config.settings.node_groups)

@@ -383,7 +383,9 @@ def tune(
     if contention:
         err.print(f"[bold yellow]note:[/bold yellow] {contention}", highlight=False, soft_wrap=True)
     try:
-        rec = tn.recommend(param, knee.point.value if knee.point else None, settings, index, refused, contention)  # type: ignore[arg-type]
+        measured = tn.measure_service(points, node_group) if param == "concurrency" else None
+        rec = tn.recommend(param, knee.point.value if knee.point else None, settings, index, refused,  # type: ignore[arg-type]
+                           contention, measured=measured)
     except tn.TuneError as exc:
         err.print(f"[bold red]refused:[/bold red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_REFUSED)

@@ -156,6 +156,17 @@ class OllamaSettings(Model):
         return self
 
 
+class Measured(Model):
+    """How fast this group's nodes serve, as `fleet tune --param concurrency` measured it (for gateway.ttftTargetSeconds)."""
+
+    service_time_seconds: float = Field(
+        gt=0, le=3_600, description="Seconds one request holds a parallel slot on average (busy slots ÷ requests served per second)."
+    )
+    first_token_seconds: float = Field(
+        ge=0, le=3_600, description="Time to first token of a request that finds a free slot (p50 at the lowest load)."
+    )
+
+
 class NodeGroup(Model):
     """A set of identical Ollama hosts serving the same models."""
 
@@ -168,6 +179,9 @@ class NodeGroup(Model):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings, description="Ollama server knobs.")
     model_volume_gb: int = Field(200, ge=20, le=16_384, description="Size of the retained EBS volume holding the models.")
     root_volume_gb: int = Field(100, ge=30, le=2_048, description="Size of the encrypted root volume.")
+    measured: Measured | None = Field(
+        None, description="Service speed measured by `fleet tune --param concurrency`; needed by gateway.ttftTargetSeconds."
+    )
 
     @field_validator("instance_type")
     @classmethod
@@ -291,6 +305,10 @@ class Tls(Model):
     )
 
 
+# Requests a node may queue when the stack sets neither gateway.queuePerNode nor gateway.ttftTargetSeconds.
+DEFAULT_QUEUE_PER_NODE = 4
+
+
 class Gateway(Model):
     """The nginx gateway in front of the nodes."""
 
@@ -323,11 +341,21 @@ class Gateway(Model):
     connect_timeout_s: int = Field(5, ge=1, le=300, description="Upstream connect timeout, seconds.")
     read_timeout_s: int = Field(600, ge=5, le=86_400, description="Upstream read timeout (time between streamed chunks), seconds.")
     send_timeout_s: int = Field(600, ge=5, le=86_400, description="Upstream send timeout, seconds.")
-    queue_per_node: int = Field(
-        4,
+    queue_per_node: int | None = Field(
+        None,
         ge=0,
         le=10_000,
-        description="Requests a node may hold waiting beyond its parallel slots; the gateway sheds (503) beyond it.",
+        description="Requests a node may hold waiting beyond its parallel slots; the gateway sheds (503) beyond it. "
+        f"When set, it overrides the queue derived from gateway.ttftTargetSeconds; unset and without a target: "
+        f"{DEFAULT_QUEUE_PER_NODE}.",
+    )
+    ttft_target_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=600,
+        description="Time-to-first-token target: each node queues only the requests that can start within it, derived "
+        "from the group's slots and nodeGroups[].measured (queue = (target − firstTokenSeconds) × slots ÷ "
+        "serviceTimeSeconds, rounded down); the gateway sheds the rest at once.",
     )
     retry_after_s: int = Field(5, ge=1, le=3_600, description="Retry-After seconds sent with 429 and 503.")
     high_availability: bool = Field(False, description="Two gateway hosts in two zones behind Route53 failover (AWS).")
@@ -660,7 +688,20 @@ class FleetSettings(Model):
                 raise SettingProblem(("nodeGroups", index, "name"), "node group names must be unique", name)
         self._check_gateway_names()
         self._check_monitoring_access()
+        self._check_ttft_target()
         return self
+
+    def _check_ttft_target(self) -> None:
+        if self.gateway.ttft_target_seconds is None or self.gateway.queue_per_node is not None:
+            return
+        for index, group in enumerate(self.node_groups):
+            if group.measured is None:
+                raise SettingProblem(
+                    ("gateway", "ttftTargetSeconds"),
+                    f"needs nodeGroups[{index}].measured (group {group.name!r}): measure it with `fleet tune --group "
+                    f"{group.name} --param concurrency` (it prints the values to set), or set gateway.queuePerNode instead",
+                    self.gateway.ttft_target_seconds,
+                )
 
     def _check_gateway_names(self) -> None:
         gateway = self.gateway

@@ -423,7 +423,7 @@ class GatewayContract:
     each node group, and the ranges the admin key works from."""
 
     tls_mode: str
-    queue_per_node: int
+    queue_per_node: int | dict[str, int]  # per group (one number: every group)
     max_conns: dict[str, int]
     admin_cidrs: tuple[str, ...]
 
@@ -432,7 +432,7 @@ class GatewayContract:
         gateway = settings.gateway
         return cls(
             tls_mode=gateway.tls.mode,
-            queue_per_node=gateway.queue_per_node,
+            queue_per_node={g.name: capacity.queue_per_node(g, gateway) for g in settings.node_groups},
             max_conns=upstream_max_conns(settings),
             admin_cidrs=tuple(gateway.admin_cidrs),
         )
@@ -441,14 +441,33 @@ class GatewayContract:
         return {
             LABELS.tls_mode: self.tls_mode,
             LABELS.upstream_max_conns: json_value(self.max_conns),
-            LABELS.queue_per_node: str(self.queue_per_node),
+            LABELS.queue_per_node: json_value(self.queue_per_node),
             LABELS.admin_cidrs: json_value(list(self.admin_cidrs)),
         }
+
+    def queue_for(self, group: str) -> int | None:
+        """The queue the gateway allows each node of `group` (None: the label names no queue for it)."""
+        return self.queue_per_node if isinstance(self.queue_per_node, int) else self.queue_per_node.get(group)
 
 
 def upstream_max_conns(settings: FleetSettings) -> dict[str, int]:
     """max_conns per node of each group, from the capacity model."""
-    return {g.name: capacity.max_conns_per_node(g, settings.gateway.queue_per_node) for g in settings.node_groups}
+    return {g.name: capacity.max_conns_per_node(g, capacity.queue_per_node(g, settings.gateway))
+            for g in settings.node_groups}
+
+
+def _queues(value: str) -> int | dict[str, int]:
+    """The queue label: {group: queued requests per node}, or one number for every group."""
+    key = LABELS.queue_per_node
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, int) and not isinstance(parsed, bool) and parsed >= 0:
+        return parsed
+    if isinstance(parsed, dict) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in parsed.values()):
+        return parsed
+    raise ContractError(f"label {key} must be a JSON object {{group: queued requests per node}} or one number")
 
 
 def decode_gateway(labels: Mapping[str, str]) -> GatewayContract:
@@ -456,7 +475,7 @@ def decode_gateway(labels: Mapping[str, str]) -> GatewayContract:
     mode = _required(labels, LABELS.tls_mode)
     if mode not in get_args(TlsMode):
         raise ContractError(f"label {LABELS.tls_mode}={mode!r}; allowed: {', '.join(get_args(TlsMode))}")
-    queue = _whole(_required(labels, LABELS.queue_per_node), f"label {LABELS.queue_per_node}")
+    queue = _queues(_required(labels, LABELS.queue_per_node))
     key = LABELS.upstream_max_conns
     try:
         conns = json.loads(_required(labels, key))

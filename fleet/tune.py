@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from fleet import capacity
-from fleet.config import FLEET_KEY, FleetSettings, NodeGroup
+from fleet.config import FLEET_KEY, FleetSettings, Measured, NodeGroup
 from fleet.loadtest import LevelSummary, LoadResult, LoadSpec, ProgressSink, run_load
 
 Param = Literal["concurrency", "num_parallel"]
@@ -241,6 +241,22 @@ def split_fitting(
     return fitting, refused
 
 
+def measure_service(points: Sequence[Point], group: NodeGroup) -> Measured | None:
+    """The group's service speed from a concurrency sweep against it (gateway.ttftTargetSeconds uses it).
+
+    First token: the p50 at the lowest load (a request that finds a free slot). Service time: how long a request
+    holds a slot, by Little's law at the level that keeps the most slots busy: busy slots (the level, at most the
+    group's slots) ÷ requests served per second."""
+    slots = capacity.slots_per_node(group) * group.count
+    served = [p for p in points if p.summary.ok > 0 and p.summary.throughput_rps > 0]
+    lowest = min(served, key=lambda p: p.value, default=None)
+    if lowest is None or lowest.summary.ttft_p50_s is None:
+        return None
+    busiest = max(served, key=lambda p: (min(p.value, slots), p.summary.throughput_rps))
+    service = min(busiest.value, slots) / busiest.summary.throughput_rps
+    return Measured(service_time_seconds=round(service, 3), first_token_seconds=round(lowest.summary.ttft_p50_s, 3))
+
+
 def recommend(
     param: Param,
     knee_value: int | None,
@@ -248,15 +264,34 @@ def recommend(
     group_index: int,
     refused: dict[int, str] | None = None,
     contention: str | None = None,
+    measured: Measured | None = None,
 ) -> Recommendation:
-    """The config change that puts the knee into the stack, checked against the capacity model.
+    """The config change that puts the knee (and, from a concurrency sweep, the measured service speed) into the
+    stack, checked against the capacity model.
 
-    `contention` (from `shared_cpu`) says the sweep shared the CPU with the nodes: then no change lowers the slots."""
+    `contention` (from `shared_cpu`) says the sweep shared the CPU with the nodes: then no change lowers the slots,
+    and its service speed is not recorded (it measured the shared CPU, not the nodes)."""
     group = settings.node_groups[group_index]
     headroom = settings.policy.vram_headroom
     version = capacity.version_of_image(settings.images.ollama)  # checked by stack_ollama_version first
     base = f"{FLEET_KEY}.nodeGroups[{group_index}]"
     rec = Recommendation(param=param, knee_value=knee_value, refused=dict(refused or {}))
+    if measured is not None and contention:
+        rec.notes.append(f"measured service speed not recorded: {contention}")
+        measured = None
+    if measured is not None:
+        now = group.measured
+        for key, value in (("serviceTimeSeconds", measured.service_time_seconds),
+                           ("firstTokenSeconds", measured.first_token_seconds)):
+            current = now.model_dump(by_alias=True)[key] if now else None
+            if current != value:
+                rec.changes.append(ConfigChange(f"{base}.measured.{key}", current, value))
+        if settings.gateway.ttft_target_seconds is not None and settings.gateway.queue_per_node is None:
+            target = settings.gateway.ttft_target_seconds
+            queue = capacity.queue_for_ttft_target(group.model_copy(update={"measured": measured}), target)
+            rec.notes.append(f"gateway.ttftTargetSeconds {target:g}: each node queues {queue} request(s) with these "
+                             "measurements; queuePerNode is left unset")
+            return rec
     if knee_value is None:
         return rec
     if param == "num_parallel":
@@ -274,7 +309,7 @@ def recommend(
     # concurrency: in-flight requests the whole group serves within the bounds
     per_node = math.ceil(knee_value / group.count)
     slots = capacity.max_conns_per_node(group, 0)
-    queue_now = settings.gateway.queue_per_node
+    queue_now = capacity.queue_per_node(group, settings.gateway)
     if per_node >= slots:
         queue = per_node - slots
         rec.notes.append(

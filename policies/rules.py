@@ -326,9 +326,13 @@ def validate_concurrency(args: StackValidationArgs, report: ReportViolation) -> 
         except ContractError as exc:
             report(_cannot_check("concurrency", gateway.urn, gateway.name, exc), gateway.urn)
             continue
-        queue, conns = declared.queue_per_node, declared.max_conns
+        conns = declared.max_conns
         for name, (node, resource) in sorted(groups.items()):
             group = node.group
+            queue = declared.queue_for(name)
+            if queue is None:
+                report(f"{where}: label {contract.LABELS.queue_per_node} has no queue for group {name}", gateway.urn)
+                continue
             expected = capacity.max_conns_per_node(group, queue)
             got = conns.get(name)
             if got != expected:

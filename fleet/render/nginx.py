@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet import ports
-from fleet.capacity import max_conns_per_node  # the one source of max_conns
+from fleet.capacity import max_conns_per_node, queue_per_node  # the one source of max_conns
 from fleet.config import FleetSettings
 
 # Routes, the admin client name and upstream names are shared with the access-log reader (fleet.gateway_log);
@@ -195,7 +195,6 @@ class GatewayPlan:
     max_fails: int
     fail_timeout_s: int
     retry_after_s: int
-    queue_per_node: int
     upstream_host: str  # Host header sent upstream (Ollama accepts `localhost` whatever it listens on)
     client_header_timeout_s: int = 10
     client_body_timeout_s: int = 30
@@ -321,7 +320,7 @@ def build_gateway_plan(
             raise GatewayPlanError(f"upstreams[{group.name!r}]: at least one node address is needed")
         if len(set(addresses)) != len(addresses):
             raise GatewayPlanError(f"upstreams[{group.name!r}]: addresses repeat: {addresses}")
-        max_conns = max_conns_per_node(group, gateway.queue_per_node)
+        max_conns = max_conns_per_node(group, queue_per_node(group, gateway))
         servers = tuple(
             UpstreamServer(address=_check_address(a, f"upstreams[{group.name!r}]"), max_conns=max_conns)
             for a in addresses
@@ -384,7 +383,6 @@ def build_gateway_plan(
         max_fails=max_fails,
         fail_timeout_s=fail_timeout_s,
         retry_after_s=gateway.retry_after_s,
-        queue_per_node=gateway.queue_per_node,
         upstream_host=upstream_host,
         client_header_timeout_s=gateway.client_header_timeout_s,
         client_body_timeout_s=gateway.client_body_timeout_s,

@@ -218,6 +218,21 @@ def test_concurrency_bounds_checks_the_gateway_max_conns(resources_of):
     assert found[0].urn == gateway.urn
 
 
+def test_concurrency_bounds_reads_the_queue_of_each_group(resources_of):
+    resources = resources_of("prod")
+    gateway = find(resources, CONTAINER, "gateway")[0]
+    # a ttft target gave group chat a queue of 2: max_conns 4 slots + 2
+    set_label(gateway, contract.LABELS.queue_per_node, json.dumps({"chat": 2}))
+    set_label(gateway, contract.LABELS.upstream_max_conns, json.dumps({"chat": 6}))
+    assert violations(resources, "prod", "concurrency-bounds") == []
+    set_label(gateway, contract.LABELS.upstream_max_conns, json.dumps({"chat": 12}))
+    (found,) = violations(resources, "prod", "concurrency-bounds")
+    assert "max_conns for group chat is 12, expected 6" in found.message
+    for bad in ('{"batch": 2}', '{"chat": -1}', "[2]", "many"):
+        set_label(gateway, contract.LABELS.queue_per_node, bad)
+        assert any("queue" in v.message for v in violations(resources, "prod", "concurrency-bounds")), bad
+
+
 def test_concurrency_bounds_follows_num_parallel(resources_of):
     # The nodes now run 6 slots; the gateway's 12 (for 4 slots) no longer matches 6 × 1 + 8 = 14.
     resources = resources_of("prod")

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from fleet import capacity, capacity_terms, catalog
 from fleet.capacity import GIB, MIB
-from fleet.config import ModelSpec, NodeGroup, OllamaSettings
+from fleet.config import DEFAULT_QUEUE_PER_NODE, Gateway, Measured, ModelSpec, NodeGroup, OllamaSettings
 from fleet.gguf_arch import GgufError, read_arch
 from fleet.stack_file import load_stack
 
@@ -357,6 +357,43 @@ def test_max_conns_per_node():
     assert capacity.max_conns_per_node(settings.node_groups[0], settings.gateway.queue_per_node) == 4 * 1 + 8
     two = group([llama8(), {"name": "qwen2.5", "tag": "7b", "num_ctx": 8192}, {"name": "qwen3", "tag": "8b", "num_ctx": 4096, "keep_loaded": False}], num_parallel=3)
     assert capacity.max_conns_per_node(two, 5) == 3 * 2 + 5
+
+
+def measured_group(num_parallel=4, service_s=2.0, first_token_s=0.5, models=None, **knobs) -> NodeGroup:
+    g = group(models or [llama8()], num_parallel=num_parallel, **knobs)
+    return g.model_copy(update={"measured": Measured(service_time_seconds=service_s, first_token_seconds=first_token_s)})
+
+
+@pytest.mark.parametrize("target,expected", [
+    (0.4, 0),  # below the first token time itself: nothing may wait
+    (0.5, 0),
+    (0.99, 0),  # the first waiting request starts after 2.0 / 4 = 0.5 s: 0.5 + 0.5 > 0.99
+    (1.0, 1),
+    (1.5, 2),
+    (10.5, 20),
+])
+def test_queue_for_a_ttft_target_holds_what_starts_within_it(target, expected):
+    assert capacity.queue_for_ttft_target(measured_group(), target) == expected
+
+
+def test_queue_for_a_ttft_target_scales_with_slots_and_speed():
+    assert capacity.queue_for_ttft_target(measured_group(num_parallel=8), 1.5) == 4
+    assert capacity.queue_for_ttft_target(measured_group(service_s=1.0), 1.5) == 4  # twice as fast, twice the queue
+    two = measured_group(models=[llama8(), {"name": "qwen2.5", "tag": "7b", "num_ctx": 8192}], num_parallel=2)
+    assert capacity.slots_per_node(two) == 4 and capacity.queue_for_ttft_target(two, 1.5) == 2
+    capped = measured_group(service_s=0.01, max_queue=16)
+    assert capacity.queue_for_ttft_target(capped, 60) == 16  # never beyond OLLAMA_MAX_QUEUE
+    with pytest.raises(capacity.CapacityError, match="no measured service time"):
+        capacity.queue_for_ttft_target(group([llama8()]), 1.0)
+
+
+def test_queue_per_node_explicit_beats_target_beats_default():
+    g = measured_group()
+    assert capacity.queue_per_node(g, Gateway()) == DEFAULT_QUEUE_PER_NODE
+    assert capacity.queue_per_node(g, Gateway(ttft_target_seconds=1.5)) == 2
+    assert capacity.queue_per_node(g, Gateway(ttft_target_seconds=1.5, queue_per_node=7)) == 7
+    assert capacity.queue_per_node(g, Gateway(queue_per_node=0)) == 0
+    assert capacity.max_conns_per_node(g, capacity.queue_per_node(g, Gateway(ttft_target_seconds=1.5))) == 4 + 2
 
 
 def test_estimate_serializes_every_term_in_bytes():

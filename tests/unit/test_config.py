@@ -66,6 +66,11 @@ def group(config: dict) -> dict:
     return fleet(config)["nodeGroups"][0]
 
 
+def _ttft_target_only(config: dict, target=2.0) -> None:
+    fleet(config)["gateway"].pop("queuePerNode", None)
+    fleet(config)["gateway"]["ttftTargetSeconds"] = target
+
+
 BAD_CASES = [
     # (id, mutation, expected key path fragment, expected words in the message)
     ("unknown top key", lambda c: fleet(c).update(nodeGroup=[]), f"{FLEET_KEY}.nodeGroup", "unknown key; allowed keys here: environment"),
@@ -107,7 +112,22 @@ BAD_CASES = [
     ("unknown namespace", lambda c: c.update({"olama-fleet:fleet": {}}), "olama-fleet:fleet", "unknown namespace"),
     ("fleet key missing", lambda c: c.pop(FLEET_KEY), FLEET_KEY, "required key is missing"),
     ("fleet not a mapping", lambda c: c.update({FLEET_KEY: [1, 2]}), FLEET_KEY, "must be a mapping"),
+    ("ttft target without a measurement", _ttft_target_only, "gateway.ttftTargetSeconds",
+     "needs nodeGroups[0].measured (group 'chat'): measure it with `fleet tune --group chat --param concurrency`"),
+    ("ttft target zero", lambda c: _ttft_target_only(c, 0), "gateway.ttftTargetSeconds", "greater than 0"),
+    ("service time zero", lambda c: group(c).update(measured={"serviceTimeSeconds": 0, "firstTokenSeconds": 0.1}),
+     "nodeGroups[0].measured.serviceTimeSeconds", "greater than 0"),
+    ("measurement incomplete", lambda c: group(c).update(measured={"serviceTimeSeconds": 2.0}),
+     "nodeGroups[0].measured.firstTokenSeconds", "required"),
+    ("negative queue", lambda c: fleet(c)["gateway"].update(queuePerNode=-1), "gateway.queuePerNode", "greater than or equal to 0"),
 ]
+
+
+def test_ttft_target_with_an_explicit_queue_needs_no_measurement(tmp_path):
+    document = _prod_raw()
+    fleet(document["config"])["gateway"]["ttftTargetSeconds"] = 2.0  # queuePerNode 8 stays: it overrides the target
+    settings = load_stack_file(_write(tmp_path, document, "explicit")).settings
+    assert settings.gateway.ttft_target_seconds == 2.0 and settings.gateway.queue_per_node == 8
 
 
 @pytest.mark.parametrize("case_id,mutate,key_fragment,words", BAD_CASES, ids=[c[0] for c in BAD_CASES])

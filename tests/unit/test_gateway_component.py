@@ -161,7 +161,7 @@ def test_labels_carry_tls_mode_and_the_capacity_model_max_conns(dev):
     assert labels[contract.LABELS.role] == "gateway"
     assert labels[contract.LABELS.tls_mode] == "self-signed"
     assert json.loads(labels[contract.LABELS.upstream_max_conns]) == {"cpu": expected}
-    assert labels[contract.LABELS.queue_per_node] == str(dev.settings.gateway.queue_per_node)
+    assert json.loads(labels[contract.LABELS.queue_per_node]) == {"cpu": dev.settings.gateway.queue_per_node}
     # The label and the config nginx runs agree.
     conf = dev.uploads()["/etc/nginx/nginx.conf"]["content"]
     assert f"max_conns={expected} " in conf
@@ -400,3 +400,24 @@ def test_an_aws_gateway_host_has_its_own_node_exporter_and_a_local_one_does_not(
     # On the local Docker host the nodes' exporters already report the one host.
     assert dev.outputs["node_target"] is None
     assert not [c for c in dev.monitor.containers() if c.name.endswith("node-exporter")]
+
+
+def test_a_ttft_target_gives_each_group_the_queue_its_speed_allows():
+    from fleet.config import Measured
+
+    settings = settings_of("dev")
+    fast = settings.node_groups[0].model_copy(update={"measured": Measured(service_time_seconds=1.0, first_token_seconds=0.2)})
+    slow = fast.model_copy(update={"name": "batch", "measured": Measured(service_time_seconds=4.0, first_token_seconds=0.2)})
+    gateway = settings.gateway.model_copy(update={"queue_per_node": None, "ttft_target_seconds": 2.2})
+    two = settings.model_copy(update={"node_groups": [fast, slow], "gateway": gateway})
+    slots = fast.ollama.num_parallel
+    built = build_gateway("dev", {"cpu": ["a-meter:11435"], "batch": ["b-meter:11435"]}, settings=two, transport="local")
+    labels = built.nginx.label_map
+    # (2.2 - 0.2) s × slots ÷ service time
+    queues = {"cpu": 2 * slots, "batch": slots // 2}
+    assert json.loads(labels[contract.LABELS.queue_per_node]) == queues
+    assert json.loads(labels[contract.LABELS.upstream_max_conns]) == {g: slots + q for g, q in queues.items()}
+    conf = built.uploads()["/etc/nginx/nginx.conf"]["content"]
+    for group, queue in queues.items():
+        block = conf.split(f"upstream fleet_{group} {{")[1].split("}")[0]
+        assert f"max_conns={slots + queue} " in block

@@ -315,3 +315,33 @@ def test_tune_from_local_results_says_the_cpu_was_shared_and_keeps_the_slots(tmp
     assert "p95 latency 59.0s > 30s" in result.output
     assert "shared this machine's 2 CPUs" in result.output
     assert "change in" not in result.output  # no config change from a contended sweep
+
+
+def _served(level: int, rps: float, ttft_p50: float) -> tn.Point:
+    return tn.Point(level, replace(summary(level, rps * 50, 2 * ttft_p50), throughput_rps=rps, ttft_p50_s=ttft_p50))
+
+
+def test_a_concurrency_sweep_measures_service_time_and_first_token():
+    group = load_stack("prod").settings.node_groups[0]  # 2 nodes × 4 slots = 8 slots in the group
+    sweep = [_served(1, 0.5, 0.30), _served(4, 2.0, 0.35), _served(8, 3.2, 0.5), _served(16, 3.3, 2.4)]
+    measured = tn.measure_service(sweep, group)
+    assert measured.first_token_seconds == 0.3  # the lowest load
+    assert measured.service_time_seconds == round(8 / 3.3, 3)  # 8 busy slots at 3.3 requests/s
+    assert tn.measure_service([_served(2, 1.0, 0.2)], group).service_time_seconds == 2.0  # below the slots
+    assert tn.measure_service([], group) is None
+
+
+def test_with_a_ttft_target_tune_writes_measurements_not_a_queue():
+    settings = load_stack("prod").settings
+    gateway = settings.gateway.model_copy(update={"queue_per_node": None, "ttft_target_seconds": 1.0})
+    group = settings.node_groups[0]
+    targeted = settings.model_copy(update={"gateway": gateway})
+    sweep = [_served(1, 0.5, 0.2), _served(8, 4.0, 0.4), _served(16, 4.0, 2.0)]
+    rec = tn.recommend("concurrency", 16, targeted, 0, measured=tn.measure_service(sweep, group))
+    assert {c.key_path.split(".")[-1]: c.value for c in rec.changes} == {"serviceTimeSeconds": 2.0, "firstTokenSeconds": 0.2}
+    assert all(".measured." in c.key_path for c in rec.changes)
+    # (1.0 - 0.2) s × 4 slots ÷ 2.0 s = 1.6: one request may wait per node
+    assert any("each node queues 1 request(s)" in note for note in rec.notes)
+    # without a target the knee still sets queuePerNode, next to the measurements
+    plain = tn.recommend("concurrency", 16, settings, 0, measured=tn.measure_service(sweep, group))
+    assert {c.key_path.split(".")[-1] for c in plain.changes} == {"serviceTimeSeconds", "firstTokenSeconds", "queuePerNode"}
