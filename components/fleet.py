@@ -87,6 +87,7 @@ class Fleet(pulumi.ComponentResource):
                     targets.setdefault(job, []).append(target)
 
         gateways = []
+        prometheus_url = self._prometheus_url(name, settings, site) if settings.monitoring.enabled else None
         for index, host in enumerate(site.gateway_hosts):
             gateway = Gateway(
                 f"{name}-gateway-{index}",
@@ -100,6 +101,7 @@ class Fleet(pulumi.ComponentResource):
                     private_key_pem=site.certificate[1] if site.certificate else None,
                     server_name=site.server_name,
                     host_label=f"gateway-{index}",
+                    prometheus_url=prometheus_url,
                 ),
                 child,
             )
@@ -151,6 +153,18 @@ class Fleet(pulumi.ComponentResource):
                 "prometheusUrl": self.prometheus_url,
             }
         )
+
+    @staticmethod
+    def _prometheus_url(name: str, settings: FleetSettings, site: _Site) -> pulumi.Output[str]:
+        """Prometheus as the gateways' containers reach it (it runs on the first gateway host): by container
+        name on a shared Docker network, else at that host's private address, where it is published."""
+        from components.containers import container_name
+        from fleet import ports
+
+        host = site.gateway_hosts[0]
+        if host.shared_network is not None:
+            return pulumi.Output.from_input(f"http://{container_name(f'{name}-monitoring', 'prometheus')}:{ports.PROMETHEUS}")
+        return pulumi.Output.from_input(host.private_address).apply(lambda address: f"http://{address}:{ports.PROMETHEUS}")
 
     def _certificate(
         self, name: str, args: FleetArgs, fqdn: str | None, zone_id: pulumi.Output[str] | None

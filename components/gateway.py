@@ -26,7 +26,7 @@ from components.containers import Placement, container_name, healthcheck, metric
 from components.host import Host
 from components.images import exporter_image, pinned_image
 from components.node_exporter import node_exporter
-from fleet import contract, gateway_log, ports
+from fleet import budget, contract, gateway_log, ports
 from fleet.config import PROJECT, FleetSettings
 from fleet.render import nginx
 
@@ -41,6 +41,11 @@ SCRIPT_MODE = "0755"
 # The access-log file is renamed above this size (the volume holds at most about twice it), checked every minute.
 LOG_ROTATE_BYTES = 64 << 20
 LOG_ROTATE_INTERVAL_S = 60
+# Shared by nginx and the token budget controller: the budget map files and nginx's pid file (the controller,
+# in nginx's PID namespace, reloads it with SIGHUP).
+STATE_DIR = "/var/lib/nginx-fleet"
+BUDGET_PATHS = nginx.GatewayPaths(pid=f"{STATE_DIR}/nginx.pid", budget_dir=f"{STATE_DIR}/budget")
+BUDGET_INTERVAL_S = 15
 
 
 @dataclass
@@ -54,6 +59,8 @@ class GatewayArgs:
     private_key_pem: pulumi.Output[str] | None = None  # secret
     server_name: str | None = None
     host_label: str = "gateway-0"  # the `node` label of this gateway host's node exporter
+    # Prometheus' base URL as seen from this host's containers; with it, clients' token budgets are enforced.
+    prometheus_url: pulumi.Input[str] | None = None
 
 
 # Docker's default address pools. A client on the Docker host itself reaches a port published on loopback
@@ -66,7 +73,12 @@ def _with_docker_loopback(cidrs: list[str]) -> list[str]:
     return [*cidrs, *[p for p in DOCKER_ADDRESS_POOLS if p not in cidrs]] if allows_loopback else cidrs
 
 
-def gateway_plan(settings: FleetSettings, upstreams: dict[str, list[str]], server_name: str | None) -> nginx.GatewayPlan:
+def gateway_plan(
+    settings: FleetSettings,
+    upstreams: dict[str, list[str]],
+    server_name: str | None,
+    paths: nginx.GatewayPaths | None = None,
+) -> nginx.GatewayPlan:
     """The plan of the deployed gateway: the stack's ports and TLS, stub_status reachable by the exporter
     container on the Docker network (private networks only), the given node addresses.
 
@@ -81,7 +93,7 @@ def gateway_plan(settings: FleetSettings, upstreams: dict[str, list[str]], serve
         updates["admin_cidrs"] = _with_docker_loopback(gateway.admin_cidrs)
     if updates:
         settings = settings.model_copy(update={"gateway": gateway.model_copy(update=updates)})
-    return nginx.build_gateway_plan(settings, upstreams, status_listen=f"0.0.0.0:{ports.NGINX_STATUS}")
+    return nginx.build_gateway_plan(settings, upstreams, status_listen=f"0.0.0.0:{ports.NGINX_STATUS}", paths=paths)
 
 
 class Gateway(pulumi.ComponentResource):
@@ -101,13 +113,17 @@ class Gateway(pulumi.ComponentResource):
                 "only mode `off` runs without them"
             )
         place = Placement(name, settings, host, self)
+        budgets = {c.name: c.tokens_per_day for c in gateway.clients if c.tokens_per_day}
+        enforce_budgets = bool(budgets) and args.prometheus_url is not None
+        paths = BUDGET_PATHS if enforce_budgets else nginx.GatewayPaths()
         # The plan depends on the node addresses (known after their containers exist), not on any secret.
-        plan = resolve_grouped(args.upstreams).apply(lambda upstreams: gateway_plan(settings, upstreams, args.server_name))
+        plan = resolve_grouped(args.upstreams).apply(
+            lambda upstreams: gateway_plan(settings, upstreams, args.server_name, paths)
+        )
         nginx_conf = plan.apply(nginx.render_nginx)
         api_keys_conf = pulumi.Output.secret(
             pulumi.Output.all(args.api_keys, args.admin_key).apply(lambda v: nginx.render_api_keys(v[0], v[1]))
         )
-        paths = nginx.GatewayPaths()
         uploads = [
             docker.ContainerUploadArgs(file=NGINX_CONF, content=nginx_conf, permissions=PLAIN_MODE),
             # the njs router nginx.conf imports (its routing table is in nginx.conf)
@@ -140,6 +156,17 @@ class Gateway(pulumi.ComponentResource):
             opts=place.resource_options(self),
         )
 
+        volumes = [docker.ContainerVolumeArgs(volume_name=self.log_volume.name, container_path=log_dir)]
+        self.state_volume = None
+        if enforce_budgets:
+            self.state_volume = docker.Volume(
+                f"{name}-state",
+                name=f"{name}-state",
+                labels=[docker.VolumeLabelArgs(label=f"{containers.LABEL_PREFIX}environment", value=settings.environment)],
+                opts=place.resource_options(self),
+            )
+            volumes.append(docker.ContainerVolumeArgs(volume_name=self.state_volume.name, container_path=STATE_DIR))
+
         image = pinned_image(f"{name}-nginx-image", settings.images.nginx, place, self)
         nginx_name = container_name(name, "gateway")
         client_ports = [gateway.https_port, gateway.http_port] if tls else [gateway.http_port]
@@ -148,7 +175,7 @@ class Gateway(pulumi.ComponentResource):
             name=nginx_name,
             image=image.image_id,
             uploads=uploads,
-            volumes=[docker.ContainerVolumeArgs(volume_name=self.log_volume.name, container_path=log_dir)],
+            volumes=volumes,
             networks_advanced=place.networks(nginx_name),
             ports=place.public_ports(*client_ports),
             **containers.RUNTIME,
@@ -181,6 +208,9 @@ class Gateway(pulumi.ComponentResource):
         )
 
         self.log_exporter = self._log_exporter(name, settings, place, paths.access_log_file, log_dir)
+        self.budget_controller = None
+        if enforce_budgets:
+            self.budget_controller = self._budget_controller(name, settings, place, budgets, args.prometheus_url)
 
         # The host's own CPU, memory and disks. A gateway on the local Docker host shares it with the nodes,
         # whose exporters already report it.
@@ -221,6 +251,34 @@ class Gateway(pulumi.ComponentResource):
             wait_timeout=120,
             labels=labels(settings, "gateway-log-exporter"),
             # After nginx: the log file then exists and is read from its end, as after any restart.
+            opts=place.resource_options(self, depends_on=[self.container]),
+        )
+
+    def _budget_controller(
+        self, name: str, settings: FleetSettings, place: Placement, budgets: dict[str, int], prometheus_url: pulumi.Input[str]
+    ) -> docker.Container:
+        """`python -m fleet.budget` from the meter image, in nginx's PID namespace, writing the budget map into
+        the state volume and reloading nginx when it changes (fleet/budget.py explains the mechanism)."""
+        controller_name = container_name(name, "budget")
+        image = exporter_image(f"{name}-budget-image", settings, place, self)
+        return docker.Container(
+            f"{name}-budget",
+            name=controller_name,
+            image=image.repo_digest,
+            entrypoints=["python", "-m", "fleet.budget"],
+            command=pulumi.Output.from_input(prometheus_url).apply(
+                lambda url: budget.controller_arguments(
+                    url, budgets, f"{BUDGET_PATHS.budget_dir}/clients.map", BUDGET_PATHS.pid, BUDGET_INTERVAL_S
+                )
+            ),
+            # Root owns the volume and nginx's master; every capability is dropped all the same.
+            user="0:0",
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            pid_mode=self.container.id.apply(lambda container_id: f"container:{container_id}"),
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.state_volume.name, container_path=STATE_DIR)],
+            networks_advanced=place.networks(controller_name),
+            **containers.RUNTIME,
+            labels=labels(settings, "budget-controller"),
             opts=place.resource_options(self, depends_on=[self.container]),
         )
 

@@ -40,6 +40,8 @@ EXPORTER_SOURCES = (
     "fleet/gateway_log.py",
     "fleet/gateway_routes.py",
     "fleet/log_follower.py",
+    "fleet/budget.py",
+    "fleet/usage.py",
 )
 
 

@@ -125,9 +125,9 @@ def docs(out: Path = typer.Option(Path("docs/configuration.md"), "--out", help="
 
 
 def _register_subcommands() -> None:
-    from fleet import cli_capacity, cli_catalog, cli_delivery, cli_load, cli_local, cli_render
+    from fleet import cli_capacity, cli_catalog, cli_delivery, cli_load, cli_local, cli_render, cli_usage
 
-    for module in (cli_capacity, cli_catalog, cli_render, cli_load, cli_delivery, cli_local):
+    for module in (cli_capacity, cli_catalog, cli_render, cli_load, cli_delivery, cli_local, cli_usage):
         module.register(app)
 
 

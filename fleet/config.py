@@ -290,6 +290,15 @@ class Client(Model):
 
     name: DnsLabel = Field(description="Name of the key holder (team or application); appears in logs and metrics, never the key.")
     per_minute: int | None = Field(None, ge=1, le=1_000_000, description="Override of the per-key rate for this client.")
+    tokens_per_day: int | None = Field(
+        None,
+        ge=1,
+        le=10**15,
+        description=(
+            "Token budget (prompt + completion, every node and model) per UTC day. Past it the gateway answers "
+            "this client's inference requests 429 until 00:00 UTC; unset means no budget."
+        ),
+    )
 
 
 class Tls(Model):

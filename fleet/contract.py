@@ -73,6 +73,7 @@ ROLES = (
     "gateway",
     "nginx-exporter",
     "gateway-log-exporter",
+    "budget-controller",
     "prometheus",
     "alertmanager",
     "grafana",

@@ -216,6 +216,7 @@ class MeterMetrics:
         count from the first request (a series born at its first value hides that value)."""
         self.inflight.labels(model, self.node)
         for client in sorted(self.clients.known):
+            self.requests.labels(model, self.node, "200", client)
             for kind in ("prompt", "completion"):
                 self.tokens.labels(model, self.node, kind, client)
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from fleet.budget import controller_arguments as budget_arguments
 from fleet.config import FLEET_KEY, FleetSettings, ModelSpec, NodeGroup
 from fleet.gateway_log import exporter_arguments as gateway_log_arguments
 from fleet.local import sizing
@@ -411,6 +412,7 @@ class DataPlane:
         self.nginx_exporter: ManagedProcess | None = None
         self.gateway_log: ManagedProcess | None = None
         self.alertmanager: ManagedProcess | None = None
+        self.budget_controller: ManagedProcess | None = None
         self.gateway_plan: nginx_render.GatewayPlan | None = None
         self.prometheus_plan: prometheus_render.PrometheusPlan | None = None
         self._started: list[ManagedProcess] = []
@@ -573,7 +575,7 @@ class DataPlane:
                 f"{paths.njs_module} is missing: apt-get install libnginx-mod-http-js (the gateway's model router; "
                 "scripts/bootstrap.sh --full installs it)"
             )
-        for folder in ("logs", "temp", "tls"):
+        for folder in ("logs", "temp", "tls", "budget"):
             (self.nginx_dir / folder).mkdir(parents=True, exist_ok=True)
         if self.tls:
             make_self_signed(Path(paths.certificate), Path(paths.certificate_key))
@@ -699,6 +701,31 @@ class DataPlane:
         self.log(f"starting Prometheus on {self.prometheus_url}")
         self.prometheus.start()
         self.prometheus.wait_for_http(f"{self.prometheus_url}/-/ready", timeout=START_TIMEOUT_S)
+        if self.budgets:
+            self._start_budget_controller()
+
+    @property
+    def budgets(self) -> dict[str, int]:
+        return {c.name: c.tokens_per_day for c in self.settings.gateway.clients if c.tokens_per_day}
+
+    @property
+    def budget_map_file(self) -> Path:
+        return Path(self.paths.budget_dir) / "clients.map"
+
+    def _start_budget_controller(self) -> None:
+        """The token budget controller beside nginx, reading this plane's Prometheus every second."""
+        self.budget_controller = self._track(
+            ManagedProcess(
+                "budget-controller",
+                [sys.executable, "-m", "fleet.budget"]
+                + budget_arguments(self.prometheus_url, self.budgets, str(self.budget_map_file), self.paths.pid, interval_s=1),
+                self.run_dir / "logs" / "budget-controller.log",
+                env=clean_env(),
+                cwd=self.run_dir,
+            )
+        )
+        self.log("starting the token budget controller")
+        self.budget_controller.start()
 
     def _start_alertmanager(self, tools: Mapping[str, str]) -> None:
         """Alertmanager with the stack's receivers and routes, checked by amtool first, clustering off."""

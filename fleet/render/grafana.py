@@ -20,7 +20,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
-from fleet import ports
+from fleet import ports, usage
 from fleet.config import FleetSettings
 from fleet.render.rules import rule_queries
 
@@ -96,6 +96,31 @@ def panels() -> list[PanelSpec]:
                 Query(f"sum(rate(ollama_http_requests_total[{r}]))", "nodes"),
             ),
             "The difference is what the gateway answered itself (rate limits, shedding, auth, health).",
+        ),
+        # --- clients (the gateway names the client to the meters; labels bounded by gateway.clients) -----
+        PanelSpec(
+            "Clients",
+            "Tokens per second by client",
+            "timeseries",
+            "short",
+            (Query(f"sum by (client) (rate(ollama_inference_tokens_total[{r}]))", "{{client}}"),),
+            "Prompt and completion tokens of each API key holder; `unknown` is traffic that bypassed the gateway.",
+        ),
+        PanelSpec(
+            "Clients",
+            "Inference requests by client",
+            "timeseries",
+            "reqps",
+            (Query(f"sum by (client, status) (rate(ollama_inference_requests_total[{r}]))", "{{client}} {{status}}"),),
+        ),
+        PanelSpec(
+            "Clients",
+            "Tokens per client and model, last 24 hours",
+            "table",
+            "short",
+            (Query(usage.tokens_query("24h", by="client, model"), "{{client}} {{model}}", instant=True),),
+            "What `fleet usage --since 24h` prints; budgets (gateway.clients[].tokensPerDay) count per UTC day.",
+            width=24,
         ),
         # --- latency -----------------------------------------------------------------------------------
         PanelSpec(

@@ -87,6 +87,9 @@ class GatewayPaths:
     # The njs module: Debian's libnginx-mod-http-js and the official image put it at the same path.
     njs_module: str = "/usr/lib/nginx/modules/ngx_http_js_module.so"
     router_script: str = "/etc/nginx/fleet/router.js"  # fleet/render/njs/fleet_router.js, uploaded
+    # Clients over their token budget: `*.map` files written by the budget controller (fleet.budget), read at
+    # every (re)load; a folder with none means nobody is over budget.
+    budget_dir: str = "/var/lib/nginx-fleet/budget"
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -107,6 +110,7 @@ class GatewayPaths:
             access_log_file=f"{prefix}/logs/access.log",  # already a file: written once
             temp_dir=f"{prefix}/temp",
             router_script=str(ROUTER_SCRIPT_SOURCE),  # read where the package is installed
+            budget_dir=f"{prefix}/budget",
         )
 
 
@@ -200,6 +204,7 @@ class GatewayPlan:
     client_body_timeout_s: int = 30
     max_connections_per_ip: int = 256
     clients: tuple[str, ...] = field(default=())
+    budgets: tuple[tuple[str, int], ...] = field(default=())  # (client, tokensPerDay) of clients with a budget
 
     @property
     def inference_uri_regex(self) -> str:
@@ -370,6 +375,7 @@ def build_gateway_plan(
         worker_processes=worker_processes,
         worker_connections=worker_connections,
         key_zones=_key_zones(settings),
+        budgets=tuple((c.name, c.tokens_per_day) for c in gateway.clients if c.tokens_per_day),
         ip_rate_per_minute=gateway.rate_limits.per_ip_per_minute,
         ip_burst=gateway.rate_limits.per_ip_burst,
         client_cidrs=client_cidrs,

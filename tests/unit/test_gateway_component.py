@@ -62,6 +62,7 @@ def build_gateway(
     settings: FleetSettings | None = None,
     tls: bool = True,
     server_name: str | None = "localhost",
+    prometheus_url: str | None = None,
     **host: object,
 ) -> Built:
     monitor = use_mocks(stack)
@@ -81,6 +82,7 @@ def build_gateway(
                 certificate_pem=pulumi.Output.secret(CERT) if tls else None,
                 private_key_pem=pulumi.Output.secret(KEY) if tls else None,
                 server_name=server_name,
+                prometheus_url=prometheus_url,
             ),
         )
 
@@ -421,3 +423,30 @@ def test_a_ttft_target_gives_each_group_the_queue_its_speed_allows():
     for group, queue in queues.items():
         block = conf.split(f"upstream fleet_{group} {{")[1].split("}")[0]
         assert f"max_conns={slots + queue} " in block
+
+
+def test_token_budgets_run_a_controller_that_shares_nginx_state_and_pid_namespace():
+    from components.gateway import BUDGET_PATHS, STATE_DIR
+    from fleet.local.dataplane import load_settings
+
+    settings = load_settings("dev", {"gateway.clients": [{"name": "dev", "tokensPerDay": 5000}, {"name": "ci"}]})
+    built = build_gateway("dev", DEV_UPSTREAMS, settings=settings, prometheus_url="http://prom:9090", transport="local")
+    controller = built.monitor.container("budget-controller")
+    assert controller.inputs["entrypoints"] == ["python", "-m", "fleet.budget"]
+    command = controller.inputs["command"]
+    assert command[command.index("--prometheus-url") + 1] == "http://prom:9090"
+    assert command[command.index("--budget") + 1] == "dev=5000" and command.count("--budget") == 1
+    assert command[command.index("--nginx-pid-file") + 1] == BUDGET_PATHS.pid
+    assert controller.inputs["pidMode"].startswith("container:")  # nginx's PID namespace: SIGHUP reaches it
+    assert controller.inputs["capabilities"] == {"drops": ["ALL"]}
+    conf = built.uploads()["/etc/nginx/nginx.conf"]["content"]
+    assert f"pid {BUDGET_PATHS.pid};" in conf and f"include {BUDGET_PATHS.budget_dir}/*.map;" in conf
+    state = built.monitor.named("ollama-gateway-0-state")
+    mounts = {m["containerPath"]: m["volumeName"] for m in built.nginx.inputs["volumes"]}
+    assert mounts[STATE_DIR] == state.inputs["name"]
+    assert controller.inputs["volumes"] == [{"volumeName": state.inputs["name"], "containerPath": STATE_DIR}]
+    assert built.nginx.urn in controller.depends_on
+
+
+def test_no_budget_no_controller(dev):
+    assert not [c for c in dev.monitor.containers() if c.label_map.get("ollama-fleet.role") == "budget-controller"]
