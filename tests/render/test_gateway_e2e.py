@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import signal
 import subprocess
 import threading
 import time
@@ -137,7 +138,7 @@ def gateway_settings(second_group: bool = False):
         base = base.model_copy(update={"node_groups": [first, second]})
     gateway = base.gateway.model_copy(
         update={
-            "clients": [Client(name="alpha", per_minute=30), Client(name="beta")],
+            "clients": [Client(name="alpha", per_minute=30), Client(name="beta", tokens_per_day=1000)],
             "rate_limits": base.gateway.rate_limits.model_copy(
                 update={"per_key_per_minute": 60000, "per_key_burst": 20, "per_ip_per_minute": 600000, "per_ip_burst": 1000}
             ),
@@ -564,3 +565,34 @@ def test_paths_that_escape_the_model_route_reach_no_node(routed, nodes, embed_no
         response = beta.request("GET", "/", extensions={"target": f"/v1/models/x/../{SECOND_MODEL}".encode()})
         assert response.status_code == 200 and embed_node.requests[-1]["path"] == f"/v1/models/{SECOND_MODEL}"
     assert [r["path"] for n in [*nodes, embed_node] for r in n.requests] == [f"/v1/models/{SECOND_MODEL}"]
+
+
+def test_a_client_in_the_budget_map_is_refused_after_a_reload_and_others_are_not(gateway):
+    """What fleet.budget writes, nginx enforces after SIGHUP: 429, the budget in JSON, Retry-After a date."""
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
+
+    from fleet.budget import decide, render_map, write_if_changed
+
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    with gateway.client(KEYS["alpha"]) as alpha, gateway.client(KEYS["beta"]) as beta:
+        assert beta.post("/api/generate", json=body).status_code == 200
+        now = datetime.now(timezone.utc)
+        decision = decide({"beta": 1500.0, "alpha": 10**9}, {"beta": 1000}, now)
+        assert write_if_changed(Path(gateway.plan.paths.budget_dir) / "clients.map", render_map(decision))
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: beta.post("/api/generate", json=body).status_code == 429, "the reloaded map to apply")
+        refused = beta.post("/v1/chat/completions", json=body)
+        assert refused.status_code == 429
+        assert refused.json()["budget"] == {
+            "client": "beta", "tokensPerDay": 1000, "window": "UTC day", "resetsAt": decision.blocked["beta"]
+        }
+        assert parsedate_to_datetime(refused.headers["retry-after"]) > now
+        assert beta.get("/api/tags").status_code == 200  # only inference is refused
+        assert alpha.post("/api/generate", json=body).status_code == 200  # no budget: never refused
+        # A rate-limited answer keeps its Retry-After in seconds.
+        statuses = [alpha.get("/api/version") for _ in range(40)]
+        limited = [r for r in statuses if r.status_code == 429]
+        assert limited and limited[-1].headers["retry-after"] == str(RETRY_AFTER)
+    errors = Path(gateway.plan.paths.error_log).read_text()
+    assert "uninitialized" not in errors and "emerg" not in errors
