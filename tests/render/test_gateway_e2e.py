@@ -594,5 +594,6 @@ def test_a_client_in_the_budget_map_is_refused_after_a_reload_and_others_are_not
         statuses = [alpha.get("/api/version") for _ in range(40)]
         limited = [r for r in statuses if r.status_code == 429]
         assert limited and limited[-1].headers["retry-after"] == str(RETRY_AFTER)
+        assert gateway.client().post("/api/generate", json=body).status_code == 401
     errors = Path(gateway.plan.paths.error_log).read_text()
     assert "uninitialized" not in errors and "emerg" not in errors
