@@ -162,7 +162,7 @@ class Gateway(pulumi.ComponentResource):
             self.state_volume = docker.Volume(
                 f"{name}-state",
                 name=f"{name}-state",
-                labels=[docker.VolumeLabelArgs(label=f"{containers.LABEL_PREFIX}environment", value=settings.environment)],
+                labels=containers.volume_labels(settings),
                 opts=place.resource_options(self),
             )
             volumes.append(docker.ContainerVolumeArgs(volume_name=self.state_volume.name, container_path=STATE_DIR))

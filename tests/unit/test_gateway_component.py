@@ -449,4 +449,4 @@ def test_token_budgets_run_a_controller_that_shares_nginx_state_and_pid_namespac
 
 
 def test_no_budget_no_controller(dev):
-    assert not [c for c in dev.monitor.containers() if c.label_map.get("ollama-fleet.role") == "budget-controller"]
+    assert not [c for c in dev.monitor.containers() if c.label_map.get(contract.LABELS.role) == "budget-controller"]
