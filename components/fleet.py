@@ -102,6 +102,7 @@ class Fleet(pulumi.ComponentResource):
                     server_name=site.server_name,
                     host_label=f"gateway-{index}",
                     prometheus_url=prometheus_url,
+                    prometheus_password=secrets.prometheus_password,
                 ),
                 child,
             )

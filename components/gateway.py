@@ -29,6 +29,8 @@ from components.node_exporter import node_exporter
 from fleet import budget, contract, gateway_log, ports
 from fleet.config import PROJECT, FleetSettings
 from fleet.render import nginx
+from fleet.render.prometheus_web import PROMETHEUS_USER
+from fleet.usage import PASSWORD_ENV
 
 TOKEN = f"{PROJECT}:index:Gateway"
 NGINX_CONF = "/etc/nginx/nginx.conf"
@@ -61,6 +63,7 @@ class GatewayArgs:
     host_label: str = "gateway-0"  # the `node` label of this gateway host's node exporter
     # Prometheus' base URL as seen from this host's containers; with it, clients' token budgets are enforced.
     prometheus_url: pulumi.Input[str] | None = None
+    prometheus_password: pulumi.Output[str] | None = None  # secret: Prometheus' basic auth, for the controller
 
 
 # Docker's default address pools. A client on the Docker host itself reaches a port published on loopback
@@ -210,7 +213,7 @@ class Gateway(pulumi.ComponentResource):
         self.log_exporter = self._log_exporter(name, settings, place, paths.access_log_file, log_dir)
         self.budget_controller = None
         if enforce_budgets:
-            self.budget_controller = self._budget_controller(name, settings, place, budgets, args.prometheus_url)
+            self.budget_controller = self._budget_controller(name, settings, place, budgets, args)
 
         # The host's own CPU, memory and disks. A gateway on the local Docker host shares it with the nodes,
         # whose exporters already report it.
@@ -255,7 +258,7 @@ class Gateway(pulumi.ComponentResource):
         )
 
     def _budget_controller(
-        self, name: str, settings: FleetSettings, place: Placement, budgets: dict[str, int], prometheus_url: pulumi.Input[str]
+        self, name: str, settings: FleetSettings, place: Placement, budgets: dict[str, int], args: GatewayArgs
     ) -> docker.Container:
         """`python -m fleet.budget` from the meter image, in nginx's PID namespace, writing the budget map into
         the state volume and reloading nginx when it changes (fleet/budget.py explains the mechanism)."""
@@ -266,11 +269,20 @@ class Gateway(pulumi.ComponentResource):
             name=controller_name,
             image=image.repo_digest,
             entrypoints=["python", "-m", "fleet.budget"],
-            command=pulumi.Output.from_input(prometheus_url).apply(
+            command=pulumi.Output.from_input(args.prometheus_url).apply(
                 lambda url: budget.controller_arguments(
-                    url, budgets, f"{BUDGET_PATHS.budget_dir}/clients.map", BUDGET_PATHS.pid, BUDGET_INTERVAL_S
+                    url,
+                    budgets,
+                    f"{BUDGET_PATHS.budget_dir}/clients.map",
+                    BUDGET_PATHS.pid,
+                    BUDGET_INTERVAL_S,
+                    prometheus_user=PROMETHEUS_USER if args.prometheus_password is not None else None,
                 )
             ),
+            # Prometheus asks for a password: from the environment (a secret), never in the arguments.
+            envs=None
+            if args.prometheus_password is None
+            else [pulumi.Output.secret(pulumi.Output.concat(f"{PASSWORD_ENV}=", args.prometheus_password))],
             # Root owns the volume and nginx's master; every capability is dropped all the same.
             user="0:0",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),

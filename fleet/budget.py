@@ -40,7 +40,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 
-from fleet.usage import TOKENS_METRIC, PrometheusApi, UsageError
+from fleet.usage import PASSWORD_ENV, TOKENS_METRIC, PrometheusApi, UsageError
 
 log = logging.getLogger("fleet.budget")
 
@@ -147,11 +147,19 @@ def parse_budget(value: str) -> tuple[str, int]:
 
 
 def controller_arguments(
-    prometheus_url: str, budgets: Mapping[str, int], map_file: str, pid_file: str, interval_s: float = 15.0
+    prometheus_url: str,
+    budgets: Mapping[str, int],
+    map_file: str,
+    pid_file: str,
+    interval_s: float = 15.0,
+    prometheus_user: str | None = None,
 ) -> list[str]:
-    """Arguments of `python -m fleet.budget` (the gateway component and the loopback data plane)."""
+    """Arguments of `python -m fleet.budget` (the gateway component and the loopback data plane). With
+    `prometheus_user`, the password comes from the environment (PASSWORD_ENV), never from the arguments."""
     args = ["--prometheus-url", prometheus_url, "--map-file", map_file, "--nginx-pid-file", pid_file,
             "--interval", f"{interval_s:g}"]
+    if prometheus_user:
+        args += ["--prometheus-user", prometheus_user]
     for client, tokens in sorted(budgets.items()):
         args += ["--budget", f"{client}={tokens}"]
     return args
@@ -160,7 +168,7 @@ def controller_arguments(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fleet.budget", description="Token budget controller of the gateway.")
     parser.add_argument("--prometheus-url", required=True)
-    parser.add_argument("--prometheus-user", default=None, help="basic-auth user; the password comes from FLEET_PROMETHEUS_PASSWORD")
+    parser.add_argument("--prometheus-user", default=None, help=f"basic-auth user; the password comes from {PASSWORD_ENV}")
     parser.add_argument("--budget", action="append", type=parse_budget, default=[], metavar="CLIENT=TOKENS")
     parser.add_argument("--map-file", type=Path, required=True, help="the nginx map include to write")
     parser.add_argument("--nginx-pid-file", type=Path, required=True, help="nginx's pid file (reload by SIGHUP)")
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api = PrometheusApi(args.prometheus_url, username=args.prometheus_user, password=os.environ.get("FLEET_PROMETHEUS_PASSWORD"))
+    api = PrometheusApi(args.prometheus_url, username=args.prometheus_user, password=os.environ.get(PASSWORD_ENV))
     controller = BudgetController(api, dict(args.budget), args.map_file, args.nginx_pid_file)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -60,15 +60,17 @@ def register(app: typer.Typer) -> None:
             "--prometheus-url",
             envvar="FLEET_PROMETHEUS_URL",
             help="Prometheus of the stack (`pulumi stack output prometheusUrl`, through SSM port forwarding); "
-            "default: the one `fleet local up` recorded for this stack.",
+            "[default: the one `fleet local up` recorded for this stack]",
         ),
         user: str | None = typer.Option(None, "--prometheus-user", envvar="FLEET_PROMETHEUS_USER",
-                                        help="User, when Prometheus asks for basic auth."),
+                                        help="User for basic auth. [default: fleet, the stack's Prometheus user, when "
+                                        "FLEET_PROMETHEUS_PASSWORD is set]"),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Tokens (prompt, completion) and requests per client and model over a window, from Prometheus.
         The password for basic auth comes from FLEET_PROMETHEUS_PASSWORD, never from the command line."""
-        from fleet.usage import PrometheusApi, UsageError, usage_report
+        from fleet.render.prometheus_web import PROMETHEUS_USER
+        from fleet.usage import PASSWORD_ENV, PrometheusApi, UsageError, usage_report
 
         console, err = Console(), Console(stderr=True)
         try:
@@ -81,7 +83,8 @@ def register(app: typer.Typer) -> None:
             err.print(f"[bold red]error:[/bold red] no Prometheus URL for stack {stack}: pass --prometheus-url "
                       "(or FLEET_PROMETHEUS_URL)", markup=True, highlight=False)
             raise typer.Exit(EXIT_CONFIG)
-        api = PrometheusApi(url, username=user, password=os.environ.get("FLEET_PROMETHEUS_PASSWORD"))
+        password = os.environ.get(PASSWORD_ENV)
+        api = PrometheusApi(url, username=user or (PROMETHEUS_USER if password else None), password=password)
         clients = [c.name for c in settings.gateway.clients]
         try:
             report = usage_report(api, since, clients)

@@ -39,6 +39,9 @@ def tokens_query(window: str, by: str = "client, model, type") -> str:
     return f"sum by ({by}) (increase({TOKENS_METRIC}[{window}]))"
 
 
+# Where every client of Prometheus here (fleet usage, the budget controller, Grafana) reads its basic-auth password.
+PASSWORD_ENV = "FLEET_PROMETHEUS_PASSWORD"
+
 def requests_query(window: str, by: str = "client, model") -> str:
     return f"sum by ({by}) (increase({REQUESTS_METRIC}[{window}]))"
 

@@ -302,7 +302,7 @@ def render_dashboard(settings: FleetSettings) -> str:
 
 # Environment variable of the Grafana container holding Prometheus' password; the provisioning file names it
 # (Grafana expands `$__env{...}`), so the file itself carries no secret.
-PROMETHEUS_PASSWORD_ENV = "FLEET_PROMETHEUS_PASSWORD"
+PROMETHEUS_PASSWORD_ENV = usage.PASSWORD_ENV
 
 
 def render_datasource(

@@ -63,6 +63,7 @@ def build_gateway(
     tls: bool = True,
     server_name: str | None = "localhost",
     prometheus_url: str | None = None,
+    prometheus_password: str | None = None,
     **host: object,
 ) -> Built:
     monitor = use_mocks(stack)
@@ -83,6 +84,7 @@ def build_gateway(
                 private_key_pem=pulumi.Output.secret(KEY) if tls else None,
                 server_name=server_name,
                 prometheus_url=prometheus_url,
+                prometheus_password=pulumi.Output.secret(prometheus_password) if prometheus_password else None,
             ),
         )
 
@@ -427,16 +429,25 @@ def test_a_ttft_target_gives_each_group_the_queue_its_speed_allows():
 
 def test_token_budgets_run_a_controller_that_shares_nginx_state_and_pid_namespace():
     from components.gateway import BUDGET_PATHS, STATE_DIR
+    from fleet.render.prometheus_web import PROMETHEUS_USER
+    from fleet.usage import PASSWORD_ENV
+    from docker_mocks import is_wire_secret
     from fleet.local.dataplane import load_settings
 
     settings = load_settings("dev", {"gateway.clients": [{"name": "dev", "tokensPerDay": 5000}, {"name": "ci"}]})
-    built = build_gateway("dev", DEV_UPSTREAMS, settings=settings, prometheus_url="http://prom:9090", transport="local")
+    built = build_gateway(
+        "dev", DEV_UPSTREAMS, settings=settings, prometheus_url="http://prom:9090", prometheus_password="pw-1", transport="local"
+    )
     controller = built.monitor.container("budget-controller")
     assert controller.inputs["entrypoints"] == ["python", "-m", "fleet.budget"]
     command = controller.inputs["command"]
     assert command[command.index("--prometheus-url") + 1] == "http://prom:9090"
     assert command[command.index("--budget") + 1] == "dev=5000" and command.count("--budget") == 1
     assert command[command.index("--nginx-pid-file") + 1] == BUDGET_PATHS.pid
+    # Prometheus asks for basic auth: the user in the arguments, the password only in the environment
+    assert command[command.index("--prometheus-user") + 1] == PROMETHEUS_USER
+    envs = controller.inputs["envs"]
+    assert "pw-1" not in " ".join(command) and is_wire_secret(envs) and envs["value"] == [f"{PASSWORD_ENV}=pw-1"]
     assert controller.inputs["pidMode"].startswith("container:")  # nginx's PID namespace: SIGHUP reaches it
     assert controller.inputs["capabilities"] == {"drops": ["ALL"]}
     conf = built.uploads()["/etc/nginx/nginx.conf"]["content"]
