@@ -78,7 +78,11 @@ class ModelSpec(Model):
     )
     digest: text(rules.DIGEST) | None = Field(
         None,
-        description="Pinned Ollama manifest digest of the pulled model (promotion copies it between stacks).",
+        description=(
+            "Pinned Ollama manifest digest of the pulled model, as `/api/tags` lists it (required for every model "
+            "without `gguf` in staging and prod by policy `pinned-images`; `fleet promote` writes the one the "
+            "previous stack pulled)."
+        ),
     )
     keep_loaded: bool = Field(
         True, description="Keep this model resident; all resident models of a node must fit in VRAM together."
@@ -224,7 +228,7 @@ ImageRef = Annotated[str, Field(description="Image reference `repository:tag@sha
 
 
 class Images(Model):
-    """Container images, pinned by tag and digest (policy `pinned-images` requires the digest in prod)."""
+    """Container images, pinned by tag and digest (policy `pinned-images` requires the digest in staging and prod)."""
 
     # Ollama 0.32.15: tag and digest as pinned in public deployment files (a renovate-managed
     # `docker.io/ollama/ollama:0.32.15@sha256:57d60e68…` in a Podman LLM-server start script, and a GPU

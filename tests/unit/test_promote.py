@@ -25,6 +25,7 @@ from fleet.stack_file import load_stack_file
 ROOT = Path(__file__).resolve().parents[2]
 NEW_OLLAMA = "ollama/ollama:0.13.2@sha256:" + "b" * 64
 MODEL_DIGEST = "sha256:" + "a" * 64
+PINNED_DIGEST = "sha256:46e0c10c039e019119339687c3c1757cc81b9da49709a3b3924863ba87ca666e"  # in the stack files
 PULLED_DIGEST = "sha256:" + "d" * 64
 AMI = "ami-0123abcd4567ef890"
 
@@ -101,7 +102,7 @@ def tested_staging(project: Path) -> None:
     plus staging-only changes (node count, domain, retention, clients, tags, enforcement) that must not move."""
     edit(
         project / "Pulumi.staging.yaml",
-        ("            numCtx: 8192\n", f"            numCtx: 8192\n            digest: {MODEL_DIGEST}\n"),
+        (f"            digest: {PINNED_DIGEST}\n", f"            digest: {MODEL_DIGEST}\n"),
         ("          numParallel: 4\n", "          numParallel: 3\n"),
         ("          maxQueue: 128\n", "          maxQueue: 96\n"),
         ("    gateway:\n", f"    images:\n      ollama: {NEW_OLLAMA}\n    gateway:\n      rateLimits:\n        perKeyPerMinute: 900\n      readTimeoutS: 300\n"),
@@ -157,7 +158,7 @@ def test_the_diff_shows_exactly_the_promoted_keys(project):
     changed_lines = [l[1:].strip() for l in plan.diff.splitlines() if l[:1] in "+-" and not l.startswith(("+++", "---"))]
     assert sorted(changed_lines) == sorted(
         [
-            f"digest: {MODEL_DIGEST}",
+            f"digest: {MODEL_DIGEST}", f"digest: {PINNED_DIGEST}",
             "numParallel: 4", "numParallel: 3",
             "maxQueue: 128", "maxQueue: 96",
             "images:", f"ollama: {NEW_OLLAMA}", "readTimeoutS: 300",
