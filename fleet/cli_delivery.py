@@ -46,15 +46,22 @@ def smoke(
         help="Prometheus base URL (query API) or a metering exporter's /metrics URL; checks ollama_inference_tokens_total. "
         "[default: none, not checked]",
     ),
+    metrics_password: str | None = typer.Option(
+        None, "--metrics-password", envvar="FLEET_PROMETHEUS_PASSWORD", show_default=False,
+        help="Prometheus' password (user fleet; or FLEET_PROMETHEUS_PASSWORD), sent with --metrics-url. Never printed. "
+        "[default: none]",
+    ),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per request (generation: --generate-timeout)."),
     generate_timeout: float = typer.Option(180.0, "--generate-timeout", help="Seconds for the generation (a cold node loads the model first)."),
     metrics_wait: float = typer.Option(45.0, "--metrics-wait", help="Seconds to wait for the tokens to show in the metrics."),
 ) -> None:
     """Smoke-test a deployed gateway: health, 401 without a key, a real generation, admin routes closed, metrics."""
+    from fleet.render.prometheus_web import PROMETHEUS_USER
     from fleet.smoke import CheckResult, SmokeOptions, run_smoke
 
     options = SmokeOptions(
         url=url, api_key=api_key, admin_key=admin_key, model=model, metrics_url=metrics_url, insecure=insecure,
+        metrics_auth=(PROMETHEUS_USER, metrics_password) if metrics_password else None,
         ca_cert=ca_cert, timeout_s=timeout, generate_timeout_s=generate_timeout, metrics_wait_s=metrics_wait,
     )
     table = Table(title=f"smoke test of {url}")

@@ -173,7 +173,8 @@ def up(
     if plane.tls:
         console.print(f"certificate  {plane.ca_file}   (self-signed: pass it as the CA, e.g. curl --cacert)")
     if plane.prometheus_url:
-        console.print(f"prometheus   {plane.prometheus_url}")
+        console.print(f"prometheus   {plane.prometheus_url}   (basic auth, user {plane.prometheus_auth[0]}: "
+                      f"password in {plane.prometheus_password_file}; `fleet local env` exports it)")
     if plane.alertmanager_url:
         console.print(f"alertmanager {plane.alertmanager_url}")
     for node in plane.nodes:
@@ -232,7 +233,10 @@ def status(
         raise typer.Exit(EXIT_FAILED)
 
 
-ENV_NAMES = {"url": "FLEET_URL", "key": "FLEET_API_KEY", "ca": "FLEET_CA_FILE"}
+ENV_NAMES = {
+    "url": "FLEET_URL", "key": "FLEET_API_KEY", "ca": "FLEET_CA_FILE",
+    "prometheus": "FLEET_PROMETHEUS_URL", "prometheus_password": "FLEET_PROMETHEUS_PASSWORD",
+}
 
 
 @local_app.command("env")
@@ -242,7 +246,8 @@ def env(
         None, "--client", show_default=False, help="Whose API key to export. [default: the stack's first client]"
     ),
 ) -> None:
-    """Print `export` lines for the running data plane: FLEET_URL, FLEET_API_KEY, FLEET_CA_FILE.
+    """Print `export` lines for the running data plane: FLEET_URL, FLEET_API_KEY, FLEET_CA_FILE, and with
+    monitoring FLEET_PROMETHEUS_URL and FLEET_PROMETHEUS_PASSWORD (Prometheus' basic auth, user fleet).
 
     Use it as: eval "$(.venv/bin/fleet local env)"; `fleet loadtest` reads FLEET_API_KEY too."""
     import shlex
@@ -260,6 +265,9 @@ def env(
     values = {ENV_NAMES["url"]: state["gateway_url"], ENV_NAMES["key"]: keys[name]}
     if state.get("ca_file"):
         values[ENV_NAMES["ca"]] = state["ca_file"]
+    if state.get("prometheus_password"):
+        values[ENV_NAMES["prometheus"]] = state["prometheus_url"]
+        values[ENV_NAMES["prometheus_password"]] = state["prometheus_password"]
     for variable, value in values.items():
         typer.echo(f"export {variable}={shlex.quote(value)}")
 

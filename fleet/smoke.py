@@ -53,6 +53,8 @@ class SmokeOptions:
     admin_key: str | None = None
     model: str | None = None
     metrics_url: str | None = None
+    # Prometheus' basic auth (fleet.render.prometheus_web); None: the metrics URL asks for none.
+    metrics_auth: tuple[str, str] | None = None
     insecure: bool = False
     ca_cert: str | None = None  # CA bundle that signed the gateway's certificate (self-signed stacks)
     timeout_s: float = 10.0
@@ -224,7 +226,11 @@ class _Smoke:
 
     def _prometheus_tokens(self) -> tuple[float | None, str]:
         url = self.o.metrics_url.rstrip("/") + "/api/v1/query"
-        response = self.client.get(url, params={"query": f"sum({TOKENS_METRIC})"}, timeout=self.o.timeout_s)
+        response = self.client.get(
+            url, params={"query": f"sum({TOKENS_METRIC})"}, auth=self.o.metrics_auth, timeout=self.o.timeout_s
+        )
+        if response.status_code == 401:
+            return None, "query API answered 401 (Prometheus asks for a password: --metrics-password)"
         if response.status_code != 200:
             return None, f"query API answered {response.status_code}"
         try:

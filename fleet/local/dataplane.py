@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from fleet.budget import controller_arguments as budget_arguments
+from fleet.usage import PASSWORD_ENV as USAGE_PASSWORD_ENV
 from fleet.config import FLEET_KEY, FleetSettings, ModelSpec, NodeGroup
 from fleet.gateway_log import exporter_arguments as gateway_log_arguments
 from fleet.local import sizing
@@ -41,6 +42,7 @@ from fleet.node_runtime import meter_command, modelfile, ollama_environment
 from fleet.render import alertmanager as alertmanager_render
 from fleet.render import nginx as nginx_render
 from fleet.render import prometheus as prometheus_render
+from fleet.render import prometheus_web
 from fleet.render.rules import render_rules
 from fleet.stack_file import StackConfigError, load_stack, parse_settings
 
@@ -404,6 +406,9 @@ class DataPlane:
         # Keys are generated per start and live only in the run directory (the secret include and the state).
         self.client_keys: dict[str, str] = {c.name: secrets.token_urlsafe(24) for c in self.settings.gateway.clients}
         self.admin_key = secrets.token_urlsafe(24)
+        # Prometheus asks for basic auth as on the hosts (same web config renderer); the password is generated
+        # per start and kept in the run directory (a 0600 file and the state), never printed by `up`.
+        self.prometheus_password = secrets.token_urlsafe(24) if self.monitoring else None
 
         self.nodes: list[LocalNode] = []
         self.nginx: ManagedProcess | None = None
@@ -436,6 +441,15 @@ class DataPlane:
     @property
     def prometheus_url(self) -> str | None:
         return f"http://{LOOPBACK}:{self.prometheus_port}" if self.prometheus_port else None
+
+    @property
+    def prometheus_auth(self) -> tuple[str, str] | None:
+        """(user, password) every client of the loopback Prometheus sends (httpx `auth=`)."""
+        return (prometheus_web.PROMETHEUS_USER, self.prometheus_password) if self.prometheus_password else None
+
+    @property
+    def prometheus_password_file(self) -> Path:
+        return self.run_dir / "prometheus" / "password"
 
     @property
     def alertmanager_url(self) -> str | None:
@@ -686,21 +700,28 @@ class DataPlane:
             stack=self.stack,
             scrape_interval=self.scrape_interval,
             alertmanagers=[f"{LOOPBACK}:{self.alertmanager_port}"] if self.alertmanager_port else [],
+            self_password_file=str(self.prometheus_password_file),
         )
         config = prom_dir / "prometheus.yml"
         config.write_text(prometheus_render.render_prometheus(self.prometheus_plan))
+        assert self.prometheus_password is not None
+        web_config = prom_dir / "web.yml"
+        _write_secret(self.prometheus_password_file, self.prometheus_password)
+        salt = secrets.token_hex(prometheus_web.SALT_HEX_CHARS // 2)
+        _write_secret(web_config, prometheus_web.render_web_config(prometheus_web.hash_password(self.prometheus_password, salt)))
         args = prometheus_render.prometheus_args(
             self.prometheus_plan,
             config_file=str(config),
             storage_path=str(prom_dir / "data"),
             listen_address=f"{LOOPBACK}:{self.prometheus_port}",
+            web_config_file=str(web_config),
         )
         self.prometheus = self._track(
             ManagedProcess("prometheus", [tools[PROMETHEUS_BINARY], *args], logs / "prometheus.log", env=clean_env(), cwd=prom_dir)
         )
         self.log(f"starting Prometheus on {self.prometheus_url}")
         self.prometheus.start()
-        self.prometheus.wait_for_http(f"{self.prometheus_url}/-/ready", timeout=START_TIMEOUT_S)
+        self.prometheus.wait_for_http(f"{self.prometheus_url}/-/ready", timeout=START_TIMEOUT_S, auth=self.prometheus_auth)
         if self.budgets:
             self._start_budget_controller()
 
@@ -718,9 +739,13 @@ class DataPlane:
             ManagedProcess(
                 "budget-controller",
                 [sys.executable, "-m", "fleet.budget"]
-                + budget_arguments(self.prometheus_url, self.budgets, str(self.budget_map_file), self.paths.pid, interval_s=1),
+                + budget_arguments(
+                    self.prometheus_url, self.budgets, str(self.budget_map_file), self.paths.pid, interval_s=1,
+                    prometheus_user=prometheus_web.PROMETHEUS_USER,
+                ),
                 self.run_dir / "logs" / "budget-controller.log",
-                env=clean_env(),
+                # The password travels in the environment, never in the arguments (as on the hosts).
+                env=clean_env(**{USAGE_PASSWORD_ENV: self.prometheus_password or ""}),
                 cwd=self.run_dir,
             )
         )
@@ -788,7 +813,7 @@ class DataPlane:
 
     def prometheus_query(self, expr: str, timeout: float = 10.0) -> dict:
         """`/api/v1/query` (instant query); returns the `data` object or raises with Prometheus' error."""
-        resp = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr}, timeout=timeout)
+        resp = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr}, auth=self.prometheus_auth, timeout=timeout)
         body = resp.json()
         if resp.status_code != 200 or body.get("status") != "success":
             raise DataPlaneError(f"Prometheus refused {expr!r}: {body.get('errorType')}: {body.get('error')}")
@@ -799,7 +824,7 @@ class DataPlane:
         deadline = time.monotonic() + timeout
         last: list[dict] = []
         while time.monotonic() < deadline:
-            resp = httpx.get(f"{self.prometheus_url}/api/v1/targets", params={"state": "active"}, timeout=5)
+            resp = httpx.get(f"{self.prometheus_url}/api/v1/targets", params={"state": "active"}, auth=self.prometheus_auth, timeout=5)
             last = resp.json()["data"]["activeTargets"]
             if last and all(t["health"] == "up" for t in last):
                 return last
@@ -817,6 +842,8 @@ class DataPlane:
             "gateway_url": self.gateway_url,
             "http_url": self.http_url,
             "prometheus_url": self.prometheus_url,
+            "prometheus_user": prometheus_web.PROMETHEUS_USER if self.prometheus_password else None,
+            "prometheus_password": self.prometheus_password,
             "alertmanager_url": self.alertmanager_url,
             "ca_file": str(self.ca_file) if self.tls else None,
             "client_keys": dict(self.client_keys),

@@ -140,14 +140,17 @@ class ManagedProcess:
         raise ProcessError(f"{self.name} did not listen on {host}:{port} within {timeout:.0f}s; "
                            f"log {self.log_path}:\n{_tail(self.log_path)}")
 
-    def wait_for_http(self, url: str, timeout: float = 30.0, ok_status: tuple[int, ...] = (200,)) -> httpx.Response:
-        """Poll `url` until it answers with one of `ok_status`; fail fast if the process dies."""
+    def wait_for_http(
+        self, url: str, timeout: float = 30.0, ok_status: tuple[int, ...] = (200,), auth: tuple[str, str] | None = None
+    ) -> httpx.Response:
+        """Poll `url` (with basic `auth` when given) until it answers with one of `ok_status`; fail fast if the
+        process dies."""
         deadline = time.monotonic() + timeout
         last: str = "no answer"
         while time.monotonic() < deadline:
             self._check_alive(url)
             try:
-                resp = httpx.get(url, timeout=2.0)
+                resp = httpx.get(url, auth=auth, timeout=2.0)
                 if resp.status_code in ok_status:
                     return resp
                 last = f"HTTP {resp.status_code}"

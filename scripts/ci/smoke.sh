@@ -20,10 +20,14 @@ echo "::add-mask::$api_key"
 output() { printf '%s' "$outputs" | python3 -c 'import json, sys; print(json.load(sys.stdin).get(sys.argv[1]) or "")' "$1"; }
 gateway=$(output gatewayUrl)
 metrics=()
-# Prometheus answers only from gateway.adminCidrs: check the metrics where the runner is allowed in.
+prometheus_password=""
+# Prometheus answers only from gateway.adminCidrs, and asks for its password (basic auth): check the metrics
+# where the runner is allowed in, the password passed in the environment and masked.
 if [ "${SMOKE_METRICS:-}" = "true" ] && [ -n "$(output prometheusUrl)" ]; then
   metrics=(--metrics-url "$(output prometheusUrl)")
+  prometheus_password=$(output prometheusPassword)
+  [ -n "$prometheus_password" ] && echo "::add-mask::$prometheus_password"
 fi
-FLEET_API_KEY="$api_key" "$fleet" smoke "$gateway" "$@" "${metrics[@]}"
+FLEET_API_KEY="$api_key" FLEET_PROMETHEUS_PASSWORD="$prometheus_password" "$fleet" smoke "$gateway" "$@" "${metrics[@]}"
 pulumi stack tag set fleet:smoke-tested-commit "$commit" --stack "$stack"
 "$fleet" deployment-record "$stack" --out "$record"

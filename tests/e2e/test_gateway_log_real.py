@@ -238,7 +238,8 @@ def test_refusals_by_reason_are_exactly_the_answers_clients_got(dataplane, serve
 
 
 def _query_at(plane, expr: str, at: float) -> list[float]:
-    response = httpx.get(f"{plane.prometheus_url}/api/v1/query", params={"query": expr, "time": f"{at:.3f}"}, timeout=10)
+    response = httpx.get(f"{plane.prometheus_url}/api/v1/query", params={"query": expr, "time": f"{at:.3f}"},
+                         auth=plane.prometheus_auth, timeout=10)
     body = response.json()
     assert body.get("status") == "success", body
     return [float(r["value"][1]) for r in body["data"]["result"]]

@@ -65,7 +65,7 @@ def test_every_target_is_scraped(dataplane):
         _vector(dataplane, "ollama_up")), "ollama_up == 1 on every node")
     assert {dict(k)["node"] for k in nodes} == {n.name for n in dataplane.nodes}
     # The configuration Prometheus runs is the rendered one (only addresses and the interval differ).
-    config = httpx.get(f"{dataplane.prometheus_url}/api/v1/status/config", timeout=10).json()["data"]["yaml"]
+    config = httpx.get(f"{dataplane.prometheus_url}/api/v1/status/config", auth=dataplane.prometheus_auth, timeout=10).json()["data"]["yaml"]
     assert "scrape_interval: 1s" in config and "stack: dev" in config
 
 
@@ -135,7 +135,7 @@ def test_dashboard_queries_and_alert_rules_evaluate_with_data_after_traffic(data
 
 def test_alert_rules_are_loaded_and_healthy(dataplane):
     def loaded():
-        groups = httpx.get(f"{dataplane.prometheus_url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        groups = httpx.get(f"{dataplane.prometheus_url}/api/v1/rules", auth=dataplane.prometheus_auth, timeout=10).json()["data"]["groups"]
         rules = [r for g in groups if g["name"] == RULE_GROUP for r in g["rules"]]
         evaluated = all(r.get("lastEvaluation", "").startswith("20") for r in rules)
         return bool(rules) and evaluated, rules
@@ -147,3 +147,25 @@ def test_alert_rules_are_loaded_and_healthy(dataplane):
     # Every node is up (the restarted one included): the node-down alert has nothing to fire on.
     _wait(lambda: (lambda v: (not v, v))(_vector(dataplane, dict((a.name, a.expr) for a in alerts(dataplane.settings))["OllamaNodeDown"])),
           "OllamaNodeDown to select no series")
+
+
+def test_prometheus_asks_for_the_password(dataplane):
+    """The loopback Prometheus runs the web config the hosts run: the API refuses a request without the password
+    or with a wrong one, answers with it, and its own self-scrape (password file) is up beside every target."""
+    base = dataplane.prometheus_url
+    user, password = dataplane.prometheus_auth
+    for path, params in (("/api/v1/query", {"query": "up"}), ("/api/v1/targets", {}), ("/api/v1/status/config", {})):
+        assert httpx.get(f"{base}{path}", params=params, timeout=10).status_code == 401, path
+        assert httpx.get(f"{base}{path}", params=params, auth=(user, password + "x"), timeout=10).status_code == 401, path
+        assert httpx.get(f"{base}{path}", params=params, auth=(user, password), timeout=10).status_code == 200, path
+    targets = dataplane.wait_for_targets(timeout=WAIT_S)
+    assert all(t["health"] == "up" for t in targets)
+    assert prom.JOB_PROMETHEUS in {t["labels"]["job"] for t in targets}
+    up = _wait(lambda: (lambda v: (bool(v) and set(v.values()) == {1.0}, v))(
+        _vector(dataplane, f'up{{job="{prom.JOB_PROMETHEUS}"}}')), "the self-scrape is up with its password file")
+    assert len(up) == 1
+    # The password lives in files only the owner reads; the web config holds its bcrypt hash, not the password.
+    prom_dir = dataplane.prometheus_password_file.parent
+    for secret in (dataplane.prometheus_password_file, prom_dir / "web.yml"):
+        assert secret.stat().st_mode & 0o077 == 0, secret
+    assert password not in (prom_dir / "web.yml").read_text()

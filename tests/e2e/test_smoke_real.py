@@ -19,12 +19,17 @@ from fleet.smoke import ADMIN_PROBES, BLOB_PROBE, TOKENS_METRIC
 WAIT_S = "60"  # bound on the metrics poll; the session's Prometheus scrapes every second
 
 
-def smoke(*args: str, api_key: str, admin_key: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def smoke(
+    *args: str, api_key: str, admin_key: str | None = None, prometheus_password: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """The real command in its own process; keys travel in the environment, as CI passes them."""
     env = {**os.environ, "FLEET_API_KEY": api_key, "COLUMNS": "200", "NO_COLOR": "1"}
     env.pop("FLEET_ADMIN_KEY", None)
+    env.pop("FLEET_PROMETHEUS_PASSWORD", None)
     if admin_key:
         env["FLEET_ADMIN_KEY"] = admin_key
+    if prometheus_password:
+        env["FLEET_PROMETHEUS_PASSWORD"] = prometheus_password
     return subprocess.run(
         [sys.executable, "-m", "fleet.cli", "smoke", *args],
         env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
@@ -65,7 +70,7 @@ def test_smoke_passes_on_the_loopback_gateway(dataplane, served_model, metrics):
     done = smoke(
         dataplane.gateway_url, "--ca-cert", str(dataplane.ca_file), "--metrics-url", metrics_url,
         "--metrics-wait", WAIT_S,
-        api_key=key, admin_key=dataplane.admin_key,
+        api_key=key, admin_key=dataplane.admin_key, prometheus_password=dataplane.prometheus_password,
     )
     output = done.stdout + done.stderr
     print(output)
@@ -78,6 +83,7 @@ def test_smoke_passes_on_the_loopback_gateway(dataplane, served_model, metrics):
     assert table["HEAD /api/blobs/… with admin key"] == "PASS"  # 127.0.0.1 is in dev's adminCidrs
     assert table[f"metrics {TOKENS_METRIC}"] == "PASS"
     assert "FAIL" not in table.values() and "SKIP" not in table.values()
+    assert dataplane.prometheus_password not in output  # the password is never printed
     assert key not in output and dataplane.admin_key not in output
 
 

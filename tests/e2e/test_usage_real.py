@@ -102,7 +102,8 @@ def test_tokens_per_client_equal_what_the_clients_received(plane):
 def test_fleet_usage_shows_tokens_and_requests_per_client_and_model(plane):
     exact = _tokens_by_client(plane)
     result = CliRunner().invoke(app, ["usage", "--stack", "dev", "--since", "1h", "--json",
-                                      "--prometheus-url", plane.prometheus_url])
+                                      "--prometheus-url", plane.prometheus_url],
+                                env={"FLEET_PROMETHEUS_PASSWORD": plane.prometheus_password})
     assert result.exit_code == 0, result.output
     rows = {(r["client"], r["model"]): r for r in json.loads(result.output)["rows"]}
     model = _model(plane)
@@ -112,7 +113,8 @@ def test_fleet_usage_shows_tokens_and_requests_per_client_and_model(plane):
         # increase() extrapolates to the window's end: within a scrape or so of the exact count
         assert abs(row["totalTokens"] - total) <= 0.1 * total + 2, (row, total)
         assert row["requests"] >= 2
-    table = CliRunner().invoke(app, ["usage", "--stack", "dev", "--prometheus-url", plane.prometheus_url])
+    table = CliRunner().invoke(app, ["usage", "--stack", "dev", "--prometheus-url", plane.prometheus_url],
+                               env={"FLEET_PROMETHEUS_PASSWORD": plane.prometheus_password})
     assert table.exit_code == 0 and "team-a" in table.output and "Usage per client" in table.output
     down = CliRunner().invoke(app, ["usage", "--stack", "dev", "--prometheus-url", "http://127.0.0.1:9"])
     assert down.exit_code == 1 and "cannot be reached" in down.output

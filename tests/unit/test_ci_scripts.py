@@ -37,7 +37,7 @@ esac
 """
 
 FAKE_FLEET = r"""#!/usr/bin/env bash
-echo "fleet $* key=${FLEET_API_KEY:-}" >> "$FAKE/log"
+echo "fleet $* key=${FLEET_API_KEY:-}${FLEET_PROMETHEUS_PASSWORD:+ prometheus=$FLEET_PROMETHEUS_PASSWORD}" >> "$FAKE/log"
 case "$1" in
   smoke) exit "${FAKE_SMOKE:-0}" ;;
   deployment-record) echo '{}' > "$4" ;;
@@ -143,7 +143,7 @@ def test_a_failing_plan_fails_and_says_so(fake):
 
 def _outputs(fake: dict) -> None:
     outputs = {"gatewayUrl": "https://llm.example.com", "prometheusUrl": "http://10.0.0.1:9090",
-               "apiKeys": {"search": "k-search", "ci": "k-ci"}}
+               "apiKeys": {"search": "k-search", "ci": "k-ci"}, "prometheusPassword": "p-prom"}
     (fake["dir"] / "outputs.json").write_text(json.dumps(outputs))
 
 
@@ -154,7 +154,8 @@ def test_smoke_tags_and_records_only_after_a_pass(fake):
     assert done.returncode == 0, done.stderr
     assert "::add-mask::k-ci" in done.stdout
     smoke = next(c for c in log(fake) if c.startswith("fleet smoke"))
-    assert smoke == "fleet smoke https://llm.example.com --insecure --metrics-url http://10.0.0.1:9090 key=k-ci"
+    assert "::add-mask::p-prom" in done.stdout
+    assert smoke == "fleet smoke https://llm.example.com --insecure --metrics-url http://10.0.0.1:9090 key=k-ci prometheus=p-prom"
     assert (fake["dir"] / "tag-fleet:smoke-tested-commit").read_text() == SHA
     assert (fake["dir"] / "record.json").is_file()
 

@@ -125,5 +125,10 @@ def test_local_env_exports_what_the_clients_need(tmp_path):
     assert result.output.splitlines() == [
         "export FLEET_URL=https://127.0.0.1:8443", "export FLEET_API_KEY=k1", "export FLEET_CA_FILE=/run/x/ca.pem"]
     assert "export FLEET_API_KEY='k 2'" in runner.invoke(app, ["local", "env", "--state-dir", str(tmp_path), "--client", "ci"]).output
+    # With monitoring, Prometheus' address and password (basic auth) are exported too, quoted for the shell.
+    write_state(tmp_path / "state.json", {**state, "prometheus_url": "http://127.0.0.1:9090", "prometheus_password": "p'w"})
+    monitored = runner.invoke(app, ["local", "env", "--state-dir", str(tmp_path)]).output.splitlines()
+    assert monitored[-2:] == ["export FLEET_PROMETHEUS_URL=http://127.0.0.1:9090",
+                              "export FLEET_PROMETHEUS_PASSWORD='p'\"'\"'w'"]
     missing = runner.invoke(app, ["local", "env", "--state-dir", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "local up" in missing.output
