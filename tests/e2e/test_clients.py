@@ -39,10 +39,15 @@ def test_gateway_serves_https_with_the_generated_certificate(dataplane):
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{dataplane.gateway_url}/health", timeout=10)  # the system CAs do not know it
     assert httpx.get(f"{dataplane.gateway_url}/health", verify=dataplane.verify(), timeout=10).json() == {"status": "ok"}
-    # Plain HTTP only redirects to HTTPS (and answers /health for load balancers).
-    redirect = httpx.post(f"{dataplane.http_url}/api/generate", headers=dataplane.auth("beta"), timeout=10)
-    assert redirect.status_code == 308
-    assert redirect.headers["location"] == f"https://127.0.0.1:{dataplane.https_port}/api/generate"
+    # Plain HTTP serves /health for load balancers and nothing else: with no domain there is no name to
+    # redirect to (never the client's Host header), and a key sent in clear is refused, not redirected.
+    assert httpx.get(f"{dataplane.http_url}/health", timeout=10).json() == {"status": "ok"}
+    plain = httpx.post(f"{dataplane.http_url}/api/generate", headers={"Host": "evil.example"}, timeout=10)
+    assert plain.status_code == 400 and "location" not in plain.headers
+    assert f"https:// on port {dataplane.https_port}" in plain.json()["error"]
+    keyed = httpx.post(f"{dataplane.http_url}/api/generate", headers=dataplane.auth("beta"), timeout=10)
+    assert keyed.status_code == 403 and "location" not in keyed.headers
+    assert "rotate the key" in keyed.json()["error"]
 
 
 def test_ollama_client_generate(dataplane, served_model):
