@@ -19,6 +19,7 @@ from fleet.local.dataplane import DataPlane
 from fleet.local.ollama import smollm2_gguf
 from fleet.stack_file import load_stack
 from fleet.config import FLEET_KEY
+from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -71,9 +72,14 @@ def _served_group(plane, request_id: str) -> tuple[str, str]:
     return entry["group"], entry["upstream_addr"]
 
 
-def _last_groups(plane, uri: str, count: int) -> list[tuple[str, str]]:
-    entries = [e for e in plane.access_log() if e["uri"] == uri][-count:]
-    return [(e["group"], e["upstream_addr"]) for e in entries]
+def _assert_last_groups(plane, uri: str, expected: list[tuple[str, str]]) -> None:
+    """The last access-log entries for `uri` name these (group, upstream) pairs. nginx writes an entry when it
+    finalizes the request, which can come just after the client read the last byte of a stream: poll briefly."""
+    def last():
+        entries = [e for e in plane.access_log() if e["uri"] == uri][-len(expected):]
+        got = [(e["group"], e["upstream_addr"]) for e in entries]
+        return got == expected, got
+    wait_until(last, f"access-log entries of {uri} naming {expected}", timeout=10)
 
 
 def _meters(plane) -> dict[str, str]:
@@ -97,8 +103,8 @@ def test_both_models_answer_through_one_url_with_the_ollama_client(plane, models
                                   stream=True, options=OPTIONS))
         assert len(chunks) > 2 and chunks[-1].done and "".join(c.message.content for c in chunks).strip()
         # both requests went to the model's group, to its node's meter
-        assert _last_groups(plane, "/api/generate", 1) == [(group, meters[group])]
-        assert _last_groups(plane, "/api/chat", 1) == [(group, meters[group])]
+        _assert_last_groups(plane, "/api/generate", [(group, meters[group])])
+        _assert_last_groups(plane, "/api/chat", [(group, meters[group])])
         # a bare name means `latest`, which no group serves: the gateway answers, listing what it serves
     with pytest.raises(ollama.ResponseError) as missing:
         client.generate(model="smollm2", prompt="Hi", options=OPTIONS)
@@ -118,7 +124,7 @@ def test_both_models_answer_through_one_url_with_the_openai_client(plane, models
         chunks = list(stream)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert chunks[-1].usage.completion_tokens > 0
-        assert _last_groups(plane, "/v1/chat/completions", 2) == [(group, meters[group])] * 2
+        _assert_last_groups(plane, "/v1/chat/completions", [(group, meters[group])] * 2)
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert missing.value.body["code"] == "model_not_found"
