@@ -15,7 +15,7 @@ UNKNOWN_CLIENT = "unknown"
 # it from its key map on every proxied request, so a value a client sends itself never gets through.
 CLIENT_HEADER = "X-Fleet-Client"
 
-# Routes (DESIGN.md, Ollama). Inference and read-only routes are open to every key; admin routes only to the
+# Routes (Ollama v0.24.0 server/routes.go). Inference and read-only routes are open to every key; admin routes only to the
 # admin key from an admin CIDR. Anything else is 404.
 INFERENCE_ROUTES = (
     "/api/generate",

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-# The administrative Ollama routes (DESIGN.md) with a probe request each. Bodies are empty objects: even on a
+# The administrative Ollama routes (server/routes.go) with a probe request each. Bodies are empty objects: even on a
 # gateway that wrongly let a client key through, Ollama would answer 400 (missing name) or 404 and change
 # nothing, so the smoke test can run against production without risk.
 BLOB_PROBE = "/api/blobs/sha256:" + "0" * 64

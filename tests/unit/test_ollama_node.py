@@ -41,7 +41,7 @@ from fleet.capacity import context_length_env
 from fleet.config import FleetSettings, ModelSpec, NodeGroup
 from fleet.exporter import build_parser
 
-# The server knobs Ollama reads (DESIGN.md); nothing else may appear in the container's environment.
+# The server knobs Ollama reads (envconfig/config.go); nothing else may appear in the container's environment.
 REAL_KNOBS = {
     "OLLAMA_NUM_PARALLEL",
     "OLLAMA_MAX_QUEUE",
