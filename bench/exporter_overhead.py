@@ -16,13 +16,13 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from common import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +56,6 @@ def _pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def _wait_ready(url: str, timeout: float = 20.0) -> None:
@@ -155,7 +149,7 @@ def _row(name: str, p: Phase) -> str:
 
 
 async def scenario(args: argparse.Namespace, token_delay: float) -> tuple[Phase, Phase, dict[str, float], float | None]:
-    backend_port, proxy_port, metrics_port = _free_port(), _free_port(), _free_port()
+    backend_port, proxy_port, metrics_port = free_port(), free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     backend = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fleet.exporter_fake", "--port", str(backend_port), "--tokens", str(args.tokens),

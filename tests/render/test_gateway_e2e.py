@@ -7,7 +7,6 @@ retry on another node, streaming and TLS. (The full data plane with real Ollama 
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 from render_tools import NGINX, make_prefix, nginx_user, require_tool
 
 from fleet.config import Client
+from fleet.local.processes import free_port
 from fleet.model_names import short_name
 from fleet.render import nginx as ng
 from fleet.stack_file import load_stack
@@ -33,12 +33,6 @@ RETRY_AFTER = 7
 MODEL = "smollm2:135m"  # the dev stack's model, served by group `cpu`
 SECOND_MODEL = "tiny-embed:1m"  # served by group `embed` in the routing tests
 WAIT_S = 10  # upper bound of every wait in these tests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Upstream:

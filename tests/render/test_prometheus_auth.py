@@ -5,7 +5,6 @@ self-scrape (password file) work."""
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,18 +13,13 @@ import httpx
 import pytest
 from render_tools import PROMTOOL, require_tool
 
+from fleet.local.processes import free_port
 from fleet.render import prometheus, prometheus_web
 from fleet.stack_file import load_stack
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 WAIT_S = 30
 SALT = "00112233445566778899aabbccddeeff"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_hash_is_bcrypt_of_the_password_and_stable_for_one_salt():

@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from fleet.exporter_fake import QUEUE_FULL, FakeOllama, FakeOllamaServer
 from fleet.exporter_metrics import ModelLabels
 from fleet.exporter_proxy import ExporterConfig, ExporterServer
 from fleet.exporter_stream import JsonMeter, NdjsonMeter, SseMeter, model_from_body, normalize_model, route_label
+from fleet.local.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "test-node"
@@ -375,9 +375,7 @@ async def test_stream_broken_by_ollama_reaches_the_client_as_incomplete():
 
 @async_test
 async def test_upstream_down_answers_502_json_and_marks_ollama_down():
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
     async with bed(upstream=dead, models=(MODEL,)) as b:
         async with b.client.post(f"{b.url}/api/chat", json={"model": MODEL, "messages": []}) as resp:
             assert resp.status == 502
@@ -702,18 +700,12 @@ def test_cli_arguments_and_their_errors():
         build_parser().parse_args(["--listen", "0.0.0.0:1"])  # --node is required
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @async_test
 async def test_the_command_runs_the_exporter_and_stops_on_sigterm():
     fake = FakeOllama(loaded=[(MODEL, 5, 5)])
     fake_server = FakeOllamaServer(fake)
     upstream = await fake_server.start()
-    listen, metrics = _free_port(), _free_port()
+    listen, metrics = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fleet.exporter", "--upstream", upstream, "--listen", f"127.0.0.1:{listen}",
         "--metrics-listen", f"127.0.0.1:{metrics}", "--node", "cli-node", "--ps-interval", "1",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 
 import pytest
 import typer
@@ -14,6 +13,7 @@ from typer.testing import CliRunner
 from fleet import loadtest as lt
 from fleet.cli_load import register
 from fleet.fake_backend import Behavior, BackendThread, FakeBackend
+from fleet.local.processes import free_port  # nothing listens on it
 
 API_ROUTES = {"ollama": "/api/generate", "chat": "/api/chat", "openai": "/v1/chat/completions"}
 
@@ -22,13 +22,6 @@ def spec(url: str, **overrides) -> lt.LoadSpec:
     values = dict(url=url, model="fake:1b", max_tokens=64, timeout_s=10.0, read_timeout_s=10.0)
     values.update(overrides)
     return lt.LoadSpec(**values)
-
-
-def closed_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("api", ["ollama", "chat", "openai"])
@@ -122,7 +115,7 @@ def test_a_connection_cut_mid_stream_is_a_failure_after_the_first_byte():
 
 
 def test_connection_refused_is_a_failure_before_the_first_byte():
-    result = lt.run_load(spec(f"http://127.0.0.1:{closed_port()}", requests=3, concurrency=(2,)))
+    result = lt.run_load(spec(f"http://127.0.0.1:{free_port()}", requests=3, concurrency=(2,)))
     summary = result.levels[0]
     assert summary.requests == 3 and summary.ok == 0
     assert summary.error_counts == {"connect/before_first_byte": 3}
@@ -247,7 +240,7 @@ def test_cli_loadtest_writes_results_and_refuses_unbounded(tmp_path):
 
 
 def test_cli_loadtest_fails_when_nothing_succeeds():
-    result = CliRunner().invoke(_cli(), ["loadtest", f"http://127.0.0.1:{closed_port()}", "-n", "2", "--no-progress"])
+    result = CliRunner().invoke(_cli(), ["loadtest", f"http://127.0.0.1:{free_port()}", "-n", "2", "--no-progress"])
     assert result.exit_code == 1
     assert "connect/before_first_byte" in result.output
 
