@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from fleet.stack_file import StackConfigError, load_stack
+from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_POLICY, fail
 from fleet.console import print_table
+from fleet.stack_file import StackConfigError, load_stack
 from fleet.text import counted
 
 app = typer.Typer(
@@ -21,10 +21,6 @@ app = typer.Typer(
     help="ollama-fleet: preview, plan, render, test and tune a production Ollama service.",
 )
 console = Console()
-err = Console(stderr=True)
-
-EXIT_CONFIG = 2  # bad stack configuration
-EXIT_POLICY = 3  # a mandatory policy failed
 
 
 def _print_version(value: bool) -> None:
@@ -47,19 +43,13 @@ def _options(
     """ollama-fleet: preview, plan, render, test and tune a production Ollama service."""
 
 
-def fail_config(error: StackConfigError) -> None:
-    # The message quotes the stack file's values: escape them so rich prints `[...]` as written.
-    err.print(f"[bold red]error:[/bold red] {escape(str(error))}", markup=True, highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_CONFIG)
-
-
 @app.command()
 def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml).")) -> None:
     """Check a stack file: known keys, types, allowed values, secrets stored encrypted."""
     try:
         config = load_stack(stack)
     except StackConfigError as error:
-        fail_config(error)
+        fail(str(error), EXIT_CONFIG)
     console.print(f"{config.path.name}: valid ({counted(config.settings.node_count, 'node')}, target {config.settings.target})")
 
 
@@ -78,21 +68,16 @@ def preview(
     try:
         stack_config = load_stack(stack)
     except StackConfigError as error:
-        fail_config(error)
+        fail(str(error), EXIT_CONFIG)
     try:
         result = preview_mod.run_program(stack_config)
     except StackConfigError as error:
-        fail_config(error)
+        fail(str(error), EXIT_CONFIG)
     except Exception as error:  # the program refused the stack (a renderer or component check)
         if debug:
             raise
-        err.print(
-            f"[bold red]error:[/bold red] {stack_config.path.name}: the program failed: {escape(str(error))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        err.print("(run with --debug for the traceback)")
-        raise typer.Exit(1) from None
+        fail(f"{stack_config.path.name}: the program failed: {error}", EXIT_FAILED,
+             hint="(run with --debug for the traceback)")
     if tree:
         console.print(preview_mod.resource_tree(result))
     print_table(console, preview_mod.counts_table(result))

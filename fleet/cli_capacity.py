@@ -16,11 +16,11 @@ from fleet.capacity import CapacityError, NodeEstimate, human
 from fleet.capacity_limits import GroupLimits, group_limits
 from fleet.capacity_limits import describe as describe_limits
 from fleet.catalog import GIB, MIB
+from fleet.cli_errors import EXIT_CONFIG, fail
 from fleet.console import print_table
 from fleet.stack_file import StackConfig, StackConfigError, load_stack
 
 EXIT_DOES_NOT_FIT = 1
-EXIT_CONFIG = 2
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False, help="Capacity planning.")
 
@@ -139,11 +139,6 @@ def print_plan(console: Console, stack_config: StackConfig) -> bool:
     return ok
 
 
-def _error(console: Console, message: str, code: int) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _validation_message(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
@@ -159,15 +154,14 @@ def plan(
 ) -> None:
     """Capacity per node group: weights, KV cache, graph and overhead against VRAM; exits 1 when something does not fit."""
     out = Console()
-    err = Console(stderr=True)
     try:
         config = load_stack(stack)
     except StackConfigError as error:
-        _error(err, str(error), EXIT_CONFIG)
+        fail(str(error), EXIT_CONFIG)
     try:
         capacity.rules_of(capacity.version_of_image(config.settings.images.ollama))
     except CapacityError as error:
-        _error(err, f"{config.path.name}: images.ollama: {error}", EXIT_CONFIG)
+        fail(f"{config.path.name}: images.ollama: {error}", EXIT_CONFIG)
     try:
         if json_out:
             headroom = config.settings.policy.vram_headroom
@@ -191,7 +185,7 @@ def plan(
         else:
             ok = print_plan(out, config)
     except (CapacityError, ValueError) as error:
-        _error(err, f"{config.path.name}: {error}", EXIT_CONFIG)
+        fail(f"{config.path.name}: {error}", EXIT_CONFIG)
     raise typer.Exit(0 if ok else EXIT_DOES_NOT_FIT)
 
 
@@ -214,14 +208,13 @@ def fit(
 ) -> None:
     """Does one model fit one instance type at this quantization, context and concurrency?"""
     out = Console()
-    err = Console(stderr=True)
     try:
         group = capacity.single_model_group(model, quant, num_ctx, num_parallel, instance, kv_cache_type, flash_attention)
         estimate = capacity.estimate_node(group, headroom, Path.cwd(), ollama_version)
     except ValidationError as error:
-        _error(err, _validation_message(error), EXIT_CONFIG)
+        fail(_validation_message(error), EXIT_CONFIG)
     except (CapacityError, ValueError) as error:
-        _error(err, str(error), EXIT_CONFIG)
+        fail(str(error), EXIT_CONFIG)
     limits = group_limits(group, headroom, Path.cwd())
     if json_out:
         typer.echo(json.dumps({**estimate.to_dict(), "limits": _limits_dict(limits)}, indent=2))

@@ -11,12 +11,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-err = Console(stderr=True)
+from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, err, fail, print_error
 
-EXIT_FAILED = 1  # a smoke check failed, or the promotion was not confirmed
-EXIT_CONFIG = 2  # bad stack configuration (as fleet.cli)
-EXIT_POLICY = 3  # a mandatory policy or capacity check fails (as fleet.cli)
+console = Console()
 
 _STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "SKIP": "yellow"}
 
@@ -82,8 +79,7 @@ def smoke(
         skipped = sum(1 for r in report.results if r.ok is None)
         console.print(f"[bold green]smoke test passed[/] ({len(report.results) - skipped} checks, {skipped} skipped)")
         return
-    err.print(f"[bold red]smoke test failed:[/] {', '.join(r.name for r in report.failed)}")
-    raise typer.Exit(EXIT_FAILED)
+    fail(", ".join(r.name for r in report.failed), EXIT_FAILED, label="smoke test failed")
 
 
 def _print_diff(diff: str) -> None:
@@ -124,17 +120,14 @@ def promote(
         deployment = DeploymentRecord.from_file(record, source) if record else DeploymentRecord.from_pulumi(source, root)
         tested = tested_source(source, target, root, deployment)
     except promotion.PromotionError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+        fail(str(error), EXIT_CONFIG)
     except (DeploymentError, UntestedSourceError) as error:
-        err.print(f"[bold red]refused:[/] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        fail(str(error), EXIT_FAILED, label="refused")
     console.print(f"{source} was deployed and smoke-tested at {tested.commit}: promoting that")
     try:
         plan = promotion.plan_promotion(source, target, root, source_text=tested.text, deployed=tested.deployed)
     except promotion.PromotionError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+        fail(str(error), EXIT_CONFIG)
     plan.notes[:0] = tested.notes
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
@@ -160,7 +153,7 @@ def promote(
             tail = "\n".join(verdict.preview_output.rstrip().splitlines()[-60:])
             console.print(Text(tail), soft_wrap=True)
         for problem in verdict.problems:
-            err.print(f"[bold red]refused:[/] {problem}", highlight=False, soft_wrap=True)
+            print_error(problem, label="refused")
         err.print(f"{plan.target_path.name} is unchanged.")
         raise typer.Exit(verdict.exit_code or EXIT_FAILED)
     console.print(f"[green]the promoted {target} stack passes validation, capacity and its policies[/]")
@@ -193,8 +186,7 @@ def deployment_record(
     try:
         record = DeploymentRecord.from_pulumi(stack, project_root())
     except DeploymentError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        fail(str(error), EXIT_FAILED)
     out.write_text(record.to_json())
     console.print(f"wrote the deployment record of {stack} to {out}")
 

@@ -17,13 +17,13 @@ from rich.table import Table
 
 from fleet import loadtest as lt
 from fleet import tune as tn
+from fleet.cli_errors import EXIT_CONFIG, err, fail
 from fleet.console import print_table
 
 console = Console()
-err = Console(stderr=True)
 
 EXIT_NO_SUCCESS = 1  # loadtest: no request succeeded; tune: no value within bounds
-EXIT_USAGE = 2  # bad options or stack configuration
+EXIT_USAGE = EXIT_CONFIG  # bad options or stack configuration
 EXIT_REFUSED = 3  # tune: the capacity model refuses the value
 
 
@@ -158,11 +158,6 @@ def _build_spec(
     ).validate()
 
 
-def _usage_error(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_USAGE)
-
-
 # Options shared by both commands.
 API_HELP = "ollama: /api/generate; chat: /api/chat; openai: /v1/chat/completions (streamed, SSE)."
 KEY_HELP = "API key, sent as `Authorization: Bearer <key>` (or set FLEET_API_KEY). [default: none, no key sent]"
@@ -201,7 +196,7 @@ def loadtest(
         spec = _build_spec(url, api, model, prompt, max_tokens, concurrency, rate, requests, duration, timeout,
                            read_timeout, api_key, insecure, ca_cert, source_ip, drain)
     except lt.LoadSpecError as exc:
-        _usage_error(str(exc))
+        fail(str(exc), EXIT_USAGE)
     result = lt.run_load(spec, RichProgress(console, enabled=progress))
     print_table(console, summary_table(result))
     for line in error_lines(result):
@@ -302,12 +297,12 @@ def tune(
     try:
         stack_config = load_stack(stack)
     except StackConfigError as exc:
-        _usage_error(str(exc))
+        fail(str(exc), EXIT_USAGE)
     settings = stack_config.settings
     if param not in tn.DEFAULT_VALUES:
-        _usage_error(f"--param {param!r}: allowed: {', '.join(tn.DEFAULT_VALUES)}")
+        fail(f"--param {param!r}: allowed: {', '.join(tn.DEFAULT_VALUES)}", EXIT_USAGE)
     if metric not in ("tokens", "requests"):
-        _usage_error(f"--metric {metric!r}: allowed: tokens, requests")
+        fail(f"--metric {metric!r}: allowed: tokens, requests", EXIT_USAGE)
     try:
         index, node_group = tn.find_group(settings, group, stack_config.path.name)
         version = tn.stack_ollama_version(settings, stack_config.path.name)
@@ -315,7 +310,7 @@ def tune(
         if any(v < 1 for v in swept):
             raise lt.LoadSpecError(f"--values {values}: every value must be at least 1")
     except (tn.TuneError, lt.LoadSpecError) as exc:
-        _usage_error(str(exc))
+        fail(str(exc), EXIT_USAGE)
     bounds = tn.Bounds(
         max_p95_ttft_s=max_p95_ttft,
         max_error_rate=max_error_rate,
@@ -330,8 +325,7 @@ def tune(
         for value, reason in sorted(refused.items()):
             err.print(f"[yellow]refused:[/yellow] {reason}", highlight=False, soft_wrap=True)
         if not swept_list:
-            err.print(f"[bold red]error:[/bold red] no value of --values fits group {group!r}; nothing to sweep")
-            raise typer.Exit(EXIT_REFUSED)
+            fail(f"no value of --values fits group {group!r}; nothing to sweep", EXIT_REFUSED)
         swept = tuple(swept_list)
 
     sink = RichProgress(console, enabled=progress)
@@ -342,11 +336,11 @@ def tune(
         points, measured_url = _points_from_results(from_results, param, swept)
     else:
         if local and param != "num_parallel":
-            _usage_error("--local restarts a loopback Ollama per numParallel value: use it with --param num_parallel")
+            fail("--local restarts a loopback Ollama per numParallel value: use it with --param num_parallel", EXIT_USAGE)
         if param == "num_parallel" and not (restart_cmd or local):
-            _usage_error("--param num_parallel restarts the server per value: give --restart-cmd '... {value} ...' or --local")
+            fail("--param num_parallel restarts the server per value: give --restart-cmd '... {value} ...' or --local", EXIT_USAGE)
         if not local and not url:
-            _usage_error("--url is required (or --local / --from-results)")
+            fail("--url is required (or --local / --from-results)", EXIT_USAGE)
         try:
             spec = lt.LoadSpec(
                 url=url or "http://127.0.0.1:0", api=api, model=model or node_group.models[0].ref, prompt=prompt,  # type: ignore[arg-type]
@@ -372,10 +366,9 @@ def tune(
                     points = tn.sweep_num_parallel(spec, swept, apply, clients_for, sink)
                 sweep = tn.sweep_result(spec, points)
         except (lt.LoadSpecError, tn.TuneError) as exc:
-            _usage_error(str(exc))
+            fail(str(exc), EXIT_USAGE)
         except (OSError, RuntimeError) as exc:  # fleet.local: no Ollama build, no test model, a server that died
-            err.print(f"[bold red]error:[/bold red] the loopback Ollama could not run: {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_NO_SUCCESS)
+            fail(f"the loopback Ollama could not run: {exc}", EXIT_NO_SUCCESS)
 
     knee = tn.pick_knee(points, bounds, metric=metric, tolerance=tolerance)  # type: ignore[arg-type]
     print_table(console, _sweep_table(points, knee, bounds, param, refused))
@@ -387,8 +380,7 @@ def tune(
         rec = tn.recommend(param, knee.point.value if knee.point else None, settings, index, refused,  # type: ignore[arg-type]
                            contention, measured=measured)
     except tn.TuneError as exc:
-        err.print(f"[bold red]refused:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_REFUSED)
+        fail(str(exc), EXIT_REFUSED, label="refused")
     if out is not None:
         if sweep is not None:
             lt.write_results(sweep, out, x_label="OLLAMA_NUM_PARALLEL" if param == "num_parallel" else None)
@@ -414,9 +406,9 @@ def _points_from_results(folder: Path, param: str, wanted: tuple[int, ...]) -> t
         summaries = [lt.LevelSummary(**level) for level in data["levels"]]
         url = str(data["spec"]["url"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        _usage_error(f"--from-results {path}: not a `fleet loadtest` results.json ({exc})")
+        fail(f"--from-results {path}: not a `fleet loadtest` results.json ({exc})", EXIT_USAGE)
     if param != "concurrency":
-        _usage_error("--from-results holds a concurrency sweep: use it with --param concurrency")
+        fail("--from-results holds a concurrency sweep: use it with --param concurrency", EXIT_USAGE)
     return [tn.Point(int(s.level), s) for s in summaries], url
 
 

@@ -14,11 +14,10 @@ import typer
 import yaml
 from rich.console import Console
 
+from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED
+from fleet.cli_errors import fail as _fail
 from fleet.stack_file import StackConfigError
 from fleet.text import counted
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 
 STATE_FILE = "state.json"
 DEFAULT_STATE_DIR = ".fleet/local"
@@ -45,11 +44,6 @@ def _parse_sets(values: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             raise typer.BadParameter(f"{item!r}: the value is not YAML ({exc})", param_hint="--set") from None
     return overrides
-
-
-def _fail(message: str, code: int = EXIT_FAILED) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}", markup=True, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 PORT_FLAGS = {"https": "--https-port", "http": "--http-port", "prometheus": "--prometheus-port"}

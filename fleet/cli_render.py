@@ -7,11 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, fail
 from fleet.stack_file import StackConfigError, load_stack
 from fleet.text import counted
-
-EXIT_CONFIG = 2
-EXIT_FAILED = 1
 
 
 def register(app: typer.Typer) -> None:
@@ -25,16 +23,14 @@ def register(app: typer.Typer) -> None:
         from fleet import preview
         from fleet.render.bundle import program_files, stand_ins, write_bundle
 
-        console, err = Console(), Console(stderr=True)
+        console = Console()
         try:
             config = load_stack(stack)
             result = preview.run_program(config)
         except StackConfigError as error:
-            err.print(f"[bold red]error:[/bold red] {error}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_CONFIG) from None
+            fail(str(error), EXIT_CONFIG)
         except Exception as error:  # the program refused the stack (a renderer or component check)
-            err.print(f"[bold red]error:[/bold red] {config.path.name}: the program failed: {error}", highlight=False)
-            raise typer.Exit(EXIT_FAILED) from None
+            fail(f"{config.path.name}: the program failed: {error}", EXIT_FAILED)
         written = write_bundle(program_files(result.resources, stand_ins(config.settings)), out)
         for path in written:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True)

@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fleet.cli_errors import EXIT_CONFIG, fail
 from fleet.stack_file import StackConfigError, load_stack
 
-EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 1
 LOCAL_STATE = Path(".fleet/local/state.json")
 
@@ -72,25 +72,21 @@ def register(app: typer.Typer) -> None:
         from fleet.render.prometheus_web import PROMETHEUS_USER
         from fleet.usage import PASSWORD_ENV, PrometheusApi, UsageError, usage_report
 
-        console, err = Console(), Console(stderr=True)
+        console = Console()
         try:
             settings = load_stack(stack).settings
         except StackConfigError as error:
-            err.print(f"[bold red]error:[/bold red] {error}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_CONFIG) from None
+            fail(str(error), EXIT_CONFIG)
         url = prometheus_url_for(stack, prometheus_url)
         if url is None:
-            err.print(f"[bold red]error:[/bold red] no Prometheus URL for stack {stack}: pass --prometheus-url "
-                      "(or FLEET_PROMETHEUS_URL)", markup=True, highlight=False)
-            raise typer.Exit(EXIT_CONFIG)
+            fail(f"no Prometheus URL for stack {stack}: pass --prometheus-url (or FLEET_PROMETHEUS_URL)", EXIT_CONFIG)
         password = os.environ.get(PASSWORD_ENV)
         api = PrometheusApi(url, username=user or (PROMETHEUS_USER if password else None), password=password)
         clients = [c.name for c in settings.gateway.clients]
         try:
             report = usage_report(api, since, clients)
         except UsageError as error:
-            err.print(f"[bold red]error:[/bold red] {error}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_UNREACHABLE) from None
+            fail(str(error), EXIT_UNREACHABLE)
         if as_json:
             console.print_json(json.dumps(report.to_json()))
             return

@@ -36,6 +36,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
+from fleet.cli_errors import EXIT_CONFIG, EXIT_POLICY  # the codes `fleet preview` ends with
 from fleet.config import FLEET_KEY
 from fleet.stack_file import StackConfig, StackConfigError, load_stack_file, stack_path
 
@@ -83,10 +84,6 @@ class _Missing:
 
 
 _MISSING = _Missing()
-
-# Exit codes shared with fleet.cli (bad configuration, mandatory policy failure).
-PREVIEW_EXIT_CONFIG = 2
-PREVIEW_EXIT_POLICY = 3
 
 
 class PromotionError(Exception):
@@ -468,7 +465,7 @@ def check_candidate(plan: PromotionPlan, root: Path, preview: bool = True) -> Ve
         try:
             config = load_stack_file(candidate, plan.target)
         except StackConfigError as error:
-            verdict.refuse(f"the promoted {plan.target_path.name} would not be valid:\n{error}", PREVIEW_EXIT_CONFIG)
+            verdict.refuse(f"the promoted {plan.target_path.name} would not be valid:\n{error}", EXIT_CONFIG)
             return verdict
         mandatory = config.settings.policy.enforcement == "mandatory"
         capacity = _capacity_problems(config, root)
@@ -476,15 +473,15 @@ def check_candidate(plan: PromotionPlan, root: Path, preview: bool = True) -> Ve
             verdict.warnings.extend(capacity)
         elif capacity:
             for problem in capacity:
-                verdict.refuse(problem, PREVIEW_EXIT_POLICY)
+                verdict.refuse(problem, EXIT_POLICY)
             return verdict  # no need to run the preview: the policy pack refuses the same
         if not preview:
             return verdict
         code, output = run_preview(plan.target, project)
         verdict.preview_code, verdict.preview_output = code, output
-    if code == PREVIEW_EXIT_POLICY:
+    if code == EXIT_POLICY:
         verdict.refuse(f"a mandatory policy fails on the promoted {plan.target} stack (offline preview exit {code})", code)
-    elif code == PREVIEW_EXIT_CONFIG:
+    elif code == EXIT_CONFIG:
         verdict.refuse(f"the offline preview refused the promoted {plan.target} configuration (exit {code})", code)
     elif code != 0:
         verdict.refuse(f"the offline preview of the promoted {plan.target} stack did not complete (exit {code})", 1)
