@@ -3,7 +3,7 @@
 Mechanism (one controller beside each gateway's nginx):
 
 1. every `--interval` seconds, ask Prometheus for each client's tokens since 00:00 UTC
-   (`increase(ollama_inference_tokens_total[<seconds since midnight>s])`, summed over every node and model,
+   (`ollama_inference_tokens_total` counted since midnight by `fleet.usage.counted_since`, summed over every node and model,
    so all nodes count towards one budget whichever gateway the requests came through);
 2. write the clients at or over their budget as an nginx `map` include (`"team-a" "<HTTP date of the next
    00:00 UTC>";`) into the gateway's budget folder, atomically (a temporary file renamed over the old one);
@@ -14,7 +14,7 @@ Mechanism (one controller beside each gateway's nginx):
 nginx answers a listed client's inference requests 429 with a JSON body naming the budget and `Retry-After`
 set to that date (templates/nginx.conf.j2). Restarts: the file lives in a volume, so a restarted nginx
 enforces the last decision at once; a restarted controller recomputes from Prometheus, whose counts survive
-in its TSDB (and `increase()` handles the meters' counter resets after a node restart). While Prometheus
+in its TSDB (and a series reset by a node restart is counted with `increase()`). While Prometheus
 cannot be reached the last decision stays in force. Tokens are counted when a request finishes, so a
 client can overshoot by what its requests in flight at that moment use.
 
@@ -40,7 +40,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 
-from fleet.usage import PASSWORD_ENV, TOKENS_METRIC, PrometheusApi, UsageError
+from fleet.usage import PASSWORD_ENV, TOKENS_METRIC, PrometheusApi, UsageError, counted_since
 
 log = logging.getLogger("fleet.budget")
 
@@ -65,7 +65,7 @@ def next_reset(now: datetime) -> datetime:
 def usage_query(now: datetime) -> str:
     """Tokens per client since 00:00 UTC (at least one second, so the range is valid right after midnight)."""
     seconds = max(1, int((now - window_start(now)).total_seconds()))
-    return f"sum by (client) (increase({TOKENS_METRIC}[{seconds}s]))"
+    return counted_since(TOKENS_METRIC, f"{seconds}s", "client")
 
 
 def decide(usage: Mapping[str, float], budgets: Mapping[str, int], now: datetime) -> Decision:

@@ -1,10 +1,11 @@
 """Usage per client: tokens and requests by client and model over a window, read from Prometheus' HTTP API.
 
 The counts come from the metering exporters (`ollama_inference_tokens_total` and
-`ollama_inference_requests_total`, labelled `client` by the gateway's client header). `increase()` over the
-window handles node restarts (counter resets); like every Prometheus increase it is extrapolated to the
-window's edges, so a figure can differ from the exact count by what arrives within about one scrape interval.
-The same queries feed the dashboard's client panels, `fleet usage` and the budget controller.
+`ollama_inference_requests_total`, labelled `client` by the gateway's client header). A count over a window
+is exact where it can be (see `counted_since`): the counter now minus the counter at the window's start, or
+the whole counter for a series born inside the window. Only a series that was reset inside the window (its
+meter restarted) or is gone by now falls back to `increase()`, which Prometheus extrapolates to the window's
+edges. The same queries feed the dashboard's client panels, `fleet usage` and the budget controller.
 
 Only the standard library is used: the budget controller runs from the exporter image (exporter/Dockerfile).
 """
@@ -35,15 +36,27 @@ def check_window(window: str) -> str:
     return window
 
 
+def counted_since(metric: str, window: str, by: str) -> str:
+    """What a counter counted over the last `window`, summed by `by`.
+
+    `increase()` alone extrapolates a series born inside the window (a new client, model or node) to the
+    window's start as if it had been counting all along: a client's first 50 tokens can read 61. So series
+    that lived through the window without a reset use the exact difference, series born inside it their whole
+    value (the meters create a series with its first count), and only the rest `increase()`.
+    """
+    exact = f"(({metric} - {metric} offset {window}) or {metric}) unless resets({metric}[{window}]) > 0"
+    return f"sum by ({by}) ({exact} or increase({metric}[{window}]))"
+
+
 def tokens_query(window: str, by: str = "client, model, type") -> str:
-    return f"sum by ({by}) (increase({TOKENS_METRIC}[{window}]))"
+    return counted_since(TOKENS_METRIC, window, by)
 
 
 # Where every client of Prometheus here (fleet usage, the budget controller, Grafana) reads its basic-auth password.
 PASSWORD_ENV = "FLEET_PROMETHEUS_PASSWORD"
 
 def requests_query(window: str, by: str = "client, model") -> str:
-    return f"sum by ({by}) (increase({REQUESTS_METRIC}[{window}]))"
+    return counted_since(REQUESTS_METRIC, window, by)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from fleet.budget import (
     usage_query,
     write_if_changed,
 )
-from fleet.usage import PrometheusApi, UsageError, usage_report
+from fleet.usage import PrometheusApi, UsageError, counted_since, usage_report
 
 NOON = datetime(2026, 12, 2, 12, 0, 30, tzinfo=timezone.utc)
 
@@ -85,7 +85,8 @@ def prom():
 
 
 def test_the_window_is_the_utc_day_so_far():
-    assert usage_query(NOON) == "sum by (client) (increase(ollama_inference_tokens_total[43230s]))"
+    assert usage_query(NOON) == counted_since("ollama_inference_tokens_total", "43230s", "client")
+    assert "offset 43230s" in usage_query(NOON) and usage_query(NOON).startswith("sum by (client) (")
     assert usage_query(NOON.replace(hour=0, minute=0, second=0)).endswith("[1s]))")
 
 
