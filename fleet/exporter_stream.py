@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from fleet.gateway_routes import ADMIN_PREFIXES, ADMIN_ROUTES, READ_ONLY_PREFIXES, READ_ONLY_ROUTES
 from fleet.gateway_routes import INFERENCE_ROUTES as GATEWAY_INFERENCE_ROUTES
 
 # Inference routes: metered per model. Everything else is passed through with a request counter only. The
@@ -19,31 +20,18 @@ INFERENCE_ROUTES = frozenset(GATEWAY_INFERENCE_ROUTES) | {"/v1/responses", "/v1/
 
 # Other routes Ollama serves; anything outside these and INFERENCE_ROUTES is counted as "other" so a
 # scanner walking random paths cannot grow the label set.
-_KNOWN_ROUTES = frozenset(
-    {
-        "/",
-        "/api/version",
-        "/api/tags",
-        "/api/show",
-        "/api/ps",
-        "/api/pull",
-        "/api/push",
-        "/api/create",
-        "/api/copy",
-        "/api/delete",
-        "/v1/models",
-    }
-)
+_KNOWN_ROUTES = frozenset({"/", *READ_ONLY_ROUTES, *ADMIN_ROUTES})
+# Routes with a parameter in the path (`/api/blobs/sha256:…`, `/v1/models/{model}`), labelled by their prefix.
+_PREFIXES = ADMIN_PREFIXES + READ_ONLY_PREFIXES
 
 
 def route_label(path: str) -> str:
     """A bounded label for a request path (`/api/blobs/sha256:…` → `/api/blobs`, unknown → `other`)."""
     if path in INFERENCE_ROUTES or path in _KNOWN_ROUTES:
         return path
-    if path.startswith("/api/blobs/"):
-        return "/api/blobs"
-    if path.startswith("/v1/models/"):
-        return "/v1/models"
+    for prefix in _PREFIXES:
+        if path.startswith(prefix):
+            return prefix.rstrip("/")
     return "other"
 
 

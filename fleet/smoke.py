@@ -16,16 +16,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-# The administrative Ollama routes (server/routes.go) with a probe request each. Bodies are empty objects: even on a
-# gateway that wrongly let a client key through, Ollama would answer 400 (missing name) or 404 and change
-# nothing, so the smoke test can run against production without risk.
-BLOB_PROBE = "/api/blobs/sha256:" + "0" * 64
+from fleet.gateway_routes import ADMIN_PREFIXES, ADMIN_ROUTES
+
+# The administrative Ollama routes (fleet.gateway_routes) with a probe request each, by the method Ollama serves
+# them with (server/routes.go: DELETE /api/delete, POST the others, HEAD /api/blobs/:digest). Bodies are empty
+# objects: even on a gateway that wrongly let a client key through, Ollama would answer 400 (missing name) or
+# 404 and change nothing, so the smoke test can run against production without risk.
+BLOB_PROBE = ADMIN_PREFIXES[0] + "sha256:" + "0" * 64
 ADMIN_PROBES: tuple[tuple[str, str, dict | None], ...] = (
-    ("POST", "/api/pull", {}),
-    ("POST", "/api/push", {}),
-    ("POST", "/api/create", {}),
-    ("POST", "/api/copy", {}),
-    ("DELETE", "/api/delete", {}),
+    *(("DELETE" if path == "/api/delete" else "POST", path, {}) for path in ADMIN_ROUTES),
     ("HEAD", BLOB_PROBE, None),
 )
 

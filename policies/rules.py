@@ -36,6 +36,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 
 from fleet import address_ranges, capacity, catalog, contract, ports
 from fleet.contract import ContractError, NodeContract
+from fleet.gateway_routes import ADMIN_PREFIXES, ADMIN_ROUTES
 from fleet.stack_file import environment_of_stack
 
 PACK_NAME = "ollama-fleet"
@@ -54,7 +55,8 @@ SG_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 # Relative GGUF paths in a stack file are relative to the project (where Pulumi runs the program).
 PROJECT_ROOT = Path(catalog.__file__).resolve().parent.parent
 
-ADMIN_PATHS = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/sha256:0")
+# Paths the gateway must close to client keys: every admin route, and one blob under the admin prefix.
+ADMIN_PATHS = ADMIN_ROUTES + tuple(prefix + "sha256:0" for prefix in ADMIN_PREFIXES)
 
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
