@@ -37,7 +37,7 @@ PROMETHEUS_DATA = "/prometheus"
 GRAFANA_DATASOURCE = "/etc/grafana/provisioning/datasources/ollama-fleet.yaml"
 GRAFANA_PROVIDER = "/etc/grafana/provisioning/dashboards/ollama-fleet.yaml"
 GRAFANA_DASHBOARD = f"{grafana.DASHBOARDS_PATH}/{grafana.DASHBOARD_FILE}"
-ALERTMANAGER_CONF = "/etc/alertmanager/alertmanager.yml"
+ALERTMANAGER_CONF = alertmanager.CONFIG_PATH
 ALERTMANAGER_DATA = "/alertmanager"
 
 _TARGET = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")

@@ -22,6 +22,7 @@ import yaml
 from fleet.config import PROJECT, FleetSettings, Receiver
 
 SECRETS_KEY = f"{PROJECT}:alertReceiverSecrets"
+CONFIG_PATH = "/etc/alertmanager/alertmanager.yml"  # where the container reads the rendered file
 UNROUTED = "unrouted"
 GROUP_BY = ("alertname", "group")
 NODE_DOWN_ALERT = "OllamaNodeDown"

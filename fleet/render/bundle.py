@@ -41,10 +41,9 @@ def _plain(value: Any) -> Any:
 def stand_ins(settings: FleetSettings) -> dict[str, str]:
     """Reviewable content for uploads that are secret only for the secrets they hold: Alertmanager's config, with
     placeholders where the receivers' secrets go."""
-    from components.monitoring import ALERTMANAGER_CONF
     from fleet.render import alertmanager
 
-    return {ALERTMANAGER_CONF: alertmanager.render_alertmanager(settings, alertmanager.placeholder_secrets(settings))}
+    return {alertmanager.CONFIG_PATH: alertmanager.render_alertmanager(settings, alertmanager.placeholder_secrets(settings))}
 
 
 def program_files(resources: Iterable[RegisteredResource], reviewable: Mapping[str, str] | None = None) -> dict[str, str]:
