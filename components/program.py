@@ -8,8 +8,19 @@ from __future__ import annotations
 import pulumi
 
 from components.fleet import Fleet, FleetArgs
-from fleet.config import PROJECT
-from fleet.stack_file import settings_from_pulumi_config
+from fleet.config import FLEET_KEY, PROJECT, FleetSettings
+from fleet.stack_file import StackConfigError, check_environment, parse_settings
+
+
+def settings_from_pulumi_config(stack: str) -> FleetSettings:
+    """Read the fleet object of `stack` through `pulumi.Config` and validate it as `fleet validate` does."""
+    stack_file = f"Pulumi.{stack}.yaml"
+    raw = pulumi.Config(PROJECT).get_object("fleet")
+    if raw is None:
+        raise StackConfigError(stack_file, [f"{FLEET_KEY}: required key is missing"])
+    settings = parse_settings(raw, stack_file)
+    check_environment(settings, stack, stack_file)
+    return settings
 
 
 def run() -> Fleet:

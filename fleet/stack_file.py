@@ -316,16 +316,3 @@ def load_stack_file(path: Path, stack: str | None = None) -> StackConfig:
     check_environment(settings, name, path.name)
     return StackConfig(stack=name, path=path, settings=settings, secret_keys_set=secrets_set, raw_config=config)
 
-
-def settings_from_pulumi_config(stack: str) -> FleetSettings:
-    """Inside a Pulumi program: read the fleet object of `stack` through `pulumi.Config` and validate it."""
-    import pulumi
-
-    stack_file = f"Pulumi.{stack}.yaml"
-    raw = pulumi.Config(PROJECT).get_object("fleet")
-    if raw is None:
-        raise StackConfigError(stack_file, [f"{FLEET_KEY}: required key is missing"])
-    settings = parse_settings(raw, stack_file)
-    check_environment(settings, stack, stack_file)
-    return settings
-

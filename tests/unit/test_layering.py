@@ -1,0 +1,111 @@
+"""The layers import downward only, read from the source with `ast` (every import, also inside functions).
+
+- The core (`fleet/`) imports no Pulumi SDK, no `components` and no `policies`, except the few app-layer
+  modules that assemble them (APP_LAYER, each with its reason).
+- The components (`components/`) wire Pulumi resources from the core; they never import the policies.
+- The policy pack (`policies/`) judges what the program registers; it never imports the components.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PULUMI = ("pulumi", "pulumi_*", "pulumiverse_*")  # the SDK, its providers and the policy SDK
+# Modules of the core that assemble the layers above it, and why each must.
+APP_LAYER: Mapping[str, str] = {
+    "fleet/preview.py": "runs the Pulumi program (components.program) under Pulumi's mocks",
+    "fleet/mock_cloud.py": "is the mock cloud that the offline preview hands to Pulumi",
+    "fleet/policy_runner.py": "runs the policy pack's own policy objects (policies, pulumi_policy) on the preview",
+    "fleet/render/bundle.py": "tells Pulumi's secret values apart in the resources the preview recorded",
+}
+RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fleet", (*PULUMI, "components", "policies")),
+    ("components", ("policies",)),
+    ("policies", ("components",)),
+)
+
+
+def _matches(module: str, pattern: str) -> bool:
+    top = module.split(".", 1)[0]
+    return top.startswith(pattern[:-1]) if pattern.endswith("*") else top == pattern
+
+
+def imported_modules(source: str) -> Iterator[tuple[int, str]]:
+    """(line, absolute module name) of every import in the source: statements anywhere in the file, and
+    `importlib.import_module("…")` / `__import__("…")` with a literal name."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                yield node.lineno, node.args[0].value
+
+
+def violations(root: Path, rules=RULES, allowed: Mapping[str, str] = APP_LAYER) -> list[str]:
+    """`path:line imports module` for every import a layer must not make."""
+    found = []
+    for package, forbidden in rules:
+        for path in sorted((root / package).rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            if relative in allowed:
+                continue
+            for line, module in imported_modules(path.read_text()):
+                if any(_matches(module, pattern) for pattern in forbidden):
+                    found.append(f"{relative}:{line} imports {module}")
+    return found
+
+
+def test_the_core_components_and_policies_import_only_downward():
+    found = violations(ROOT)
+    assert not found, (
+        "imports against the layering (fleet/ is the pure core: no Pulumi, components or policies; components "
+        "never import policies, policies never import components); move the code to the layer it belongs to, "
+        "or, for a module that assembles the layers, name it with its reason in APP_LAYER:\n  " + "\n  ".join(found)
+    )
+
+
+def test_every_app_layer_module_exists_and_needs_its_exemption():
+    for relative in APP_LAYER:
+        path = ROOT / relative
+        assert path.is_file(), f"{relative} is listed in APP_LAYER but does not exist"
+        needs = [m for _, m in imported_modules(path.read_text()) if any(_matches(m, p) for p in RULES[0][1])]
+        assert needs, f"{relative} imports nothing of Pulumi, components or policies: drop it from APP_LAYER"
+
+
+def test_a_violating_import_is_caught_wherever_it_stands(tmp_path):
+    files = {
+        "fleet/__init__.py": "",
+        "fleet/pure.py": "import json\nfrom fleet import config\nfrom . import sibling\n",
+        "fleet/lazy.py": "def f():\n    import pulumi_aws.ec2\n",
+        "fleet/sub/deep.py": "from components.gateway import Gateway\n",
+        "fleet/dynamic.py": "import importlib\nrules = importlib.import_module('policies.rules')\n",
+        "fleet/acme.py": "from pulumiverse_acme import Certificate\n",
+        "fleet/assembler.py": "import pulumi\n",
+        "components/gateway.py": "import pulumi\nfrom fleet import ports\nfrom policies import rules\n",
+        "policies/rules.py": "from pulumi_policy import ResourceValidationPolicy\nfrom fleet import capacity\n"
+        "from components import containers\n",
+    }
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+
+    found = violations(tmp_path, allowed={"fleet/assembler.py": "assembles the program"})
+
+    assert found == [
+        "fleet/acme.py:1 imports pulumiverse_acme",
+        "fleet/dynamic.py:2 imports policies.rules",
+        "fleet/lazy.py:2 imports pulumi_aws.ec2",
+        "fleet/sub/deep.py:1 imports components.gateway",
+        "components/gateway.py:3 imports policies",
+        "policies/rules.py:3 imports components",
+    ]
+    assert "fleet/assembler.py:1 imports pulumi" in violations(tmp_path, allowed={})
