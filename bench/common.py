@@ -127,6 +127,7 @@ def bench_settings(
     per_key_burst: int = 100_000,
     per_ip_per_minute: int = 1_000_000,
     per_ip_burst: int = 100_000,
+    max_connections_per_ip: int = 65_535,
     read_timeout_s: int = 600,
 ) -> FleetSettings:
     """The dev stack with the knobs a benchmark sets (limits high unless the benchmark is about them)."""
@@ -141,6 +142,8 @@ def bench_settings(
             "queue_per_node": queue_per_node,
             "ttft_target_seconds": ttft_target_s,
             "read_timeout_s": read_timeout_s,
+            # every generated client shares one loopback address
+            "max_connections_per_ip": max_connections_per_ip,
             "rate_limits": settings.gateway.rate_limits.model_copy(
                 update={
                     "per_key_per_minute": per_key_per_minute,

@@ -348,7 +348,7 @@ class Gateway(Model):
     max_connections_per_ip: int = Field(
         256,
         ge=1,
-        le=100_000,
+        le=65_535,  # nginx: "connection limit must be less 65536"
         description="Requests in progress at once from one client address (streams included); more get 429. A team behind one NAT address shares it.",
     )
     connect_timeout_s: int = Field(5, ge=1, le=300, description="Upstream connect timeout, seconds.")
