@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 from fleet import address_ranges, catalog, ports
 from fleet import config_text as rules
 from fleet.config_text import SettingProblem, text
+from fleet.model_names import short_name
 
 PROJECT = "ollama-fleet"
 FLEET_KEY = f"{PROJECT}:fleet"
@@ -55,6 +56,10 @@ class Model(BaseModel):
     )
 
 
+# Aliases one model may have (each is one more manifest on every node of its groups and one more routing key).
+MAX_ALIASES = 16
+
+
 class ModelSpec(Model):
     """One model served by a node group."""
 
@@ -87,10 +92,36 @@ class ModelSpec(Model):
     keep_loaded: bool = Field(
         True, description="Keep this model resident; all resident models of a node must fit in VRAM together."
     )
+    aliases: list[text(rules.MODEL_ALIAS)] = Field(
+        [],
+        max_length=MAX_ALIASES,
+        description=(
+            f"Other names clients may send for this model (at most {MAX_ALIASES}), e.g. `chat` or `gpt-4o-mini`. "
+            "Each node makes each one a name of the model in Ollama (`ollama cp`), so Ollama answers it with the "
+            "same loaded model (no second copy in memory), and the gateway routes it like the model's own name. An "
+            "alias may not be the name of a model any group serves nor another model's alias; a model served by "
+            "several groups has the same aliases in each."
+        ),
+    )
 
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.tag}"
+
+    @model_validator(mode="after")
+    def _aliases_are_other_names(self) -> "ModelSpec":
+        own = short_name(self.ref)
+        seen: dict[str, int] = {}
+        for index, alias in enumerate(self.aliases):
+            name = short_name(alias)
+            if name == own:
+                raise SettingProblem(("aliases", index), f"is the model's own name {self.ref}; an alias is another name for it", alias)
+            if name in seen:
+                raise SettingProblem(
+                    ("aliases", index), f"names {name} as aliases[{seen[name]}] does; each alias is listed once", alias
+                )
+            seen[name] = index
+        return self
 
     @model_validator(mode="after")
     def _known_model(self) -> "ModelSpec":
@@ -699,10 +730,55 @@ class FleetSettings(Model):
         for index, name in enumerate(names):
             if names.index(name) != index:
                 raise SettingProblem(("nodeGroups", index, "name"), "node group names must be unique", name)
+        self._check_model_names()
         self._check_gateway_names()
         self._check_monitoring_access()
         self._check_ttft_target()
         return self
+
+    def _check_model_names(self) -> None:
+        """Every name a client may send means one model: an alias is no served model's name and no other model's
+        alias; a model served by several groups has the same aliases in each (the gateway spreads its requests,
+        aliases included, over all of them). Names compare as Ollama reads them (`chat` is `chat:latest`)."""
+        served: dict[str, tuple[int, int]] = {}  # served model -> where it is first listed
+        for g, group in enumerate(self.node_groups):
+            for m, model in enumerate(group.models):
+                served.setdefault(short_name(model.ref), (g, m))
+        owners: dict[str, tuple[str, int, int, int]] = {}  # alias -> (its model, where it is first listed)
+        for g, group in enumerate(self.node_groups):
+            for m, model in enumerate(group.models):
+                mine = short_name(model.ref)
+                first_g, first_m = served[mine]
+                first = self.node_groups[first_g].models[first_m]
+                if (g, m) != (first_g, first_m) and {short_name(a) for a in model.aliases} != {
+                    short_name(a) for a in first.aliases
+                }:
+                    raise SettingProblem(
+                        ("nodeGroups", g, "models", m, "aliases"),
+                        f"{model.ref} is also served by group {self.node_groups[first_g].name!r} with aliases "
+                        f"[{', '.join(first.aliases)}] (nodeGroups[{first_g}].models[{first_m}].aliases); a model served by "
+                        "several groups has the same aliases in each, since the gateway spreads its requests over them all",
+                        model.aliases,
+                    )
+                for k, alias in enumerate(model.aliases):
+                    name = short_name(alias)
+                    key = ("nodeGroups", g, "models", m, "aliases", k)
+                    if name in served:
+                        where_g, where_m = served[name]
+                        raise SettingProblem(
+                            key,
+                            f"is the name of the model {name} that group {self.node_groups[where_g].name!r} serves "
+                            f"(nodeGroups[{where_g}].models[{where_m}]); allowed: a name no group serves",
+                            alias,
+                        )
+                    owner = owners.setdefault(name, (mine, g, m, k))
+                    if owner[0] != mine:
+                        raise SettingProblem(
+                            key,
+                            f"is already an alias of {owner[0]} (nodeGroups[{owner[1]}].models[{owner[2]}].aliases"
+                            f"[{owner[3]}]); each alias names one model",
+                            alias,
+                        )
 
     def _check_ttft_target(self) -> None:
         if self.gateway.ttft_target_seconds is None or self.gateway.queue_per_node is not None:

@@ -79,6 +79,14 @@ def _ipv4_address(value: str) -> str | None:
     return None
 
 
+def _not_a_source_suffix(value: str) -> str | None:
+    # Ollama reads `:local` and `:cloud` as where a model comes from (v0.24.0 internal/modelref), not as a tag.
+    tag = value.partition(":")[2]
+    if tag.lower() in ("local", "cloud"):
+        return f"`:{tag}` is Ollama's source suffix, not a tag"
+    return None
+
+
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = rf"(?=.{{1,253}}\Z)({_LABEL}\.)+[a-z]([a-z0-9-]{{0,61}}[a-z0-9])?"
 _HOST_OR_IP = rf"({_HOST}|{_LABEL}|[0-9]{{1,3}}(\.[0-9]{{1,3}}){{3}})"
@@ -89,6 +97,13 @@ DNS_LABEL = TextRule(
 )
 MODEL_NAME = TextRule(r"[a-z0-9][a-z0-9._-]{0,63}", "1 to 64 of lower-case a-z, 0-9, '.', '_', '-', starting with a letter or digit (e.g. `llama3.1`)")
 MODEL_TAG = TextRule(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "1 to 64 of A-Z, a-z, 0-9, '.', '_', '-', starting with a letter or digit (e.g. `8b`)")
+MODEL_ALIAS = TextRule(
+    r"[a-z0-9][a-z0-9._-]{0,63}(:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?",
+    "`name` or `name:tag` (e.g. `chat`, `gpt-4o-mini`, `chat:v2`): the name 1 to 64 of lower-case a-z, 0-9, '.', "
+    "'_', '-', the tag 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-' (not `local` or `cloud`), each starting with a "
+    "letter or digit; `name` alone means `name:latest`, as Ollama reads it",
+    _not_a_source_suffix,
+)
 GGUF_PATH = TextRule(
     rf"(~/|/)?({_PATH_SEGMENT}/)*{_PATH_SEGMENT}\.gguf",
     "a path to a `.gguf` file whose parts are A-Z, a-z, 0-9, '_', '.', '+', '-' (no part starting with '-'; no spaces)",

@@ -6,7 +6,8 @@ and completion tokens, tokens/s, requests in flight; it also polls /api/ps for t
 their VRAM. Metrics are served on a separate port (METER_METRICS).
 
     python -m fleet.exporter --upstream http://127.0.0.1:11434 --listen 0.0.0.0:11435 \\
-        --metrics-listen 0.0.0.0:9778 --node gpu-a-0 [--ps-interval 5] [--model llama3.1:8b ...] [--client team-a ...]
+        --metrics-listen 0.0.0.0:9778 --node gpu-a-0 [--ps-interval 5] [--model llama3.1:8b ...] \\
+        [--alias chat=llama3.1:8b ...] [--client team-a ...]
 
 Only aiohttp and prometheus_client are needed at run time (the exporter's container installs just those).
 """
@@ -46,6 +47,13 @@ def _positive(kind: type):
     return parse
 
 
+def _alias(value: str) -> tuple[str, str]:
+    alias, sep, model = value.partition("=")
+    if not sep or not alias.strip() or not model.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not ALIAS=MODEL, e.g. chat=llama3.1:8b")
+    return alias.strip(), model.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fleet.exporter", description="Metering pass-through in front of one Ollama server."
@@ -83,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model the node serves: labelled from the start (repeatable)",
     )
     parser.add_argument(
+        "--alias",
+        action="append",
+        type=_alias,
+        default=[],
+        metavar="ALIAS=MODEL",
+        help="another name of a served model (repeatable): its requests and runners are labelled with the model",
+    )
+    parser.add_argument(
         "--client",
         action="append",
         default=[],
@@ -114,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         max_models=args.max_models,
         models=tuple(args.model),
         clients=tuple(args.client),
+        aliases=tuple(args.alias),
     )
     try:
         asyncio.run(serve(config, args.listen, args.metrics_listen))

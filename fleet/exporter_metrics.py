@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -144,8 +144,17 @@ class UpstreamState:
 class MeterMetrics:
     """All series one exporter exposes, in a registry of its own (several exporters may share a process)."""
 
-    def __init__(self, node: str, max_models: int = 32, models: Iterable[str] = (), clients: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        node: str,
+        max_models: int = 32,
+        models: Iterable[str] = (),
+        clients: Iterable[str] = (),
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
         self.node = node
+        # alias -> the served model it names: an alias's requests and runners are labelled with the model
+        self.aliases = {normalize_model(alias): normalize_model(model) for alias, model in (aliases or {}).items()}
         self.registry = CollectorRegistry(auto_describe=True)
         self.labels = ModelLabels(max_models, models)
         self.clients = ClientLabels(clients)
@@ -222,6 +231,10 @@ class MeterMetrics:
 
     # Request life cycle -------------------------------------------------------------------------------
 
+    def served_name(self, model: str) -> str:
+        """The served model a request's (normalised) model names: itself, or the model an alias stands for."""
+        return self.aliases.get(model, model)
+
     def start(self, model: str) -> str:
         label = self.labels.acquire(model)
         self.inflight.labels(label, self.node).inc()
@@ -267,6 +280,8 @@ class MeterMetrics:
         self.http_requests.labels(route, self.node, status).inc()
 
     def set_upstream(self, up: bool, version: str | None, loaded: list[LoadedModel]) -> None:
+        # Ollama names a runner by the name that loaded it, an alias included: label it with the served model.
+        loaded = [replace(m, name=self.aliases.get(normalize_model(m.name), m.name)) for m in loaded]
         self.state.up, self.state.version, self.state.loaded = up, version, loaded
         for model in loaded:
             self.labels.confirm(model.name)

@@ -55,6 +55,7 @@ class ExporterConfig:
     max_models: int = 32
     models: tuple[str, ...] = field(default_factory=tuple)
     clients: tuple[str, ...] = field(default_factory=tuple)  # configured client names (the `client` label)
+    aliases: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (alias, served model): labelled as the model
 
 
 class MeteringProxy:
@@ -62,7 +63,9 @@ class MeteringProxy:
 
     def __init__(self, config: ExporterConfig, metrics: MeterMetrics | None = None) -> None:
         self.config = config
-        self.metrics = metrics or MeterMetrics(config.node, config.max_models, config.models, config.clients)
+        self.metrics = metrics or MeterMetrics(
+            config.node, config.max_models, config.models, config.clients, dict(config.aliases)
+        )
         self._upstream = config.upstream.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -181,7 +184,7 @@ class MeteringProxy:
         except web.HTTPRequestEntityTooLarge:
             self.metrics.http(route, "413")
             raise
-        model = model_from_body(payload)
+        model = self.metrics.served_name(model_from_body(payload))
         client = self.metrics.clients.label(request.headers.get(CLIENT_HEADER))
         label = self.metrics.start(model)
         body = MeteredBody()

@@ -83,7 +83,8 @@ def modelfile(model: ModelSpec, num_thread: int | None = None) -> str:
 
 def meter_command(ollama_container: str, node: str, group: NodeGroup, clients: Iterable[str] = ()) -> list[str]:
     """Arguments of `python -m fleet.exporter`: proxy Ollama on the node's network, label series with the node
-    and, from the start, with the models it serves and the gateway's clients (`gateway.clients`)."""
+    and, from the start, with the models it serves and the gateway's clients (`gateway.clients`); a request by
+    alias is labelled with the served model it names."""
     command = [
         "--upstream",
         f"http://{ollama_container}:{ports.OLLAMA}",
@@ -96,6 +97,8 @@ def meter_command(ollama_container: str, node: str, group: NodeGroup, clients: I
     ]
     for model in group.models:
         command += ["--model", model.ref]
+        for alias in model.aliases:
+            command += ["--alias", f"{alias}={model.ref}"]
     for client in clients:
         command += ["--client", client]
     return command
@@ -154,7 +157,8 @@ def _head(container: str) -> str:
 
 def pull_script(container: str, group: NodeGroup, staged: dict[str, str] | None = None) -> str:
     """Shell steps (run where the Docker CLI reaches the node's daemon) that pull every model of the group,
-    check pinned digests, and create each served name `name:tag` with its pinned num_ctx.
+    check pinned digests, create each served name `name:tag` with its pinned num_ctx, and copy it to each of
+    its aliases (`ollama cp`).
 
     `staged` maps the served name of a GGUF model to the path of its file on the machine running the script.
     """
@@ -173,6 +177,14 @@ def pull_script(container: str, group: NodeGroup, staged: dict[str, str] | None 
         lines.append(f"step {q('ollama create ' + model.ref)} create {q(model.ref)} {q(modelfile(model, group.ollama.num_thread))}")
         if reference is None:
             lines.append(f'docker exec "$container" rm -f {q(import_path(model))}')
+        # An alias is a second manifest naming the same layers: `ollama cp` (Ollama v0.24.0 server/images.go
+        # CopyModel) copies the manifest file and nothing else, and the scheduler keys runners by the model's blob
+        # path (server/sched.go schedulerModelKey: Model.ModelPath), so a request by alias is answered by the
+        # runner the served name loaded, in the same VRAM, with the same Modelfile parameters (a layer the copied
+        # manifest names). The capacity model counts `NodeGroup.models`, never aliases. /api/ps names a runner by
+        # the name that loaded it; the meter labels both names as the served model (`meter_command`).
+        for alias in model.aliases:
+            lines.append(f"step {q(f'ollama cp {model.ref} {alias}')} docker exec \"$container\" ollama cp {q(model.ref)} {q(alias)}")
     # What the node really pulled, as Ollama lists it: the deployment record (`deployed` output) carries it.
     for model in group.models:
         reference = pull_reference(model)

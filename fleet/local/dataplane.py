@@ -299,14 +299,20 @@ class LocalNode:
         return [self.ollama.process, self.meter]
 
     def start(self, warm: bool = True, import_models: bool = False) -> None:
-        """Start Ollama, import the models (always with `import_models`, else when missing), warm, start the meter."""
+        """Start Ollama, import the models (always with `import_models`, else when missing) and copy them to their
+        aliases, warm, start the meter."""
         self.ollama.start(timeout=START_TIMEOUT_S)
         for model, gguf in self.models:
             # The models folder outlives a run and is shared by the nodes: the first node of a start imports again
             # so the Modelfile parameters (num_ctx, num_thread) are this run's; the others find the model there.
-            if import_models or not self.ollama.has_model(model.ref):
+            imported = import_models or not self.ollama.has_model(model.ref)
+            if imported:
                 parameters = modelfile_parameters(model, self.group.ollama.num_thread)
                 self.ollama.import_gguf(model.ref, gguf, parameters=parameters)
+            # Each alias becomes a name of the model, as the deployment's pull step makes it (`ollama cp`).
+            for alias in model.aliases:
+                if imported or not self.ollama.has_model(alias):
+                    self.ollama.copy(model.ref, alias)
         if warm:
             self.warm()
         self.meter.start()

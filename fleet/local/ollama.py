@@ -186,6 +186,13 @@ class OllamaServer:
         if not self.has_model(name):
             raise ProcessError(f"ollama create {name} succeeded but /api/tags does not list it")
 
+    def copy(self, source: str, destination: str, timeout: float = 60.0) -> None:
+        """`ollama cp`: `destination` becomes another name of `source` (a copied manifest, the same layers)."""
+        resp = httpx.post(f"{self.base_url}/api/copy", json={"source": source, "destination": destination},
+                          timeout=timeout)
+        if resp.status_code != 200:
+            raise ProcessError(f"copy of {source} to {destination} failed ({resp.status_code}): {resp.text.strip()[-500:]}")
+
     def ensure_model(self, name: str = TEST_MODEL_NAME, gguf: Path | None = None) -> None:
         if not self.has_model(name):
             self.import_gguf(name, gguf or smollm2_gguf())

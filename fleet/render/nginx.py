@@ -130,6 +130,8 @@ class UpstreamGroup:
     next_upstream_tries: int
     is_default: bool  # the first group also serves the bare admin routes and /api/version
     models: tuple[str, ...] = ()  # served models, short names (`fleet.model_names.short_name`)
+    # (alias, served model) of the models' aliases, short names: each node knows the alias as a name of the model
+    aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def upstream(self) -> str:
@@ -213,12 +215,13 @@ class GatewayPlan:
         return f"~^(/groups/[a-z0-9-]+)?({routes})$"
 
     def model_routes(self) -> dict[str, list[tuple[str, int]]]:
-        """The router's table: served model (short name) -> the groups serving it, each weighted by the
-        connections its nodes admit together (a model on several groups is spread in that proportion)."""
+        """The router's table: served model or alias (short name) -> the groups serving it, each weighted by the
+        connections its nodes admit together (a model on several groups is spread in that proportion). An alias
+        goes where its model goes: the config gives a model the same aliases in every group that serves it."""
         routes: dict[str, list[tuple[str, int]]] = {}
         for group in self.groups:
-            for model in group.models:
-                routes.setdefault(model, []).append((group.name, group.capacity))
+            for name in (*group.models, *(alias for alias, _ in group.aliases)):
+                routes.setdefault(name, []).append((group.name, group.capacity))
         return routes
 
     @property
@@ -268,11 +271,17 @@ def _check_cidrs(values: Sequence[str], where: str) -> tuple[str, ...]:
 def _group_models(group: str, models: Sequence) -> tuple[str, ...]:
     """The short names of a group's models (the router's table keys)."""
     for model in models:
-        if not _MODEL_NAME.match(model.ref):
-            raise GatewayPlanError(
-                f"nodeGroups[{group}].models: `{model.ref}` is not an Ollama model name (letters, digits and _.:/-)"
-            )
+        for name in (model.ref, *model.aliases):
+            if not _MODEL_NAME.match(name):
+                raise GatewayPlanError(
+                    f"nodeGroups[{group}].models: `{name}` is not an Ollama model name (letters, digits and _.:/-)"
+                )
     return tuple(short_name(model.ref) for model in models)
+
+
+def _group_aliases(models: Sequence) -> tuple[tuple[str, str], ...]:
+    """(alias, served model) of a group's aliases, short names (more router table keys; checked by `_group_models`)."""
+    return tuple((short_name(alias), short_name(model.ref)) for model in models for alias in model.aliases)
 
 
 def _key_zones(settings: FleetSettings) -> tuple[RateZone, ...]:
@@ -340,6 +349,7 @@ def build_gateway_plan(
                 next_upstream_tries=len(servers),
                 is_default=index == 0,
                 models=_group_models(group.name, group.models),
+                aliases=_group_aliases(group.models),
             )
         )
 

@@ -31,7 +31,9 @@ KEYS = {"alpha": "alpha-key-0123456789abcdef", "beta": "beta-key-0123456789abcde
 ADMIN_KEY = "admin-key-0123456789abcdef"
 RETRY_AFTER = 7
 MODEL = "smollm2:135m"  # the dev stack's model, served by group `cpu`
+MODEL_ALIAS = "chat:latest"  # the dev stack's alias of MODEL
 SECOND_MODEL = "tiny-embed:1m"  # served by group `embed` in the routing tests
+SECOND_ALIAS = "embeddings"  # its alias (`embeddings:latest`)
 WAIT_S = 10  # upper bound of every wait in these tests
 
 
@@ -127,7 +129,9 @@ def gateway_settings(second_group: bool = False):
     if second_group:
         # a second group with a model of its own (a GGUF path: nginx never reads it)
         first = base.node_groups[0]
-        model = first.models[0].model_copy(update={"name": "tiny-embed", "tag": "1m", "gguf": "/models/tiny.gguf"})
+        model = first.models[0].model_copy(
+            update={"name": "tiny-embed", "tag": "1m", "gguf": "/models/tiny.gguf", "aliases": [SECOND_ALIAS]}
+        )
         second = first.model_copy(update={"name": "embed", "models": [model]})
         base = base.model_copy(update={"node_groups": [first, second]})
     gateway = base.gateway.model_copy(
@@ -452,6 +456,23 @@ def test_every_model_route_goes_to_its_group(routed, nodes, embed_node):
     assert {group for _, group, _ in logged} == {"cpu", "embed"}
 
 
+def test_an_alias_goes_to_its_models_group_unchanged(routed, nodes, embed_node):
+    with routed.client(KEYS["beta"]) as beta:
+        for route in ng.MODEL_BODY_ROUTES:
+            for spelling in (SECOND_ALIAS, f"{SECOND_ALIAS}:latest", f"registry.ollama.ai/library/{SECOND_ALIAS}"):
+                body = json.dumps({"model": spelling, "stream": False}).encode()
+                response = beta.post(route, content=body)
+                assert response.status_code == 200 and _served_by(response) == "c", (route, spelling)
+                # the node knows the alias as a name of the model: the body goes on byte for byte
+                assert embed_node.requests[-1]["path"] == route and embed_node.requests[-1]["body"] == body
+        by_path = beta.get(f"/v1/models/{SECOND_ALIAS}")
+        assert by_path.status_code == 200 and embed_node.requests[-1]["path"] == f"/v1/models/{SECOND_ALIAS}"
+        # another tag of the alias is another name, which no group serves
+        assert beta.post("/api/chat", json={"model": f"{SECOND_ALIAS}:v2"}).status_code == 404
+    assert not any(n.requests for n in nodes)
+    assert {e["group"] for e in routed.log() if e["status"] == 200} == {"embed"}
+
+
 def test_unknown_model_is_404_with_the_served_list_and_no_node_asked(routed, nodes, embed_node):
     with routed.client(KEYS["beta"]) as beta:
         native = beta.post("/api/chat", json={"model": "llama3.1:8b", "messages": []})
@@ -459,8 +480,8 @@ def test_unknown_model_is_404_with_the_served_list_and_no_node_asked(routed, nod
         by_path = beta.get("/v1/models/gpt-4o")
     assert native.status_code == openai.status_code == by_path.status_code == 404
     assert native.headers["content-type"].startswith("application/json")
-    for response in (native, openai, by_path):
-        assert response.json()["models"] == sorted([MODEL, SECOND_MODEL])
+    for response in (native, openai, by_path):  # every name a client may send, aliases included
+        assert response.json()["models"] == sorted([MODEL, MODEL_ALIAS, SECOND_MODEL, f"{SECOND_ALIAS}:latest"])
     assert "llama3.1:8b" in native.json()["error"] and MODEL in native.json()["error"]
     # OpenAI clients read an error object
     assert openai.json()["error"]["code"] == "model_not_found" and "gpt-4o" in openai.json()["error"]["message"]

@@ -24,9 +24,11 @@ def _plan(settings: FleetSettings, prefix=None, **overrides) -> ng.GatewayPlan:
 
 
 def _two_groups(settings: FleetSettings) -> FleetSettings:
-    """A second group `embed` of two nodes serving a model of its own."""
+    """A second group `embed` of two nodes serving a model of its own, also called `embeddings`."""
     first = settings.node_groups[0]
-    model = first.models[0].model_copy(update={"name": "embedder", "tag": "v1", "gguf": "/models/embedder.gguf"})
+    model = first.models[0].model_copy(
+        update={"name": "embedder", "tag": "v1", "gguf": "/models/embedder.gguf", "aliases": ["embeddings"]}
+    )
     second = first.model_copy(update={"name": "embed", "count": 2, "models": [model]})
     return settings.model_copy(update={"node_groups": [first, second]})
 
@@ -141,13 +143,15 @@ def test_bare_routes_go_through_the_model_router():
     assert locations["@fleet_group_chat"].values("proxy_pass") == [["http://fleet_chat$uri"]]
     assert locations["@fleet_group_embed"].values("proxy_pass") == [["http://fleet_embed$uri"]]
     assert locations["@fleet_group_embed"].values("proxy_next_upstream_tries") == [["2"]]
-    # the routing table is the config's, in Ollama's shortest spelling, weighted by admitted connections
+    # the routing table is the config's, in Ollama's shortest spelling, weighted by admitted connections; an
+    # alias goes where its model goes
     http = parse_nginx(conf).find("http")[0]
     variables = {args[0]: args[1:] for args in http.values("js_var")}
     capacity_of = {g.name: g.capacity for g in plan.groups}
     assert json.loads(variables["$fleet_model_routes"][0]) == {
         "llama3.1:8b": [["chat", capacity_of["chat"]]],
         "embedder:v1": [["embed", capacity_of["embed"]]],
+        "embeddings:latest": [["embed", capacity_of["embed"]]],
     }
     assert json.loads(variables["$fleet_groups"][0]) == ["chat", "embed"]
     assert http.values("js_import") == [["fleet_router", "from", plan.paths.router_script]]
@@ -167,10 +171,13 @@ def test_bare_routes_go_through_the_model_router():
 def test_a_model_on_several_groups_is_spread_by_capacity():
     settings = load_stack("prod").settings
     first = settings.node_groups[0]
+    first = first.model_copy(update={"models": [first.models[0].model_copy(update={"aliases": ["chat", "gpt-4o-mini:2024"]})]})
     second = first.model_copy(update={"name": "chat-b", "count": 3})
     plan = _plan(settings.model_copy(update={"node_groups": [first, second]}))
-    assert plan.model_routes() == {"llama3.1:8b": [("chat", 2 * plan.groups[0].servers[0].max_conns),
-                                                   ("chat-b", 3 * plan.groups[1].servers[0].max_conns)]}
+    spread = [("chat", 2 * plan.groups[0].servers[0].max_conns), ("chat-b", 3 * plan.groups[1].servers[0].max_conns)]
+    assert plan.model_routes() == {"llama3.1:8b": spread, "chat:latest": spread, "gpt-4o-mini:2024": spread}
+    # aliases add routing keys, not capacity: max_conns is the model's
+    assert plan.groups[0].servers[0].max_conns == _plan(settings).groups[0].servers[0].max_conns
 
 
 def test_model_names_that_cannot_be_rendered_are_refused():
@@ -179,6 +186,9 @@ def test_model_names_that_cannot_be_rendered_are_refused():
     bad = group.models[0].model_copy(update={"name": "evil'name", "gguf": "/m.gguf"})
     with pytest.raises(ng.GatewayPlanError, match=r"nodeGroups\[cpu\]\.models: `evil'name:135m` is not an Ollama model name"):
         _plan(settings.model_copy(update={"node_groups": [group.model_copy(update={"models": [bad]})]}))
+    bad_alias = group.models[0].model_copy(update={"aliases": ["chat';"]})  # model_copy skips the config's checks
+    with pytest.raises(ng.GatewayPlanError, match=r"nodeGroups\[cpu\]\.models: `chat';` is not an Ollama model name"):
+        _plan(settings.model_copy(update={"node_groups": [group.model_copy(update={"models": [bad_alias]})]}))
 
 
 def test_streaming_retry_and_header_directives(settings):

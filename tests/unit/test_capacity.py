@@ -22,7 +22,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fleet import capacity, capacity_terms, catalog
+from fleet import capacity, capacity_terms, catalog, contract
 from fleet.capacity import GIB, MIB
 from fleet.config import DEFAULT_QUEUE_PER_NODE, Gateway, Measured, ModelSpec, NodeGroup, OllamaSettings
 from fleet.gguf_arch import GgufError, read_arch
@@ -252,6 +252,20 @@ def test_resident_models_share_the_gpu_and_one_margin():
     nomic = estimate.model("nomic-embed-text:v1.5")
     assert nomic.num_parallel == 1 and nomic.kv_cache == 2 * 12 * 2048 * 12 * 64 * 2
     assert any("one slot" in note for note in nomic.notes)
+
+
+def test_aliases_are_names_of_a_model_not_more_models():
+    """An alias shares its model's runner and VRAM on the node (`ollama cp` copies a manifest; Ollama keys runners
+    by the blob path), so neither the estimate, the models Ollama may load nor the gateway's max_conns change."""
+    plain = group([llama8(), {"name": "qwen2.5", "tag": "7b", "num_ctx": 8192}])
+    aliased = group([llama8(aliases=["chat", "gpt-4o-mini"]), {"name": "qwen2.5", "tag": "7b", "num_ctx": 8192, "aliases": ["coder"]}])
+    assert capacity.estimate_node(aliased, ollama_version=TESTBED).to_dict() == capacity.estimate_node(plain, ollama_version=TESTBED).to_dict()
+    assert capacity.estimate_node(aliased).fits and aliased.max_loaded_models == 2  # OLLAMA_MAX_LOADED_MODELS
+    assert contract.ollama_environment(aliased) == contract.ollama_environment(plain)
+    gateway = Gateway()
+    assert capacity.max_conns_per_node(aliased, capacity.queue_per_node(aliased, gateway)) == capacity.max_conns_per_node(
+        plain, capacity.queue_per_node(plain, gateway)
+    )
 
 
 def test_too_many_models_for_max_loaded_models():

@@ -66,6 +66,21 @@ def group(config: dict) -> dict:
     return fleet(config)["nodeGroups"][0]
 
 
+def _second_group(config: dict, models: list[dict]) -> None:
+    """A second group `chat-b` like the first, serving `models`."""
+    fleet(config)["nodeGroups"].append(copy.deepcopy(dict(group(config), name="chat-b", models=models)))
+
+
+def _aliased(config: dict, *aliases: str) -> dict:
+    """The first group's model, with `aliases`."""
+    model = group(config)["models"][0]
+    model["aliases"] = list(aliases)
+    return model
+
+
+QWEN = {"name": "qwen2.5", "tag": "7b", "numCtx": 8192}
+
+
 def _ttft_target_only(config: dict, target=2.0) -> None:
     fleet(config)["gateway"].pop("queuePerNode", None)
     fleet(config)["gateway"]["ttftTargetSeconds"] = target
@@ -120,6 +135,21 @@ BAD_CASES = [
     ("measurement incomplete", lambda c: group(c).update(measured={"serviceTimeSeconds": 2.0}),
      "nodeGroups[0].measured.firstTokenSeconds", "required"),
     ("negative queue", lambda c: fleet(c)["gateway"].update(queuePerNode=-1), "gateway.queuePerNode", "greater than or equal to 0"),
+    ("alias not a list", lambda c: group(c)["models"][0].update(aliases="chat"), "models[0].aliases", "must be a list"),
+    ("alias with capitals", lambda c: _aliased(c, "Chat"), "models[0].aliases[0]", "must be `name` or `name:tag`"),
+    ("alias with a namespace", lambda c: _aliased(c, "team/chat"), "models[0].aliases[0]", "must be `name` or `name:tag`"),
+    ("alias with a source suffix", lambda c: _aliased(c, "chat:cloud"), "models[0].aliases[0]", "Ollama's source suffix"),
+    ("alias is the model's own name", lambda c: _aliased(c, "chat", "llama3.1:8b"), "models[0].aliases[1]",
+     "is the model's own name llama3.1:8b"),
+    ("alias repeated as name:latest", lambda c: _aliased(c, "chat", "chat:latest"), "models[0].aliases[1]",
+     "names chat:latest as aliases[0] does; each alias is listed once"),
+    ("too many aliases", lambda c: _aliased(c, *(f"a{i}" for i in range(17))), "models[0].aliases", "at most 16 items"),
+    ("alias is another group's model", lambda c: (_aliased(c, "qwen2.5:7b"), _second_group(c, [QWEN])),
+     "nodeGroups[0].models[0].aliases[0]", "is the name of the model qwen2.5:7b that group 'chat-b' serves (nodeGroups[1].models[0]); allowed: a name no group serves"),
+    ("alias of two models", lambda c: (_aliased(c, "chat"), _second_group(c, [dict(QWEN, aliases=["chat:latest"])])),
+     "nodeGroups[1].models[0].aliases[0]", "is already an alias of llama3.1:8b (nodeGroups[0].models[0].aliases[0]); each alias names one model"),
+    ("one model, other aliases in another group", lambda c: (_second_group(c, [dict(_aliased(c, "chat"), aliases=["assistant"])])),
+     "nodeGroups[1].models[0].aliases", "llama3.1:8b is also served by group 'chat' with aliases [chat]"),
 ]
 
 
@@ -134,6 +164,16 @@ def test_ttft_target_with_an_explicit_queue_needs_no_measurement(tmp_path):
 def test_bad_config_names_key_and_what_is_allowed(tmp_path, case_id, mutate, key_fragment, words):
     problems = _problems(tmp_path, mutate)
     assert any(key_fragment in p and words in p for p in problems), problems
+
+
+def test_a_model_on_several_groups_has_its_aliases_in_each(tmp_path):
+    document = _prod_raw()
+    config = document["config"]
+    first = _aliased(config, "chat", "gpt-4o-mini")
+    _second_group(config, [dict(first, aliases=["gpt-4o-mini:latest", "chat"]), dict(QWEN, aliases=["coder"])])
+    settings = load_stack_file(_write(tmp_path, document, "shared")).settings
+    assert settings.node_groups[0].models[0].aliases == ["chat", "gpt-4o-mini"]
+    assert settings.node_groups[1].models[1].aliases == ["coder"]
 
 
 def test_every_problem_is_reported_at_once(tmp_path):

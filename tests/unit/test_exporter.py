@@ -555,6 +555,22 @@ def test_model_label_budget_logic():
     assert labels.acquire("") == "unknown"
 
 
+@async_test
+async def test_an_alias_is_labelled_with_the_served_model_it_names():
+    # The alias loaded the runner (Ollama's /api/ps names a runner by the name that loaded it).
+    fake = FakeOllama(loaded=[("chat:latest", 181_000_000, 0)])
+    async with bed(fake, models=(MODEL,), aliases=(("chat", MODEL),)) as b:
+        for name in ("chat", "chat:latest", MODEL):
+            async with b.client.post(f"{b.url}/api/generate", json={"model": name, "prompt": "q", "stream": False}) as resp:
+                assert resp.status == 200 and (await resp.json())["model"] == name  # Ollama's answer, unchanged
+        m = await b.metrics()
+        assert m.value("ollama_inference_requests_total", model=MODEL, node=NODE, status="200") == 3
+        assert m.value("ollama_inference_tokens_total", model=MODEL, type="completion") > 0
+        assert m.label_values("ollama_inference_requests_total", "model") == {MODEL}
+        assert m.label_values("ollama_loaded_model_size_bytes", "model") == {MODEL}
+        assert m.value("ollama_loaded_model_size_bytes", model=MODEL, node=NODE) == 181_000_000
+
+
 # /api/ps and /api/version ---------------------------------------------------------------------------------
 
 
@@ -698,6 +714,11 @@ def test_cli_arguments_and_their_errors():
         build_parser().parse_args(["--node", "n", "--listen", "nonsense"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--listen", "0.0.0.0:1"])  # --node is required
+    aliased = build_parser().parse_args(["--node", "n", "--alias", "chat=llama3.1:8b", "--alias", "gpt-4o-mini=llama3.1:8b"])
+    assert aliased.alias == [("chat", "llama3.1:8b"), ("gpt-4o-mini", "llama3.1:8b")]
+    for bad in ("chat", "=llama3.1:8b", "chat="):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--node", "n", "--alias", bad])
 
 
 @async_test

@@ -243,6 +243,15 @@ def test_meter_command_is_accepted_by_the_exporter_cli(dev):
     assert args.metrics_listen == ("0.0.0.0", ports.METER_METRICS)
     assert args.node == "cpu-0"
     assert args.model == [m.ref for m in dev.group.models]
+    assert args.alias == [(alias, m.ref) for m in dev.group.models for alias in m.aliases]
+
+
+def test_meter_command_names_each_alias_with_its_model():
+    group = dev_group()
+    model = group.models[0].model_copy(update={"aliases": ["chat", "gpt-4o-mini"]})
+    command = meter_command("c", "cpu-0", group.model_copy(update={"models": [model]}))
+    args = build_parser().parse_args(command)
+    assert args.model == [model.ref] and args.alias == [("chat", model.ref), ("gpt-4o-mini", model.ref)]
 
 
 # ---- ordering ------------------------------------------------------------------------------------------
@@ -325,6 +334,11 @@ printf '%s\n' "$*" >> "$FAKE_LOG"
 case "$*" in
   *"ollama list"*) printf 'NAME ID SIZE MODIFIED\n%s %s 98 MB 1 second ago\n' "$FAKE_REF" "$FAKE_ID" ;;
   "exec -i "*) cat > "$FAKE_MODELFILE" ;;
+  *"ollama cp"*)
+    if [ -n "${FAKE_CP_FAIL:-}" ]; then
+      echo "Error: destination \"$6\" is invalid" >&2
+      exit 1
+    fi ;;
   *"ollama pull"*)
     if [ -n "${FAKE_PULL_FAIL:-}" ]; then
       echo "pulling manifest" >&2
@@ -336,7 +350,8 @@ exit 0
 """
 
 
-def run_script(tmp_path: Path, script: str, *, ref: str = "", digest_id: str = "", pull_fail: bool = False):
+def run_script(tmp_path: Path, script: str, *, ref: str = "", digest_id: str = "", pull_fail: bool = False,
+               cp_fail: bool = False):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "docker"
@@ -351,6 +366,8 @@ def run_script(tmp_path: Path, script: str, *, ref: str = "", digest_id: str = "
     }
     if pull_fail:
         env["FAKE_PULL_FAIL"] = "1"
+    if cp_fail:
+        env["FAKE_CP_FAIL"] = "1"
     proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     log = (tmp_path / "calls.log").read_text().splitlines() if (tmp_path / "calls.log").exists() else []
     return proc, log
@@ -378,6 +395,24 @@ def test_pull_script_pulls_then_creates_the_served_name_with_num_ctx(tmp_path):
     assert len(create) == 1 and create[0].endswith(f" sh {model.ref}")
     assert (tmp_path / "Modelfile").read_text() == f"FROM {reference}\nPARAMETER num_ctx {model.num_ctx}\n"
     assert calls.index(f"exec node-ollama ollama pull {reference}") < calls.index(create[0])
+
+
+def test_pull_script_copies_the_created_model_to_each_alias(tmp_path):
+    group = dev_group()
+    model = group.models[0].model_copy(update={"aliases": ["chat", "gpt-4o-mini"]})
+    aliased = group.model_copy(update={"models": [model]})
+    plain = group.model_copy(update={"models": [model.model_copy(update={"aliases": []})]})
+    proc, calls = run_script(tmp_path, pull_script("node-ollama", aliased))
+    assert proc.returncode == 0, proc.stderr
+    copies = [c for c in calls if " ollama cp " in c]
+    assert copies == [f"exec node-ollama ollama cp {model.ref} chat", f"exec node-ollama ollama cp {model.ref} gpt-4o-mini"]
+    create = next(c for c in calls if c.startswith("exec -i node-ollama"))
+    assert calls.index(create) < calls.index(copies[0])  # the served name exists before it is copied
+    assert " ollama cp " not in pull_script("node-ollama", plain)  # no alias, no copy
+
+    failed, _ = run_script(subdir(tmp_path, "failed"), pull_script("node-ollama", aliased), cp_fail=True)
+    assert failed.returncode != 0
+    assert "is invalid" in failed.stderr and f"ollama cp {model.ref} chat failed on node-ollama" in failed.stderr
 
 
 def test_pull_script_refuses_a_model_whose_digest_differs_from_the_pin(tmp_path):
