@@ -88,6 +88,9 @@ class Fleet(pulumi.ComponentResource):
 
         gateways = []
         prometheus_url = self._prometheus_url(name, settings, site) if settings.monitoring.enabled else None
+        # Grafana is served through the gateways' TLS server only; with TLS off (dev) it keeps its operator port.
+        serve_grafana = settings.monitoring.enabled and settings.gateway.tls.mode != "off"
+        grafana_upstream = self._grafana_upstream(name, site) if serve_grafana else None
         for index, host in enumerate(site.gateway_hosts):
             gateway = Gateway(
                 f"{name}-gateway-{index}",
@@ -103,6 +106,7 @@ class Fleet(pulumi.ComponentResource):
                     host_label=f"gateway-{index}",
                     prometheus_url=prometheus_url,
                     prometheus_password=secrets.prometheus_password,
+                    grafana_upstream=grafana_upstream,
                 ),
                 child,
             )
@@ -112,9 +116,12 @@ class Fleet(pulumi.ComponentResource):
             if gateway.node_target is not None:
                 targets.setdefault(GATEWAY_NODE_TARGETS, []).append(gateway.node_target)
 
+        self.gateway_url = site.url or gateways[0].url
         self.grafana_url = None
         self.prometheus_url = None
         if settings.monitoring.enabled:
+            from fleet.gateway_routes import GRAFANA_PATH
+
             from components.monitoring import Monitoring, MonitoringArgs
 
             monitoring = Monitoring(
@@ -127,13 +134,15 @@ class Fleet(pulumi.ComponentResource):
                     prometheus_password=secrets.prometheus_password,
                     prometheus_salt=secrets.prometheus_salt,
                     alert_receiver_secrets_json=args.alert_receiver_secrets_json,
+                    grafana_public_url=self.gateway_url.apply(lambda url: url.rstrip("/") + GRAFANA_PATH)
+                    if serve_grafana
+                    else None,
                 ),
                 child,
             )
             self.grafana_url = monitoring.grafana_url
             self.prometheus_url = monitoring.prometheus_url
 
-        self.gateway_url = site.url or gateways[0].url
         self.node_addresses = pulumi.Output.all(*[a for group in upstreams.values() for a in group])
         # What this stack runs, for its deployment record and `fleet promote`: image references (pinned by
         # digest), model digests per node group as Ollama lists them, the AMI of the GPU nodes.
@@ -166,6 +175,20 @@ class Fleet(pulumi.ComponentResource):
         if host.shared_network is not None:
             return pulumi.Output.from_input(f"http://{container_name(f'{name}-monitoring', 'prometheus')}:{ports.PROMETHEUS}")
         return pulumi.Output.from_input(host.private_address).apply(lambda address: f"http://{address}:{ports.PROMETHEUS}")
+
+    @staticmethod
+    def _grafana_upstream(name: str, site: _Site) -> pulumi.Output[str]:
+        """Grafana as the gateways' nginx reaches it (it runs on the first gateway host): by container name on a
+        shared Docker network, else at that host's private address, where it is published (the security group
+        admits no one else there). The private address rather than a Docker network shared by the two
+        components: the second gateway host of an HA stack reaches it the same way."""
+        from components.containers import container_name
+        from fleet import ports
+
+        host = site.gateway_hosts[0]
+        if host.shared_network is not None:
+            return pulumi.Output.from_input(f"{container_name(f'{name}-monitoring', 'grafana')}:{ports.GRAFANA}")
+        return pulumi.Output.from_input(host.private_address).apply(lambda address: f"{address}:{ports.GRAFANA}")
 
     def _certificate(
         self, name: str, args: FleetArgs, fqdn: str | None, zone_id: pulumi.Output[str] | None

@@ -64,7 +64,13 @@ class GatewayArgs:
     # Prometheus' base URL as seen from this host's containers; with it, clients' token budgets are enforced.
     prometheus_url: pulumi.Input[str] | None = None
     prometheus_password: pulumi.Output[str] | None = None  # secret: Prometheus' basic auth, for the controller
+    # Grafana's `address:port` as this host's containers reach it, served under /grafana/ on the TLS server to
+    # admin networks; None: not served (monitoring off, or TLS off).
+    grafana_upstream: pulumi.Input[str] | None = None
 
+
+# Docker's embedded DNS server, which answers container names on a user-defined network.
+DOCKER_DNS = "127.0.0.11"
 
 # Docker's default address pools. A client on the Docker host itself reaches a port published on loopback
 # through docker-proxy, so nginx sees the network's gateway address (in these pools), never 127.0.0.1.
@@ -81,9 +87,11 @@ def gateway_plan(
     upstreams: dict[str, list[str]],
     server_name: str | None,
     paths: nginx.GatewayPaths | None = None,
+    grafana_upstream: str | None = None,
 ) -> nginx.GatewayPlan:
     """The plan of the deployed gateway: the stack's ports and TLS, stub_status reachable by the exporter
-    container on the Docker network (private networks only), the given node addresses.
+    container on the Docker network (private networks only), the given node addresses, and Grafana at
+    `grafana_upstream` (a container name is looked up through Docker's DNS).
 
     On the local Docker host, CIDR lists that admit loopback also admit Docker's address pools, where
     loopback clients appear from (the published ports are bound to `local.bindAddress` all the same)."""
@@ -96,7 +104,22 @@ def gateway_plan(
         updates["admin_cidrs"] = _with_docker_loopback(gateway.admin_cidrs)
     if updates:
         settings = settings.model_copy(update={"gateway": gateway.model_copy(update=updates)})
-    return nginx.build_gateway_plan(settings, upstreams, status_listen=f"0.0.0.0:{ports.NGINX_STATUS}", paths=paths)
+    return nginx.build_gateway_plan(
+        settings,
+        upstreams,
+        status_listen=f"0.0.0.0:{ports.NGINX_STATUS}",
+        paths=paths,
+        grafana_upstream=grafana_upstream,
+        grafana_resolver=DOCKER_DNS if grafana_upstream and not _is_address(grafana_upstream) else None,
+    )
+
+
+def _is_address(host_port: str) -> bool:
+    try:
+        ipaddress.ip_address(host_port.rsplit(":", 1)[0].strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class Gateway(pulumi.ComponentResource):
@@ -120,8 +143,8 @@ class Gateway(pulumi.ComponentResource):
         enforce_budgets = bool(budgets) and args.prometheus_url is not None
         paths = BUDGET_PATHS if enforce_budgets else nginx.GatewayPaths()
         # The plan depends on the node addresses (known after their containers exist), not on any secret.
-        plan = resolve_grouped(args.upstreams).apply(
-            lambda upstreams: gateway_plan(settings, upstreams, args.server_name, paths)
+        plan = pulumi.Output.all(resolve_grouped(args.upstreams), args.grafana_upstream).apply(
+            lambda values: gateway_plan(settings, values[0], args.server_name, paths, values[1])
         )
         nginx_conf = plan.apply(nginx.render_nginx)
         api_keys_conf = pulumi.Output.secret(

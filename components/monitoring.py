@@ -8,8 +8,15 @@ outlasts a container replacement.
 Prometheus keeps its TSDB in a named Docker volume (it survives container replacement; retention is a flag).
 Grafana is stateless: everything it shows is provisioned from files, and the admin password comes from a
 secret environment variable, which Grafana applies when it creates its database, so a new password takes
-effect with the container it replaces. Both UIs are published on the operator address only (loopback on the
-local host, the private address on AWS, reached through SSM port forwarding or an admin CIDR).
+effect with the container it replaces.
+
+Grafana is served by the gateway's TLS server under /grafana/ to admin networks (`grafana_public_url`): it runs
+under that sub-path with secure cookies, and its port is published only where the gateways' nginx needs it
+(the host's private address on AWS, which the security group opens to no one else; nowhere on the local
+shared network). With TLS off (dev only) it is not served through the gateway and keeps its operator port
+(the local bind address, or the private address on AWS, reached through SSM port forwarding).
+Prometheus and Alertmanager are published on the operator address (loopback on the local host, the private
+address on AWS, reached through SSM port forwarding or, for Prometheus, an admin CIDR).
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ class MonitoringArgs:
     prometheus_salt: pulumi.Output[str]
     # JSON object receiver name -> secret (secret config `alertReceiverSecrets`); None when the stack sets none.
     alert_receiver_secrets_json: pulumi.Output[str] | None = None
+    # Grafana's https URL through the gateway (`https://<gateway>/grafana/`); None: the gateway does not serve it.
+    grafana_public_url: pulumi.Input[str] | None = None
 
 
 def _split(target: str, where: str) -> tuple[str, int]:
@@ -146,10 +155,22 @@ def receiver_secrets(secrets_json: str | None) -> dict[str, str]:
 
 
 def grafana_environment(
-    settings: FleetSettings, password: pulumi.Output[str], prometheus_password: pulumi.Output[str]
+    settings: FleetSettings,
+    password: pulumi.Output[str],
+    prometheus_password: pulumi.Output[str],
+    public_url: pulumi.Input[str] | None = None,
 ) -> list[pulumi.Input[str]]:
     """Grafana's settings: fixed admin user, secret password, no sign-up, no anonymous access, no phoning home;
-    the datasource's Prometheus password comes from the environment (the provisioning file names the variable)."""
+    the datasource's Prometheus password comes from the environment (the provisioning file names the variable).
+    Behind the gateway (`public_url`), Grafana serves from its sub-path, so its redirects and assets stay under
+    it, and its session cookie travels over HTTPS only."""
+    behind_gateway: list[pulumi.Input[str]] = []
+    if public_url is not None:
+        behind_gateway = [
+            pulumi.Output.concat("GF_SERVER_ROOT_URL=", public_url),
+            "GF_SERVER_SERVE_FROM_SUB_PATH=true",
+            "GF_SECURITY_COOKIE_SECURE=true",
+        ]
     return [
         f"GF_SECURITY_ADMIN_USER={settings.monitoring.grafana_admin_user}",
         pulumi.Output.secret(pulumi.Output.concat("GF_SECURITY_ADMIN_PASSWORD=", password)),
@@ -160,6 +181,7 @@ def grafana_environment(
         "GF_ANALYTICS_REPORTING_ENABLED=false",
         "GF_ANALYTICS_CHECK_FOR_UPDATES=false",
         "GF_NEWS_NEWS_FEED_ENABLED=false",
+        *behind_gateway,
     ]
 
 
@@ -267,12 +289,13 @@ class Monitoring(pulumi.ComponentResource):
         )
 
         grafana_name = container_name(name, "grafana")
+        behind_gateway = args.grafana_public_url is not None
         grafana_image = pinned_image(f"{name}-grafana-image", settings.images.grafana, place, self)
         self.grafana = docker.Container(
             f"{name}-grafana",
             name=grafana_name,
             image=grafana_image.image_id,
-            envs=grafana_environment(settings, args.grafana_password, prometheus_password),
+            envs=grafana_environment(settings, args.grafana_password, prometheus_password, args.grafana_public_url),
             uploads=[
                 docker.ContainerUploadArgs(
                     file=GRAFANA_DATASOURCE,
@@ -286,7 +309,8 @@ class Monitoring(pulumi.ComponentResource):
                 docker.ContainerUploadArgs(file=GRAFANA_DASHBOARD, content=grafana.render_dashboard(settings)),
             ],
             networks_advanced=place.networks(grafana_name),
-            ports=place.operator_ports(ports.GRAFANA),
+            # Behind the gateway: only where its nginx reaches it (none on a shared network).
+            ports=place.private_ports(ports.GRAFANA) if behind_gateway else place.operator_ports(ports.GRAFANA),
             **containers.RUNTIME,
             healthcheck=healthcheck(
                 ["CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{ports.GRAFANA}/api/health"], start_period="60s"
@@ -298,7 +322,9 @@ class Monitoring(pulumi.ComponentResource):
         )
 
         self.prometheus_url = place.operator_url(ports.PROMETHEUS)
-        self.grafana_url = place.operator_url(ports.GRAFANA)
+        self.grafana_url = (
+            pulumi.Output.from_input(args.grafana_public_url) if behind_gateway else place.operator_url(ports.GRAFANA)
+        )
         self.alertmanager_url = place.operator_url(ports.ALERTMANAGER)
         self.register_outputs(
             {"prometheusUrl": self.prometheus_url, "grafanaUrl": self.grafana_url, "alertmanagerUrl": self.alertmanager_url}

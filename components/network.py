@@ -69,6 +69,17 @@ def _error(stack: str, key: str, message: str) -> StackConfigError:
 
 
 
+def _outside(cidrs: list[str], within: list[str]) -> list[str]:
+    """The ranges of `cidrs` that no range of `within` holds whole."""
+    containers = [ipaddress.ip_network(c, strict=False) for c in within]
+    found = []
+    for cidr in cidrs:
+        network = ipaddress.ip_network(cidr, strict=False)
+        if not any(network.version == c.version and network.subnet_of(c) for c in containers):
+            found.append(cidr)
+    return found
+
+
 def plan_rules(settings: FleetSettings, stack: str) -> list[RuleSpec]:
     """Every security group rule the fleet needs, least privilege first. Pure: tested without Pulumi."""
     gateway, aws_settings = settings.gateway, settings.aws
@@ -86,12 +97,15 @@ def plan_rules(settings: FleetSettings, stack: str) -> list[RuleSpec]:
             RuleSpec("ingress", "gateway", gateway.https_port, "prefix-list", ROUTE53_HEALTHCHECKS_PREFIX_LIST, "Route 53 health checks")
         )
 
-    # Prometheus and Grafana (on the gateway host): from admin CIDRs only (never the whole internet: the config
-    # refuses it); with none, through SSM port forwarding.
+    # Prometheus (on the gateway host): from admin CIDRs only (never the whole internet: the config refuses it);
+    # with none, through SSM port forwarding. Grafana's port is opened to no CIDR: the gateway serves it over
+    # HTTPS to the admin CIDRs (nginx checks them), which may lie outside the client CIDRs.
     if settings.monitoring.enabled:
         for cidr in gateway.admin_cidrs:
-            for port, what in ((ports.GRAFANA, "Grafana"), (ports.PROMETHEUS, "Prometheus")):
-                rules.append(RuleSpec("ingress", "gateway", port, "cidr", cidr, f"{what} from admins"))
+            rules.append(RuleSpec("ingress", "gateway", ports.PROMETHEUS, "cidr", cidr, "Prometheus from admins"))
+        if gateway.tls.mode != "off":
+            for cidr in _outside(gateway.admin_cidrs, gateway.client_cidrs):
+                rules.append(RuleSpec("ingress", "gateway", gateway.https_port, "cidr", cidr, "Grafana over HTTPS from admins"))
 
     # Nodes: the metering proxy (the gateway's upstream) and the metrics ports, from the gateway's group only.
     # Ollama's own port (11434) is not opened at all: only the metering proxy on the same host talks to it.
@@ -104,6 +118,10 @@ def plan_rules(settings: FleetSettings, stack: str) -> list[RuleSpec]:
         for port in GATEWAY_METRICS_PORTS:
             rules.append(RuleSpec("ingress", "gateway", port, "group", "gateway", "metrics of the other gateway host"))
             rules.append(RuleSpec("egress", "gateway", port, "group", "gateway", "Prometheus scrapes the other gateway host"))
+        if gateway.tls.mode != "off":
+            # Grafana runs on the first gateway host; the second one's nginx serves it too.
+            rules.append(RuleSpec("ingress", "gateway", ports.GRAFANA, "group", "gateway", "Grafana for the other gateway's nginx"))
+            rules.append(RuleSpec("egress", "gateway", ports.GRAFANA, "group", "gateway", "nginx reaches Grafana on the first gateway host"))
 
     # SSH only where the stack names admin CIDRs; by default there is no port 22 at all (SSM).
     for cidr in aws_settings.ssh_cidrs:

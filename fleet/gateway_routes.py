@@ -41,6 +41,9 @@ MODEL_LIST_ROUTES = ("/api/tags", "/api/ps", "/v1/models")
 
 # Answered by nginx itself, without a key.
 HEALTH_ROUTE = "/health"
+# Grafana, served by the gateway's TLS server under this path to admin networks (gateway.adminCidrs) without an
+# API key: browsers send none, Grafana's own login guards it.
+GRAFANA_PATH = "/grafana/"
 # Every node group's routes also live under `/groups/<name>/` for operators (a group's own list, one
 # group's admin routes); the bare admin routes and /api/version reach the first group.
 GROUP_ROUTE_PREFIX = "/groups/"

@@ -469,8 +469,9 @@ pinned_images = StackValidationPolicy(
 
 # ------------------------------------------------------------------------------------- no-public-inference-ports
 
-# The stack-file key whose ranges open a port (the program opens the others to the gateway's group only).
-PORT_KEYS = {ports.GRAFANA: "gateway.adminCidrs", ports.PROMETHEUS: "gateway.adminCidrs", ports.SSH: "aws.sshCidrs"}
+# The stack-file key whose ranges open a port (the program opens the others to the gateway's group only;
+# Grafana's port included: the gateway serves Grafana over HTTPS).
+PORT_KEYS = {ports.PROMETHEUS: "gateway.adminCidrs", ports.SSH: "aws.sshCidrs"}
 
 
 def _exposed(from_port: Any, to_port: Any, protocol: Any, private: Sequence[int]) -> list[int]:

@@ -34,6 +34,7 @@ from fleet.gateway_routes import (
     ADMIN_PREFIXES,
     CLIENT_HEADER,
     ADMIN_ROUTES,
+    GRAFANA_PATH,
     INFERENCE_ROUTES,
     MODEL_BODY_ROUTES,
     MODEL_LIST_ROUTES,
@@ -207,6 +208,15 @@ class GatewayPlan:
     max_connections_per_ip: int = 256
     clients: tuple[str, ...] = field(default=())
     budgets: tuple[tuple[str, int], ...] = field(default=())  # (client, tokensPerDay) of clients with a budget
+    # Grafana's `host:port`, served under GRAFANA_PATH by the TLS server only; None: not served.
+    grafana_upstream: str | None = None
+    # The DNS server nginx asks at request time when Grafana's address is a name (a container name).
+    grafana_resolver: str | None = None
+
+    @property
+    def grafana_path_regex(self) -> str:
+        """nginx regex of Grafana's path, with or without its trailing slash."""
+        return f"^{re.escape(GRAFANA_PATH.rstrip('/'))}(/|$)"
 
     @property
     def inference_uri_regex(self) -> str:
@@ -315,12 +325,18 @@ def build_gateway_plan(
     fail_timeout_s: int = 10,
     client_body_buffer_size: str = "1m",
     upstream_host: str = "localhost",
+    grafana_upstream: str | None = None,
+    grafana_resolver: str | None = None,
 ) -> GatewayPlan:
     """The gateway plan of a stack, given the runtime upstream addresses.
 
     `upstreams` maps each node group's name to the `host:port` of its nodes' metering pass-through (port
     `ports.METER` in deployment; any port on loopback). Ports, paths, listen addresses and TLS default to the
     stack's deployment values and may be overridden (the loopback data plane changes only those).
+
+    `grafana_upstream` (`host:port`) puts Grafana under GRAFANA_PATH on the TLS server, for admin networks only;
+    with TLS off it is not served at all (its login would cross the network in clear). A name needs
+    `grafana_resolver`, the DNS server nginx asks at request time (Docker's embedded DNS on a shared network).
     """
     gateway = settings.gateway
     names = [g.name for g in settings.node_groups]
@@ -366,6 +382,7 @@ def build_gateway_plan(
     if user is not None and not re.fullmatch(r"^[a-z_][a-z0-9_-]*( [a-z_][a-z0-9_-]*)?$", user):
         raise GatewayPlanError(f"user: {user!r} must be `user` or `user group`")
     client_cidrs = _check_cidrs(gateway.client_cidrs, "gateway.clientCidrs")
+    grafana, resolver = _grafana(grafana_upstream, grafana_resolver) if tls_on else (None, None)
     if any(ipaddress.ip_network(c).prefixlen == 0 for c in client_cidrs):
         client_cidrs = ()  # open to all: no check rendered
 
@@ -404,7 +421,29 @@ def build_gateway_plan(
         client_body_timeout_s=gateway.client_body_timeout_s,
         max_connections_per_ip=gateway.max_connections_per_ip,
         clients=tuple(c.name for c in gateway.clients),
+        grafana_upstream=grafana,
+        grafana_resolver=resolver,
     )
+
+
+def _grafana(upstream: str | None, resolver: str | None) -> tuple[str | None, str | None]:
+    if upstream is None:
+        return None, None
+    _check_address(upstream, "grafana_upstream")
+    if resolver is not None:
+        try:
+            ipaddress.IPv4Address(resolver)
+        except ValueError:
+            raise GatewayPlanError(f"grafana_resolver: {resolver!r} must be an IPv4 address") from None
+    host = upstream.rsplit(":", 1)[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if resolver is None:
+            raise GatewayPlanError(
+                f"grafana_upstream: {upstream!r} names a host: give grafana_resolver, the DNS server nginx asks for it"
+            ) from None
+    return upstream, resolver
 
 
 def placeholder_upstreams(settings: FleetSettings, port: int = ports.METER) -> dict[str, list[str]]:
@@ -434,6 +473,7 @@ def render_nginx(plan: GatewayPlan) -> str:
         read_only_prefixes=READ_ONLY_PREFIXES,
         admin_routes=ADMIN_ROUTES,
         admin_prefixes=ADMIN_PREFIXES,
+        grafana_path=GRAFANA_PATH,
     )
 
 

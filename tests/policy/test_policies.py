@@ -393,6 +393,15 @@ def test_private_ports_never_open_to_the_world(resources_of, port):
     assert len(found) == 1 and str(int(port)) in found[0].message and found[0].resource_name == f"bad-{port}"
 
 
+def test_the_world_on_grafana_port_names_no_stack_key(resources_of):
+    # The program opens Grafana's port to no range (the gateway serves Grafana over HTTPS); Prometheus' port is
+    # opened by gateway.adminCidrs.
+    extra = [ingress_rule("prod", "grafana", 3000, cidr="0.0.0.0/0"), ingress_rule("prod", "prometheus", 9090, cidr="0.0.0.0/0")]
+    found = {v.resource_name: v.message for v in violations(resources_of("prod") + extra, "prod", "no-public-inference-ports")}
+    assert "adminCidrs" not in found["grafana"] and "only the gateway's group may reach these ports" in found["grafana"]
+    assert "ollama-fleet:fleet.gateway.adminCidrs" in found["prometheus"]
+
+
 def test_public_ports_check_ipv6_ranges_all_protocols_and_inline_rules(resources_of):
     extra = [
         ingress_rule("prod", "v6-range", 9000, cidr6="::/0", to_port=9200),  # covers 9090, 9093, 9100, 9113
@@ -413,7 +422,7 @@ def test_public_ports_check_ipv6_ranges_all_protocols_and_inline_rules(resources
 def test_public_ports_allow_https_admin_cidrs_egress_and_udp(resources_of):
     extra = [
         ingress_rule("prod", "https", 443, cidr="0.0.0.0/0"),
-        ingress_rule("prod", "grafana-admins", 3000, cidr="203.0.113.0/24"),
+        ingress_rule("prod", "prometheus-admins", 9090, cidr="203.0.113.0/24"),
         ingress_rule("prod", "udp", 11434, cidr="0.0.0.0/0", protocol="udp"),
         resource("prod", SG_RULE, "egress", {"type": "egress", "fromPort": 0, "toPort": 65535, "protocol": "-1", "cidrBlocks": ["0.0.0.0/0"]}),
     ]

@@ -151,7 +151,15 @@ def gateway_settings(second_group: bool = False):
 
 
 class Gateway:
-    def __init__(self, root: Path, upstreams: list[Upstream], settings=None, embed: list[Upstream] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        upstreams: list[Upstream],
+        settings=None,
+        embed: list[Upstream] | None = None,
+        tls: bool = True,
+        **plan_options,
+    ) -> None:
         binary = require_tool(NGINX, "nginx")
         self.settings = settings or gateway_settings(second_group=embed is not None)
         groups = {"cpu": [u.address for u in upstreams]}
@@ -163,13 +171,14 @@ class Gateway:
             self.settings,
             groups,
             paths=paths,
-            tls=True,
+            tls=tls,
             listen_address="127.0.0.1",
             https_port=self.https_port,
             http_port=self.http_port,
             status_listen=f"127.0.0.1:{status_port}",
             user=nginx_user(),
             worker_processes="2",
+            **plan_options,
         )
         (root / "nginx.conf").write_text(ng.render_nginx(self.plan))
         Path(paths.api_keys_include).write_text(ng.render_api_keys(KEYS, ADMIN_KEY))
@@ -180,7 +189,7 @@ class Gateway:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        self.base = f"https://127.0.0.1:{self.https_port}"
+        self.base = f"https://127.0.0.1:{self.https_port}" if tls else f"http://127.0.0.1:{self.http_port}"
         deadline = time.monotonic() + WAIT_S
         while True:
             try:

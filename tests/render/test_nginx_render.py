@@ -331,3 +331,72 @@ def test_log_rotation_script_passes_shellcheck_and_refuses_bad_paths(tmp_path):
             ng.render_log_rotation(bad)
     with pytest.raises(ng.GatewayPlanError, match="at least 1"):
         ng.render_log_rotation("/l/access.log", max_bytes=0)
+
+
+GRAFANA_LOCATION = ["~", "^/grafana(/|$)"]
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize(
+    "upstream,resolver",
+    [("10.0.1.5:3000", None), ("ollama-monitoring-grafana:3000", "127.0.0.11")],
+    ids=["private-address", "container-name"],
+)
+def test_nginx_accepts_grafana_behind_every_stack(settings, tmp_path, upstream, resolver):
+    paths = make_prefix(tmp_path)
+    plan = _plan(settings, paths, tls=True, grafana_upstream=upstream, grafana_resolver=resolver)
+    (tmp_path / "nginx.conf").write_text(ng.render_nginx(plan))
+    clients = {name: f"key-{name}-0123456789abcdef" for name in plan.clients}
+    (tmp_path / "api-keys.conf").write_text(ng.render_api_keys(clients, ADMIN_KEY))
+    result = nginx_test(tmp_path / "nginx.conf", tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_grafana_is_on_the_tls_server_only_for_admin_networks_without_a_key(settings):
+    plan = _plan(settings, tls=True, grafana_upstream="10.0.1.5:3000")
+    http = parse_nginx(ng.render_nginx(plan)).find("http")[0]
+    servers = {"ssl" in s.values("listen")[0]: s for s in http.find("server") if s.find("server_name")}
+    grafana = [d for d in servers[True].find("location") if d.args == GRAFANA_LOCATION]
+    assert len(grafana) == 1 and not [d for d in servers[False].walk() if d.args == GRAFANA_LOCATION]
+    location = grafana[0]
+    # admin networks only, with the JSON body of the gateway's other refusals
+    check = location.find("if")[0]
+    assert check.args == ["($fleet_admin_network", "=", "0)"]
+    status, body = check.values("return")[0]
+    assert status == "403" and json.loads(body.removesuffix("\\n"))["error"].startswith("forbidden: ") and "gateway.adminCidrs" in body
+    # no API key: Grafana's path is public to the key check (its own login guards it), and not rate-limited per key
+    public = next(d for d in http.find("map") if d.args[1] == "$fleet_public_route")
+    assert ["~^/grafana(/|$)", "1"] in [[d.name, *d.args] for d in public.block]
+    assert not location.find("limit_req")
+    # the websocket upgrade passes, the path is kept (no URI part), the gateway's own headers do not pass
+    headers = {args[0]: args[1] for args in location.values("proxy_set_header")}
+    assert headers["Upgrade"] == "$http_upgrade" and headers["Connection"] == "$fleet_connection_upgrade"
+    assert headers["Host"] == "$http_host" and headers["X-API-Key"] == "" and headers["X-Fleet-Client"] == ""
+    upgrade = next(d for d in http.find("map") if d.args[1] == "$fleet_connection_upgrade")
+    assert {d.name: d.args[0] for d in upgrade.block} == {"default": "upgrade", "": "close"}
+    assert location.values("proxy_pass") == [["http://10.0.1.5:3000"]]
+    assert location.values("proxy_buffering") == [["off"]]
+    # its requests stay out of the exporter's file (the gateway's metrics count API traffic)
+    assert location.values("access_log") == [[plan.paths.access_log, "fleet_json"]]
+
+
+def test_grafana_is_not_served_without_tls_and_a_name_needs_a_resolver(settings):
+    plain = _plan(settings, tls=False, grafana_upstream="10.0.1.5:3000")
+    assert plain.grafana_upstream is None and "grafana" not in ng.render_nginx(plain)
+    with pytest.raises(ng.GatewayPlanError, match="grafana_resolver"):
+        _plan(settings, tls=True, grafana_upstream="ollama-monitoring-grafana:3000")
+    with pytest.raises(ng.GatewayPlanError, match="host:port"):
+        _plan(settings, tls=True, grafana_upstream="10.0.1.5:3000; include /etc/passwd")
+    with pytest.raises(ng.GatewayPlanError, match="IPv4"):
+        _plan(settings, tls=True, grafana_upstream="grafana:3000", grafana_resolver="dns.example")
+
+
+def test_admin_networks_outside_the_client_networks_reach_grafana_and_nothing_else():
+    settings = load_stack("dev").settings  # clientCidrs 127.0.0.0/8
+    conf = ng.render_nginx(_plan(settings, tls=True, grafana_upstream="10.0.1.5:3000"))
+    http = parse_nginx(conf).find("http")[0]
+    outside = next(d for d in http.find("map") if d.args[1] == "$fleet_outside_client_networks")
+    assert outside.args[0] == "$fleet_client_network:$fleet_grafana_route"
+    assert {d.name: d.args[0] for d in outside.block} == {"default": "0", "0:0": "1"}
+    without = parse_nginx(ng.render_nginx(_plan(settings, tls=True))).find("http")[0]
+    assert next(d for d in without.find("map") if d.args[1] == "$fleet_outside_client_networks").args[0] == "$fleet_client_network:0"

@@ -64,6 +64,7 @@ def build_gateway(
     server_name: str | None = "localhost",
     prometheus_url: str | None = None,
     prometheus_password: str | None = None,
+    grafana_upstream: str | None = None,
     **host: object,
 ) -> Built:
     monitor = use_mocks(stack)
@@ -85,6 +86,7 @@ def build_gateway(
                 server_name=server_name,
                 prometheus_url=prometheus_url,
                 prometheus_password=pulumi.Output.secret(prometheus_password) if prometheus_password else None,
+                grafana_upstream=grafana_upstream,
             ),
         )
 
@@ -361,8 +363,11 @@ def test_the_uploaded_files_load_in_real_nginx(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("nginx and openssl are needed (scripts/bootstrap.sh installs them)")
         pytest.skip("nginx or openssl is not installed")
-    # Addresses nginx can resolve here; the local stack's CIDR additions and stub_status listener stay.
-    built = build_gateway("dev", {"cpu": [f"127.0.0.1:{ports.METER}"]}, transport="local")
+    # Addresses nginx can resolve here; the local stack's CIDR additions and stub_status listener stay, and so
+    # does Grafana's container name (looked up at request time).
+    built = build_gateway(
+        "dev", {"cpu": [f"127.0.0.1:{ports.METER}"]}, grafana_upstream=f"ollama-monitoring-grafana:{ports.GRAFANA}", transport="local"
+    )
     uploads = {path: unwrap(u["content"]) for path, u in built.uploads().items()}
     deployed, local = nginx.GatewayPaths(), nginx.GatewayPaths.under(str(tmp_path))
     moves = sorted(zip(dataclasses.astuple(deployed), dataclasses.astuple(local)), key=lambda m: -len(m[0]))
@@ -393,6 +398,35 @@ def test_the_uploaded_files_load_in_real_nginx(tmp_path):
     proc = subprocess.run([NGINX, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+    assert "location ~ ^/grafana(/|$)" in conf
+
+
+def _servers(conf: str, gateway) -> tuple[str, str]:
+    """The plain-HTTP and the TLS server blocks of a rendered config."""
+    http_server = conf.split(f"listen {gateway.http_port} default_server;")[1].split("server {")[0]
+    tls_server = conf.split(f"listen {gateway.https_port} ssl default_server;")[1].split("# stub_status")[0]
+    return http_server, tls_server
+
+
+def test_grafana_is_served_on_the_tls_server_from_where_this_host_reaches_it():
+    grafana = f"ollama-monitoring-grafana:{ports.GRAFANA}"
+    local = build_gateway("dev", DEV_UPSTREAMS, grafana_upstream=grafana, transport="local")
+    conf = local.uploads()["/etc/nginx/nginx.conf"]["content"]
+    assert conf == nginx.render_nginx(gateway_plan(local.settings, DEV_UPSTREAMS, "localhost", None, grafana))
+    http_server, tls_server = _servers(conf, local.settings.gateway)
+    assert "grafana" not in http_server
+    # on the shared network by container name, through Docker's DNS at request time
+    assert "location ~ ^/grafana(/|$)" in tls_server and "resolver 127.0.0.11 valid=10s" in tls_server
+    assert f"set $fleet_grafana_upstream http://{grafana};" in tls_server
+    # on AWS at the first gateway host's private address (no lookup)
+    aws = build_gateway(
+        "prod", PROD_UPSTREAMS, server_name="llm.example.com", grafana_upstream=f"{PRIVATE_ADDRESS}:{ports.GRAFANA}", transport="ssh"
+    )
+    aws_conf = aws.uploads()["/etc/nginx/nginx.conf"]["content"]
+    assert f"proxy_pass http://{PRIVATE_ADDRESS}:{ports.GRAFANA};" in _servers(aws_conf, aws.settings.gateway)[1]
+    assert "resolver" not in aws_conf
+    # without a Grafana address (monitoring off, or TLS off) nothing of it is rendered
+    assert "grafana" not in build_gateway("dev", DEV_UPSTREAMS, transport="local").uploads()["/etc/nginx/nginx.conf"]["content"]
 
 
 def test_an_aws_gateway_host_has_its_own_node_exporter_and_a_local_one_does_not(dev, prod):

@@ -52,6 +52,7 @@ def build_monitoring(
     targets: dict[str, list[str]],
     settings: FleetSettings | None = None,
     receiver_secrets: str | None = None,
+    grafana_public_url: str | None = None,
     **host: object,
 ) -> Built:
     monitor = use_mocks(stack)
@@ -70,6 +71,7 @@ def build_monitoring(
                 prometheus_password=pulumi.Output.secret(PROMETHEUS_PASSWORD),
                 prometheus_salt=pulumi.Output.from_input(PROMETHEUS_SALT),
                 alert_receiver_secrets_json=pulumi.Output.secret(receiver_secrets) if receiver_secrets else None,
+                grafana_public_url=grafana_public_url,
             ),
         )
 
@@ -217,12 +219,37 @@ def _plain_values(value):
         yield value
 
 
+def _published(built: Built) -> list[tuple[str, int]]:
+    return sorted((p["ip"], p["internal"]) for c in built.monitor.containers() for p in c.inputs.get("ports") or [])
+
+
 def test_uis_are_published_on_loopback_locally_and_on_the_private_address_on_aws(dev, prod):
+    """Without the gateway in front of Grafana (TLS off, dev only), it keeps its operator port, like Prometheus."""
     for built, address in ((dev, "127.0.0.1"), (prod, PRIVATE_ADDRESS)):
-        published = sorted((p["ip"], p["internal"]) for c in built.monitor.containers() for p in c.inputs.get("ports") or [])
-        assert published == [(address, ports.GRAFANA), (address, ports.PROMETHEUS), (address, ports.ALERTMANAGER)]
+        assert _published(built) == [(address, ports.GRAFANA), (address, ports.PROMETHEUS), (address, ports.ALERTMANAGER)]
+        assert not [e for e in built.monitor.wire_inputs(built.monitor.container("grafana"))["envs"] if "ROOT_URL" in str(e)]
     assert dev.outputs["prometheus_url"] == f"http://127.0.0.1:{ports.PROMETHEUS}"
     assert prod.outputs["grafana_url"] == f"http://{PRIVATE_ADDRESS}:{ports.GRAFANA}"
+
+
+GATEWAY_GRAFANA = "https://llm.example.com/grafana/"
+
+
+def test_grafana_behind_the_gateway_serves_its_sub_path_with_secure_cookies_and_no_operator_port():
+    local = build_monitoring("dev", DEV_TARGETS, grafana_public_url="https://localhost:8443/grafana/", transport="local")
+    aws = build_monitoring("prod", PROD_TARGETS, grafana_public_url=GATEWAY_GRAFANA, transport="ssh")
+    for built, url in ((local, "https://localhost:8443/grafana/"), (aws, GATEWAY_GRAFANA)):
+        envs = [unwrap(e) for e in built.monitor.wire_inputs(built.monitor.container("grafana"))["envs"]]
+        assert f"GF_SERVER_ROOT_URL={url}" in envs
+        assert "GF_SERVER_SERVE_FROM_SUB_PATH=true" in envs and "GF_SECURITY_COOKIE_SECURE=true" in envs
+        assert built.outputs["grafana_url"] == url
+    # the local shared network: the gateway's nginx reaches Grafana by name, nothing is published
+    assert _published(local) == [("127.0.0.1", ports.PROMETHEUS), ("127.0.0.1", ports.ALERTMANAGER)]
+    # AWS: only the host's private address, for nginx (the security group opens it to no range)
+    assert _published(aws) == [(PRIVATE_ADDRESS, ports.GRAFANA), (PRIVATE_ADDRESS, ports.PROMETHEUS), (PRIVATE_ADDRESS, ports.ALERTMANAGER)]
+    # the health check asks Grafana directly, which answers /api/health beside its sub-path
+    test = local.monitor.container("grafana").inputs["healthcheck"]["tests"]
+    assert test[-1] == f"http://127.0.0.1:{ports.GRAFANA}/api/health"
 
 
 def test_containers_wait_for_the_host_restart_and_check_health(dev):

@@ -83,13 +83,15 @@ def test_ssh_is_closed_by_default_and_opened_only_to_named_cidrs():
     assert {(r.group, r.peer) for r in ssh} == {("gateway", "198.51.100.7/32"), ("node", "198.51.100.7/32")}
 
 
-def test_monitoring_ports_follow_admin_cidrs_and_refuse_the_internet():
+def test_prometheus_follows_admin_cidrs_and_grafana_is_open_to_no_cidr():
     rules = plan_rules(stack_settings("prod"), "prod")
-    monitoring = [r for r in rules if r.port in (ports.GRAFANA, ports.PROMETHEUS)]
-    assert {r.peer for r in monitoring} == {"203.0.113.0/24"} and all(r.group == "gateway" for r in monitoring)
+    prometheus = [r for r in rules if r.port == ports.PROMETHEUS]
+    assert [(r.group, r.peer_kind, r.peer) for r in prometheus] == [("gateway", "cidr", "203.0.113.0/24")]
+    # Grafana is served by the gateway over HTTPS: no range reaches its port.
+    assert not [r for r in rules if r.port == ports.GRAFANA and r.peer_kind == "cidr"]
 
     closed = plan_rules(stack_settings("prod", {"gateway.adminCidrs": []}), "prod")
-    assert not [r for r in closed if r.port in (ports.GRAFANA, ports.PROMETHEUS)]
+    assert not [r for r in closed if r.port == ports.PROMETHEUS]
     off = plan_rules(stack_settings("prod", {"monitoring.enabled": False}), "prod")
     assert not [r for r in off if r.port in (ports.GRAFANA, ports.PROMETHEUS)]
 
@@ -98,6 +100,35 @@ def test_monitoring_ports_follow_admin_cidrs_and_refuse_the_internet():
         for cidrs in (["0.0.0.0/0"], ["0.0.0.0/1", "128.0.0.0/1"]):
             with pytest.raises(StackConfigError, match=r"gateway.adminCidrs: .*admin key would work from the whole internet"):
                 stack_settings("prod", {"gateway.adminCidrs": cidrs, "monitoring.enabled": monitoring})
+
+
+def test_admins_outside_the_client_cidrs_reach_grafana_over_https_only():
+    settings = stack_settings(
+        "prod",
+        {"gateway.clientCidrs": ["192.0.2.0/24", "198.51.100.0/24"], "gateway.adminCidrs": ["203.0.113.0/24", "198.51.100.7/32"]},
+    )
+    rules = plan_rules(settings, "prod")
+    https = [(r.peer, r.description) for r in rules if r.port == 443 and r.peer_kind == "cidr" and r.direction == "ingress"]
+    # 198.51.100.7/32 is inside a client range already: one rule per range, no duplicate
+    assert https == [
+        ("192.0.2.0/24", "HTTPS API from clients"),
+        ("198.51.100.0/24", "HTTPS API from clients"),
+        ("203.0.113.0/24", "Grafana over HTTPS from admins"),
+    ]
+    assert len({r.slug for r in rules}) == len(rules)
+    # With every address a client (prod's file), no extra rule; with TLS off Grafana is not served by the gateway.
+    assert not [r for r in plan_rules(stack_settings("prod"), "prod") if "Grafana over HTTPS" in r.description]
+    plain_http = stack_settings("prod", {"gateway.clientCidrs": ["192.0.2.0/24"], "gateway.tls": {"mode": "off"}})
+    assert not [r for r in plan_rules(plain_http, "prod") if "Grafana" in r.description]
+
+
+def test_the_second_gateway_reaches_grafana_on_the_first_in_ha_stacks():
+    rules = plan_rules(stack_settings("prod"), "prod")
+    assert stack_settings("prod").gateway.high_availability
+    grafana = {(r.direction, r.group, r.peer_kind, r.peer) for r in rules if r.port == ports.GRAFANA}
+    assert grafana == {("ingress", "gateway", "group", "gateway"), ("egress", "gateway", "group", "gateway")}
+    single = plan_rules(stack_settings("prod", {"gateway.highAvailability": False}), "prod")
+    assert not [r for r in single if r.port == ports.GRAFANA]
 
 
 def test_restricted_clients_with_failover_still_admit_route53_health_checks():

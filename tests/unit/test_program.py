@@ -125,6 +125,25 @@ def test_no_private_port_is_open_to_the_world(previews, stack):
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_grafana_is_reached_through_the_gateway_over_https_only(previews, stack):
+    _, data = previews[stack]
+    outputs = data["outputs"]
+    assert outputs["gatewayUrl"].startswith("https://")
+    assert outputs["grafanaUrl"] == outputs["gatewayUrl"].rstrip("/") + "/grafana/"
+    # no range reaches Grafana's port: on AWS the security groups open it to the gateways' group at most, and
+    # on the local Docker host it is not published at all (nginx reaches it on the shared network)
+    assert not [
+        r for r in data["resources"] if "ngress" in r["type"] and r["inputs"].get("fromPort") == ports.GRAFANA and r["inputs"].get("cidrIpv4")
+    ]
+    published = [p for c in containers(data, "grafana") for p in c["inputs"].get("ports") or []]
+    if stack == "dev":
+        assert published == []
+    else:
+        # the first gateway host's private address, for the gateways' nginx
+        assert published and all(p["internal"] == ports.GRAFANA and p["ip"] not in ("", "0.0.0.0") for p in published)
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
 def test_secrets_never_reach_the_preview_output(previews, stack):
     proc, data = previews[stack]
     text = json.dumps(data) + proc.stdout + proc.stderr
