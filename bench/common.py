@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the fake backend and nginx as loopback processes, CPU accounting, tables.
+"""Shared pieces of the benchmarks: the fake Ollama and nginx as loopback processes, CPU accounting, tables.
 
 Everything listens on 127.0.0.1 and every run is bounded. The gateway is rendered by the same renderer the
 deployment uses (fleet.render.nginx); only ports, paths, TLS and the knobs a benchmark names differ.
@@ -20,11 +20,14 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python bench/x.py` from the repository root
-    sys.path.insert(0, str(REPO))
+FAKE_OLLAMA = REPO / "tests" / "fake_ollama.py"  # the tests' fake, run as a process of its own
+for _path in (REPO, FAKE_OLLAMA.parent):  # `python bench/x.py` from the repository root
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from fake_ollama import raise_nofile  # noqa: E402,F401  (re-exported for the benchmarks)
 
 from fleet.config import FleetSettings, Measured  # noqa: E402
-from fleet.fake_backend import raise_nofile  # noqa: E402,F401  (re-exported for the benchmarks)
 from fleet.local.processes import ManagedProcess, clean_env, free_port  # noqa: E402
 from fleet.stack_file import load_stack  # noqa: E402
 
@@ -32,7 +35,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 API_KEY = "bench-key-0123456789abcdef"
 ADMIN_KEY = "bench-admin-0123456789abcdef"
 # The model the benchmarks ask for: the dev stack's, so the gateway routes it to the (only) group. The fake
-# backend answers any name.
+# Ollama answers any name.
 BENCH_MODEL = load_stack("dev", REPO).settings.node_groups[0].models[0].ref
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -95,14 +98,14 @@ class Backend:
 
 @contextlib.contextmanager
 def fake_backends(count: int, workdir: Path, *args: str) -> Iterator[list[Backend]]:
-    """`count` fake backends (python -m fleet.fake_backend ARGS), each its own process on a free port."""
+    """`count` fake Ollama servers (python tests/fake_ollama.py ARGS), each its own process on a free port."""
     backends = []
     try:
         for i in range(count):
             port = free_port()
             process = ManagedProcess(
                 name=f"fake-backend-{i}",
-                argv=[sys.executable, "-m", "fleet.fake_backend", "--port", str(port), "--nofile", "20000", *args],
+                argv=[sys.executable, str(FAKE_OLLAMA), "--port", str(port), "--nofile", "20000", *args],
                 log_path=workdir / f"fake-backend-{i}.log",
                 env=clean_env(PYTHONPATH=str(REPO)),
                 cwd=REPO,

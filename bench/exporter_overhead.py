@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from common import free_port
+from common import FAKE_OLLAMA, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ async def scenario(args: argparse.Namespace, token_delay: float) -> tuple[Phase,
     backend_port, proxy_port, metrics_port = free_port(), free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     backend = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fleet.exporter_fake", "--port", str(backend_port), "--tokens", str(args.tokens),
+        sys.executable, str(FAKE_OLLAMA), "--port", str(backend_port), "--tokens", str(args.tokens),
         "--token-delay", str(token_delay), "--loaded", MODEL,
         cwd=ROOT, env=env,
     )

@@ -1,4 +1,4 @@
-"""The rendered gateway run by the real nginx, in front of two small HTTP upstreams on 127.0.0.1.
+"""The rendered gateway run by the real nginx, in front of fake Ollama nodes on 127.0.0.1 (gateway_bed.py).
 
 Checks what the gateway itself decides: authentication, admin routes, body limit, rate limits, shedding,
 retry on another node, streaming and TLS. (The full data plane with real Ollama is tested in tests/e2e.)
@@ -7,223 +7,32 @@ retry on another node, streaming and TLS. (The full data plane with real Ollama 
 from __future__ import annotations
 
 import json
-import ssl
 import signal
-import subprocess
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from render_tools import NGINX, make_prefix, nginx_user, require_tool
+from gateway_bed import (
+    ADMIN_KEY,
+    KEYS,
+    MODEL,
+    MODEL_ALIAS,
+    RETRY_AFTER,
+    SECOND_ALIAS,
+    SECOND_MODEL,
+    WAIT_S,
+    Gateway,
+    error_message,
+    node,
+    served_by,
+    wait_until,
+)
 
-from fleet.config import Client
-from fleet.local.processes import free_port
 from fleet.model_names import short_name
 from fleet.render import nginx as ng
-from fleet.stack_file import load_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tools]
-
-KEYS = {"alpha": "alpha-key-0123456789abcdef", "beta": "beta-key-0123456789abcdef"}
-ADMIN_KEY = "admin-key-0123456789abcdef"
-RETRY_AFTER = 7
-MODEL = "smollm2:135m"  # the dev stack's model, served by group `cpu`
-MODEL_ALIAS = "chat:latest"  # the dev stack's alias of MODEL
-SECOND_MODEL = "tiny-embed:1m"  # served by group `embed` in the routing tests
-SECOND_ALIAS = "embeddings"  # its alias (`embeddings:latest`)
-WAIT_S = 10  # upper bound of every wait in these tests
-
-
-class Upstream:
-    """A stand-in node: records requests, answers NDJSON in chunks, can hold requests or answer 503."""
-
-    def __init__(self, name: str, model: str = MODEL) -> None:
-        self.name = name
-        self.model = model
-        self.mode = "ok"  # ok | busy
-        self.requests: list[dict] = []
-        self.hold = threading.Event()  # when `holding`, requests wait for it before answering
-        self.holding = False
-        self.gate = threading.Event()  # streaming test: the second chunk waits for the client to read the first
-        self.gated = False
-        self.gate_released_in_time: bool | None = None
-        self.lock = threading.Lock()
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._answer()
-
-            def do_POST(self) -> None:
-                self._answer()
-
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                with upstream.lock:
-                    upstream.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                if upstream.holding:
-                    upstream.hold.wait(WAIT_S)
-                if self.path in ("/api/tags", "/api/ps", "/v1/models") and upstream.mode == "ok":
-                    item = {"name": upstream.model, "model": upstream.model, "node": upstream.name}
-                    listing = {"object": "list", "data": [{"id": upstream.model, "object": "model"}]} \
-                        if self.path == "/v1/models" else {"models": [item]}
-                    payload = json.dumps(listing).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                if upstream.mode == "busy":
-                    payload = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-ndjson")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                self._chunk({"node": upstream.name, "response": "hello", "done": False})
-                if upstream.gated:
-                    upstream.gate_released_in_time = upstream.gate.wait(WAIT_S)
-                self._chunk({"node": upstream.name, "response": "", "done": True})
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-
-            def _chunk(self, obj: dict) -> None:
-                data = json.dumps(obj).encode() + b"\n"
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.hold.set()
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def gateway_settings(second_group: bool = False):
-    base = load_stack("dev").settings
-    if second_group:
-        # a second group with a model of its own (a GGUF path: nginx never reads it)
-        first = base.node_groups[0]
-        model = first.models[0].model_copy(
-            update={"name": "tiny-embed", "tag": "1m", "gguf": "/models/tiny.gguf", "aliases": [SECOND_ALIAS]}
-        )
-        second = first.model_copy(update={"name": "embed", "models": [model]})
-        base = base.model_copy(update={"node_groups": [first, second]})
-    gateway = base.gateway.model_copy(
-        update={
-            "clients": [Client(name="alpha", per_minute=30), Client(name="beta", tokens_per_day=1000)],
-            "rate_limits": base.gateway.rate_limits.model_copy(
-                update={"per_key_per_minute": 60000, "per_key_burst": 20, "per_ip_per_minute": 600000, "per_ip_burst": 1000}
-            ),
-            "queue_per_node": 0,  # max_conns = numParallel (2) x 1 model per node
-            "max_body_size": "1k",
-            "retry_after_s": RETRY_AFTER,
-            "admin_cidrs": ["127.0.0.1/32"],
-            "client_cidrs": ["127.0.0.0/8"],
-        }
-    )
-    return base.model_copy(update={"gateway": gateway})
-
-
-class Gateway:
-    def __init__(
-        self,
-        root: Path,
-        upstreams: list[Upstream],
-        settings=None,
-        embed: list[Upstream] | None = None,
-        tls: bool = True,
-        **plan_options,
-    ) -> None:
-        binary = require_tool(NGINX, "nginx")
-        self.settings = settings or gateway_settings(second_group=embed is not None)
-        groups = {"cpu": [u.address for u in upstreams]}
-        if embed is not None:
-            groups["embed"] = [u.address for u in embed]
-        paths = make_prefix(root)
-        self.https_port, self.http_port, status_port = free_port(), free_port(), free_port()
-        self.plan = ng.build_gateway_plan(
-            self.settings,
-            groups,
-            paths=paths,
-            tls=tls,
-            listen_address="127.0.0.1",
-            https_port=self.https_port,
-            http_port=self.http_port,
-            status_listen=f"127.0.0.1:{status_port}",
-            user=nginx_user(),
-            worker_processes="2",
-            **plan_options,
-        )
-        (root / "nginx.conf").write_text(ng.render_nginx(self.plan))
-        Path(paths.api_keys_include).write_text(ng.render_api_keys(KEYS, ADMIN_KEY))
-        self.access_log = Path(paths.access_log)
-        self.tls = ssl.create_default_context(cafile=paths.certificate)
-        self.process = subprocess.Popen(
-            [binary, "-c", str(root / "nginx.conf"), "-p", str(root), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.base = f"https://127.0.0.1:{self.https_port}" if tls else f"http://127.0.0.1:{self.http_port}"
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            try:
-                if httpx.get(f"{self.base}/health", verify=self.tls, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}")
-            time.sleep(0.05)
-
-    def client(self, key: str | None = None, local_address: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        transport = httpx.HTTPTransport(verify=self.tls, local_address=local_address)
-        return httpx.Client(base_url=self.base, headers=headers, transport=transport, timeout=WAIT_S)
-
-    def log(self) -> list[dict]:
-        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(WAIT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(WAIT_S)
-
-
-@pytest.fixture
-def nodes():
-    pair = [Upstream("a"), Upstream("b")]
-    yield pair
-    for node in pair:
-        node.stop()
 
 
 @pytest.fixture
@@ -233,23 +42,10 @@ def gateway(tmp_path, nodes):
     gw.stop()
 
 
-def _error(response: httpx.Response) -> str:
-    assert response.headers["content-type"].startswith("application/json")
-    return response.json()["error"]
-
-
-def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def test_authentication(gateway, nodes):
     with gateway.client() as anonymous:
         response = anonymous.post("/api/generate", json={"model": MODEL})
-        assert response.status_code == 401 and "API key" in _error(response)
+        assert response.status_code == 401 and "API key" in error_message(response)
         assert response.headers["www-authenticate"].startswith("Bearer")
         assert anonymous.get("/nope").status_code == 401  # no route discovery without a key
         assert anonymous.get("/health").json() == {"status": "ok"}
@@ -259,8 +55,8 @@ def test_authentication(gateway, nodes):
         assert by_header.status_code == 200
     with gateway.client(KEYS["beta"]) as beta:
         assert beta.post("/v1/chat/completions", json={"model": MODEL}).status_code == 200
-        assert beta.get("/nope").status_code == 404 and _error(beta.get("/nope")) == "not found"
-    seen = [r["headers"] for node in nodes for r in node.requests]
+        assert beta.get("/nope").status_code == 404 and error_message(beta.get("/nope")) == "not found"
+    seen = [r.headers for node in nodes for r in node.received]
     assert len(seen) == 2
     for headers in seen:
         lowered = {k.lower(): v for k, v in headers.items()}
@@ -277,22 +73,22 @@ def test_admin_routes(gateway, nodes):
             response = beta.post(route, json={})
             assert response.status_code == 403, route
             # The body says why, and what would be allowed.
-            assert "admin route" in _error(response) and "needs the admin key" in _error(response), route
+            assert "admin route" in error_message(response) and "needs the admin key" in error_message(response), route
     with gateway.client(ADMIN_KEY, local_address="127.0.0.2") as outside:
         response = outside.post("/api/pull", json={})
         assert response.status_code == 403  # admin key, but not from an admin CIDR
-        assert "only from an admin network (gateway.adminCidrs)" in _error(response)
-    assert not any(node.requests for node in nodes)
+        assert "only from an admin network (gateway.adminCidrs)" in error_message(response)
+    assert not any(node.received for node in nodes)
     with gateway.client(ADMIN_KEY) as admin:
         assert admin.post("/api/pull", json={"model": MODEL}).status_code == 200
-    assert [r["path"] for node in nodes for r in node.requests] == ["/api/pull"]
+    assert [r.path for node in nodes for r in node.received] == ["/api/pull"]
 
 
 def test_body_limit(gateway, nodes):
     with gateway.client(KEYS["beta"]) as beta:
         response = beta.post("/api/chat", content=b"x" * 2048)
-        assert response.status_code == 413 and "1k" in _error(response)
-    assert not any(node.requests for node in nodes)
+        assert response.status_code == 413 and "1k" in error_message(response)
+    assert not any(node.received for node in nodes)
 
 
 def test_rate_limit_per_key(gateway):
@@ -301,7 +97,7 @@ def test_rate_limit_per_key(gateway):
         assert statuses[0] == 200 and 429 in statuses
         limited = alpha.get("/api/version")
         assert limited.status_code == 429
-        assert limited.headers["retry-after"] == str(RETRY_AFTER) and "rate limit" in _error(limited)
+        assert limited.headers["retry-after"] == str(RETRY_AFTER) and "rate limit" in error_message(limited)
         assert beta.get("/api/version").status_code == 200  # another key is still served
         assert gateway.client().get("/health").status_code == 200
 
@@ -310,7 +106,7 @@ def test_shedding_when_every_node_is_full(gateway, nodes):
     max_conns = gateway.plan.max_conns_by_group()["cpu"]
     assert max_conns == 2
     for node in nodes:
-        node.holding = True
+        node.hold()
     held: list[int] = []
 
     def slow_request() -> None:
@@ -320,51 +116,51 @@ def test_shedding_when_every_node_is_full(gateway, nodes):
     threads = [threading.Thread(target=slow_request) for _ in range(max_conns * len(nodes))]
     for thread in threads:
         thread.start()
-    wait_until(lambda: sum(len(n.requests) for n in nodes) == len(threads), "every slot to be taken")
+    wait_until(lambda: sum(len(n.received) for n in nodes) == len(threads), "every slot to be taken")
     with gateway.client(KEYS["beta"]) as beta:
         shed = beta.post("/api/generate", json={"model": MODEL})
         assert shed.status_code == 503
-        assert shed.headers["retry-after"] == str(RETRY_AFTER) and "busy" in _error(shed)
+        assert shed.headers["retry-after"] == str(RETRY_AFTER) and "busy" in error_message(shed)
         assert gateway.client().get("/health").status_code == 200  # health keeps answering
     for node in nodes:
-        node.hold.set()
+        node.release()
     for thread in threads:
         thread.join(WAIT_S)
     assert held == [200] * len(threads)
-    assert sum(len(n.requests) for n in nodes) == len(threads)  # the shed request reached no node
+    assert sum(len(n.received) for n in nodes) == len(threads)  # the shed request reached no node
 
 
 def test_retry_on_another_node_before_the_first_byte(gateway, nodes):
     a, b = nodes
-    b.stop()  # connection refused
+    b.stop_thread()  # connection refused
     with gateway.client(KEYS["beta"]) as beta:
         statuses = [beta.post("/api/chat", json={"model": MODEL}).status_code for _ in range(6)]
     assert statuses == [200] * 6
     retried = [e for e in gateway.log() if "," in e["upstream_addr"]]
     assert retried and all(e["status"] == 200 for e in retried)
 
-    a.mode = "busy"  # Ollama's queue is full on the only node left
+    a.busy = True  # Ollama's queue is full on the only node left
     with gateway.client(KEYS["beta"]) as beta:
         busy = beta.post("/api/chat", json={"model": MODEL})
     assert busy.status_code == 503 and busy.headers["retry-after"] == str(RETRY_AFTER)
     # a answered 503 and b is marked failed: no node left to try
-    assert "busy" in _error(busy)
+    assert "busy" in error_message(busy)
 
 
 def test_busy_node_is_skipped(gateway, nodes):
     a, b = nodes
-    a.mode = b.mode = "busy"  # both queues full: the last node's own 503 reaches the client, with Retry-After
+    a.busy = b.busy = True  # both queues full: the last node's own 503 reaches the client, with Retry-After
     with gateway.client(KEYS["beta"]) as beta:
         busy = beta.post("/api/generate", json={"model": MODEL})
     assert busy.status_code == 503 and busy.headers["retry-after"] == str(RETRY_AFTER)
-    assert "maximum pending requests exceeded" in _error(busy)
-    assert len(a.requests) == len(b.requests) == 1  # tried on both nodes before giving up
+    assert "maximum pending requests exceeded" in error_message(busy)
+    assert len(a.received) == len(b.received) == 1  # tried on both nodes before giving up
 
-    b.mode = "ok"
+    b.busy = False
     with gateway.client(KEYS["beta"]) as beta:
         answers = [beta.post("/api/generate", json={"model": MODEL}) for _ in range(4)]
     assert [r.status_code for r in answers] == [200] * 4
-    assert {json.loads(r.text.splitlines()[0])["node"] for r in answers} == {"b"}
+    assert {served_by(r) for r in answers} == {"b"}
 
 
 def test_streaming_is_not_buffered(gateway, nodes):
@@ -376,18 +172,17 @@ def test_streaming_is_not_buffered(gateway, nodes):
             first = json.loads(next(lines))
             assert first["done"] is False
             for node in nodes:
-                node.gate.set()  # the upstream sends the rest only now
+                node.open_gate()  # the node sends the rest only now
             rest = [json.loads(line) for line in lines if line]
-    assert rest[-1]["done"] is True
-    served = next(n for n in nodes if n.requests)
-    assert served.gate_released_in_time is True
+    # The first token arrived while the node held the second back (a buffering gateway would have timed out).
+    assert [part["response"] for part in (first, *rest[:-1])] == ["hello", " there"] and rest[-1]["done"] is True
 
 
 def test_plain_http_without_a_domain_is_refused_not_redirected(gateway):
     """No configured name: nothing safe to redirect to (the Host header is the client's), so a JSON 400."""
     plain = httpx.get(f"http://127.0.0.1:{gateway.http_port}/api/tags", headers={"Host": "evil.example"}, follow_redirects=False)
     assert plain.status_code == 400 and "location" not in plain.headers
-    assert f"use https:// on port {gateway.https_port}" in _error(plain)
+    assert f"use https:// on port {gateway.https_port}" in error_message(plain)
     assert httpx.get(f"http://127.0.0.1:{gateway.http_port}/health").status_code == 200
 
 
@@ -396,9 +191,9 @@ def test_plain_http_without_a_domain_is_refused_not_redirected(gateway):
 
 @pytest.fixture
 def embed_node():
-    node = Upstream("c", model=SECOND_MODEL)
-    yield node
-    node.stop()
+    fake = node("c", SECOND_MODEL)
+    yield fake
+    fake.stop_thread()
 
 
 @pytest.fixture
@@ -407,10 +202,6 @@ def routed(tmp_path, nodes, embed_node):
     gw = Gateway(tmp_path, nodes, embed=[embed_node])
     yield gw
     gw.stop()
-
-
-def _served_by(response: httpx.Response) -> str:
-    return json.loads(response.text.splitlines()[0])["node"]
 
 
 # Spellings clients use, and the model each means (Ollama's defaults: registry.ollama.ai, library, latest).
@@ -449,15 +240,15 @@ def test_every_model_route_goes_to_its_group(routed, nodes, embed_node):
                     continue
                 assert response.status_code == 200, (route, spelling, response.text)
                 expected = {"c"} if meant == SECOND_MODEL else {"a", "b"}
-                assert _served_by(response) in expected, (route, spelling)
-                last = next(n for n in [*nodes, embed_node] if n.name == _served_by(response)).requests[-1]
-                assert last["path"] == route and last["body"] == body  # the body goes on byte for byte
+                assert served_by(response) in expected, (route, spelling)
+                last = next(n for n in [*nodes, embed_node] if n.name == served_by(response)).received[-1]
+                assert last.path == route and last.body == body  # the body goes on byte for byte
         # /api/show also reads the older `name` field, as Ollama does
         shown = beta.post("/api/show", json={"name": SECOND_MODEL})
-        assert shown.status_code == 200 and _served_by(shown) == "c"
+        assert shown.status_code == 200 and served_by(shown) == "c"
         by_path = beta.get(f"/v1/models/{SECOND_MODEL}")
-        assert by_path.status_code == 200 and _served_by(by_path) == "c"
-        assert embed_node.requests[-1]["path"] == f"/v1/models/{SECOND_MODEL}"
+        assert by_path.status_code == 200 and served_by(by_path) == "c"
+        assert embed_node.received[-1].path == f"/v1/models/{SECOND_MODEL}"
     # the access log names the group that served each request
     logged = [(e["uri"], e["group"], e["upstream_addr"]) for e in routed.log() if e["status"] == 200]
     addresses = {"cpu": {nodes[0].address, nodes[1].address}, "embed": {embed_node.address}}
@@ -471,14 +262,14 @@ def test_an_alias_goes_to_its_models_group_unchanged(routed, nodes, embed_node):
             for spelling in (SECOND_ALIAS, f"{SECOND_ALIAS}:latest", f"registry.ollama.ai/library/{SECOND_ALIAS}"):
                 body = json.dumps({"model": spelling, "stream": False}).encode()
                 response = beta.post(route, content=body)
-                assert response.status_code == 200 and _served_by(response) == "c", (route, spelling)
+                assert response.status_code == 200 and served_by(response) == "c", (route, spelling)
                 # the node knows the alias as a name of the model: the body goes on byte for byte
-                assert embed_node.requests[-1]["path"] == route and embed_node.requests[-1]["body"] == body
+                assert embed_node.received[-1].path == route and embed_node.received[-1].body == body
         by_path = beta.get(f"/v1/models/{SECOND_ALIAS}")
-        assert by_path.status_code == 200 and embed_node.requests[-1]["path"] == f"/v1/models/{SECOND_ALIAS}"
+        assert by_path.status_code == 200 and embed_node.received[-1].path == f"/v1/models/{SECOND_ALIAS}"
         # another tag of the alias is another name, which no group serves
         assert beta.post("/api/chat", json={"model": f"{SECOND_ALIAS}:v2"}).status_code == 404
-    assert not any(n.requests for n in nodes)
+    assert not any(n.received for n in nodes)
     assert {e["group"] for e in routed.log() if e["status"] == 200} == {"embed"}
 
 
@@ -494,7 +285,7 @@ def test_unknown_model_is_404_with_the_served_list_and_no_node_asked(routed, nod
     assert "llama3.1:8b" in native.json()["error"] and MODEL in native.json()["error"]
     # OpenAI clients read an error object
     assert openai.json()["error"]["code"] == "model_not_found" and "gpt-4o" in openai.json()["error"]["message"]
-    assert not any(n.requests for n in [*nodes, embed_node])
+    assert not any(n.received for n in [*nodes, embed_node])
 
 
 def test_bodies_without_a_model_are_400_and_the_body_limit_comes_first(routed, nodes, embed_node):
@@ -503,15 +294,15 @@ def test_bodies_without_a_model_are_400_and_the_body_limit_comes_first(routed, n
                      b'{"model": "   "}'):
             response = beta.post("/api/generate", content=body)
             assert response.status_code == 400, body
-            message = _error(response)
+            message = error_message(response)
             assert ("JSON" in message or "body" in message or "model is required" in message), body
-        assert "not valid JSON" in _error(beta.post("/api/generate", content=b"{oops"))
-        assert "model is required" in _error(beta.post("/api/chat", json={"messages": []}))
+        assert "not valid JSON" in error_message(beta.post("/api/generate", content=b"{oops"))
+        assert "model is required" in error_message(beta.post("/api/chat", json={"messages": []}))
         openai = beta.post("/v1/embeddings", content=b"{oops")
         assert openai.status_code == 400 and "JSON" in openai.json()["error"]["message"]
         too_large = beta.post("/api/chat", content=b"x" * 2048)  # not JSON either: the limit is checked first
         assert too_large.status_code == 413
-    assert not any(n.requests for n in [*nodes, embed_node])
+    assert not any(n.received for n in [*nodes, embed_node])
 
 
 def test_model_lists_are_the_union_of_every_group(routed, nodes, embed_node):
@@ -523,23 +314,23 @@ def test_model_lists_are_the_union_of_every_group(routed, nodes, embed_node):
             assert sorted(item[key] for item in response.json()[items]) == sorted([MODEL, SECOND_MODEL]), route
         assert beta.get("/v1/models").json()["object"] == "list"
         # a group with no node answering is left out, and named
-        embed_node.mode = "busy"
+        embed_node.busy = True
         partial = beta.get("/api/tags")
         assert partial.status_code == 200 and partial.headers["x-fleet-unavailable-groups"] == "embed"
         assert [m["model"] for m in partial.json()["models"]] == [MODEL]
         # no group at all: 503 with Retry-After, like any request no node could take
         for node in nodes:
-            node.mode = "busy"
+            node.busy = True
         none = beta.get("/v1/models")
         assert none.status_code == 503 and none.headers["retry-after"] == str(RETRY_AFTER)
-        assert none.headers["x-fleet-unavailable-groups"] == "cpu,embed" and "no node" in _error(none)
+        assert none.headers["x-fleet-unavailable-groups"] == "cpu,embed" and "no node" in error_message(none)
     assert {e["group"] for e in routed.log() if e["uri"] == "/api/tags"} == {"cpu,embed"}
 
 
 def test_shedding_and_max_conns_are_per_group(routed, nodes, embed_node):
     max_conns = routed.plan.max_conns_by_group()
     for node in nodes:
-        node.holding = True
+        node.hold()
     held: list[int] = []
 
     def slow_request() -> None:
@@ -549,15 +340,15 @@ def test_shedding_and_max_conns_are_per_group(routed, nodes, embed_node):
     threads = [threading.Thread(target=slow_request) for _ in range(max_conns["cpu"] * len(nodes))]
     for thread in threads:
         thread.start()
-    wait_until(lambda: sum(len(n.requests) for n in nodes) == len(threads), "every slot of group cpu to be taken")
+    wait_until(lambda: sum(len(n.received) for n in nodes) == len(threads), "every slot of group cpu to be taken")
     with routed.client(KEYS["beta"]) as beta:
         shed = beta.post("/api/generate", json={"model": MODEL})
-        assert shed.status_code == 503 and "busy" in _error(shed)
+        assert shed.status_code == 503 and "busy" in error_message(shed)
         # the other group has its own nodes and its own max_conns
         other = beta.post("/api/generate", json={"model": SECOND_MODEL})
-        assert other.status_code == 200 and _served_by(other) == "c"
+        assert other.status_code == 200 and served_by(other) == "c"
     for node in nodes:
-        node.hold.set()
+        node.release()
     for thread in threads:
         thread.join(WAIT_S)
     assert held == [200] * len(threads)
@@ -576,7 +367,7 @@ def test_a_model_path_is_routed_once_against_the_rate_limit(routed, embed_node):
     with routed.client(KEYS["alpha"]) as alpha:
         statuses = [alpha.get(f"/v1/models/{SECOND_MODEL}").status_code for _ in range(burst + 2)]
     assert statuses[: burst + 1] == [200] * (burst + 1) and statuses[-1] == 429
-    assert len(embed_node.requests) == burst + 1
+    assert len(embed_node.received) == burst + 1
 
 
 def test_paths_that_escape_the_model_route_reach_no_node(routed, nodes, embed_node):
@@ -587,8 +378,8 @@ def test_paths_that_escape_the_model_route_reach_no_node(routed, nodes, embed_no
             assert response.status_code in (403, 404), target
         # a path that normalises onto a served model reaches the group with the normalised path
         response = beta.request("GET", "/", extensions={"target": f"/v1/models/x/../{SECOND_MODEL}".encode()})
-        assert response.status_code == 200 and embed_node.requests[-1]["path"] == f"/v1/models/{SECOND_MODEL}"
-    assert [r["path"] for n in [*nodes, embed_node] for r in n.requests] == [f"/v1/models/{SECOND_MODEL}"]
+        assert response.status_code == 200 and embed_node.received[-1].path == f"/v1/models/{SECOND_MODEL}"
+    assert [r.path for n in [*nodes, embed_node] for r in n.received] == [f"/v1/models/{SECOND_MODEL}"]
 
 
 def test_a_client_in_the_budget_map_is_refused_after_a_reload_and_others_are_not(gateway):

@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from test_gateway_e2e import ADMIN_KEY, KEYS, MODEL, WAIT_S, Gateway, Upstream, _error, gateway_settings
+from gateway_bed import ADMIN_KEY, KEYS, MODEL, WAIT_S, Gateway, error_message, gateway_settings
 
 from fleet.render import nginx as ng
 
@@ -36,14 +36,6 @@ def edge_settings():
 
 
 @pytest.fixture
-def nodes():
-    pair = [Upstream("a"), Upstream("b")]
-    yield pair
-    for node in pair:
-        node.stop()
-
-
-@pytest.fixture
 def gateway(tmp_path, nodes):
     gw = Gateway(tmp_path, nodes, edge_settings())
     yield gw
@@ -65,8 +57,8 @@ def test_a_key_sent_over_plain_http_is_refused_not_redirected(gateway, nodes, he
     value = f"Bearer {KEYS['beta']}" if header == "Authorization" else KEYS["beta"]
     response = plain(gateway, "/api/generate", headers={header: value})
     assert response.status_code == 403 and "location" not in response.headers
-    assert "rotate the key" in _error(response)
-    assert not any(node.requests for node in nodes)
+    assert "rotate the key" in error_message(response)
+    assert not any(node.received for node in nodes)
 
 
 def test_the_admin_key_is_refused_on_inference_and_serves_admin_and_read_routes(gateway, nodes):
@@ -74,12 +66,12 @@ def test_the_admin_key_is_refused_on_inference_and_serves_admin_and_read_routes(
         for route in ("/api/generate", "/v1/chat/completions", "/groups/cpu/api/chat"):
             response = admin.post(route, json={"model": MODEL})
             assert response.status_code == 403, route
-            assert "client key" in _error(response)
+            assert "client key" in error_message(response)
         assert admin.get("/api/tags").status_code == 200
         assert admin.post("/api/pull", json={"model": MODEL}).status_code == 200
     with gateway.client(KEYS["beta"]) as beta:
         assert beta.post("/api/generate", json={"model": MODEL}).status_code == 200
-    assert sorted(r["path"] for node in nodes for r in node.requests) == ["/api/generate", "/api/pull", "/api/tags"]
+    assert sorted(r.path for node in nodes for r in node.received) == ["/api/generate", "/api/pull", "/api/tags"]
 
 
 def _raw(gateway, data: bytes, *, tls: bool = True) -> bytes:
@@ -185,7 +177,7 @@ def test_requests_in_progress_per_address_are_capped_and_others_still_served(gat
         time.sleep(0.3)  # let nginx read the headers and count them
         with gateway.client(KEYS["beta"]) as same:
             refused = same.post("/api/generate", json={"model": MODEL})
-            assert refused.status_code == 429 and "retry" in _error(refused)
+            assert refused.status_code == 429 and "retry" in error_message(refused)
         with gateway.client(KEYS["beta"], local_address="127.0.0.2") as other:
             assert other.post("/api/generate", json={"model": MODEL}).status_code == 200
         for tls in stalled:
@@ -199,5 +191,5 @@ def test_requests_in_progress_per_address_are_capped_and_others_still_served(gat
     finally:
         for tls in stalled:
             tls.close()
-    assert all(r["path"] == "/api/generate" for node in nodes for r in node.requests)
+    assert all(r.path == "/api/generate" for node in nodes for r in node.received)
     assert ng.INFERENCE_ROUTES  # the routes the admin-key check is built from

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from test_gateway_e2e import KEYS, MODEL, WAIT_S, Gateway, Upstream, _error, gateway_settings
+from gateway_bed import KEYS, MODEL, WAIT_S, Gateway, error_message, gateway_settings, node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tools]
 
@@ -93,9 +93,9 @@ def grafana():
 
 @pytest.fixture
 def nodes():
-    node = [Upstream("a")]
-    yield node
-    node[0].stop()
+    fake = node("a")
+    yield [fake]
+    fake.stop_thread()
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_an_admin_address_reaches_grafana_without_a_key_and_with_the_path_kept(g
         assert headers["x-forwarded-proto"] == "https" and headers["x-forwarded-for"] == ADMIN
         # the gateway's key header and client name never reach Grafana
         assert "x-api-key" not in headers and "x-fleet-client" not in headers
-    assert not nodes[0].requests
+    assert not nodes[0].received
 
 
 def test_other_addresses_get_the_json_403_and_grafana_sees_nothing(gateway, grafana):
@@ -134,7 +134,7 @@ def test_other_addresses_get_the_json_403_and_grafana_sees_nothing(gateway, graf
         for path in ("/grafana/", "/grafana/login", "/grafana"):
             response = outsider.get(path)
             assert response.status_code == 403, path
-            assert _error(response) == "forbidden: Grafana is served to admin networks only (gateway.adminCidrs)"
+            assert error_message(response) == "forbidden: Grafana is served to admin networks only (gateway.adminCidrs)"
         # a client key changes nothing: Grafana is for admin networks, not for API clients
         with_key = outsider.get("/grafana/", headers={"Authorization": f"Bearer {KEYS['beta']}"})
         assert with_key.status_code == 403
@@ -172,7 +172,7 @@ def test_the_plain_http_port_never_serves_grafana(gateway, grafana):
     response = httpx.get(f"http://127.0.0.1:{gateway.http_port}/grafana/login", follow_redirects=False, timeout=WAIT_S)
     # as every path there: a redirect to the configured name, or (without one) a JSON refusal
     if gateway.plan.server_name == "_":
-        assert response.status_code == 400 and "use https://" in _error(response)
+        assert response.status_code == 400 and "use https://" in error_message(response)
     else:
         assert response.status_code == 308
         assert response.headers["location"].startswith(f"https://{gateway.plan.server_name}")
@@ -183,7 +183,7 @@ def test_a_stopped_grafana_is_a_json_503(gateway, grafana):
     grafana.stop()
     with gateway.client(local_address=ADMIN) as browser:
         response = browser.get("/grafana/")
-    assert response.status_code == 503 and _error(response).startswith("Grafana did not answer")
+    assert response.status_code == 503 and error_message(response).startswith("Grafana did not answer")
 
 
 def test_admins_outside_the_client_networks_reach_grafana_and_nothing_else(tmp_path, nodes, grafana):
@@ -192,7 +192,7 @@ def test_admins_outside_the_client_networks_reach_grafana_and_nothing_else(tmp_p
         with gw.client(local_address=OTHER) as admin:
             assert admin.get("/grafana/").json() == {"path": "/grafana/"}
             refused = admin.post("/api/generate", json={"model": MODEL}, headers={"Authorization": f"Bearer {KEYS['beta']}"})
-            assert refused.status_code == 403 and "gateway.clientCidrs" in _error(refused)
+            assert refused.status_code == 403 and "gateway.clientCidrs" in error_message(refused)
         with gw.client(KEYS["beta"], local_address=ADMIN) as client:
             assert client.post("/api/generate", json={"model": MODEL}).status_code == 200
             assert client.get("/grafana/").status_code == 403
@@ -209,7 +209,7 @@ def test_without_tls_grafana_is_not_served(tmp_path, nodes, grafana):
             assert anonymous.get("/grafana/").status_code == 401  # like any unknown path: a key first
         with gw.client(KEYS["beta"], local_address=ADMIN) as client:
             response = client.get("/grafana/")
-            assert response.status_code == 404 and _error(response) == "not found"
+            assert response.status_code == 404 and error_message(response) == "not found"
     finally:
         gw.stop()
     assert grafana.requests == []

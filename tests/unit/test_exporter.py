@@ -1,6 +1,6 @@
 """The metering exporter, run for real on loopback between an aiohttp client and a fake Ollama.
 
-The fake (fleet.exporter_fake) speaks Ollama's wire formats; every assertion on metrics reads the
+The fake (tests/fake_ollama.py) speaks Ollama's wire formats; every assertion on metrics reads the
 exporter's /metrics endpoint through prometheus_client's text parser.
 """
 
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from fake_ollama import QUEUE_FULL, Behavior, FakeOllama
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.exporter import build_parser, parse_address
-from fleet.exporter_fake import QUEUE_FULL, FakeOllama, FakeOllamaServer
 from fleet.exporter_metrics import ModelLabels
 from fleet.exporter_proxy import ExporterConfig, ExporterServer
 from fleet.exporter_stream import JsonMeter, NdjsonMeter, SseMeter, model_from_body, normalize_model, route_label
@@ -79,8 +79,7 @@ class Scrape:
 @contextlib.asynccontextmanager
 async def bed(fake: FakeOllama | None = None, upstream: str | None = None, **config):
     fake = fake or FakeOllama(loaded=[(MODEL, 180_000_000, 0)])
-    fake_server = FakeOllamaServer(fake)
-    url = await fake_server.start()
+    url = await fake.start()
     exporter = ExporterServer(
         ExporterConfig(upstream=upstream or url, node=NODE, ps_interval_s=0, **config), ("127.0.0.1", 0), ("127.0.0.1", 0)
     )
@@ -90,7 +89,7 @@ async def bed(fake: FakeOllama | None = None, upstream: str | None = None, **con
             yield Bed(fake, exporter, client)
     finally:
         await exporter.close()
-        await fake_server.close()
+        await fake.stop()
 
 
 async def eventually(check, timeout: float = 10.0):
@@ -122,8 +121,7 @@ def sse(raw: bytes) -> list[dict]:
 async def test_ndjson_chunks_reach_the_client_one_by_one_as_ollama_writes_them():
     # Lock-step: Ollama writes token i+1 only after the client has received token i. A proxy that
     # buffered the stream would deadlock here (and the bounded wait would fail the test).
-    gate: asyncio.Queue = asyncio.Queue()
-    fake = FakeOllama(gate=gate, tokens=("a", "b", "c", "d", "e"))
+    fake = FakeOllama(Behavior(tokens=("a", "b", "c", "d", "e")), gated=True)
     async with bed(fake) as b:
         seen, arrivals = [], []
         async with b.client.post(f"{b.url}/api/generate", json={"model": MODEL, "prompt": "hi"}) as resp:
@@ -137,7 +135,7 @@ async def test_ndjson_chunks_reach_the_client_one_by_one_as_ollama_writes_them()
                 arrivals.append(time.perf_counter())
                 seen.append(obj)
                 if not obj["done"]:
-                    gate.put_nowait(True)
+                    fake.open_gate()
         assert [o["response"] for o in seen[:-1]] == ["a", "b", "c", "d", "e"]
         assert seen[-1]["done"] is True
         assert arrivals == sorted(arrivals)
@@ -145,7 +143,7 @@ async def test_ndjson_chunks_reach_the_client_one_by_one_as_ollama_writes_them()
 
 @async_test
 async def test_sse_chunks_arrive_spread_over_the_generation_not_at_the_end():
-    fake = FakeOllama(token_delay_s=0.1, tokens=tuple("abcdef"))
+    fake = FakeOllama(Behavior(token_delay_s=0.1, tokens=tuple("abcdef")))
     async with bed(fake) as b:
         body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         arrivals = []
@@ -248,7 +246,7 @@ async def test_openai_stream_without_include_usage_is_counted_but_reports_no_tok
 
 @async_test
 async def test_time_to_first_token_and_duration_follow_the_stream():
-    fake = FakeOllama(first_token_delay_s=0.3, token_delay_s=0.05, tokens=tuple("abcd"))
+    fake = FakeOllama(Behavior(first_token_delay_s=0.3, token_delay_s=0.05, tokens=tuple("abcd")))
     async with bed(fake) as b:
         async with b.client.post(f"{b.url}/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "q"}]}) as resp:
             raw = await resp.read()
@@ -269,7 +267,7 @@ async def test_time_to_first_token_and_duration_follow_the_stream():
 
 @async_test
 async def test_non_streaming_answers_have_a_duration_but_no_first_token_time():
-    fake = FakeOllama(first_token_delay_s=0.1)
+    fake = FakeOllama(Behavior(first_token_delay_s=0.1))
     async with bed(fake) as b:
         async with b.client.post(f"{b.url}/api/generate", json={"model": MODEL, "prompt": "q", "stream": False}) as resp:
             await resp.read()
@@ -280,7 +278,7 @@ async def test_non_streaming_answers_have_a_duration_but_no_first_token_time():
 
 @async_test
 async def test_openai_stream_tokens_per_second_from_arrival_times():
-    fake = FakeOllama(token_delay_s=0.05, tokens=tuple("abcdefgh"))
+    fake = FakeOllama(Behavior(token_delay_s=0.05, tokens=tuple("abcdefgh")))
     async with bed(fake) as b:
         body = {"model": MODEL, "stream": True, "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": "q"}]}
         async with b.client.post(f"{b.url}/v1/chat/completions", json=body) as resp:
@@ -293,14 +291,13 @@ async def test_openai_stream_tokens_per_second_from_arrival_times():
 
 @async_test
 async def test_inflight_gauge_counts_requests_inside_ollama():
-    gate: asyncio.Queue = asyncio.Queue()
-    fake = FakeOllama(gate=gate, tokens=("a", "b"))
+    fake = FakeOllama(Behavior(tokens=("a", "b")), gated=True)
     async with bed(fake) as b:
         async with b.client.post(f"{b.url}/api/generate", json={"model": MODEL, "prompt": "q"}) as resp:
             await resp.content.readline()  # first token seen; Ollama now waits on the gate
             m = await b.metrics()
             assert m.value("ollama_inflight_requests", model=MODEL, node=NODE) == 1
-            gate.put_nowait(True)
+            fake.open_gate()
             await resp.read()
         m = await b.metrics()
         assert m.value("ollama_inflight_requests", model=MODEL, node=NODE) == 0
@@ -334,15 +331,14 @@ async def test_ollama_errors_pass_through_and_are_counted_by_status(model, statu
 
 @async_test
 async def test_queue_full_from_a_real_queue_is_a_503_for_a_known_model():
-    gate: asyncio.Queue = asyncio.Queue()
-    fake = FakeOllama(gate=gate, tokens=("a", "b"), num_parallel=1, max_queue=0)
+    fake = FakeOllama(Behavior(tokens=("a", "b")), gated=True, slots=1, max_queue=0)
     async with bed(fake, models=(MODEL,)) as b:
         async with b.client.post(f"{b.url}/api/generate", json={"model": MODEL, "prompt": "q"}) as first:
             await first.content.readline()
             async with b.client.post(f"{b.url}/api/generate", json={"model": MODEL, "prompt": "q"}) as second:
                 assert second.status == 503
                 assert (await second.json())["error"] == QUEUE_FULL
-            gate.put_nowait(True)
+            fake.open_gate()
             await first.read()
         m = await b.metrics()
         assert m.value("ollama_inference_requests_total", model=MODEL, status="503") == 1
@@ -391,7 +387,7 @@ async def test_upstream_down_answers_502_json_and_marks_ollama_down():
 
 @async_test
 async def test_client_disconnect_mid_stream_stops_ollama_and_counts_client_closed():
-    fake = FakeOllama(token_delay_s=0.2, tokens=tuple("abcdefghijklmnopqrst"))
+    fake = FakeOllama(Behavior(token_delay_s=0.2, tokens=tuple("abcdefghijklmnopqrst")))
     async with bed(fake, models=(MODEL,)) as b:
         resp = await b.client.post(f"{b.url}/api/generate", json={"model": MODEL, "prompt": "q"})
         await resp.content.readline()
@@ -413,7 +409,7 @@ async def test_client_disconnect_mid_stream_stops_ollama_and_counts_client_close
 @async_test
 async def test_client_leaving_after_the_final_event_is_a_served_request():
     # SDKs stop reading at `[DONE]` and may close before the end of the chunked body: the tokens were delivered.
-    fake = FakeOllama(tail_delay_s=1.0)
+    fake = FakeOllama(Behavior(tail_delay_s=1.0))
     async with bed(fake, models=(MODEL,)) as b:
         body = {"model": MODEL, "stream": True, "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": "q"}]}
         resp = await b.client.post(f"{b.url}/v1/chat/completions", json=body)
@@ -427,13 +423,13 @@ async def test_client_leaving_after_the_final_event_is_a_served_request():
 
         assert await eventually(recorded)
         m = await b.metrics()
-        assert m.value("ollama_inference_tokens_total", model=MODEL, type="completion") == len(fake.tokens)
+        assert m.value("ollama_inference_tokens_total", model=MODEL, type="completion") == len(fake.behaviors[0].texts)
         assert m.value("ollama_inference_requests_total", model=MODEL, status="client_closed") in (None, 0)
 
 
 @async_test
 async def test_client_leaving_while_the_request_waits_in_ollama_releases_it():
-    fake = FakeOllama(first_token_delay_s=30)  # far longer than the bounded wait below
+    fake = FakeOllama(Behavior(first_token_delay_s=30))  # far longer than the bounded wait below
     async with bed(fake, models=(MODEL,)) as b:
         task = asyncio.create_task(b.client.post(f"{b.url}/api/generate", json={"model": MODEL, "prompt": "q"}))
 
@@ -491,7 +487,7 @@ async def test_body_over_the_exporter_limit_is_refused_413():
     async with bed(max_body_bytes=4096) as b:
         async with b.client.post(f"{b.url}/api/generate", json={"model": MODEL, "prompt": "x" * 8192}) as resp:
             assert resp.status == 413
-        assert b.fake.received == []
+        assert {r.path for r in b.fake.received} <= {"/api/ps", "/api/version"}  # the exporter's own polls only
         m = await b.metrics()
         assert m.value("ollama_http_requests_total", route="/api/generate", status="413") == 1
 
@@ -595,15 +591,14 @@ async def test_loaded_models_and_vram_from_api_ps_follow_ollama():
 @async_test
 async def test_periodic_poll_notices_ollama_going_down():
     fake = FakeOllama(loaded=[(MODEL, 1, 1)])
-    fake_server = FakeOllamaServer(fake)
-    url = await fake_server.start()
+    url = await fake.start()
     exporter = ExporterServer(ExporterConfig(upstream=url, node=NODE, ps_interval_s=0.1), ("127.0.0.1", 0), ("127.0.0.1", 0))
     await exporter.start()
     try:
         async with aiohttp.ClientSession() as client:
             b = Bed(fake, exporter, client)
             assert (await b.metrics()).value("ollama_up") == 1
-            await fake_server.close()
+            await fake.stop()
 
             async def down():
                 m = await b.metrics()
@@ -724,8 +719,7 @@ def test_cli_arguments_and_their_errors():
 @async_test
 async def test_the_command_runs_the_exporter_and_stops_on_sigterm():
     fake = FakeOllama(loaded=[(MODEL, 5, 5)])
-    fake_server = FakeOllamaServer(fake)
-    upstream = await fake_server.start()
+    upstream = await fake.start()
     listen, metrics = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fleet.exporter", "--upstream", upstream, "--listen", f"127.0.0.1:{listen}",
@@ -756,7 +750,7 @@ async def test_the_command_runs_the_exporter_and_stops_on_sigterm():
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        await fake_server.close()
+        await fake.stop()
 
 
 @async_test

@@ -1,5 +1,5 @@
-"""The load generator against the fast fake backend on 127.0.0.1: counts, timing from the stream, error
-classification, bounds, and the files it writes."""
+"""The load generator against the fake Ollama (tests/fake_ollama.py) on 127.0.0.1: counts, timing from the
+stream, error classification, bounds, and the files it writes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 
 import pytest
 import typer
+from fake_ollama import Behavior, FakeOllama
 from typer.testing import CliRunner
 
 from fleet import loadtest as lt
 from fleet.cli_load import register
-from fleet.fake_backend import Behavior, BackendThread, FakeBackend
 from fleet.local.processes import free_port  # nothing listens on it
 
 API_ROUTES = {"ollama": "/api/generate", "chat": "/api/chat", "openai": "/v1/chat/completions"}
@@ -26,9 +26,9 @@ def spec(url: str, **overrides) -> lt.LoadSpec:
 
 @pytest.mark.parametrize("api", ["ollama", "chat", "openai"])
 def test_counts_and_tokens_per_api(api):
-    with BackendThread(FakeBackend(Behavior(tokens=6))) as server:
+    with FakeOllama(Behavior(tokens=6)) as server:
         result = lt.run_load(spec(server.url, api=api, concurrency=(1, 3), requests=10))
-        stats = server.backend.stats
+        stats = server.stats
     assert [s.level for s in result.levels] == [1, 3]
     for summary in result.levels:
         assert (summary.requests, summary.ok, summary.errors) == (10, 10, 0)
@@ -43,16 +43,16 @@ def test_counts_and_tokens_per_api(api):
 
 
 def test_max_tokens_is_sent_and_caps_the_stream():
-    with BackendThread(FakeBackend(Behavior(tokens=50))) as server:
+    with FakeOllama(Behavior(tokens=50)) as server:
         result = lt.run_load(spec(server.url, api="openai", max_tokens=4, requests=3))
     assert [r.tokens for r in result.records[1]] == [4, 4, 4]
     assert [r.server_tokens for r in result.records[1]] == [4, 4, 4]
 
 
 def test_api_key_goes_in_the_bearer_header_and_never_into_results(tmp_path):
-    with BackendThread(FakeBackend(Behavior(tokens=2))) as server:
+    with FakeOllama(Behavior(tokens=2)) as server:
         result = lt.run_load(spec(server.url, requests=4, api_key="sekret-key-0123456789"))
-        seen = dict(server.backend.stats.authorization)
+        seen = dict(server.stats.authorization)
     assert seen == {"Bearer sekret-key-0123456789": 4}
     lt.write_results(result, tmp_path, plot=False)
     for path in tmp_path.iterdir():
@@ -63,7 +63,7 @@ def test_api_key_goes_in_the_bearer_header_and_never_into_results(tmp_path):
 def test_ttft_is_the_first_streamed_token_not_the_headers():
     # Headers leave at once; the first token 0.3 s later, then two more 0.2 s apart.
     behavior = Behavior(tokens=3, headers_early=True, first_token_delay_s=0.3, token_delay_s=0.2)
-    with BackendThread(FakeBackend(behavior)) as server:
+    with FakeOllama(behavior) as server:
         result = lt.run_load(spec(server.url, requests=2))
     for record in result.records[1]:
         assert record.ok
@@ -80,7 +80,7 @@ def test_http_errors_are_counted_by_status_with_retry_after():
         Behavior(status=503, retry_after="3"),
         Behavior(status=500),
     ]
-    with BackendThread(FakeBackend(behaviors)) as server:
+    with FakeOllama(behaviors) as server:
         result = lt.run_load(spec(server.url, concurrency=(1,), requests=8))
     summary = result.levels[0]
     assert summary.status_counts == {"200": 2, "429": 2, "500": 2, "503": 2}
@@ -89,12 +89,12 @@ def test_http_errors_are_counted_by_status_with_retry_after():
     assert summary.refusals == 4 and summary.refusal_latency_p50_s is not None
     assert summary.retry_after_seen == 4 and summary.retry_after_values == ["3", "7"]
     refused = [r for r in result.records[1] if r.status == 503]
-    assert all(r.phase is None and "fake backend status 503" in r.detail for r in refused)
+    assert all(r.phase is None and "fake Ollama status 503" in r.detail for r in refused)
 
 
 def test_timeouts_before_and_after_the_first_byte():
     behaviors = [Behavior(hang_before_headers=True), Behavior(tokens=5, hang_after_tokens=2)]
-    with BackendThread(FakeBackend(behaviors)) as server:
+    with FakeOllama(behaviors) as server:
         result = lt.run_load(spec(server.url, requests=2, timeout_s=0.5, read_timeout_s=0.5))
     before, after = result.records[1]
     assert (before.error, before.phase, before.status) == ("timeout", "before_first_byte", None)
@@ -105,7 +105,7 @@ def test_timeouts_before_and_after_the_first_byte():
 
 
 def test_a_connection_cut_mid_stream_is_a_failure_after_the_first_byte():
-    with BackendThread(FakeBackend([Behavior(tokens=6, drop_after_tokens=2), Behavior(tokens=2)])) as server:
+    with FakeOllama([Behavior(tokens=6, drop_after_tokens=2), Behavior(tokens=2)]) as server:
         result = lt.run_load(spec(server.url, requests=2))
     cut, fine = result.records[1]
     assert cut.error in ("disconnect", "incomplete") and cut.phase == "after_first_byte"
@@ -150,7 +150,7 @@ def test_unbounded_runs_are_refused():
 
 
 def test_closed_loop_bounded_by_duration():
-    with BackendThread(FakeBackend(Behavior(tokens=2, token_delay_s=0.02))) as server:
+    with FakeOllama(Behavior(tokens=2, token_delay_s=0.02)) as server:
         result = lt.run_load(spec(server.url, concurrency=(2,), duration_s=0.5))
     records = result.records[2]
     assert records and all(r.ok for r in records)
@@ -158,13 +158,13 @@ def test_closed_loop_bounded_by_duration():
 
 
 def test_closed_loop_bounded_by_count_and_duration_together():
-    with BackendThread(FakeBackend(Behavior(tokens=1))) as server:
+    with FakeOllama(Behavior(tokens=1)) as server:
         result = lt.run_load(spec(server.url, concurrency=(4,), requests=7, duration_s=30))
     assert result.levels[0].requests == 7
 
 
 def test_open_loop_sends_at_the_rate_until_count_or_duration():
-    with BackendThread(FakeBackend(Behavior(tokens=2))) as server:
+    with FakeOllama(Behavior(tokens=2)) as server:
         by_count = lt.run_load(spec(server.url, rate=(20.0,), requests=5))
         by_time = lt.run_load(spec(server.url, rate=(8.0,), duration_s=0.5))
     assert by_count.levels[0].requests == 5 and by_count.levels[0].mode == "open"
@@ -178,15 +178,15 @@ def test_open_loop_sends_at_the_rate_until_count_or_duration():
 
 def test_open_loop_does_not_wait_for_earlier_requests():
     # Each request takes 0.4 s; at 20 requests/s several must be in flight at once.
-    with BackendThread(FakeBackend(Behavior(tokens=1, first_token_delay_s=0.4))) as server:
+    with FakeOllama(Behavior(tokens=1, first_token_delay_s=0.4)) as server:
         lt.run_load(spec(server.url, rate=(20.0,), requests=6))
-        peak = server.backend.stats.peak_active
+        peak = server.stats.peak_active
     assert peak >= 2
 
 
 def test_backend_slots_queue_requests_and_refuse_beyond_max_queue():
-    backend = FakeBackend(Behavior(tokens=1, first_token_delay_s=0.3), slots=1, max_queue=1)
-    with BackendThread(backend) as server:
+    backend = FakeOllama(Behavior(tokens=1, first_token_delay_s=0.3), slots=1, max_queue=1)
+    with backend.start_thread() as server:
         result = lt.run_load(spec(server.url, concurrency=(4,), requests=4))
     summary = result.levels[0]
     assert backend.stats.peak_active == 1
@@ -195,7 +195,7 @@ def test_backend_slots_queue_requests_and_refuse_beyond_max_queue():
 
 
 def test_results_files_json_csv_png(tmp_path):
-    with BackendThread(FakeBackend(Behavior(tokens=3))) as server:
+    with FakeOllama(Behavior(tokens=3)) as server:
         result = lt.run_load(spec(server.url, concurrency=(1, 2), requests=5))
     written = lt.write_results(result, tmp_path)
     names = sorted(p.name for p in written)
@@ -227,7 +227,7 @@ def _cli() -> typer.Typer:
 
 def test_cli_loadtest_writes_results_and_refuses_unbounded(tmp_path):
     runner = CliRunner()
-    with BackendThread(FakeBackend(Behavior(tokens=2))) as server:
+    with FakeOllama(Behavior(tokens=2)) as server:
         done = runner.invoke(
             _cli(), ["loadtest", server.url, "-c", "1,2", "-n", "4", "--api", "chat", "--no-progress", "-o", str(tmp_path)]
         )
@@ -246,15 +246,15 @@ def test_cli_loadtest_fails_when_nothing_succeeds():
 
 
 def test_clients_send_from_the_given_source_addresses():
-    with BackendThread(FakeBackend(Behavior(tokens=1))) as server:
+    with FakeOllama(Behavior(tokens=1)) as server:
         result = lt.run_load(spec(server.url, concurrency=(4,), requests=8, source_addresses=("127.0.0.2", "127.0.0.3")))
-        peers = dict(server.backend.stats.connections_by_peer)
+        peers = dict(server.stats.connections_by_peer)
     assert result.levels[0].ok == 8
     assert peers == {"127.0.0.2": 2, "127.0.0.3": 2}  # four clients, one kept-alive connection each
     # open loop: every request takes the next address, however few are in flight
-    with BackendThread(FakeBackend(Behavior(tokens=1))) as server:
+    with FakeOllama(Behavior(tokens=1)) as server:
         lt.run_load(spec(server.url, rate=(50.0,), requests=6, source_addresses=("127.0.0.4", "127.0.0.5", "127.0.0.6")))
-        by_request = dict(server.backend.stats.connections_by_peer)
+        by_request = dict(server.stats.connections_by_peer)
     assert by_request == {"127.0.0.4": 1, "127.0.0.5": 1, "127.0.0.6": 1}  # one connection per address, reused
     with pytest.raises(lt.LoadSpecError, match="--source-ip"):
         spec(server.url, requests=1, source_addresses=("nope",)).validate()
@@ -262,7 +262,7 @@ def test_clients_send_from_the_given_source_addresses():
 
 def test_a_level_ends_on_time_and_reports_what_it_cut():
     # Each answer takes ~2 s; the level lasts 0.3 s and its in-flight requests may run 0.3 s more.
-    with BackendThread(FakeBackend(Behavior(tokens=20, token_delay_s=0.1))) as server:
+    with FakeOllama(Behavior(tokens=20, token_delay_s=0.1)) as server:
         result = lt.run_load(spec(server.url, concurrency=(3,), duration_s=0.3, drain_s=0.3))
     level = result.levels[0]
     assert level.wall_s < 1.5  # not the 2 s the requests would have taken, nor the 10 s timeout
@@ -276,14 +276,14 @@ def test_a_level_ends_on_time_and_reports_what_it_cut():
 
 
 def test_requests_that_finish_within_the_drain_time_count():
-    with BackendThread(FakeBackend(Behavior(tokens=5, token_delay_s=0.05))) as server:
+    with FakeOllama(Behavior(tokens=5, token_delay_s=0.05)) as server:
         result = lt.run_load(spec(server.url, concurrency=(2,), duration_s=0.2, drain_s=5.0))
     level = result.levels[0]
     assert level.cut == 0 and level.ok == level.requests >= 2
 
 
 def test_each_level_records_the_machines_cpu_use():
-    with BackendThread(FakeBackend(Behavior(tokens=4))) as server:
+    with FakeOllama(Behavior(tokens=4)) as server:
         result = lt.run_load(spec(server.url, concurrency=(2,), requests=6))
     level = result.levels[0]
     assert level.host_cpus is not None and level.host_cpus >= 1
@@ -292,7 +292,7 @@ def test_each_level_records_the_machines_cpu_use():
 
 
 def test_the_plot_has_latency_and_decode_panels_from_zero_with_sample_counts():
-    with BackendThread(FakeBackend(Behavior(tokens=6, token_delay_s=0.01))) as server:
+    with FakeOllama(Behavior(tokens=6, token_delay_s=0.01)) as server:
         result = lt.run_load(spec(server.url, concurrency=(1, 2), requests=4))
     result.levels[1].errors, result.levels[1].error_rate = 1, 0.25  # one failed request of four
     fig = lt.level_figure(result)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import typer
+from fake_ollama import Behavior, FakeOllama
 from typer.testing import CliRunner
 
 from fleet import capacity
 from fleet import loadtest as lt
 from fleet import tune as tn
 from fleet.cli_load import register
-from fleet.fake_backend import Behavior, BackendThread, FakeBackend
 from fleet.stack_file import load_stack
 
 BOUNDS = tn.Bounds(max_p95_ttft_s=1.0, max_error_rate=0.02)
@@ -133,24 +133,24 @@ def test_unknown_group_is_a_clear_error():
 
 def test_num_parallel_sweep_restarts_per_value():
     """Each value gets its own backend (slots = value), a warm-up request, then `clients_for(value)` clients."""
-    started: list[BackendThread] = []
+    started: list[FakeOllama] = []
 
     def apply(value: int) -> str:
         for server in started:
-            server.__exit__(None, None, None)
+            server.stop_thread()
         started.clear()
-        server = BackendThread(FakeBackend(Behavior(tokens=3, first_token_delay_s=0.05), slots=value)).__enter__()
+        server = FakeOllama(Behavior(tokens=3, first_token_delay_s=0.05), slots=value).start_thread()
         started.append(server)
         return server.url
 
     try:
         spec = lt.LoadSpec(url="http://127.0.0.1:1", requests=6, timeout_s=10)
         sweep = tn.sweep_num_parallel(spec, [1, 2], apply, clients_for=lambda v: 2 * v)
-        peak = started[-1].backend.stats.peak_active
-        served = started[-1].backend.stats.requests
+        peak = started[-1].stats.peak_active
+        served = started[-1].stats.requests
     finally:
         for server in started:
-            server.__exit__(None, None, None)
+            server.stop_thread()
     assert [p.value for p in sweep] == [1, 2]
     assert [p.summary.level for p in sweep] == [2, 4]  # clients per value
     assert all(p.summary.ok == 6 for p in sweep)
@@ -195,7 +195,7 @@ def test_cli_num_parallel_needs_a_way_to_restart():
 
 
 def test_cli_tune_sweeps_concurrency_and_prints_the_change(tmp_path):
-    with BackendThread(FakeBackend(Behavior(tokens=4))) as server:
+    with FakeOllama(Behavior(tokens=4)) as server:
         result = CliRunner().invoke(
             _cli(),
             ["tune", "--stack", "dev", "--group", "cpu", "--url", server.url, "--values", "1,2", "-n", "5",
