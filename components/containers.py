@@ -56,6 +56,11 @@ def volume_labels(settings: FleetSettings) -> list[docker.VolumeLabelArgs]:
     return [docker.VolumeLabelArgs(label=k, value=v) for k, v in contract.environment_labels(settings).items()]
 
 
+def volume(name: str, settings: FleetSettings, place: Placement, parent: pulumi.Resource) -> docker.Volume:
+    """A named Docker volume on the placement's host (`name` is both the resource's and Docker's), labelled."""
+    return docker.Volume(name, name=name, labels=volume_labels(settings), opts=place.resource_options(parent))
+
+
 def metrics_healthcheck(port: int) -> docker.ContainerHealthcheckArgs:
     """Health check of the project's Python exporters (their image has Python, not curl or wget)."""
     probe = f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/metrics', timeout=5)"

@@ -175,22 +175,12 @@ class Gateway(pulumi.ComponentResource):
 
         # The access-log file's folder, shared with the gateway log exporter (read-only there).
         log_dir = posixpath.dirname(paths.access_log_file)
-        self.log_volume = docker.Volume(
-            f"{name}-access-log",
-            name=f"{name}-access-log",
-            labels=containers.volume_labels(settings),
-            opts=place.resource_options(self),
-        )
+        self.log_volume = containers.volume(f"{name}-access-log", settings, place, self)
 
         volumes = [docker.ContainerVolumeArgs(volume_name=self.log_volume.name, container_path=log_dir)]
         self.state_volume = None
         if enforce_budgets:
-            self.state_volume = docker.Volume(
-                f"{name}-state",
-                name=f"{name}-state",
-                labels=containers.volume_labels(settings),
-                opts=place.resource_options(self),
-            )
+            self.state_volume = containers.volume(f"{name}-state", settings, place, self)
             volumes.append(docker.ContainerVolumeArgs(volume_name=self.state_volume.name, container_path=STATE_DIR))
 
         image = pinned_image(f"{name}-nginx-image", settings.images.nginx, place, self)
@@ -255,13 +245,13 @@ class Gateway(pulumi.ComponentResource):
         self, name: str, settings: FleetSettings, place: Placement, log_file: str, log_dir: str
     ) -> docker.Container:
         """`python -m fleet.gateway_log` from the metering exporter's image, following nginx's access-log file."""
-        exporter_name = container_name(name, "gateway-log-exporter")
-        image = exporter_image(f"{name}-log-exporter-image", settings, place, self)
-        return docker.Container(
+        return self._sidecar(
             f"{name}-log-exporter",
-            name=exporter_name,
-            image=image.repo_digest,
-            entrypoints=["python", "-m", "fleet.gateway_log"],
+            container_name(name, "gateway-log-exporter"),
+            "gateway-log-exporter",
+            "fleet.gateway_log",
+            settings,
+            place,
             command=gateway_log.exporter_arguments(
                 log_file,
                 f"0.0.0.0:{ports.GATEWAY_LOG_EXPORTER}",
@@ -269,15 +259,10 @@ class Gateway(pulumi.ComponentResource):
                 [c.name for c in settings.gateway.clients],
             ),
             volumes=[docker.ContainerVolumeArgs(volume_name=self.log_volume.name, container_path=log_dir, read_only=True)],
-            networks_advanced=place.networks(exporter_name),
             ports=place.private_ports(ports.GATEWAY_LOG_EXPORTER),
-            **containers.RUNTIME,
             healthcheck=metrics_healthcheck(ports.GATEWAY_LOG_EXPORTER),
             wait=True,
             wait_timeout=120,
-            labels=labels(settings, "gateway-log-exporter"),
-            # After nginx: the log file then exists and is read from its end, as after any restart.
-            opts=place.resource_options(self, depends_on=[self.container]),
         )
 
     def _budget_controller(
@@ -285,13 +270,13 @@ class Gateway(pulumi.ComponentResource):
     ) -> docker.Container:
         """`python -m fleet.budget` from the meter image, in nginx's PID namespace, writing the budget map into
         the state volume and reloading nginx when it changes (fleet/budget.py explains the mechanism)."""
-        controller_name = container_name(name, "budget")
-        image = exporter_image(f"{name}-budget-image", settings, place, self)
-        return docker.Container(
+        return self._sidecar(
             f"{name}-budget",
-            name=controller_name,
-            image=image.repo_digest,
-            entrypoints=["python", "-m", "fleet.budget"],
+            container_name(name, "budget"),
+            "budget-controller",
+            "fleet.budget",
+            settings,
+            place,
             command=pulumi.Output.from_input(args.prometheus_url).apply(
                 lambda url: budget.controller_arguments(
                     url,
@@ -311,10 +296,24 @@ class Gateway(pulumi.ComponentResource):
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             pid_mode=self.container.id.apply(lambda container_id: f"container:{container_id}"),
             volumes=[docker.ContainerVolumeArgs(volume_name=self.state_volume.name, container_path=STATE_DIR)],
-            networks_advanced=place.networks(controller_name),
+        )
+
+    def _sidecar(
+        self, resource: str, container: str, role: str, module: str, settings: FleetSettings, place: Placement, **options
+    ) -> docker.Container:
+        """`python -m <module>` from the metering exporter's image (`<resource>-image`) beside nginx, labelled
+        `role`; started after nginx, so the files it shares with nginx exist."""
+        image = exporter_image(f"{resource}-image", settings, place, self)
+        return docker.Container(
+            resource,
+            name=container,
+            image=image.repo_digest,
+            entrypoints=["python", "-m", module],
+            networks_advanced=place.networks(container),
             **containers.RUNTIME,
-            labels=labels(settings, "budget-controller"),
+            labels=labels(settings, role),
             opts=place.resource_options(self, depends_on=[self.container]),
+            **options,
         )
 
     @staticmethod

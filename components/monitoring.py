@@ -212,12 +212,7 @@ class Monitoring(pulumi.ComponentResource):
                 lambda values: prometheus_web.render_web_config(prometheus_web.hash_password(values[0], values[1]))
             )
         )
-        self.tsdb = docker.Volume(
-            f"{name}-tsdb",
-            name=f"{name}-tsdb",
-            labels=containers.volume_labels(settings),
-            opts=place.resource_options(self),
-        )
+        self.tsdb = containers.volume(f"{name}-tsdb", settings, place, self)
         prometheus_image = pinned_image(f"{name}-prometheus-image", settings.images.prometheus, place, self)
         self.prometheus = docker.Container(
             f"{name}-prometheus",
@@ -258,12 +253,7 @@ class Monitoring(pulumi.ComponentResource):
         alertmanager_config = pulumi.Output.secret(
             secrets_json.apply(lambda text: alertmanager.render_alertmanager(settings, receiver_secrets(text)))
         )
-        self.alertmanager_data = docker.Volume(
-            f"{name}-alertmanager-data",
-            name=f"{name}-alertmanager-data",
-            labels=containers.volume_labels(settings),
-            opts=place.resource_options(self),
-        )
+        self.alertmanager_data = containers.volume(f"{name}-alertmanager-data", settings, place, self)
         alertmanager_image = pinned_image(f"{name}-alertmanager-image", settings.images.alertmanager, place, self)
         self.alertmanager = docker.Container(
             f"{name}-alertmanager",

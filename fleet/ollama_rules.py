@@ -25,7 +25,7 @@ Releases before v0.13.1 ran nomic-bert on the llama.cpp runner and are not model
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 MIB = 1024**2
@@ -90,31 +90,23 @@ class OllamaRules:
         return f"Ollama {self.name}: {where}, {ctx}"
 
 
+_OLLAMA_PLACES_LAYERS = OllamaRules(
+    name="v0.13.1–v0.15.4",
+    low=(0, 13, 1),
+    high=(0, 15, 4),
+    tiered_default_context=False,
+    layout="ollama",
+    gpu_reserve=457 * MIB,
+    layer_buffer=True,
+    flash_attention_fallback=True,
+    ollama_engine_archs=OLLAMA_ENGINE_ARCHS_V0_24,
+    precheck_share=None,
+)
+
 RULES: tuple[OllamaRules, ...] = (
-    OllamaRules(
-        name="v0.13.1–v0.15.4",
-        low=(0, 13, 1),
-        high=(0, 15, 4),
-        tiered_default_context=False,
-        layout="ollama",
-        gpu_reserve=457 * MIB,
-        layer_buffer=True,
-        flash_attention_fallback=True,
-        ollama_engine_archs=OLLAMA_ENGINE_ARCHS_V0_24,
-        precheck_share=None,
-    ),
-    OllamaRules(
-        name="v0.15.5–v0.29",
-        low=(0, 15, 5),
-        high=(0, 29, 999),
-        tiered_default_context=True,
-        layout="ollama",
-        gpu_reserve=457 * MIB,
-        layer_buffer=True,
-        flash_attention_fallback=True,
-        ollama_engine_archs=OLLAMA_ENGINE_ARCHS_V0_24,
-        precheck_share=None,
-    ),
+    _OLLAMA_PLACES_LAYERS,
+    # The same placement; only the default context changed (VRAM-tiered).
+    replace(_OLLAMA_PLACES_LAYERS, name="v0.15.5–v0.29", low=(0, 15, 5), high=(0, 29, 999), tiered_default_context=True),
     OllamaRules(
         name="v0.30+",
         low=(0, 30, 0),
