@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from fleet import capacity, capacity_terms, catalog, contract
 from fleet.capacity import GIB, MIB
@@ -507,22 +505,12 @@ def test_gguf_errors_are_clear(tmp_path):
 # ---- CLI ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli():
-    from fleet import cli_capacity
-
-    app = typer.Typer()
-    cli_capacity.register(app)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args))
-
-
-def test_plan_prints_a_table_per_group(cli, monkeypatch):
+def test_plan_prints_a_table_per_group(capacity_cli, monkeypatch):
     monkeypatch.chdir(ROOT)
-    result = cli("plan", "--stack", "prod")
+    result = capacity_cli("plan", "--stack", "prod")
     assert result.exit_code == 0, result.output
     assert "llama3.1:8b" in result.output and "fits" in result.output and "max_conns per node: 12" in result.output
-    as_json = cli("plan", "--stack", "prod", "--json")
+    as_json = capacity_cli("plan", "--stack", "prod", "--json")
     data = json.loads(as_json.output)
     staging = capacity.estimate_node(load_stack("prod", ROOT).settings.node_groups[0], 0.10)
     assert data["groups"][0]["total"] == staging.total and data["groups"][0]["maxConnsPerNode"] == 12
@@ -535,25 +523,25 @@ def _stack_dir(tmp_path, change) -> Path:
     return tmp_path
 
 
-def test_plan_exits_1_with_suggestions_when_a_group_does_not_fit(cli, monkeypatch, tmp_path):
+def test_plan_exits_1_with_suggestions_when_a_group_does_not_fit(capacity_cli, monkeypatch, tmp_path):
     # qwen2.5:32b at fp16 (66 GB) on one 48 GiB L40S
     change = lambda t: t.replace("name: llama3.1", "name: qwen2.5").replace("tag: 8b", "tag: 32b").replace("quantization: q4_K_M", "quantization: fp16")  # noqa: E731
     monkeypatch.chdir(_stack_dir(tmp_path, change))
-    result = cli("plan", "--stack", "test")
+    result = capacity_cli("plan", "--stack", "test")
     assert result.exit_code == 1, result.output
     assert "no fit" in result.output and "to make it fit" in result.output and "quantization fp16 → " in result.output
 
 
-def test_plan_bad_stack_file_exits_2_without_traceback(cli, monkeypatch, tmp_path):
+def test_plan_bad_stack_file_exits_2_without_traceback(capacity_cli, monkeypatch, tmp_path):
     monkeypatch.chdir(_stack_dir(tmp_path, lambda t: t.replace("numParallel: 4", "numParallel: many")))
-    result = cli("plan", "--stack", "test")
+    result = capacity_cli("plan", "--stack", "test")
     assert result.exit_code == 2
     assert "Pulumi.test.yaml" in result.output and "numParallel" in result.output and "Traceback" not in result.output
-    assert cli("plan", "--stack", "nosuch").exit_code == 2
+    assert capacity_cli("plan", "--stack", "nosuch").exit_code == 2
 
 
-def test_fit_json_matches_the_model(cli):
-    result = cli("fit", "--model", "llama3.1:8b", "--quant", "q4_K_M", "--num-ctx", "8192", "--num-parallel", "4",
+def test_fit_json_matches_the_model(capacity_cli):
+    result = capacity_cli("fit", "--model", "llama3.1:8b", "--quant", "q4_K_M", "--num-ctx", "8192", "--num-parallel", "4",
                  "--instance", "g6e.xlarge", "--kv-cache-type", "q8_0", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -564,17 +552,17 @@ def test_fit_json_matches_the_model(cli):
     assert data["models"][0]["kvCache"] == 2 * 32 * 32768 * 8 * 128 * 34 // 32  # the default image: llama-server
 
 
-def test_fit_that_does_not_fit_and_bad_input(cli):
-    too_big = cli("fit", "--model", "llama3.1:70b", "--quant", "fp16", "--num-ctx", "8192", "--instance", "g6e.xlarge")
+def test_fit_that_does_not_fit_and_bad_input(capacity_cli):
+    too_big = capacity_cli("fit", "--model", "llama3.1:70b", "--quant", "fp16", "--num-ctx", "8192", "--instance", "g6e.xlarge")
     assert too_big.exit_code == 1 and "no fit" in too_big.output
-    assert cli("fit", "--model", "llama3.1:8b", "--quant", "q4_1", "--instance", "g6e.xlarge").exit_code == 2
-    bad = cli("fit", "--model", "llama3.1", "--instance", "g6e.xlarge")
+    assert capacity_cli("fit", "--model", "llama3.1:8b", "--quant", "q4_1", "--instance", "g6e.xlarge").exit_code == 2
+    bad = capacity_cli("fit", "--model", "llama3.1", "--instance", "g6e.xlarge")
     assert bad.exit_code == 2 and "llama3.1:8b" in bad.output
-    assert cli("fit", "--model", "llama3.1:8b", "--instance", "g99.huge").exit_code == 2
+    assert capacity_cli("fit", "--model", "llama3.1:8b", "--instance", "g99.huge").exit_code == 2
 
 
-def test_fit_reads_a_gguf_file(cli):
-    result = cli("fit", "--model", str(smollm2_gguf()), "--num-ctx", "4096", "--num-parallel", "2", "--instance", "local-cpu", "--json")
+def test_fit_reads_a_gguf_file(capacity_cli):
+    result = capacity_cli("fit", "--model", str(smollm2_gguf()), "--num-ctx", "4096", "--num-parallel", "2", "--instance", "local-cpu", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["verdict"] == "no VRAM verdict (CPU)" and data["models"][0]["quantization"] == "q4_1"

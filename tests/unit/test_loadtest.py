@@ -7,12 +7,10 @@ import csv
 import json
 
 import pytest
-import typer
 from fake_ollama import Behavior, FakeOllama
 from typer.testing import CliRunner
 
 from fleet import loadtest as lt
-from fleet.cli_load import register
 from fleet.local.processes import free_port  # nothing listens on it
 
 API_ROUTES = {"ollama": "/api/generate", "chat": "/api/chat", "openai": "/v1/chat/completions"}
@@ -214,33 +212,22 @@ def test_results_files_json_csv_png(tmp_path):
     assert lt.LevelSummary(**data["levels"][1]).ok == 5
 
 
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """test app"""
-
-    register(app)
-    return app
-
-
-def test_cli_loadtest_writes_results_and_refuses_unbounded(tmp_path):
+def test_cli_loadtest_writes_results_and_refuses_unbounded(tmp_path, load_cli):
     runner = CliRunner()
     with FakeOllama(Behavior(tokens=2)) as server:
         done = runner.invoke(
-            _cli(), ["loadtest", server.url, "-c", "1,2", "-n", "4", "--api", "chat", "--no-progress", "-o", str(tmp_path)]
+            load_cli, ["loadtest", server.url, "-c", "1,2", "-n", "4", "--api", "chat", "--no-progress", "-o", str(tmp_path)]
         )
-        unbounded = runner.invoke(_cli(), ["loadtest", server.url, "-c", "1"])
-        bad_api = runner.invoke(_cli(), ["loadtest", server.url, "-n", "1", "--api", "grpc"])
+        unbounded = runner.invoke(load_cli, ["loadtest", server.url, "-c", "1"])
+        bad_api = runner.invoke(load_cli, ["loadtest", server.url, "-n", "1", "--api", "grpc"])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "plot.png").is_file() and (tmp_path / "summary.csv").is_file()
     assert unbounded.exit_code == 2 and "unbounded run refused" in unbounded.output
     assert bad_api.exit_code == 2 and "allowed: ollama, chat, openai" in bad_api.output
 
 
-def test_cli_loadtest_fails_when_nothing_succeeds():
-    result = CliRunner().invoke(_cli(), ["loadtest", f"http://127.0.0.1:{free_port()}", "-n", "2", "--no-progress"])
+def test_cli_loadtest_fails_when_nothing_succeeds(load_cli):
+    result = CliRunner().invoke(load_cli, ["loadtest", f"http://127.0.0.1:{free_port()}", "-n", "2", "--no-progress"])
     assert result.exit_code == 1
     assert "connect/before_first_byte" in result.output
 

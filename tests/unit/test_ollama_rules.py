@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from fleet import capacity, catalog
 from fleet.catalog import GIB, MIB
@@ -218,28 +216,18 @@ def test_no_quantized_cache_suggested_where_ollama_drops_it():
 # ---- CLI ------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli():
-    from fleet import cli_capacity
-
-    app = typer.Typer()
-    cli_capacity.register(app)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args))
-
-
-def test_fit_json_names_the_rules_that_applied(cli):
+def test_fit_json_names_the_rules_that_applied(capacity_cli):
     args = ["fit", "--model", "qwen2.5:7b", "--num-ctx", "18944", "--num-parallel", "8", "--instance", "g5.xlarge",
             "--headroom", "0", "--json"]
-    old = json.loads(cli(*args, "--ollama-version", "0.24.0").output)
+    old = json.loads(capacity_cli(*args, "--ollama-version", "0.24.0").output)
     assert (old["ollamaVersion"], old["ollamaRules"], old["fits"]) == ("0.24.0", "v0.15.5–v0.29", False)
-    default = cli(*args)
+    default = capacity_cli(*args)
     data = json.loads(default.output)
     assert data["ollamaVersion"] == capacity.default_ollama_version() and data["ollamaRules"] == "v0.30+"
 
 
-def test_fit_refuses_an_unsupported_version(cli):
-    result = cli("fit", "--model", "llama3.1:8b", "--instance", "g5.xlarge", "--ollama-version", "0.12.3")
+def test_fit_refuses_an_unsupported_version(capacity_cli):
+    result = capacity_cli("fit", "--model", "llama3.1:8b", "--instance", "g5.xlarge", "--ollama-version", "0.12.3")
     assert result.exit_code == 2 and "v0.13.1–v0.15.4" in result.output and "Traceback" not in result.output
 
 
@@ -254,16 +242,16 @@ def _stack_with_image(tmp_path, image: str):
     return tmp_path
 
 
-def test_plan_uses_the_release_of_the_stacks_image(cli, monkeypatch, tmp_path):
+def test_plan_uses_the_release_of_the_stacks_image(capacity_cli, monkeypatch, tmp_path):
     monkeypatch.chdir(_stack_with_image(tmp_path, "ollama/ollama:0.24.0@sha256:" + "d" * 64))
-    data = json.loads(cli("plan", "--stack", "test", "--json").output)
+    data = json.loads(capacity_cli("plan", "--stack", "test", "--json").output)
     assert (data["ollamaVersion"], data["ollamaRules"]) == ("0.24.0", "v0.15.5–v0.29")
     assert data["groups"][0]["ollamaRules"] == "v0.15.5–v0.29"
 
 
-def test_plan_refuses_an_image_of_an_unsupported_release(cli, monkeypatch, tmp_path):
+def test_plan_refuses_an_image_of_an_unsupported_release(capacity_cli, monkeypatch, tmp_path):
     monkeypatch.chdir(_stack_with_image(tmp_path, "ollama/ollama:0.12.0@sha256:" + "e" * 64))
-    result = cli("plan", "--stack", "test")
+    result = capacity_cli("plan", "--stack", "test")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "Pulumi.test.yaml: images.ollama: Ollama 0.12.0 is not supported" in result.output
     assert "v0.30+" in result.output

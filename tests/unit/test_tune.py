@@ -158,18 +158,7 @@ def test_num_parallel_sweep_restarts_per_value():
     assert [lv.level for lv in tn.sweep_result(spec, sweep).levels] == [1, 2]
 
 
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """test app"""
-
-    register(app)
-    return app
-
-
-def test_cli_refuses_num_parallel_values_that_do_not_fit(monkeypatch, tmp_path):
+def test_cli_refuses_num_parallel_values_that_do_not_fit(monkeypatch, tmp_path, load_cli):
     root = Path(__file__).resolve().parents[2]
     (tmp_path / "Pulumi.yaml").write_text((root / "Pulumi.yaml").read_text())
     (tmp_path / "Pulumi.prod.yaml").write_text((root / "Pulumi.prod.yaml").read_text().replace("numCtx: 8192", "numCtx: 32768"))
@@ -178,7 +167,7 @@ def test_cli_refuses_num_parallel_values_that_do_not_fit(monkeypatch, tmp_path):
     largest = capacity.max_num_parallel(settings.node_groups[0], settings.policy.vram_headroom)
     assert largest is not None and largest < 63
     result = CliRunner().invoke(
-        _cli(),
+        load_cli,
         ["tune", "--stack", "prod", "--group", "chat", "--param", "num_parallel", "--values", f"{largest + 1},64",
          "--restart-cmd", "true {value}", "--url", "http://127.0.0.1:9", "-n", "1"],
     )
@@ -187,17 +176,17 @@ def test_cli_refuses_num_parallel_values_that_do_not_fit(monkeypatch, tmp_path):
     assert "nothing to sweep" in result.output
 
 
-def test_cli_num_parallel_needs_a_way_to_restart():
+def test_cli_num_parallel_needs_a_way_to_restart(load_cli):
     result = CliRunner().invoke(
-        _cli(), ["tune", "--stack", "prod", "--group", "chat", "--param", "num_parallel", "--url", "http://127.0.0.1:9", "-n", "1"]
+        load_cli, ["tune", "--stack", "prod", "--group", "chat", "--param", "num_parallel", "--url", "http://127.0.0.1:9", "-n", "1"]
     )
     assert result.exit_code == 2 and "--restart-cmd" in result.output
 
 
-def test_cli_tune_sweeps_concurrency_and_prints_the_change(tmp_path):
+def test_cli_tune_sweeps_concurrency_and_prints_the_change(tmp_path, load_cli):
     with FakeOllama(Behavior(tokens=4)) as server:
         result = CliRunner().invoke(
-            _cli(),
+            load_cli,
             ["tune", "--stack", "dev", "--group", "cpu", "--url", server.url, "--values", "1,2", "-n", "5",
              "--max-p95-ttft", "30", "--no-progress", "-o", str(tmp_path)],
         )
@@ -208,23 +197,23 @@ def test_cli_tune_sweeps_concurrency_and_prints_the_change(tmp_path):
     assert (tmp_path / "plot.png").is_file()
 
 
-def test_cli_tune_from_results_without_loading(tmp_path):
+def test_cli_tune_from_results_without_loading(tmp_path, load_cli):
     sweep = [summary(1, 100, 0.2), summary(2, 200, 0.4), summary(4, 210, 5.0)]
     spec = lt.LoadSpec(url="http://127.0.0.1:1", concurrency=(1, 2, 4), requests=1)
     lt.write_results(lt.LoadResult(spec=spec, levels=sweep, records={}), tmp_path, plot=False)
     result = CliRunner().invoke(
-        _cli(), ["tune", "--stack", "dev", "--group", "cpu", "--from-results", str(tmp_path), "--max-p95-ttft", "1"]
+        load_cli, ["tune", "--stack", "dev", "--group", "cpu", "--from-results", str(tmp_path), "--max-p95-ttft", "1"]
     )
     assert result.exit_code == 0, result.output
     assert "knee: concurrency = 2" in result.output
     assert "ollama-fleet:fleet.gateway.queuePerNode" in result.output
 
 
-def test_cli_tune_with_nothing_in_bounds_exits_non_zero(tmp_path):
+def test_cli_tune_with_nothing_in_bounds_exits_non_zero(tmp_path, load_cli):
     spec = lt.LoadSpec(url="http://127.0.0.1:1", concurrency=(1,), requests=1)
     lt.write_results(lt.LoadResult(spec=spec, levels=[summary(1, 100, 9.0)], records={}), tmp_path, plot=False)
     result = CliRunner().invoke(
-        _cli(), ["tune", "--stack", "dev", "--group", "cpu", "--from-results", str(tmp_path), "--max-p95-ttft", "1"]
+        load_cli, ["tune", "--stack", "dev", "--group", "cpu", "--from-results", str(tmp_path), "--max-p95-ttft", "1"]
     )
     assert result.exit_code == 1 and "no value of concurrency stays within the bounds" in result.output
 
