@@ -20,6 +20,7 @@ APP_LAYER: Mapping[str, str] = {
     "fleet/preview.py": "runs the Pulumi program (components.program) under Pulumi's mocks",
     "fleet/mock_cloud.py": "is the mock cloud that the offline preview hands to Pulumi",
     "fleet/policy_runner.py": "runs the policy pack's own policy objects (policies, pulumi_policy) on the preview",
+    "fleet/sdk_overrides.py": "replaces two per-resource internals of the Pulumi SDK for the preview's mocked run",
     "fleet/render/bundle.py": "tells Pulumi's secret values apart in the resources the preview recorded",
 }
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
