@@ -272,12 +272,36 @@ def _provider_ref_urn(reference: str | None) -> str | None:
     return reference.rsplit("::", 1)[0] if reference.count("::") > 3 else reference
 
 
-def _provider(resource: RegisteredResource, by_urn: Mapping[str, RegisteredResource]) -> PolicyProviderResource | None:
+class _PlainCache:
+    """Each resource's inputs (and state) as policies see them, computed once for all policies. Every policy still
+    gets its own proxy over them (as from the analyzer, which deserializes per policy): the proxy copies the
+    containers, so what one policy does to its arguments never reaches another."""
+
+    def __init__(self) -> None:
+        self._inputs: dict[str, Any] = {}
+        self._state: dict[str, dict[str, Any]] = {}
+
+    def inputs(self, resource: RegisteredResource) -> Any:
+        if resource.urn not in self._inputs:
+            self._inputs[resource.urn] = plain(resource.inputs)
+        return self._inputs[resource.urn]
+
+    def state(self, resource: RegisteredResource) -> dict[str, Any]:
+        """Outputs over inputs, as the engine's state holds them."""
+        if resource.urn not in self._state:
+            self._state[resource.urn] = {**self.inputs(resource), **plain(resource.outputs or {})}
+        return self._state[resource.urn]
+
+
+def _provider(
+    resource: RegisteredResource, by_urn: Mapping[str, RegisteredResource], cache: _PlainCache | None = None
+) -> PolicyProviderResource | None:
     urn = _provider_ref_urn(resource.provider)
     provider = by_urn.get(urn) if urn else None
     if provider is None:
         return None
-    return PolicyProviderResource(provider.type, unknown_checking_proxy(plain(provider.inputs)), provider.urn, provider.name)
+    props = (cache or _PlainCache()).inputs(provider)
+    return PolicyProviderResource(provider.type, unknown_checking_proxy(props), provider.urn, provider.name)
 
 
 def _run(policy: Policy, args: Any, report) -> None:
@@ -312,6 +336,7 @@ def evaluate(
     levels, props = reconcile(policies, pack_level or rules.PACK_ENFORCEMENT, config, enforcement_overrides)
     report = PolicyReport(stack=stack, enforcement={name: level.value for name, level in levels.items()})
     by_urn = {r.urn: r for r in resources}
+    cache = _PlainCache()
 
     def reporter(policy: Policy, level: EnforcementLevel, resource: RegisteredResource | None):
         def report_violation(message: str, urn: str | None = None) -> None:
@@ -349,11 +374,11 @@ def evaluate(
             for resource in resources:
                 args = ResourceValidationArgs(
                     resource.type,
-                    unknown_checking_proxy(plain(resource.inputs)),
+                    unknown_checking_proxy(cache.inputs(resource)),
                     resource.urn,
                     resource.name,
                     _options(resource),
-                    _provider(resource, by_urn),
+                    _provider(resource, by_urn, cache),
                     dict(props[policy.name]),
                 )
                 try:
@@ -363,7 +388,7 @@ def evaluate(
                 except _NotApplicableError as error:
                     report.not_applicable.append((policy.name, error.reason or ""))
         elif isinstance(policy, StackValidationPolicy):
-            stack_resources = _stack_resources(resources, by_urn)
+            stack_resources = _stack_resources(resources, by_urn, cache)
             args = StackValidationArgs(stack_resources, dict(props[policy.name]))
             try:
                 _run(policy, args, reporter(policy, level, None))
@@ -375,13 +400,15 @@ def evaluate(
     return report
 
 
-def _stack_resources(resources: list[RegisteredResource], by_urn: Mapping[str, RegisteredResource]) -> list[PolicyResource]:
+def _stack_resources(
+    resources: list[RegisteredResource], by_urn: Mapping[str, RegisteredResource], cache: _PlainCache | None = None
+) -> list[PolicyResource]:
     """PolicyResources with outputs over inputs (what the engine's state holds), parents and dependencies linked."""
+    cache = cache or _PlainCache()
     built: dict[str, PolicyResource] = {}
     for r in resources:
-        state = {**plain(r.inputs), **plain(r.outputs or {})}
         built[r.urn] = PolicyResource(
-            r.type, unknown_checking_proxy(state), r.urn, r.name, _options(r), _provider(r, by_urn), None, [], {}
+            r.type, unknown_checking_proxy(cache.state(r)), r.urn, r.name, _options(r), _provider(r, by_urn, cache), None, [], {}
         )
     for r in resources:
         resource = built[r.urn]
