@@ -106,6 +106,16 @@ def test_document_shape(variant):
     assert 'usermod -aG docker "$SSH_USER"' in script
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_libyaml_writes_the_same_user_data_as_pyyaml(variant, monkeypatch):
+    """The user data is rendered with libyaml's emitter (fast); a byte of difference from PyYAML's own emitter would
+    replace every host on the next `pulumi up` of a machine without libyaml."""
+    assert yaml.__with_libyaml__ and issubclass(cloud_init._Dumper, yaml.CSafeDumper)
+    fast = render(variant)
+    monkeypatch.setattr(cloud_init, "_Dumper", cloud_init._PyDumper)
+    assert render(variant) == fast
+
+
 def test_model_volume_is_found_by_its_ebs_id_and_mounted_with_nofail():
     script = setup_script(yaml.safe_load(render("gpu-node")))
     assert "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0" in script
