@@ -281,13 +281,14 @@ def _file_problems(settings: FleetSettings, secrets_set: frozenset[str], root: P
     """What the settings alone cannot tell: GGUF files that must exist and be readable (relative to the project
     folder), and the secret keys a TLS mode needs."""
     from fleet.capacity import resolve_arch
-    from fleet.gguf_arch import GgufError
 
     problems: list[str] = []
     for g, group in enumerate(settings.node_groups):
         for m, model in enumerate(group.models):
             if model.gguf is None:
                 continue
+            from fleet.gguf_arch import GgufError  # the gguf package (and numpy) only for stacks that name a file
+
             try:
                 resolve_arch(model, root)
             except GgufError as exc:
