@@ -341,7 +341,8 @@ def validate_concurrency(args: StackValidationArgs, report: ReportViolation) -> 
                 report(
                     f"{where}: {node.key()}: the gateway's max_conns for group {name} is {got}, expected {expected} "
                     f"(numParallel {group.ollama.num_parallel} × {max(1, len(group.resident_models))} resident models "
-                    f"+ {contract.config_key('gateway.queuePerNode')} {queue})",
+                    f"+ queue {queue}, from {contract.config_key('gateway.queuePerNode')} or, when that is unset, "
+                    f"{contract.config_key('gateway.ttftTargetSeconds')})",
                     gateway.urn,
                 )
             if queue > group.ollama.max_queue:

@@ -215,6 +215,8 @@ def test_concurrency_bounds_checks_the_gateway_max_conns(resources_of):
     assert len(found) == 1
     # 4 parallel slots × 1 resident model + 8 queued
     assert "max_conns for group chat is 99, expected 12" in found[0].message
+    # The queue may come from either key (the gateway's labels do not say which): the message names both.
+    assert "gateway.queuePerNode" in found[0].message and "gateway.ttftTargetSeconds" in found[0].message
     assert found[0].urn == gateway.urn
 
 
