@@ -128,8 +128,11 @@ class _Smoke:
             return self.o.model, None
         try:
             response = self.request("GET", "/api/tags", key=self.o.api_key)
-            names = [m.get("name") or m.get("model") for m in response.json().get("models", [])] if response.status_code == 200 else []
-        except (httpx.HTTPError, ValueError, AttributeError) as error:
+            models = response.json().get("models", []) if response.status_code == 200 else []
+            # Oldest first: an alias (`ollama cp`) is newer than the model it names, so the served name wins.
+            models = sorted(models, key=lambda m: str(m.get("modified_at") or ""))
+            names = [m.get("name") or m.get("model") for m in models]
+        except (httpx.HTTPError, ValueError, AttributeError, TypeError) as error:
             return None, CheckResult("list models", "200 with a model", _describe_error(error), False)
         names = [n for n in names if n]
         if response.status_code != 200 or not names:
