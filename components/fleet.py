@@ -229,12 +229,13 @@ class Fleet(pulumi.ComponentResource):
         from components.dns import Dns, DnsArgs
         from components.gpu_host import GpuHost, GpuHostArgs, node_ami
         from components.network import Network, NetworkArgs
+        from fleet.plans.network import network_plan
 
         settings = args.settings
         aws = settings.aws
         assert aws is not None  # guaranteed by FleetSettings validation
         child = pulumi.ResourceOptions(parent=self)
-        network = Network(f"{name}-net", NetworkArgs(settings=settings, stack=args.stack), child)
+        network = Network(f"{name}-net", NetworkArgs(plan=network_plan(settings, args.stack)), child)
         # One SSH key pair for the Docker provider and remote commands; it never leaves Pulumi state (secret).
         ssh_key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=child)
         ami = node_ami(settings, self)

@@ -15,123 +15,20 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Literal
 
 import pulumi
 import pulumi_aws as aws
 
-from fleet import address_ranges, ports
-from fleet.config import PROJECT, FleetSettings, plan_subnets
+from fleet.config import PROJECT
+from fleet.plans.network import Group, NetworkPlan
 from fleet.stack_file import StackConfigError
-from fleet.tags import fleet_tags
 
 TOKEN = f"{PROJECT}:index:Network"
-COMPONENT = "network"
-# AWS-managed prefix list of the Route 53 health checkers (IPv4), for HA stacks with restricted client CIDRs.
-ROUTE53_HEALTHCHECKS_PREFIX_LIST = "com.amazonaws.route53-healthchecks"
-# Metrics ports Prometheus (on the gateway host) scrapes on every node.
-NODE_METRICS_PORTS = (ports.METER_METRICS, ports.NODE_EXPORTER, ports.DCGM_EXPORTER)
-# Ports the second gateway host exposes to the first one's Prometheus in HA stacks.
-GATEWAY_METRICS_PORTS = (ports.NODE_EXPORTER, ports.NGINX_EXPORTER, ports.GATEWAY_LOG_EXPORTER)
-# Outbound from every host: HTTPS (registries, Ollama's model store, SSM, NVIDIA's apt repository) and
-# HTTP (Ubuntu's apt mirrors). DNS and NTP go to the VPC's own resolvers, which security groups do not filter.
-EGRESS_PORTS = (443, 80)
-
-Group = Literal["gateway", "node"]
-
-
-@dataclass(frozen=True)
-class RuleSpec:
-    """One security group rule, before it becomes a resource."""
-
-    direction: Literal["ingress", "egress"]
-    group: Group  # the group the rule belongs to
-    port: int
-    peer_kind: Literal["cidr", "group", "prefix-list"]
-    peer: str  # a CIDR, a group name ("gateway"/"node") or a prefix list name
-    description: str
-
-    @property
-    def slug(self) -> str:
-        peer = self.peer.replace(".", "-").replace("/", "-").replace(":", "-")
-        return f"{self.group}-{self.direction}-{self.port}-{self.peer_kind}-{peer}"
 
 
 @dataclass
 class NetworkArgs:
-    settings: FleetSettings
-    stack: str
-
-
-def _error(stack: str, key: str, message: str) -> StackConfigError:
-    return StackConfigError(f"Pulumi.{stack}.yaml", [f"{key}: {message}"])
-
-
-
-
-def _outside(cidrs: list[str], within: list[str]) -> list[str]:
-    """The ranges of `cidrs` that no range of `within` holds whole."""
-    containers = [ipaddress.ip_network(c, strict=False) for c in within]
-    found = []
-    for cidr in cidrs:
-        network = ipaddress.ip_network(cidr, strict=False)
-        if not any(network.version == c.version and network.subnet_of(c) for c in containers):
-            found.append(cidr)
-    return found
-
-
-def plan_rules(settings: FleetSettings, stack: str) -> list[RuleSpec]:
-    """Every security group rule the fleet needs, least privilege first. Pure: tested without Pulumi."""
-    gateway, aws_settings = settings.gateway, settings.aws
-    assert aws_settings is not None
-    rules: list[RuleSpec] = []
-
-    # Clients reach the gateway on HTTPS, and on HTTP only to be redirected to HTTPS.
-    for cidr in gateway.client_cidrs:
-        rules.append(RuleSpec("ingress", "gateway", gateway.https_port, "cidr", cidr, "HTTPS API from clients"))
-        if gateway.http_port != gateway.https_port:
-            rules.append(RuleSpec("ingress", "gateway", gateway.http_port, "cidr", cidr, "HTTP redirect to HTTPS"))
-    if gateway.high_availability and not address_ranges.is_world(gateway.client_cidrs):
-        # Failover needs Route 53's health checkers to see /health even when clients are restricted.
-        rules.append(
-            RuleSpec("ingress", "gateway", gateway.https_port, "prefix-list", ROUTE53_HEALTHCHECKS_PREFIX_LIST, "Route 53 health checks")
-        )
-
-    # Prometheus (on the gateway host): from admin CIDRs only (never the whole internet: the config refuses it);
-    # with none, through SSM port forwarding. Grafana's port is opened to no CIDR: the gateway serves it over
-    # HTTPS to the admin CIDRs (nginx checks them), which may lie outside the client CIDRs.
-    if settings.monitoring.enabled:
-        for cidr in gateway.admin_cidrs:
-            rules.append(RuleSpec("ingress", "gateway", ports.PROMETHEUS, "cidr", cidr, "Prometheus from admins"))
-        if gateway.tls.mode != "off":
-            for cidr in _outside(gateway.admin_cidrs, gateway.client_cidrs):
-                rules.append(RuleSpec("ingress", "gateway", gateway.https_port, "cidr", cidr, "Grafana over HTTPS from admins"))
-
-    # Nodes: the metering proxy (the gateway's upstream) and the metrics ports, from the gateway's group only.
-    # Ollama's own port (11434) is not opened at all: only the metering proxy on the same host talks to it.
-    rules.append(RuleSpec("ingress", "node", ports.METER, "group", "gateway", "Ollama (metered) from the gateway"))
-    rules.append(RuleSpec("egress", "gateway", ports.METER, "group", "node", "Ollama (metered) on the nodes"))
-    for port in NODE_METRICS_PORTS:
-        rules.append(RuleSpec("ingress", "node", port, "group", "gateway", "metrics scraped by Prometheus"))
-        rules.append(RuleSpec("egress", "gateway", port, "group", "node", "Prometheus scrapes the nodes"))
-    if gateway.high_availability and settings.monitoring.enabled:
-        for port in GATEWAY_METRICS_PORTS:
-            rules.append(RuleSpec("ingress", "gateway", port, "group", "gateway", "metrics of the other gateway host"))
-            rules.append(RuleSpec("egress", "gateway", port, "group", "gateway", "Prometheus scrapes the other gateway host"))
-        if gateway.tls.mode != "off":
-            # Grafana runs on the first gateway host; the second one's nginx serves it too.
-            rules.append(RuleSpec("ingress", "gateway", ports.GRAFANA, "group", "gateway", "Grafana for the other gateway's nginx"))
-            rules.append(RuleSpec("egress", "gateway", ports.GRAFANA, "group", "gateway", "nginx reaches Grafana on the first gateway host"))
-
-    # SSH only where the stack names admin CIDRs; by default there is no port 22 at all (SSM).
-    for cidr in aws_settings.ssh_cidrs:
-        for group in ("gateway", "node"):
-            rules.append(RuleSpec("ingress", group, 22, "cidr", cidr, "SSH from admins"))
-
-    for group in ("gateway", "node"):
-        for port in EGRESS_PORTS:
-            rules.append(RuleSpec("egress", group, port, "cidr", "0.0.0.0/0", "outbound HTTPS/HTTP (images, models, SSM, packages)"))
-    return rules
+    plan: NetworkPlan  # fleet.plans.network.network_plan(settings, stack)
 
 
 class Network(pulumi.ComponentResource):
@@ -144,14 +41,11 @@ class Network(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TOKEN, name, None, opts)
-        settings, stack = args.settings, args.stack
-        if settings.aws is None:
-            raise _error(stack, "aws", "the AWS network needs an `aws` section (region, zones)")
-        self._settings, self._stack = settings, stack
+        plan = self._plan = args.plan
         child = pulumi.ResourceOptions(parent=self)
 
-        if settings.aws.vpc_id:
-            self.vpc_id, self.subnet_ids = self._existing(name)
+        if plan.vpc_id:
+            self.vpc_id, self.subnet_ids = self._existing()
         else:
             self.vpc_id, self.subnet_ids = self._created(name, child)
 
@@ -160,14 +54,14 @@ class Network(pulumi.ComponentResource):
         groups = {"gateway": self.gateway_sg_id, "node": self.node_sg_id}
 
         prefix_lists: dict[str, pulumi.Output[str]] = {}
-        for rule in plan_rules(settings, stack):
+        for rule in plan.rules:
             kwargs: dict = {
                 "security_group_id": groups[rule.group],
                 "ip_protocol": "tcp",
                 "from_port": rule.port,
                 "to_port": rule.port,
                 "description": rule.description,
-                "tags": self._tags(f"{name}-{rule.slug}"),
+                "tags": plan.tags_of(f"{name}-{rule.slug}"),
             }
             if rule.peer_kind == "group":
                 kwargs["referenced_security_group_id"] = groups[rule.peer]
@@ -193,9 +87,6 @@ class Network(pulumi.ComponentResource):
             }
         )
 
-    def _tags(self, name: str) -> dict[str, str]:
-        return fleet_tags(self._settings, self._stack, COMPONENT, name)
-
     def _group(self, name: str, role: Group, description: str) -> aws.ec2.SecurityGroup:
         # No inline rules: every rule is its own resource (aws.vpc.SecurityGroup*Rule), so AWS's default
         # allow-all egress is removed and nothing is open that the plan does not list.
@@ -204,52 +95,49 @@ class Network(pulumi.ComponentResource):
             vpc_id=self.vpc_id,
             description=description,
             revoke_rules_on_delete=True,
-            tags=self._tags(f"{name}-{role}"),
+            tags=self._plan.tags_of(f"{name}-{role}"),
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def _existing(self, name: str) -> tuple[pulumi.Output[str], list[pulumi.Output[str]]]:
-        aws_settings = self._settings.aws
+    def _existing(self) -> tuple[pulumi.Output[str], list[pulumi.Output[str]]]:
+        plan = self._plan
         # One subnet per zone is checked by the config (fleet.config.Aws).
-        assert aws_settings is not None and aws_settings.vpc_id
+        assert plan.vpc_id
         subnet_ids = []
-        for index, (subnet_id, zone) in enumerate(zip(aws_settings.subnet_ids, aws_settings.zones)):
+        for index, (subnet_id, zone) in enumerate(zip(plan.subnet_ids, plan.zones)):
             found = aws.ec2.get_subnet_output(id=subnet_id, opts=pulumi.InvokeOutputOptions(parent=self))
 
             def check(result, subnet_id=subnet_id, zone=zone, index=index) -> str:
                 # A subnet in another zone would put the host and its model volume in different zones.
                 if result.availability_zone != zone:
-                    raise _error(
-                        self._stack,
-                        f"aws.subnetIds[{index}]",
-                        f"{subnet_id} is in {result.availability_zone}, not in aws.zones[{index}] = {zone}",
+                    raise StackConfigError(
+                        plan.stack_file,
+                        [f"aws.subnetIds[{index}]: {subnet_id} is in {result.availability_zone}, not in aws.zones[{index}] = {zone}"],
                     )
-                if result.vpc_id != aws_settings.vpc_id:
-                    raise _error(self._stack, f"aws.subnetIds[{index}]", f"{subnet_id} is not in {aws_settings.vpc_id}")
+                if result.vpc_id != plan.vpc_id:
+                    raise StackConfigError(plan.stack_file, [f"aws.subnetIds[{index}]: {subnet_id} is not in {plan.vpc_id}"])
                 return result.id
 
             subnet_ids.append(found.apply(check))
-        return pulumi.Output.from_input(aws_settings.vpc_id), subnet_ids
+        return pulumi.Output.from_input(plan.vpc_id), subnet_ids
 
     def _created(self, name: str, child: pulumi.ResourceOptions) -> tuple[pulumi.Output[str], list[pulumi.Output[str]]]:
-        aws_settings = self._settings.aws
-        assert aws_settings is not None
-        cidrs = plan_subnets(aws_settings.vpc_cidr, len(aws_settings.zones))  # the config checked it fits
+        plan = self._plan
         vpc = aws.ec2.Vpc(
             f"{name}-vpc",
-            cidr_block=aws_settings.vpc_cidr,
+            cidr_block=plan.vpc_cidr,
             enable_dns_support=True,
             enable_dns_hostnames=True,
-            tags=self._tags(f"{name}-vpc"),
+            tags=plan.tags_of(f"{name}-vpc"),
             opts=child,
         )
-        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=self._tags(f"{name}-igw"), opts=child)
-        table = aws.ec2.RouteTable(f"{name}-public", vpc_id=vpc.id, tags=self._tags(f"{name}-public"), opts=child)
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=plan.tags_of(f"{name}-igw"), opts=child)
+        table = aws.ec2.RouteTable(f"{name}-public", vpc_id=vpc.id, tags=plan.tags_of(f"{name}-public"), opts=child)
         aws.ec2.Route(
             f"{name}-default-route", route_table_id=table.id, destination_cidr_block="0.0.0.0/0", gateway_id=igw.id, opts=child
         )
         subnet_ids = []
-        for zone, cidr in zip(aws_settings.zones, cidrs):
+        for zone, cidr in zip(plan.zones, plan.subnet_cidrs):
             subnet = aws.ec2.Subnet(
                 f"{name}-{zone}",
                 vpc_id=vpc.id,
@@ -257,7 +145,7 @@ class Network(pulumi.ComponentResource):
                 availability_zone=zone,
                 # Instances ask for a public address explicitly; nothing else launched here gets one.
                 map_public_ip_on_launch=False,
-                tags=self._tags(f"{name}-{zone}"),
+                tags=plan.tags_of(f"{name}-{zone}"),
                 opts=child,
             )
             aws.ec2.RouteTableAssociation(f"{name}-{zone}-public", subnet_id=subnet.id, route_table_id=table.id, opts=child)

@@ -20,6 +20,7 @@ from fleet import address_ranges, catalog, ports
 from fleet import config_text as rules
 from fleet.config_text import SettingProblem, text
 from fleet.model_names import short_name
+from fleet.plans.subnets import VPC_PREFIX_MAX, VPC_PREFIX_MIN, plan_subnets
 
 PROJECT = "ollama-fleet"
 FLEET_KEY = f"{PROJECT}:fleet"
@@ -560,23 +561,9 @@ class Policy(Model):
     )
 
 
-# AWS's limits on a VPC's IPv4 block.
-VPC_PREFIX_MIN, VPC_PREFIX_MAX = 16, 28
 # Tag keys the fleet sets itself on every AWS resource (fleet/tags.py), and AWS's 50 tags per resource.
 RESERVED_TAG_KEYS = ("project", "stack", "component", "environment", "Name")
 MAX_EXTRA_TAGS = 50 - len(RESERVED_TAG_KEYS)
-
-
-def plan_subnets(vpc_cidr: str, zone_count: int) -> list[str]:
-    """One subnet CIDR per zone, carved from the VPC CIDR in 16 equal blocks (index-aligned with the zones)."""
-    network = ipaddress.ip_network(vpc_cidr, strict=True)
-    if network.version != 4 or not VPC_PREFIX_MIN <= network.prefixlen <= VPC_PREFIX_MAX:
-        raise ValueError(f"must be an IPv4 CIDR from /{VPC_PREFIX_MIN} to /{VPC_PREFIX_MAX} (AWS's limits for a VPC)")
-    new_prefix = min(network.prefixlen + 4, VPC_PREFIX_MAX)
-    blocks = list(network.subnets(new_prefix=new_prefix))
-    if zone_count > len(blocks):
-        raise ValueError(f"{vpc_cidr} holds only {len(blocks)} subnets of /{new_prefix}; {zone_count} zones asked for")
-    return [str(block) for block in blocks[:zone_count]]
 
 
 def domain_in_zone(fqdn: str, zone: str) -> bool:

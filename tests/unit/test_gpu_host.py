@@ -266,9 +266,10 @@ def test_a_key_folder_someone_else_can_read_is_refused(ssh_dir):
 def _aws_site(settings, stack):
     """Network, a GPU node and the gateway host wired as the Fleet wires them (no containers)."""
     from components.network import Network, NetworkArgs
+    from fleet.plans.network import network_plan
 
     def build():
-        network = Network("net", NetworkArgs(settings=settings, stack=stack))
+        network = Network("net", NetworkArgs(plan=network_plan(settings, stack)))
         for role, instance_type, gpus, volume, group in (
             ("node", "g6e.xlarge", 1, 200, network.node_sg_id),
             ("gateway", "t3.medium", 0, None, network.gateway_sg_id),

@@ -4,6 +4,8 @@
   modules that assemble them (APP_LAYER, each with its reason).
 - The components (`components/`) wire Pulumi resources from the core; they never import the policies.
 - The policy pack (`policies/`) judges what the program registers; it never imports the components.
+- The plans (`fleet/plans/`) are pure whatever APP_LAYER says: no Pulumi, components or policies, and none of
+  the app-layer modules either, so `fleet validate` runs them without the program.
 """
 
 from __future__ import annotations
@@ -28,22 +30,36 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("components", ("policies",)),
     ("policies", ("components",)),
 )
+PLANS = "fleet/plans"
+
+
+def _module_of(path: str) -> str:
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+# What the plans must not import: the layers above the core and the core's own app-layer modules.
+PLANS_RULES = ((PLANS, (*PULUMI, "components", "policies", *(_module_of(p) for p in APP_LAYER))),)
 
 
 def _matches(module: str, pattern: str) -> bool:
-    top = module.split(".", 1)[0]
-    return top.startswith(pattern[:-1]) if pattern.endswith("*") else top == pattern
+    if pattern.endswith("*"):
+        return module.split(".", 1)[0].startswith(pattern[:-1])
+    return module == pattern or module.startswith(pattern + ".")
 
 
-def imported_modules(source: str) -> Iterator[tuple[int, str]]:
+def imported_modules(source: str, members: bool = False) -> Iterator[tuple[int, str]]:
     """(line, absolute module name) of every import in the source: statements anywhere in the file, and
-    `importlib.import_module("…")` / `__import__("…")` with a literal name."""
+    `importlib.import_module("…")` / `__import__("…")` with a literal name. With `members`, `from a import b`
+    also gives `a.b` (b may be a module)."""
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.lineno, node.module
+            if members:
+                for alias in node.names:
+                    yield node.lineno, f"{node.module}.{alias.name}"
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
@@ -51,7 +67,7 @@ def imported_modules(source: str) -> Iterator[tuple[int, str]]:
                 yield node.lineno, node.args[0].value
 
 
-def violations(root: Path, rules=RULES, allowed: Mapping[str, str] = APP_LAYER) -> list[str]:
+def violations(root: Path, rules=RULES, allowed: Mapping[str, str] = APP_LAYER, members: bool = False) -> list[str]:
     """`path:line imports module` for every import a layer must not make."""
     found = []
     for package, forbidden in rules:
@@ -59,7 +75,7 @@ def violations(root: Path, rules=RULES, allowed: Mapping[str, str] = APP_LAYER) 
             relative = path.relative_to(root).as_posix()
             if relative in allowed:
                 continue
-            for line, module in imported_modules(path.read_text()):
+            for line, module in imported_modules(path.read_text(), members):
                 if any(_matches(module, pattern) for pattern in forbidden):
                     found.append(f"{relative}:{line} imports {module}")
     return found
@@ -71,6 +87,15 @@ def test_the_core_components_and_policies_import_only_downward():
         "imports against the layering (fleet/ is the pure core: no Pulumi, components or policies; components "
         "never import policies, policies never import components); move the code to the layer it belongs to, "
         "or, for a module that assembles the layers, name it with its reason in APP_LAYER:\n  " + "\n  ".join(found)
+    )
+
+
+def test_the_plans_import_nothing_above_the_core_and_no_app_layer_module():
+    assert (ROOT / PLANS / "__init__.py").is_file()
+    assert not [p for p in APP_LAYER if p.startswith(f"{PLANS}/")], "a plan may not be an app-layer module"
+    found = violations(ROOT, rules=PLANS_RULES, allowed={}, members=True)
+    assert not found, "fleet/plans is pure planning (no Pulumi, components, policies or app-layer module):\n  " + (
+        "\n  ".join(found)
     )
 
 
@@ -110,3 +135,25 @@ def test_a_violating_import_is_caught_wherever_it_stands(tmp_path):
         "policies/rules.py:3 imports components",
     ]
     assert "fleet/assembler.py:1 imports pulumi" in violations(tmp_path, allowed={})
+
+
+def test_a_plan_importing_the_app_layer_is_caught_even_when_listed_as_app_layer(tmp_path):
+    files = {
+        "fleet/plans/__init__.py": "",
+        "fleet/plans/good.py": "from fleet import ports\nfrom fleet.config import FleetSettings\n",
+        "fleet/plans/member.py": "from fleet import preview\n",
+        "fleet/plans/module.py": "def f():\n    import fleet.mock_cloud\n",
+        "fleet/plans/sdk.py": "from pulumi import Output\n",
+    }
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+
+    found = violations(tmp_path, rules=PLANS_RULES, allowed={}, members=True)
+
+    assert found == [
+        "fleet/plans/member.py:1 imports fleet.preview",
+        "fleet/plans/module.py:2 imports fleet.mock_cloud",
+        "fleet/plans/sdk.py:1 imports pulumi",
+        "fleet/plans/sdk.py:1 imports pulumi.Output",
+    ]

@@ -1,0 +1,10 @@
+"""Pure planning: what the components will wire, decided from the stack's settings before any resource exists.
+
+No Pulumi here (tests/unit/test_layering.py holds it): each planner is a plain function of the settings (and,
+where the cloud decides an address, of plain stand-ins for it), so `fleet validate` runs the same checks the
+program does (`fleet.plans.checks`), and the tests need no mocks.
+
+Modules:
+  subnets:    one subnet CIDR per zone, carved from the VPC's
+  network:    the security group rules (RuleSpec) and the network plan (VPC, subnets, rules, tags)
+"""
