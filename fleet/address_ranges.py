@@ -48,6 +48,17 @@ IPV6_NOT_PUBLIC = tuple(
     )
 )
 
+# IPv6 blocks that carry an IPv4 address in their bits, and where: (block, first bit of the IPv4 address). A
+# range inside one of them admits the IPv4 clients it embeds (`::ffff:0.0.0.0/96` is `0.0.0.0/0` written as
+# IPv6), so they count as those IPv4 addresses, not as IPv6 ones.
+IPV6_EMBEDDING_IPV4 = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), 96),  # IPv4-mapped (RFC 4291), what dual-stack sockets see
+    (ipaddress.IPv6Network("::/96"), 96),  # IPv4-compatible (deprecated, RFC 4291)
+    (ipaddress.IPv6Network("64:ff9b::/96"), 96),  # NAT64 well-known prefix (RFC 6052)
+    (ipaddress.IPv6Network("64:ff9b:1::/48"), 48),  # NAT64 local-use prefix (RFC 8215)
+    (ipaddress.IPv6Network("2002::/16"), 16),  # 6to4 (RFC 3056)
+)
+
 # A list admits "the world" beyond this many public addresses: one /8 of the family.
 WORLD_PREFIX = 8
 
@@ -95,13 +106,47 @@ class Exposure:
         return " and ".join(parts) or "no public address"
 
 
+def embedded_ipv4(network: ipaddress.IPv6Network) -> list[ipaddress.IPv4Network]:
+    """The IPv4 ranges an IPv6 range embeds (IPv4-mapped, IPv4-compatible, NAT64, 6to4): a range holding a
+    whole embedding block embeds all of IPv4."""
+    found = []
+    for block, first_bit in IPV6_EMBEDDING_IPV4:
+        if block.subnet_of(network):
+            found.append(ipaddress.IPv4Network("0.0.0.0/0"))
+        elif network.subnet_of(block):
+            bits = min(network.prefixlen - first_bit, 32)
+            value = (int(network.network_address) >> (128 - first_bit - 32)) & 0xFFFFFFFF
+            found.append(ipaddress.IPv4Network((value >> (32 - bits) << (32 - bits), bits)))
+    return found
+
+
+def _outside_embedding(network: ipaddress.IPv6Network) -> list[ipaddress.IPv6Network]:
+    """`network` less the IPv4-embedding blocks it holds or sits in (those count as IPv4)."""
+    parts = [network]
+    for block, _ in IPV6_EMBEDDING_IPV4:
+        kept: list[ipaddress.IPv6Network] = []
+        for part in parts:
+            if part.subnet_of(block):
+                continue
+            kept.extend(part.address_exclude(block) if block.subnet_of(part) else [part])
+        parts = kept
+    return parts
+
+
 def exposure(cidrs: Iterable[str | Network]) -> Exposure:
-    """Public addresses admitted by `cidrs` together (overlaps counted once). Raises ValueError on a non-CIDR."""
+    """Public addresses admitted by `cidrs` together (overlaps counted once); IPv6 ranges that embed IPv4
+    addresses count as those. Raises ValueError on a non-CIDR."""
     networks = [c if isinstance(c, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else ipaddress.ip_network(str(c).strip(), strict=False) for c in cidrs]
-    counts = {4: 0, 6: 0}
-    for version in (4, 6):
-        merged = ipaddress.collapse_addresses([n for n in networks if n.version == version])
-        counts[version] = sum(public_addresses_in(n) for n in merged)
+    ipv4: list[ipaddress.IPv4Network] = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    ipv6: list[ipaddress.IPv6Network] = []
+    for network in networks:
+        if isinstance(network, ipaddress.IPv6Network):
+            ipv4 += embedded_ipv4(network)
+            ipv6 += _outside_embedding(network)
+    counts = {
+        4: sum(public_addresses_in(n) for n in ipaddress.collapse_addresses(ipv4)),
+        6: sum(public_addresses_in(n) for n in ipaddress.collapse_addresses(ipv6)),
+    }
     return Exposure(ipv4=counts[4], ipv6=counts[6])
 
 

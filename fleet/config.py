@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from fleet import address_ranges, catalog, ports
+from fleet import address_ranges, catalog, ollama_rules, ports
 from fleet import config_text as rules
 from fleet.config_text import SettingProblem, text
 from fleet.model_names import short_name
@@ -713,6 +713,9 @@ class FleetSettings(Model):
                     f"node group {group.name!r}: `{catalog.LOCAL_INSTANCE}` is for target `local`; name an AWS GPU instance type",
                     group.instance_type,
                 )
+            problem = ollama_rules.variant_problem(self.images.ollama, catalog.find_instance(group.instance_type).gpus)
+            if problem:
+                raise SettingProblem(("images", "ollama"), f"node group {group.name!r} runs on {group.instance_type}: {problem}")
         names = [g.name for g in self.node_groups]
         for index, name in enumerate(names):
             if names.index(name) != index:

@@ -321,7 +321,29 @@ def ollama_bool(value: str) -> bool:
     return value not in ("0", "f", "F", "false", "FALSE", "False")
 
 
+# Variables an Ollama container may carry besides the knobs: where it listens and keeps its models (fleet.node_runtime).
+NEUTRAL_ENV = frozenset({"OLLAMA_HOST", "OLLAMA_MODELS"})
+# Variables that hide GPUs from Ollama (the CUDA and ROCm runtimes read them): the estimate places models on
+# every GPU of the instance.
+GPU_VISIBILITY_ENV = frozenset(
+    {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"}
+)
+
+
+def unsized_env(env: Mapping[str, str]) -> list[str]:
+    """Variables of an Ollama container that change what it runs but that the contract does not carry (another
+    OLLAMA_* setting such as OLLAMA_NEW_ENGINE or OLLAMA_LLM_LIBRARY, or one that hides GPUs)."""
+    known = set(OLLAMA_ENV.values()) | NEUTRAL_ENV
+    return sorted(k for k in env if (k.startswith("OLLAMA_") and k not in known) or k in GPU_VISIBILITY_ENV)
+
+
 def decode_knobs(env: Mapping[str, str]) -> OllamaSettings:
+    extra = unsized_env(env)
+    if extra:
+        raise ContractError(
+            f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} set; the capacity model does not size "
+            f"{'it' if len(extra) == 1 else 'them'}; allowed: {', '.join(sorted(set(OLLAMA_ENV.values()) | NEUTRAL_ENV))}"
+        )
     values: dict[str, Any] = {}
     for field, variable in OLLAMA_ENV.items():
         raw = env.get(variable)

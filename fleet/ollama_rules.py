@@ -123,30 +123,67 @@ RULES: tuple[OllamaRules, ...] = (
 
 SUPPORTED = ", ".join(r.name for r in RULES)
 
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+][0-9A-Za-z.-]+)?$")
+# A release (`0.24.0`, `v0.24.0`), a pre-release of one (`0.33.0-rc1`), or a minor series (`0.32`) whose every
+# release falls under the same rules.
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(?:-rc\d+)?$")
+# An image tag: the release, then optionally one of the variants Ollama publishes (`0.32.15-rocm`).
+_IMAGE_TAG = re.compile(r"^(?P<release>v?\d+\.\d+(?:\.\d+)?(?:-rc\d+)?)(?:-(?P<variant>rocm))?$")
+# Variants of the image that do not run on the NVIDIA GPUs of the catalog's instance types, and why.
+GPU_VARIANTS = {"rocm": "the AMD ROCm build, which does not use NVIDIA GPUs (Ollama would run every model on the CPU)"}
 
 
 def parse_version(text: str) -> Version:
-    """`0.24.0`, `v0.24.0`, `0.33.0-rc1` or `0.32` as a comparable (major, minor, patch)."""
+    """`0.24.0`, `v0.24.0`, `0.33.0-rc1` or `0.32` as a comparable (major, minor, patch). A minor series without
+    its patch is taken only when all its releases fall under the same rules (`0.15` does not: 0.15.5 changed the
+    default context)."""
     match = _VERSION.match(text.strip())
     if not match:
         raise OllamaVersionError(f"{text!r} is not an Ollama version (expected e.g. 0.24.0); supported: {SUPPORTED}")
     major, minor, patch = match.groups()
+    if patch is None:
+        first, last = (int(major), int(minor), 0), (int(major), int(minor), 999)
+        if _rules_at(first) is not _rules_at(last):
+            raise OllamaVersionError(
+                f"{text!r} names a series of releases under different memory rules; name the release "
+                f"(e.g. {major}.{minor}.0); supported: {SUPPORTED}"
+            )
     return int(major), int(minor), int(patch or 0)
 
 
-def ollama_version_of(image_ref: str) -> str:
-    """The Ollama version an image reference deploys: the tag of `ollama/ollama:0.32.15@sha256:…`."""
+def _rules_at(version: Version) -> "OllamaRules | None":
+    return next((rules for rules in RULES if rules.contains(version)), None)
+
+
+def _image_tag(image_ref: str) -> str:
     name = image_ref.split("@", 1)[0]
     last = name.rsplit("/", 1)[-1]
     if ":" not in last:
         raise OllamaVersionError(f"image {image_ref!r} has no version tag; tag it with the Ollama release, e.g. ollama/ollama:0.32.15")
-    tag = last.split(":", 1)[1]
-    # Variant tags (0.32.15-rocm) carry the release first.
-    release = re.match(r"^v?\d+\.\d+(?:\.\d+)?", tag)
-    if not release:
-        raise OllamaVersionError(f"image {image_ref!r}: tag {tag!r} is not an Ollama release version; supported: {SUPPORTED}")
-    return release.group(0).lstrip("v")
+    return last.split(":", 1)[1]
+
+
+def ollama_version_of(image_ref: str) -> str:
+    """The Ollama version an image reference deploys: the tag of `ollama/ollama:0.32.15@sha256:…` (a variant
+    tag such as `0.32.15-rocm` carries the release first)."""
+    tag = _image_tag(image_ref)
+    match = _IMAGE_TAG.match(tag)
+    if not match:
+        raise OllamaVersionError(
+            f"image {image_ref!r}: tag {tag!r} is not an Ollama release version (allowed: a release such as 0.32.15, "
+            f"optionally -rcN or -rocm); supported: {SUPPORTED}"
+        )
+    release = match.group("release").lstrip("v")
+    parse_version(release)
+    return release
+
+
+def image_variant(image_ref: str) -> str | None:
+    """The variant of an Ollama image (`rocm` for `ollama/ollama:0.32.15-rocm`), None for the main (CUDA) build."""
+    try:
+        match = _IMAGE_TAG.match(_image_tag(image_ref))
+    except OllamaVersionError:
+        return None
+    return match.group("variant") if match else None
 
 
 def rules_for(version: str | Version) -> OllamaRules:
@@ -157,3 +194,14 @@ def rules_for(version: str | Version) -> OllamaRules:
             return rules
     shown = ".".join(map(str, parsed))
     raise OllamaVersionError(f"Ollama {shown} is not supported by the capacity model; supported: {SUPPORTED}")
+
+
+def variant_problem(image_ref: str, gpus: int) -> str | None:
+    """Why an Ollama image cannot serve a host with `gpus` NVIDIA GPUs (None when it can): its variant."""
+    variant = image_variant(image_ref)
+    if gpus and variant in GPU_VARIANTS:
+        return (
+            f"{image_ref} is {GPU_VARIANTS[variant]}; allowed on NVIDIA GPU instance types: the main image, "
+            f"ollama/ollama:<release>@sha256:<digest>"
+        )
+    return None

@@ -38,6 +38,7 @@ from pulumi_policy.proxy import (
 )
 
 from fleet.resources import RegisteredResource
+from fleet.stack_file import environment_of_stack
 
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 _RESOURCE_REF_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
@@ -149,10 +150,19 @@ class PolicyReport:
 # ------------------------------------------------------------------------------------------- config
 
 
+def config_path(stack: str, folder: Path = POLICIES_DIR) -> Path | None:
+    """The policy config of a stack: policies/config.<stack>.json, else the one of the environment the stack's
+    name decides (`prod-eu` and `production` are judged as `prod`, `stg` as `staging`), else None."""
+    for name in (stack, environment_of_stack(stack)):
+        if name and (folder / f"config.{name}.json").is_file():
+            return folder / f"config.{name}.json"
+    return None
+
+
 def load_config_file(stack: str, folder: Path = POLICIES_DIR) -> dict[str, Any]:
-    """policies/config.<stack>.json, or {} when the stack has none (every policy at its default level)."""
-    path = folder / f"config.{stack}.json"
-    if not path.is_file():
+    """The stack's policy config (`config_path`), or {} when there is none (every policy at its default level)."""
+    path = config_path(stack, folder)
+    if path is None:
         return {}
     try:
         data = json.loads(path.read_text())

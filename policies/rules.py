@@ -34,7 +34,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 
-from fleet import address_ranges, capacity, catalog, contract, ports
+from fleet import address_ranges, capacity, catalog, contract, ollama_rules, ports
 from fleet.contract import ContractError, NodeContract
 from fleet.gateway_routes import ADMIN_PREFIXES, ADMIN_ROUTES
 from fleet.stack_file import environment_of_stack
@@ -180,6 +180,19 @@ def validate_vram_fit(args: ResourceValidationArgs, report: ReportViolation) -> 
     except (ContractError, capacity.CapacityError, ValueError) as exc:
         report(_cannot_check("VRAM", args.urn, args.name, exc), None)
         return
+    problem = ollama_rules.variant_problem(node.ollama_image, found.gpus)
+    if problem:
+        report(f"{stack_file(args.urn)}: {contract.config_key('images.ollama')}: {args.name}: {problem}", None)
+        return
+    given = gpus_given(args.props)
+    if found.gpus and given is not None and given < found.gpus:
+        report(
+            f"{stack_file(args.urn)}: {node.key('instanceType')}: {args.name} is given {given} of the {found.gpus} GPUs "
+            f"of {found.instance_type} (its deviceRequests), but the estimate places its models on all of them; "
+            "allowed: every GPU of the host (deviceRequests count -1)",
+            None,
+        )
+        return
     if found.has_verdict and not found.fits:
         report(
             f"{stack_file(args.urn)}: {node.key()}: {_describe(found)} (memory rules of Ollama {node.ollama_version}, "
@@ -187,6 +200,24 @@ def validate_vram_fit(args: ResourceValidationArgs, report: ReportViolation) -> 
             f"kvCacheType whose estimate fits the GPUs with {contract.config_key('policy.vramHeadroom')} kept free",
             None,
         )
+
+
+def gpus_given(props: Mapping[str, Any]) -> int | None:
+    """GPUs a container's deviceRequests hand it (None: every GPU of the host, `count: -1`)."""
+    given = 0
+    for request in _items(_get(props, "deviceRequests")):
+        capabilities = [c for group in _items(_get(request, "capabilities")) for c in (_items(group) or [group])]
+        if "gpu" not in capabilities and _get(request, "driver") != "nvidia":
+            continue
+        ids = _items(_get(request, "deviceIds"))
+        count = _int(_get(request, "count"), 0)
+        if ids:
+            given += len(ids)
+        elif count is not None and count < 0:
+            return None
+        else:
+            given += count or 0
+    return given
 
 
 vram_fit = ResourceValidationPolicy(
@@ -421,6 +452,8 @@ def validate_pinned_images(args: StackValidationArgs, report: ReportViolation) -
                 f"`repository:tag@sha256:<digest>`{' (the digest is required in ' + ', '.join(sorted(strict_envs)) + ')' if strict else ''}",
                 resource.urn,
             )
+    for container, key, problem in ollama_image_mismatches(args):
+        report(f"{stack_file(container.urn)}: {key}: {container.name}: {problem}", container.urn)
     if strict:
         for container in _resources_of(args, CONTAINER, "ollama"):
             for key, problem in unpinned_models(container.props):
@@ -430,6 +463,41 @@ def validate_pinned_images(args: StackValidationArgs, report: ReportViolation) -
                     f"{', '.join(sorted(strict_envs))}; `fleet promote` writes the one the previous stack pulled)",
                     container.urn,
                 )
+
+
+def ollama_image_mismatches(args: StackValidationArgs) -> list[tuple[Any, str, str]]:
+    """(container, key, problem) for each Ollama container that runs another image than the one its label names
+    (the label decides which release's memory rules size it)."""
+    pulled: dict[str, str] = {}  # image id or repo digest -> the reference a RemoteImage pulled
+    for image in _resources_of(args, REMOTE_IMAGE):
+        try:
+            name = _get(image.props, "name")
+            ids = [_get(image.props, "imageId"), _get(image.props, "repoDigest")]
+        except UnknownValueError:
+            continue
+        for image_id in ids:
+            if isinstance(image_id, str) and image_id and isinstance(name, str):
+                pulled[image_id] = name
+    found = []
+    for container in _resources_of(args, CONTAINER, "ollama"):
+        try:
+            node = node_of(container.props)
+            running = _get(container.props, "image")
+        except (ContractError, UnknownValueError):
+            continue  # another policy reports what cannot be read
+        if not isinstance(running, str) or not running:
+            continue
+        reference = pulled.get(running, None if running.startswith("sha256:") else running)
+        if reference is not None and reference != node.ollama_image:
+            found.append(
+                (
+                    container,
+                    contract.config_key("images.ollama"),
+                    f"runs {reference}, but its label {contract.LABELS.ollama_image} names {node.ollama_image}, whose "
+                    "release decides the memory rules it is sized by; allowed: the image the label names",
+                )
+            )
+    return found
 
 
 def unpinned_models(props: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -576,7 +644,8 @@ def validate_published_ports(args: ResourceValidationArgs, report: ReportViolati
     if args.resource_type != CONTAINER:
         return
     bindings = _items(_get(args.props, "ports"))
-    if not bindings:
+    host_network = str(_get(args.props, "networkMode", default="")).strip().lower() == "host"
+    if not bindings and not host_network:
         return
     try:
         scope = contract.decode_publish_scope(labels(args.props))
@@ -585,6 +654,14 @@ def validate_published_ports(args: ResourceValidationArgs, report: ReportViolati
         return
     if scope != "loopback":
         return  # under AWS security groups (no-public-inference-ports), or the stack opted in
+    if host_network:
+        report(
+            f"{stack_file(args.urn)}: {contract.config_key('local.bindAddress')}: {args.name} runs in the host's "
+            "network (networkMode host): every port it listens on is open on every network of this machine; "
+            f"allowed: a container network with ports published on loopback, or "
+            f"{contract.config_key('local.publishBeyondLoopback')}: true to publish on purpose",
+            None,
+        )
     beyond = []
     for binding in bindings:
         # Docker binds every address when a published port names none.

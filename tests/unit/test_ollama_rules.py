@@ -68,6 +68,29 @@ def test_image_without_a_release_tag_is_a_clear_error(ref):
         ollama_version_of(ref)
 
 
+@pytest.mark.parametrize("version", ["0.15", "0.13", "0.24.0-rocm", "0.24.0+cuda", "0.32.15.1"])
+def test_a_version_that_does_not_name_one_set_of_rules_is_refused(version):
+    # 0.15 holds 0.15.4 (flat default context) and 0.15.5 (tiered); 0.13 holds 0.13.0 (unsupported) and 0.13.1.
+    with pytest.raises(OllamaVersionError) as error:
+        rules_for(version)
+    assert repr(version) in str(error.value) and "v0.30+" in str(error.value)
+
+
+@pytest.mark.parametrize("tag", ["0.15", "0.32.15.1", "0.32.15-cuda", "0.32.15rocm"])
+def test_an_image_tag_that_is_not_exactly_a_release_is_refused(tag):
+    with pytest.raises(OllamaVersionError, match="v0.13.1"):
+        ollama_version_of(f"ollama/ollama:{tag}@sha256:" + "a" * 64)
+
+
+def test_the_rocm_variant_is_named_as_such():
+    from fleet.ollama_rules import image_variant, variant_problem
+
+    rocm = "ollama/ollama:0.32.15-rocm@sha256:" + "a" * 64
+    assert (ollama_version_of(rocm), image_variant(rocm)) == ("0.32.15", "rocm")
+    assert "ROCm" in variant_problem(rocm, 1) and variant_problem(rocm, 0) is None
+    assert variant_problem("ollama/ollama:0.32.15", 4) is None
+
+
 def test_the_default_image_is_pinned_by_tag_and_digest_with_rules():
     ref = Images.model_fields["ollama"].default
     assert "@sha256:" in ref and ":latest" not in ref
