@@ -42,28 +42,31 @@ class GroupLimits:
         return data
 
 
-def group_limits(group: NodeGroup, headroom: float, root: Path | None = None) -> GroupLimits | None:
-    """The limits of a GPU group; None for a CPU group, which the capacity model gives no VRAM verdict."""
-    estimate = capacity.estimate_node(group, headroom, root)
+def group_limits(
+    group: NodeGroup, headroom: float, root: Path | None = None, ollama_version: str | None = None
+) -> GroupLimits | None:
+    """The limits of a GPU group under the memory rules of `ollama_version` (default: the default image's
+    release); None for a CPU group, which the capacity model gives no VRAM verdict."""
+    estimate = capacity.estimate_node(group, headroom, root, ollama_version, suggest=False)
     if not estimate.has_verdict:
         return None
     models = tuple(
         ModelLimits(
             ref=m.ref,
             num_ctx=m.num_ctx,
-            max_num_ctx=capacity.max_num_ctx(group, m.ref, headroom, root),
+            max_num_ctx=capacity.max_num_ctx(group, m.ref, headroom, root, ollama_version=ollama_version),
             quantization=m.quantization,
-            fitting_quantizations=tuple(capacity.fitting_quantizations(group, m.ref, headroom, root)),
+            fitting_quantizations=tuple(capacity.fitting_quantizations(group, m.ref, headroom, root, ollama_version)),
         )
         for m in estimate.models
     )
-    smallest = capacity.smallest_fitting_instance(group, headroom, root)
+    smallest = capacity.smallest_fitting_instance(group, headroom, root, ollama_version)
     return GroupLimits(
         group=group.name,
         instance_type=group.instance_type,
         usd_per_hour=price(group.instance_type),
         num_parallel=group.ollama.num_parallel,
-        max_num_parallel=capacity.max_num_parallel(group, headroom, root),
+        max_num_parallel=capacity.max_num_parallel(group, headroom, root, ollama_version=ollama_version),
         models=models,
         smallest_instance=smallest,
         smallest_instance_usd_per_hour=price(smallest) if smallest else None,

@@ -118,16 +118,28 @@ def print_estimate(console: Console, estimate: NodeEstimate, title: str | None =
             console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
+def plan_headroom(stack_config: StackConfig) -> float:
+    """The headroom the policy pack judges this stack with: the stack's `policy.vramHeadroom`, raised to the
+    `minHeadroom` of vram-fit in the stack's policy config (policies/config.<stack>.json), so that what the plan
+    calls a fit, and every change it suggests, passes vram-fit too."""
+    from fleet.policy_runner import load_config_file
+
+    headroom = stack_config.settings.policy.vram_headroom
+    entry = load_config_file(stack_config.stack).get("vram-fit")
+    floor = entry.get("minHeadroom") if isinstance(entry, dict) else None
+    return max(headroom, float(floor)) if isinstance(floor, (int, float)) and not isinstance(floor, bool) else headroom
+
+
 def print_plan(console: Console, stack_config: StackConfig) -> bool:
     """Print the capacity table of every node group; True when every group fits (CPU groups always pass)."""
     settings = stack_config.settings
-    headroom = settings.policy.vram_headroom
+    headroom = plan_headroom(stack_config)
     version = capacity.version_of_image(settings.images.ollama)
     ok = True
     for group in settings.node_groups:
         estimate = capacity.estimate_node(group, headroom, stack_config.path.parent, version)
         title = f"{stack_config.stack}: node group {group.name}, {group.count} × {group.instance_type}"
-        print_estimate(console, estimate, title, group_limits(group, headroom, stack_config.path.parent))
+        print_estimate(console, estimate, title, group_limits(group, headroom, stack_config.path.parent, version))
         queue = capacity.queue_per_node(group, settings.gateway)
         conns = capacity.max_conns_per_node(group, queue)
         console.print(
@@ -164,7 +176,7 @@ def plan(
         fail(f"{config.path.name}: images.ollama: {error}", EXIT_CONFIG)
     try:
         if json_out:
-            headroom = config.settings.policy.vram_headroom
+            headroom = plan_headroom(config)
             version = capacity.version_of_image(config.settings.images.ollama)
             estimates = [capacity.estimate_node(g, headroom, config.path.parent, version) for g in config.settings.node_groups]
             payload = {
@@ -175,7 +187,7 @@ def plan(
                     {
                         **e.to_dict(),
                         "maxConnsPerNode": capacity.max_conns_per_node(g, capacity.queue_per_node(g, config.settings.gateway)),
-                        "limits": _limits_dict(group_limits(g, headroom, config.path.parent)),
+                        "limits": _limits_dict(group_limits(g, headroom, config.path.parent, version)),
                     }
                     for e, g in zip(estimates, config.settings.node_groups)
                 ],
@@ -215,7 +227,7 @@ def fit(
         fail(_validation_message(error), EXIT_CONFIG)
     except (CapacityError, ValueError) as error:
         fail(str(error), EXIT_CONFIG)
-    limits = group_limits(group, headroom, Path.cwd())
+    limits = group_limits(group, headroom, Path.cwd(), ollama_version)
     if json_out:
         typer.echo(json.dumps({**estimate.to_dict(), "limits": _limits_dict(limits)}, indent=2))
     else:

@@ -78,3 +78,40 @@ def test_catalog_lists_models_and_instances_with_prices_and_their_source():
     models = runner.invoke(app, ["catalog", "models"])
     assert models.exit_code == 0 and all(ref in models.output for ref in catalog.MODELS)
     assert {m["model"] for m in json.loads(runner.invoke(app, ["catalog", "models", "--json"]).output)} == set(catalog.MODELS)
+
+
+def test_the_limits_follow_the_rules_of_the_release_asked_for():
+    # qwen2.5:7b 18944 × 8 on an A10G: fits under v0.30+'s rules, not under v0.24.0's (issue case); the limits
+    # printed beside each verdict are those of the same release.
+    runner = CliRunner()
+    args = ["fit", "-m", "qwen2.5:7b", "-q", "q4_K_M", "--num-ctx", "18944", "-p", "8", "-i", "g5.xlarge", "--json"]
+    for version in ("0.24.0", "0.32.15"):
+        data = json.loads(runner.invoke(app, [*args, "--ollama-version", version]).output)
+        limits = data["limits"]
+        group = _group(8, 18944)
+        assert limits["max_num_parallel"] == capacity.max_num_parallel(group, 0.1, ollama_version=version)
+        assert (limits["max_num_parallel"] >= 8) is data["fits"]
+        assert (limits["models"][0]["max_num_ctx"] >= 18944) is data["fits"]
+        assert ("q4_K_M" in limits["models"][0]["fitting_quantizations"]) is data["fits"]
+        assert (limits["smallest_instance"] == "g5.xlarge") is data["fits"]
+    assert not json.loads(runner.invoke(app, [*args, "--ollama-version", "0.24.0"]).output)["fits"]
+
+
+def test_plan_judges_with_the_headroom_the_policy_pack_uses(monkeypatch, tmp_path):
+    # prod's policy config raises every node's headroom to at least 10% (vram-fit minHeadroom): a stack file that
+    # asks for none gets the same verdict from `fleet plan` as from the pack.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "Pulumi.yaml").write_text((root / "Pulumi.yaml").read_text())
+    text = (root / "Pulumi.prod.yaml").read_text().replace("numCtx: 8192", "numCtx: 131072").replace("vramHeadroom: 0.10", "vramHeadroom: 0")
+    assert "numCtx: 131072" in text and "vramHeadroom: 0\n" in text
+    (tmp_path / "Pulumi.prod.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    group = capacity.single_model_group("llama3.1:8b", "q4_K_M", 131072, 4, "g6e.xlarge", "q8_0", True)
+    assert capacity.fits(group, 0.0) and not capacity.fits(group, 0.1)
+    result = CliRunner().invoke(app, ["plan", "--stack", "prod", "--json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.output)["groups"][0]
+    assert data["headroom"] == 0.1 and not data["fits"]
+    assert data["limits"]["models"][0]["max_num_ctx"] < 131072
