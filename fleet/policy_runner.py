@@ -282,6 +282,35 @@ def _provider_ref_urn(reference: str | None) -> str | None:
     return reference.rsplit("::", 1)[0] if reference.count("::") > 3 else reference
 
 
+class _LazyProxy(Mapping):
+    """`unknown_checking_proxy(value)`, built when a policy first reads it. Most policies look at a resource's type
+    and never at the properties of resources they do not judge; each policy still gets its own proxy, as from the
+    analyzer."""
+
+    __slots__ = ("_value", "_proxy")
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+        self._proxy: Any = None
+
+    def _target(self) -> Any:
+        if self._proxy is None:
+            self._proxy = unknown_checking_proxy(self._value)
+        return self._proxy
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._target()[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._target()[key] = value
+
+    def __iter__(self):
+        return iter(self._target())
+
+    def __len__(self) -> int:
+        return len(self._target())
+
+
 class _PlainCache:
     """Each resource's inputs (and state) as policies see them, computed once for all policies. Every policy still
     gets its own proxy over them (as from the analyzer, which deserializes per policy): the proxy copies the
@@ -311,7 +340,7 @@ def _provider(
     if provider is None:
         return None
     props = (cache or _PlainCache()).inputs(provider)
-    return PolicyProviderResource(provider.type, unknown_checking_proxy(props), provider.urn, provider.name)
+    return PolicyProviderResource(provider.type, _LazyProxy(props), provider.urn, provider.name)
 
 
 def _run(policy: Policy, args: Any, report) -> None:
@@ -384,7 +413,7 @@ def evaluate(
             for resource in resources:
                 args = ResourceValidationArgs(
                     resource.type,
-                    unknown_checking_proxy(cache.inputs(resource)),
+                    _LazyProxy(cache.inputs(resource)),
                     resource.urn,
                     resource.name,
                     _options(resource),
@@ -418,7 +447,7 @@ def _stack_resources(
     built: dict[str, PolicyResource] = {}
     for r in resources:
         built[r.urn] = PolicyResource(
-            r.type, unknown_checking_proxy(cache.state(r)), r.urn, r.name, _options(r), _provider(r, by_urn, cache), None, [], {}
+            r.type, _LazyProxy(cache.state(r)), r.urn, r.name, _options(r), _provider(r, by_urn, cache), None, [], {}
         )
     for r in resources:
         resource = built[r.urn]
