@@ -620,6 +620,8 @@ def _estimate(
                 available=instance.gpus * instance.free_per_gpu,
             )
         )
+        # Named as the stack names it (a GGUF file's own name is its file's stem).
+        drafts[-1] = ModelEstimate(**{**asdict(drafts[-1]), "ref": spec.ref})
     problems: list[str] = []
     resident = [m for m in drafts if m.resident]
     on_demand = [m for m in drafts if not m.resident]

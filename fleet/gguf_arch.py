@@ -42,6 +42,14 @@ def _value(fields: dict[str, Any], key: str, default: Any = None) -> Any:
     return value
 
 
+def _fewest(value: Any, default: int) -> int:
+    """The smallest non-zero head count of a per-layer array (or the value itself)."""
+    if isinstance(value, list):
+        numbers = [int(v) for v in value if isinstance(v, (int, float)) and v > 0]
+        return min(numbers) if numbers else default
+    return int(value) if isinstance(value, (int, float)) and value > 0 else default
+
+
 def quantization_name(file_type: int | None) -> str:
     if file_type is None:
         return "unknown"
@@ -69,8 +77,16 @@ def _read(path: str, mtime_ns: int, size: int) -> ModelArch:
     n_embd = need("embedding_length")
     n_head = need("attention.head_count")
     n_head_kv = int(_value(fields, f"{arch}.attention.head_count_kv", n_head))
-    head_dim = int(_value(fields, f"{arch}.attention.key_length", n_embd // max(n_head, 1)))
-    context = int(_value(fields, f"{arch}.context_length", 2048))
+    # Without key_length/value_length, K and V heads are embedding ÷ the fewest heads of any layer (Ollama
+    # v0.24.0 fs/ggml/ggml.go:121-135 EmbeddingHeadCountMax; llama.cpp's n_embd_head_k/v likewise), each on its
+    # own: a file that gives key_length alone has V heads of that default size, and Ollama then turns flash
+    # attention off (K ≠ V).
+    default_dim = n_embd // max(_fewest(fields.get(f"{arch}.attention.head_count"), n_head), 1)
+    head_dim = int(_value(fields, f"{arch}.attention.key_length", default_dim))
+    value_dim = int(_value(fields, f"{arch}.attention.value_length", default_dim))
+    # Ollama clamps numCtx to the trained context only when the file gives one (llm/server.go:167-171): 0 here
+    # means no limit, not a guess.
+    context = int(_value(fields, f"{arch}.context_length", 0) or 0)
     window = _value(fields, f"{arch}.attention.sliding_window")
     tokens = fields.get("tokenizer.ggml.tokens")
     vocab = len(tokens) if tokens is not None else int(_value(fields, f"{arch}.vocab_size", 0))
@@ -105,7 +121,7 @@ def _read(path: str, mtime_ns: int, size: int) -> ModelArch:
         tied_embeddings="output.weight" not in names,
         n_expert=int(_value(fields, f"{arch}.expert_count", 0) or 0),
         token_embd_bytes={quant: int(embd.n_bytes)} if embd is not None else {},
-        value_dim=int(_value(fields, f"{arch}.attention.value_length", head_dim)),
+        value_dim=value_dim,
         block_bytes={quant: layers.get("blk.0", 0)},
         output_layer_bytes={quant: output_layer},
         offload_bytes={quant: blocks + output_layer},

@@ -342,7 +342,7 @@ def validate_concurrency(args: StackValidationArgs, report: ReportViolation) -> 
             except capacity.CapacityError as exc:
                 report(_cannot_check("concurrency", resource.urn, resource.name, exc), resource.urn)
                 break
-            if num_ctx > arch.max_context:
+            if arch.max_context and num_ctx > arch.max_context:
                 key = node.key(f"models[{index}].numCtx" if source == "numCtx" else "ollama.contextLength")
                 what = "numCtx" if source == "numCtx" else f"OLLAMA_CONTEXT_LENGTH ({source})"
                 report(
