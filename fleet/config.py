@@ -429,13 +429,15 @@ class Gateway(Model):
     def _distinct_ports(self) -> "Gateway":
         if self.http_port == self.https_port:
             raise SettingProblem(("httpPort",), f"must differ from httpsPort ({self.https_port})", self.http_port)
-        taken = {port: "fleet" for port in ports.GATEWAY_HOST_PORTS}
+        # The gateway's ports face clients: never one the fleet's services listen on or keeps private (Ollama,
+        # the meter, exporters, monitoring, SSH), which the security groups would then open to clientCidrs.
+        taken = sorted({*ports.GATEWAY_HOST_PORTS, *ports.PRIVATE_PORTS, ports.SSH})
         for key, port in (("httpsPort", self.https_port), ("httpPort", self.http_port)):
             if port in taken:
                 raise SettingProblem(
                     (key,),
-                    f"{port} is used by the fleet's own services on the gateway host; "
-                    f"allowed: any port from 1 to 65535 except {', '.join(map(str, sorted(taken)))}",
+                    f"{port} is used by the fleet's own services (Ollama, the meter, exporters, monitoring, SSH) and "
+                    f"kept private; allowed: any port from 1 to 65535 except {', '.join(map(str, taken))}",
                     port,
                 )
         return self

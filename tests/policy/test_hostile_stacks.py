@@ -154,3 +154,12 @@ def test_a_container_in_the_host_network_publishes_beyond_loopback(resources_of)
     found = violations(resources, "dev", "ports-on-loopback")
     assert len(found) == 1 and "ollama-fleet:fleet.local.bindAddress" in found[0].message
     assert "networkMode host" in found[0].message and "publishBeyondLoopback" in found[0].message
+
+
+@pytest.mark.parametrize("key, port", [("httpsPort", 22), ("httpsPort", 11434), ("httpPort", 11435), ("httpPort", 9400)])
+def test_the_gateways_public_ports_are_none_of_the_private_ones(tmp_path, key, port):
+    # The security groups open the gateway's ports to clientCidrs (the world in prod): SSH or Ollama there would
+    # be the world's.
+    message = refusal(tmp_path, "prod", "prod", lambda f: f["gateway"].update({key: port}))
+    assert f"ollama-fleet:fleet.gateway.{key}: {port} is used by the fleet's own services" in message
+    assert "allowed: any port from 1 to 65535 except 22, " in message
