@@ -50,6 +50,9 @@ def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name 
         config = load_stack(stack)
     except StackConfigError as error:
         fail(str(error), EXIT_CONFIG)
+    from fleet import cli_capacity
+
+    cli_capacity.stack_ollama_version(config)
     console.print(f"{config.path.name}: valid ({counted(config.settings.node_count, 'node')}, target {config.settings.target})")
 
 
@@ -65,10 +68,13 @@ def preview(
     """Offline preview: the resource plan, the capacity table and the policy verdict, with no cloud and no Pulumi CLI."""
     from fleet import preview as preview_mod
 
+    from fleet import cli_capacity
+
     try:
         stack_config = load_stack(stack)
     except StackConfigError as error:
         fail(str(error), EXIT_CONFIG)
+    cli_capacity.stack_ollama_version(stack_config)
     try:
         result = preview_mod.run_program(stack_config)
     except StackConfigError as error:
@@ -86,7 +92,6 @@ def preview(
         console.print(f"resources written to {json_out}")
 
     code = 0
-    from fleet import cli_capacity
     from fleet.policy_runner import evaluate
 
     capacity_ok = cli_capacity.print_plan(console, stack_config)

@@ -118,6 +118,17 @@ def print_estimate(console: Console, estimate: NodeEstimate, title: str | None =
             console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
+def stack_ollama_version(config: StackConfig) -> str:
+    """The Ollama release the stack's image deploys; a clear error (exit 2) when the capacity model has no rules
+    for it."""
+    try:
+        version = capacity.version_of_image(config.settings.images.ollama)
+        capacity.rules_of(version)
+    except CapacityError as error:
+        fail(f"{config.path.name}: images.ollama: {error}", EXIT_CONFIG)
+    return version
+
+
 def plan_headroom(stack_config: StackConfig) -> float:
     """The headroom the policy pack judges this stack with: the stack's `policy.vramHeadroom`, raised to the
     `minHeadroom` of vram-fit in the stack's policy config (policies/config.<stack>.json), so that what the plan
@@ -170,10 +181,7 @@ def plan(
         config = load_stack(stack)
     except StackConfigError as error:
         fail(str(error), EXIT_CONFIG)
-    try:
-        capacity.rules_of(capacity.version_of_image(config.settings.images.ollama))
-    except CapacityError as error:
-        fail(f"{config.path.name}: images.ollama: {error}", EXIT_CONFIG)
+    stack_ollama_version(config)
     try:
         if json_out:
             headroom = plan_headroom(config)

@@ -278,3 +278,15 @@ def test_plan_refuses_an_image_of_an_unsupported_release(capacity_cli, monkeypat
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "Pulumi.test.yaml: images.ollama: Ollama 0.12.0 is not supported" in result.output
     assert "v0.30+" in result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "preview"])
+def test_validate_and_preview_refuse_an_image_of_an_unsupported_release(monkeypatch, tmp_path, command):
+    from typer.testing import CliRunner
+
+    from fleet.cli import app
+
+    monkeypatch.chdir(_stack_with_image(tmp_path, "ollama/ollama:0.12.0@sha256:" + "e" * 64))
+    result = CliRunner().invoke(app, [command, "--stack", "test"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    assert "Pulumi.test.yaml: images.ollama: Ollama 0.12.0 is not supported" in result.output and "v0.30+" in result.output
