@@ -11,6 +11,8 @@ import ollama
 import pytest
 from openai import OpenAI
 
+from fleet.model_names import short_name
+
 pytestmark = pytest.mark.e2e
 
 OPTIONS = {"temperature": 0, "seed": 7, "num_predict": 12}
@@ -68,8 +70,9 @@ def test_ollama_client_chat(dataplane, served_model):
 
 def test_ollama_client_reads_the_model_list(dataplane, served_model):
     client = _ollama_client(dataplane)
-    # The nodes serve exactly the stack's models, under the stack's names.
-    assert {m.model for m in client.list().models} == {served_model}
+    # The nodes serve exactly the stack's models, under the stack's names and the aliases it gives them.
+    model = dataplane.settings.node_groups[0].models[0]
+    assert {m.model for m in client.list().models} == {served_model, *(short_name(a) for a in model.aliases)}
     assert client.show(served_model).details.quantization_level == "Q4_1"
 
 
