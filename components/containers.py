@@ -31,7 +31,7 @@ _CONTAINER_NAME = re.compile(r"[^a-zA-Z0-9_.-]")
 
 
 def resolve_grouped(groups: Mapping[str, Sequence[pulumi.Input[str]]]) -> pulumi.Output[dict[str, list[str]]]:
-    """One Output of `{key: [values]}` from lists of Outputs (node addresses by group, targets by job)."""
+    """One Output of `{key: [values]}` from lists of Outputs (the node addresses by group)."""
     keys = list(groups)
     return pulumi.Output.all(*[pulumi.Output.all(*groups[key]) for key in keys]).apply(
         lambda lists: {key: list(values) for key, values in zip(keys, lists)}
@@ -108,6 +108,13 @@ class Placement:
         if self.shared:
             return pulumi.Output.from_input(f"{name}:{port}")
         return pulumi.Output.from_input(self.host.private_address).apply(lambda address: f"{address}:{port}")
+
+    def peer_host(self, name: str) -> pulumi.Output[str]:
+        """The address (no port) at which other components and hosts reach this component's containers: the
+        container's name on the shared network, else the host's private address."""
+        if self.shared:
+            return pulumi.Output.from_input(name)
+        return pulumi.Output.from_input(self.host.private_address)
 
     def private_ports(self, *ports: int) -> list[docker.ContainerPortArgs]:
         """Ports other hosts need (metering, exporters): unpublished on the shared network, else on the

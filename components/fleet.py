@@ -69,10 +69,10 @@ class Fleet(pulumi.ComponentResource):
 
         from components.gateway import Gateway, GatewayArgs
         from components.ollama_node import OllamaNode, OllamaNodeArgs
-        from fleet.render.prometheus import GATEWAY_NODE_TARGETS, JOB_GATEWAY_LOG
+        from fleet.plans.scrape import GatewayScrape, gateway_name, node_name, scrape_targets
 
         upstreams: dict[str, list[pulumi.Output[str]]] = {}
-        targets: dict[str, list[pulumi.Output[str]]] = {}
+        node_addresses: dict[str, pulumi.Output[str]] = {}  # node name -> where its exporters answer
         digests: dict[str, pulumi.Output[dict[str, str]]] = {}
         for group in settings.node_groups:
             for index, host in enumerate(site.node_hosts[group.name]):
@@ -83,10 +83,10 @@ class Fleet(pulumi.ComponentResource):
                 )
                 upstreams.setdefault(group.name, []).append(node.upstream_address)
                 digests.setdefault(group.name, node.model_digests)  # every node of a group pulls the same
-                for job, target in node.metrics_targets.items():
-                    targets.setdefault(job, []).append(target)
+                node_addresses[node_name(group, index)] = node.metrics_address
 
         gateways = []
+        gateway_exporters: list[GatewayScrape[pulumi.Output[str]]] = []
         prometheus_url = self._prometheus_url(name, settings, site) if settings.monitoring.enabled else None
         # Grafana is served through the gateways' TLS server only; with TLS off (dev) it keeps its operator port.
         serve_grafana = settings.monitoring.enabled and settings.gateway.tls.mode != "off"
@@ -103,7 +103,7 @@ class Fleet(pulumi.ComponentResource):
                     certificate_pem=site.certificate[0] if site.certificate else None,
                     private_key_pem=site.certificate[1] if site.certificate else None,
                     server_name=site.server_name,
-                    host_label=f"gateway-{index}",
+                    host_label=gateway_name(index),
                     prometheus_url=prometheus_url,
                     prometheus_password=secrets.prometheus_password,
                     grafana_upstream=grafana_upstream,
@@ -111,10 +111,9 @@ class Fleet(pulumi.ComponentResource):
                 child,
             )
             gateways.append(gateway)
-            targets.setdefault("nginx", []).append(gateway.status_target)
-            targets.setdefault(JOB_GATEWAY_LOG, []).append(gateway.log_target)
-            if gateway.node_target is not None:
-                targets.setdefault(GATEWAY_NODE_TARGETS, []).append(gateway.node_target)
+            gateway_exporters.append(
+                GatewayScrape(gateway_name(index), gateway.status_target, gateway.log_target, gateway.node_target)
+            )
 
         self.gateway_url = site.url or gateways[0].url
         self.grafana_url = None
@@ -129,7 +128,7 @@ class Fleet(pulumi.ComponentResource):
                 MonitoringArgs(
                     settings=settings,
                     host=site.gateway_hosts[0],
-                    targets=targets,
+                    targets=scrape_targets(settings, node_addresses, gateway_exporters),
                     grafana_password=secrets.grafana_password,
                     prometheus_password=secrets.prometheus_password,
                     prometheus_salt=secrets.prometheus_salt,

@@ -22,18 +22,18 @@ address on AWS, reached through SSM port forwarding or, for Prometheus, an admin
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pulumi
 import pulumi_docker as docker
 
 from components import containers
-from components.containers import Placement, container_name, healthcheck, labels, resolve_grouped
+from components.containers import Placement, container_name, healthcheck, labels
 from components.host import Host
 from components.images import pinned_image
 from fleet import contract, ports
 from fleet.config import PROJECT, FleetSettings
+from fleet.plans.scrape import ScrapeTargets, scrape_plan
 from fleet.render import alertmanager, grafana, prometheus, prometheus_web, rules
 
 TOKEN = f"{PROJECT}:index:Monitoring"
@@ -47,17 +47,12 @@ GRAFANA_DASHBOARD = f"{grafana.DASHBOARDS_PATH}/{grafana.DASHBOARD_FILE}"
 ALERTMANAGER_CONF = alertmanager.CONFIG_PATH
 ALERTMANAGER_DATA = "/alertmanager"
 
-_TARGET = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
-
-
 @dataclass
 class MonitoringArgs:
     settings: FleetSettings
     host: Host
-    # Scrape job -> `address:port` targets. Node jobs (`ollama-meter`, `node`, `dcgm`) list the nodes in the
-    # order of the stack's node groups and indexes (dcgm: GPU groups only); `nginx`, `gateway-log` and
-    # prometheus.GATEWAY_NODE_TARGETS (the hosts' node exporters, AWS only) list the gateways' exporters.
-    targets: dict[str, list[pulumi.Output[str]]]
+    # What Prometheus scrapes (fleet.plans.scrape.scrape_targets), with the addresses the nodes and gateways publish.
+    targets: ScrapeTargets[pulumi.Input[str]]
     grafana_password: pulumi.Output[str]  # secret
     # Prometheus' basic auth: the password (secret) and the bcrypt salt kept in the state (32 hex digits).
     prometheus_password: pulumi.Output[str]
@@ -68,74 +63,22 @@ class MonitoringArgs:
     grafana_public_url: pulumi.Input[str] | None = None
 
 
-def _split(target: str, where: str) -> tuple[str, int]:
-    match = _TARGET.fullmatch(target)
-    if not match:
-        raise prometheus.PrometheusPlanError(f"{where}: {target!r} must be `address:port`")
-    return match.group("host"), int(match.group("port"))
-
-
-def node_targets(settings: FleetSettings, targets: dict[str, list[str]]) -> list[prometheus.NodeTarget]:
-    """The nodes for the scrape plan, from the resolved per-job targets: node `<group>-<index>` is the i-th
-    entry of each node job; a node's exporters share its address (they may differ in port)."""
-    meters = list(targets.get(prometheus.JOB_METER, []))
-    node_exporters = list(targets.get(prometheus.JOB_NODE, []))
-    dcgms = list(targets.get(prometheus.JOB_DCGM, []))
-    names = [(g, f"{g.name}-{i}") for g in settings.node_groups for i in range(g.count)]
-    gpu_names = [name for g, name in names if prometheus.is_gpu_group(g)]
-    for job, found, expected in (
-        (prometheus.JOB_METER, meters, len(names)),
-        (prometheus.JOB_NODE, node_exporters, len(names)),
-        (prometheus.JOB_DCGM, dcgms, len(gpu_names)),
-    ):
-        if len(found) != expected:
-            raise prometheus.PrometheusPlanError(
-                f"targets[{job!r}]: {len(found)} given, the stack's node groups have {expected} such nodes"
-            )
-    dcgm_of = dict(zip(gpu_names, dcgms))
-    nodes = []
-    for (group, name), meter, node_exporter in zip(names, meters, node_exporters):
-        host, meter_port = _split(meter, f"meter of {name}")
-        exporter_host, exporter_port = _split(node_exporter, f"node exporter of {name}")
-        dcgm_port = None
-        if name in dcgm_of:
-            dcgm_host, dcgm_port = _split(dcgm_of[name], f"dcgm exporter of {name}")
-            if dcgm_host != host:
-                raise prometheus.PrometheusPlanError(f"dcgm exporter of {name} is on {dcgm_host}, its meter on {host}")
-        if exporter_host != host:
-            raise prometheus.PrometheusPlanError(f"node exporter of {name} is on {exporter_host}, its meter on {host}")
-        nodes.append(
-            prometheus.NodeTarget(
-                name=name,
-                group=group.name,
-                host=host,
-                gpu=dcgm_port is not None,
-                meter_port=meter_port,
-                node_exporter_port=exporter_port,
-                dcgm_port=dcgm_port,
+def resolve_targets(targets: ScrapeTargets[pulumi.Input[str]]) -> pulumi.Output[ScrapeTargets[str]]:
+    """The same targets once every address is known."""
+    nodes = [
+        pulumi.Output.from_input(node.address).apply(lambda address, node=node: replace(node, address=address))
+        for node in targets.nodes
+    ]
+    gateways = [
+        pulumi.Output.all(gateway.nginx_exporter, gateway.log_exporter, gateway.node_exporter).apply(
+            lambda values, gateway=gateway: replace(
+                gateway, nginx_exporter=values[0], log_exporter=values[1], node_exporter=values[2]
             )
         )
-    return nodes
-
-
-def scrape_plan(
-    settings: FleetSettings,
-    targets: dict[str, list[str]],
-    stack: str,
-    alertmanagers: list[str] | None = None,
-    self_password_file: str | None = None,
-) -> prometheus.PrometheusPlan:
-    return prometheus.build_prometheus_plan(
-        settings,
-        nodes=node_targets(settings, targets),
-        nginx_exporters=list(targets.get(prometheus.JOB_NGINX, [])),
-        gateway_log_exporters=list(targets.get(prometheus.JOB_GATEWAY_LOG, [])),
-        gateway_node_exporters={
-            f"gateway-{index}": target for index, target in enumerate(targets.get(prometheus.GATEWAY_NODE_TARGETS, []))
-        },
-        stack=stack,
-        alertmanagers=alertmanagers or [],
-        self_password_file=self_password_file,
+        for gateway in targets.gateways
+    ]
+    return pulumi.Output.all(pulumi.Output.all(*nodes), pulumi.Output.all(*gateways)).apply(
+        lambda values: ScrapeTargets(nodes=tuple(values[0]), gateways=tuple(values[1]))
     )
 
 
@@ -199,7 +142,7 @@ class Monitoring(pulumi.ComponentResource):
         prometheus_name = container_name(name, "prometheus")
         alertmanager_name = container_name(name, "alertmanager")
         # Prometheus and Alertmanager share the component's network: the container name is the address.
-        plan = resolve_grouped(args.targets).apply(
+        plan = resolve_targets(args.targets).apply(
             lambda targets: scrape_plan(
                 settings, targets, stack, [f"{alertmanager_name}:{ports.ALERTMANAGER}"], PROMETHEUS_PASSWORD_FILE
             )

@@ -30,7 +30,6 @@ from fleet.node_runtime import (
     pull_script,
     warm_script,
 )
-from fleet.render.prometheus import JOB_DCGM, JOB_METER, JOB_NODE
 
 TOKEN = f"{PROJECT}:index:OllamaNode"
 
@@ -48,7 +47,7 @@ class OllamaNodeArgs:
 
 class OllamaNode(pulumi.ComponentResource):
     upstream_address: pulumi.Output[str]
-    metrics_targets: dict[str, pulumi.Output[str]]
+    metrics_address: pulumi.Output[str]
     container: docker.Container
 
     def __init__(self, name: str, args: OllamaNodeArgs, opts: pulumi.ResourceOptions | None = None):
@@ -105,16 +104,12 @@ class OllamaNode(pulumi.ComponentResource):
         )
 
         self.node_exporter = node_exporter(name, settings, place, self, node, beside=self.meter)
-        # Keyed by Prometheus job. Every exporter of a node answers on the node's one address (the meter's
-        # container name on the shared network, the host's private address on AWS), as the scrape plan expects.
-        self.metrics_targets: dict[str, pulumi.Output[str]] = {
-            JOB_METER: place.peer_address(meter_name, ports.METER_METRICS),
-            JOB_NODE: place.peer_address(meter_name, ports.NODE_EXPORTER),
-        }
+        # Every exporter of a node answers on the node's one address, each on its own port (fleet.plans.scrape):
+        # the meter's container name on the shared network, the host's private address on AWS.
+        self.metrics_address = place.peer_host(meter_name)
         self.dcgm_exporter = None
         if gpu:
             self.dcgm_exporter = self._dcgm_exporter(name, settings, place, node)
-            self.metrics_targets[JOB_DCGM] = place.peer_address(meter_name, ports.DCGM_EXPORTER)
 
         self.pull, self.warm = self._model_steps(name, settings, group, host, ollama_name, models_json)
         # The digests of what this node pulled, as Ollama lists them (the pull step reports them).
@@ -123,7 +118,7 @@ class OllamaNode(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "upstreamAddress": self.upstream_address,
-                "metricsTargets": self.metrics_targets,
+                "metricsAddress": self.metrics_address,
                 "models": models_json,
             }
         )

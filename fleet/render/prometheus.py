@@ -32,9 +32,6 @@ JOB_DCGM = "dcgm"
 JOB_PROMETHEUS = "prometheus"
 
 DEFAULT_RULES_FILE = "/etc/prometheus/rules/fleet.rules.yml"
-# Key of the targets the program hands the monitoring: the gateway hosts' node exporters, gateway 0 first (they
-# are scraped by job `node` with the labels node=gateway-<i>, group=gateway).
-GATEWAY_NODE_TARGETS = "node:gateway"
 
 _TARGET = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)$")

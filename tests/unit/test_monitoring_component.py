@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pulumi
 import pytest
 import yaml
 
-from components.monitoring import ALERTMANAGER_CONF, Monitoring, MonitoringArgs, node_targets, receiver_secrets
+from components.monitoring import ALERTMANAGER_CONF, Monitoring, MonitoringArgs, receiver_secrets
 from docker_mocks import (
     PRIVATE_ADDRESS,
     VOLUME,
@@ -26,6 +26,7 @@ from docker_mocks import (
 from fleet import contract, ports
 from fleet.config import FleetSettings
 from fleet.local.dataplane import load_settings
+from fleet.plans.scrape import GatewayScrape, ScrapeTargets, scrape_targets
 from fleet.render import alertmanager, grafana, prometheus, rules
 
 PASSWORD = "grafana-Admin-Password-0123456789"
@@ -47,9 +48,24 @@ class Built:
         return yaml.safe_load(self.uploads("prometheus")["/etc/prometheus/prometheus.yml"]["content"])
 
 
+def _as_outputs(targets: ScrapeTargets[str]) -> ScrapeTargets[pulumi.Output[str]]:
+    """The targets as the program hands them over: every address an Output (a gateway's node exporter may be None)."""
+
+    def output(value):
+        return None if value is None else pulumi.Output.from_input(value)
+
+    return ScrapeTargets(
+        nodes=tuple(replace(n, address=output(n.address)) for n in targets.nodes),
+        gateways=tuple(
+            replace(g, nginx_exporter=output(g.nginx_exporter), log_exporter=output(g.log_exporter), node_exporter=output(g.node_exporter))
+            for g in targets.gateways
+        ),
+    )
+
+
 def build_monitoring(
     stack: str,
-    targets: dict[str, list[str]],
+    targets: ScrapeTargets[str],
     settings: FleetSettings | None = None,
     receiver_secrets: str | None = None,
     grafana_public_url: str | None = None,
@@ -66,7 +82,7 @@ def build_monitoring(
             MonitoringArgs(
                 settings=settings,
                 host=make_host(**host),
-                targets={job: [pulumi.Output.from_input(t) for t in values] for job, values in targets.items()},
+                targets=_as_outputs(targets),
                 grafana_password=pulumi.Output.secret(PASSWORD),
                 prometheus_password=pulumi.Output.secret(PROMETHEUS_PASSWORD),
                 prometheus_salt=pulumi.Output.from_input(PROMETHEUS_SALT),
@@ -87,6 +103,7 @@ def build_monitoring(
     return built
 
 
+# What each job must scrape (`address:port`), and the targets the program would hand over for it.
 DEV_TARGETS = {
     prometheus.JOB_METER: [f"ollama-cpu-0-meter:{ports.METER_METRICS}"],
     prometheus.JOB_NODE: [f"ollama-cpu-0-meter:{ports.NODE_EXPORTER}"],
@@ -95,21 +112,39 @@ DEV_TARGETS = {
 }
 PROD_TARGETS = {
     prometheus.JOB_METER: [f"10.70.1.10:{ports.METER_METRICS}", f"10.70.2.11:{ports.METER_METRICS}"],
-    prometheus.JOB_NODE: [f"10.70.1.10:{ports.NODE_EXPORTER}", f"10.70.2.11:{ports.NODE_EXPORTER}"],
+    prometheus.JOB_NODE: [
+        f"10.70.1.10:{ports.NODE_EXPORTER}",
+        f"10.70.2.11:{ports.NODE_EXPORTER}",
+        f"10.70.1.5:{ports.NODE_EXPORTER}",
+        f"10.70.2.6:{ports.NODE_EXPORTER}",
+    ],
     prometheus.JOB_DCGM: [f"10.70.1.10:{ports.DCGM_EXPORTER}", f"10.70.2.11:{ports.DCGM_EXPORTER}"],
     prometheus.JOB_NGINX: [f"10.70.1.5:{ports.NGINX_EXPORTER}", f"10.70.2.6:{ports.NGINX_EXPORTER}"],
     prometheus.JOB_GATEWAY_LOG: [f"10.70.1.5:{ports.GATEWAY_LOG_EXPORTER}", f"10.70.2.6:{ports.GATEWAY_LOG_EXPORTER}"],
 }
+DEV_SCRAPE = scrape_targets(
+    settings_of("dev"),
+    {"cpu-0": "ollama-cpu-0-meter"},
+    [GatewayScrape("gateway-0", *DEV_TARGETS[prometheus.JOB_NGINX], *DEV_TARGETS[prometheus.JOB_GATEWAY_LOG])],
+)
+PROD_SCRAPE = scrape_targets(
+    settings_of("prod"),
+    {"chat-0": "10.70.1.10", "chat-1": "10.70.2.11"},
+    [
+        GatewayScrape(f"gateway-{i}", f"{address}:{ports.NGINX_EXPORTER}", f"{address}:{ports.GATEWAY_LOG_EXPORTER}", f"{address}:{ports.NODE_EXPORTER}")
+        for i, address in enumerate(("10.70.1.5", "10.70.2.6"))
+    ],
+)
 
 
 @pytest.fixture
 def dev() -> Built:
-    return build_monitoring("dev", DEV_TARGETS, transport="local")
+    return build_monitoring("dev", DEV_SCRAPE, transport="local")
 
 
 @pytest.fixture
 def prod() -> Built:
-    return build_monitoring("prod", PROD_TARGETS, transport="ssh")
+    return build_monitoring("prod", PROD_SCRAPE, transport="ssh")
 
 
 def _targets(config: dict, job: str) -> list[tuple[str, dict]]:
@@ -127,8 +162,16 @@ def test_prometheus_scrapes_every_node_exporter_and_gateway(dev, prod):
     assert _targets(config, prometheus.JOB_GATEWAY_LOG) == [(DEV_TARGETS[prometheus.JOB_GATEWAY_LOG][0], {})]
     assert prometheus.JOB_DCGM not in {c["job_name"] for c in config["scrape_configs"]}
     config = prod.scrape_config()
-    # HA: both gateway hosts' log exporters.
+    # HA: both gateway hosts' log exporters, and their own node exporters beside the nodes'.
     assert [t for t, _ in _targets(config, prometheus.JOB_GATEWAY_LOG)] == PROD_TARGETS[prometheus.JOB_GATEWAY_LOG]
+    assert [t for t, _ in _targets(config, prometheus.JOB_NGINX)] == PROD_TARGETS[prometheus.JOB_NGINX]
+    assert _targets(config, prometheus.JOB_NODE) == [
+        (PROD_TARGETS[prometheus.JOB_NODE][0], {"node": "chat-0", "group": "chat"}),
+        (PROD_TARGETS[prometheus.JOB_NODE][1], {"node": "chat-1", "group": "chat"}),
+        (PROD_TARGETS[prometheus.JOB_NODE][2], {"node": "gateway-0", "group": "gateway"}),
+        (PROD_TARGETS[prometheus.JOB_NODE][3], {"node": "gateway-1", "group": "gateway"}),
+    ]
+    assert [t for t, _ in _targets(config, prometheus.JOB_METER)] == PROD_TARGETS[prometheus.JOB_METER]
     dcgm = _targets(config, prometheus.JOB_DCGM)
     assert dcgm == [
         (PROD_TARGETS[prometheus.JOB_DCGM][0], {"node": "chat-0", "group": "chat"}),
@@ -236,8 +279,8 @@ GATEWAY_GRAFANA = "https://llm.example.com/grafana/"
 
 
 def test_grafana_behind_the_gateway_serves_its_sub_path_with_secure_cookies_and_no_operator_port():
-    local = build_monitoring("dev", DEV_TARGETS, grafana_public_url="https://localhost:8443/grafana/", transport="local")
-    aws = build_monitoring("prod", PROD_TARGETS, grafana_public_url=GATEWAY_GRAFANA, transport="ssh")
+    local = build_monitoring("dev", DEV_SCRAPE, grafana_public_url="https://localhost:8443/grafana/", transport="local")
+    aws = build_monitoring("prod", PROD_SCRAPE, grafana_public_url=GATEWAY_GRAFANA, transport="ssh")
     for built, url in ((local, "https://localhost:8443/grafana/"), (aws, GATEWAY_GRAFANA)):
         envs = [unwrap(e) for e in built.monitor.wire_inputs(built.monitor.container("grafana"))["envs"]]
         assert f"GF_SERVER_ROOT_URL={url}" in envs
@@ -268,17 +311,6 @@ def test_containers_wait_for_the_host_restart_and_check_health(dev):
         assert image.inputs["name"] == getattr(dev.settings.images, role)
 
 
-def test_node_targets_must_match_the_stack_nodes():
-    settings = settings_of("prod")
-    with pytest.raises(prometheus.PrometheusPlanError, match=r"targets\['ollama-meter'\]: 1 given.*2"):
-        node_targets(settings, {**PROD_TARGETS, prometheus.JOB_METER: PROD_TARGETS[prometheus.JOB_METER][:1]})
-    moved = {**PROD_TARGETS, prometheus.JOB_NODE: [f"10.9.9.9:{ports.NODE_EXPORTER}", PROD_TARGETS[prometheus.JOB_NODE][1]]}
-    with pytest.raises(prometheus.PrometheusPlanError, match="node exporter of chat-0 is on 10.9.9.9"):
-        node_targets(settings, moved)
-    nodes = node_targets(settings, PROD_TARGETS)
-    assert [(n.name, n.host, n.gpu) for n in nodes] == [("chat-0", "10.70.1.10", True), ("chat-1", "10.70.2.11", True)]
-
-
 RECEIVER_SECRET = "https://hooks.slack.com/services/T000/B000/secret-Slack-Path"
 
 
@@ -295,7 +327,7 @@ def test_alertmanager_gets_prometheus_alerts_and_its_receivers_as_a_secret():
         },
     )
     secrets = {"team-slack": RECEIVER_SECRET}
-    built = build_monitoring("prod", PROD_TARGETS, settings=settings, receiver_secrets=json.dumps(secrets), transport="ssh")
+    built = build_monitoring("prod", PROD_SCRAPE, settings=settings, receiver_secrets=json.dumps(secrets), transport="ssh")
     container = built.monitor.container("alertmanager")
     upload = built.uploads("alertmanager")[ALERTMANAGER_CONF]
     assert is_wire_secret(upload["content"])

@@ -79,8 +79,8 @@ def build_node(stack: str, group: NodeGroup | None = None, **host: object) -> Bu
     @pulumi.runtime.test
     def program():
         node = OllamaNode(built.name, OllamaNodeArgs(settings, group, make_host(**host), 0))
-        return pulumi.Output.all(node.upstream_address, node.metrics_targets).apply(
-            lambda v: built.outputs.update(upstream=v[0], targets=v[1])
+        return pulumi.Output.all(node.upstream_address, node.metrics_address).apply(
+            lambda v: built.outputs.update(upstream=v[0], metrics_address=v[1])
         )
 
     program()
@@ -211,19 +211,15 @@ def test_ollama_port_is_never_published_and_node_ports_stay_private(dev, staging
 
 def test_addresses_of_the_node_for_the_gateway_and_prometheus(dev, staging):
     assert dev.outputs["upstream"] == f"{dev.name}-meter:{ports.METER}"
-    assert dev.outputs["targets"] == {
-        "ollama-meter": f"{dev.name}-meter:{ports.METER_METRICS}",
-        "node": f"{dev.name}-meter:{ports.NODE_EXPORTER}",
-    }
-    # The node exporter answers on the meter's address: it shares the meter's network namespace.
+    # Every exporter of the node answers at the meter's address (fleet.plans.scrape adds the ports): the node
+    # exporter shares the meter's network namespace.
+    assert dev.outputs["metrics_address"] == f"{dev.name}-meter"
     meter = dev.monitor.container("meter")
     assert dev.monitor.container("node-exporter").inputs["networkMode"] == f"container:{dev.monitor.id_of(meter)}"
     assert staging.outputs["upstream"] == f"{PRIVATE_ADDRESS}:{ports.METER}"
-    assert staging.outputs["targets"] == {
-        "ollama-meter": f"{PRIVATE_ADDRESS}:{ports.METER_METRICS}",
-        "node": f"{PRIVATE_ADDRESS}:{ports.NODE_EXPORTER}",
-        "dcgm": f"{PRIVATE_ADDRESS}:{ports.DCGM_EXPORTER}",
-    }
+    assert staging.outputs["metrics_address"] == PRIVATE_ADDRESS
+    published = {p["internal"]: p["ip"] for c in staging.monitor.containers() for p in c.inputs.get("ports") or []}
+    assert published[ports.METER_METRICS] == published[ports.DCGM_EXPORTER] == PRIVATE_ADDRESS
     node_exporter = staging.monitor.container("node-exporter").inputs
     assert node_exporter["networkMode"] == "host" and node_exporter["pidMode"] == "host"
     assert f"--web.listen-address={PRIVATE_ADDRESS}:{ports.NODE_EXPORTER}" in node_exporter["command"]
