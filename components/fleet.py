@@ -87,7 +87,7 @@ class Fleet(pulumi.ComponentResource):
 
         gateways = []
         gateway_exporters: list[GatewayScrape[pulumi.Output[str]]] = []
-        prometheus_url = self._prometheus_url(name, settings, site) if settings.monitoring.enabled else None
+        prometheus_url = self._prometheus_url(name, site) if settings.monitoring.enabled else None
         # Grafana is served through the gateways' TLS server only; with TLS off (dev) it keeps its operator port.
         serve_grafana = settings.monitoring.enabled and settings.gateway.tls.mode != "off"
         grafana_upstream = self._grafana_upstream(name, site) if serve_grafana else None
@@ -164,30 +164,31 @@ class Fleet(pulumi.ComponentResource):
         )
 
     @staticmethod
-    def _prometheus_url(name: str, settings: FleetSettings, site: _Site) -> pulumi.Output[str]:
-        """Prometheus as the gateways' containers reach it (it runs on the first gateway host): by container
-        name on a shared Docker network, else at that host's private address, where it is published."""
-        from components.containers import container_name
+    def _prometheus_url(name: str, site: _Site) -> pulumi.Output[str]:
+        """Prometheus as the gateways' containers reach it (it runs on the first gateway host)."""
         from fleet import ports
 
-        host = site.gateway_hosts[0]
-        if host.shared_network is not None:
-            return pulumi.Output.from_input(f"http://{container_name(f'{name}-monitoring', 'prometheus')}:{ports.PROMETHEUS}")
-        return pulumi.Output.from_input(host.private_address).apply(lambda address: f"http://{address}:{ports.PROMETHEUS}")
+        return Fleet._monitoring_service(name, site, "prometheus", ports.PROMETHEUS).apply(lambda service: f"http://{service}")
 
     @staticmethod
     def _grafana_upstream(name: str, site: _Site) -> pulumi.Output[str]:
-        """Grafana as the gateways' nginx reaches it (it runs on the first gateway host): by container name on a
-        shared Docker network, else at that host's private address, where it is published (the security group
-        admits no one else there). The private address rather than a Docker network shared by the two
-        components: the second gateway host of an HA stack reaches it the same way."""
-        from components.containers import container_name
+        """Grafana as the gateways' nginx reaches it (it runs on the first gateway host; the security group admits
+        no one else at its port). The private address rather than a Docker network shared by the two components:
+        the second gateway host of an HA stack reaches it the same way."""
         from fleet import ports
+
+        return Fleet._monitoring_service(name, site, "grafana", ports.GRAFANA)
+
+    @staticmethod
+    def _monitoring_service(name: str, site: _Site, role: str, port: int) -> pulumi.Output[str]:
+        """`address:port` of a monitoring container for the gateways' containers: by container name on a shared
+        Docker network, else at the first gateway host's private address, where it is published."""
+        from components.containers import container_name
 
         host = site.gateway_hosts[0]
         if host.shared_network is not None:
-            return pulumi.Output.from_input(f"{container_name(f'{name}-monitoring', 'grafana')}:{ports.GRAFANA}")
-        return pulumi.Output.from_input(host.private_address).apply(lambda address: f"{address}:{ports.GRAFANA}")
+            return pulumi.Output.from_input(f"{container_name(f'{name}-monitoring', role)}:{port}")
+        return pulumi.Output.from_input(host.private_address).apply(lambda address: f"{address}:{port}")
 
     def _certificate(
         self, name: str, args: FleetArgs, fqdn: str | None, zone_id: pulumi.Output[str] | None

@@ -14,7 +14,6 @@ nginx also writes the access log as a file into a named volume that the gateway 
 
 from __future__ import annotations
 
-import ipaddress
 import posixpath
 from dataclasses import dataclass
 
@@ -28,6 +27,16 @@ from components.images import exporter_image, pinned_image
 from components.node_exporter import node_exporter
 from fleet import budget, contract, gateway_log, ports
 from fleet.config import PROJECT, FleetSettings
+from fleet.plans.gateway import (
+    BUDGET_PATHS,
+    STATE_DIR,
+    client_ports,
+    gateway_paths,
+    gateway_plan,
+    gateway_url,
+    tls_on,
+    token_budgets,
+)
 from fleet.render import nginx
 from fleet.render.prometheus_web import PROMETHEUS_USER
 from fleet.usage import PASSWORD_ENV
@@ -43,10 +52,6 @@ SCRIPT_MODE = "0755"
 # The access-log file is renamed above this size (the volume holds at most about twice it), checked every minute.
 LOG_ROTATE_BYTES = 64 << 20
 LOG_ROTATE_INTERVAL_S = 60
-# Shared by nginx and the token budget controller: the budget map files and nginx's pid file (the controller,
-# in nginx's PID namespace, reloads it with SIGHUP).
-STATE_DIR = "/var/lib/nginx-fleet"
-BUDGET_PATHS = nginx.GatewayPaths(pid=f"{STATE_DIR}/nginx.pid", budget_dir=f"{STATE_DIR}/budget")
 BUDGET_INTERVAL_S = 15
 
 
@@ -69,59 +74,6 @@ class GatewayArgs:
     grafana_upstream: pulumi.Input[str] | None = None
 
 
-# Docker's embedded DNS server, which answers container names on a user-defined network.
-DOCKER_DNS = "127.0.0.11"
-
-# Docker's default address pools. A client on the Docker host itself reaches a port published on loopback
-# through docker-proxy, so nginx sees the network's gateway address (in these pools), never 127.0.0.1.
-DOCKER_ADDRESS_POOLS = ("172.16.0.0/12", "192.168.0.0/16")
-
-
-def _with_docker_loopback(cidrs: list[str]) -> list[str]:
-    allows_loopback = any(ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(c, strict=False) for c in cidrs)
-    return [*cidrs, *[p for p in DOCKER_ADDRESS_POOLS if p not in cidrs]] if allows_loopback else cidrs
-
-
-def gateway_plan(
-    settings: FleetSettings,
-    upstreams: dict[str, list[str]],
-    server_name: str | None,
-    paths: nginx.GatewayPaths | None = None,
-    grafana_upstream: str | None = None,
-) -> nginx.GatewayPlan:
-    """The plan of the deployed gateway: the stack's ports and TLS, stub_status reachable by the exporter
-    container on the Docker network (private networks only), the given node addresses, and Grafana at
-    `grafana_upstream` (a container name is looked up through Docker's DNS).
-
-    On the local Docker host, CIDR lists that admit loopback also admit Docker's address pools, where
-    loopback clients appear from (the published ports are bound to `local.bindAddress` all the same)."""
-    gateway = settings.gateway
-    updates: dict = {}
-    if server_name and server_name != gateway.domain:
-        updates["domain"] = server_name
-    if settings.target == "local":
-        updates["client_cidrs"] = _with_docker_loopback(gateway.client_cidrs)
-        updates["admin_cidrs"] = _with_docker_loopback(gateway.admin_cidrs)
-    if updates:
-        settings = settings.model_copy(update={"gateway": gateway.model_copy(update=updates)})
-    return nginx.build_gateway_plan(
-        settings,
-        upstreams,
-        status_listen=f"0.0.0.0:{ports.NGINX_STATUS}",
-        paths=paths,
-        grafana_upstream=grafana_upstream,
-        grafana_resolver=DOCKER_DNS if grafana_upstream and not _is_address(grafana_upstream) else None,
-    )
-
-
-def _is_address(host_port: str) -> bool:
-    try:
-        ipaddress.ip_address(host_port.rsplit(":", 1)[0].strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 class Gateway(pulumi.ComponentResource):
     url: pulumi.Output[str]
     status_target: pulumi.Output[str]  # the nginx exporter (job `nginx`)
@@ -132,16 +84,16 @@ class Gateway(pulumi.ComponentResource):
         super().__init__(TOKEN, name, None, opts)
         settings, host = args.settings, args.host
         gateway = settings.gateway
-        tls = gateway.tls.mode != "off"
+        tls = tls_on(settings)
         if tls and (args.certificate_pem is None or args.private_key_pem is None):
             raise ValueError(
                 f"gateway.tls.mode {gateway.tls.mode!r} needs a certificate and private key; "
                 "only mode `off` runs without them"
             )
         place = Placement(name, settings, host, self)
-        budgets = {c.name: c.tokens_per_day for c in gateway.clients if c.tokens_per_day}
+        budgets = token_budgets(settings)
         enforce_budgets = bool(budgets) and args.prometheus_url is not None
-        paths = BUDGET_PATHS if enforce_budgets else nginx.GatewayPaths()
+        paths = gateway_paths(enforce_budgets)
         # The plan depends on the node addresses (known after their containers exist), not on any secret.
         plan = pulumi.Output.all(resolve_grouped(args.upstreams), args.grafana_upstream).apply(
             lambda values: gateway_plan(settings, values[0], args.server_name, paths, values[1])
@@ -185,7 +137,6 @@ class Gateway(pulumi.ComponentResource):
 
         image = pinned_image(f"{name}-nginx-image", settings.images.nginx, place, self)
         nginx_name = container_name(name, "gateway")
-        client_ports = [gateway.https_port, gateway.http_port] if tls else [gateway.http_port]
         self.container = docker.Container(
             f"{name}-nginx",
             name=nginx_name,
@@ -193,7 +144,7 @@ class Gateway(pulumi.ComponentResource):
             uploads=uploads,
             volumes=volumes,
             networks_advanced=place.networks(nginx_name),
-            ports=place.public_ports(*client_ports),
+            ports=place.public_ports(*client_ports(settings)),
             **containers.RUNTIME,
             # /health is answered by nginx itself on the plain-HTTP server (busybox wget is in nginx:alpine).
             healthcheck=healthcheck(
@@ -238,7 +189,7 @@ class Gateway(pulumi.ComponentResource):
 
         self.status_target = place.peer_address(exporter_name, ports.NGINX_EXPORTER)
         self.log_target = place.peer_address(container_name(name, "gateway-log-exporter"), ports.GATEWAY_LOG_EXPORTER)
-        self.url = self._url(settings, host, args.server_name, tls)
+        self.url = self._url(settings, host, args.server_name)
         self.register_outputs({"url": self.url, "statusTarget": self.status_target, "logTarget": self.log_target})
 
     def _log_exporter(
@@ -317,14 +268,11 @@ class Gateway(pulumi.ComponentResource):
         )
 
     @staticmethod
-    def _url(settings: FleetSettings, host: Host, server_name: str | None, tls: bool) -> pulumi.Output[str]:
-        gateway = settings.gateway
-        scheme, port, default = ("https", gateway.https_port, 443) if tls else ("http", gateway.http_port, 80)
-        suffix = "" if port == default else f":{port}"
+    def _url(settings: FleetSettings, host: Host, server_name: str | None) -> pulumi.Output[str]:
         if server_name:
             address: pulumi.Input[str] = server_name
         elif settings.target == "local":
             address = settings.local.bind_address
         else:
             address = host.public_address or host.private_address
-        return pulumi.Output.from_input(address).apply(lambda a: f"{scheme}://{a}{suffix}")
+        return pulumi.Output.from_input(address).apply(lambda a: gateway_url(settings, a))

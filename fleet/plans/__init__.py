@@ -7,6 +7,7 @@ program does (`fleet.plans.checks`), and the tests need no mocks.
 Modules:
   subnets:    one subnet CIDR per zone, carved from the VPC's
   network:    the security group rules (RuleSpec) and the network plan (VPC, subnets, rules, tags)
+  gateway:    nginx's plan for the deployed gateway, its client ports and URL, where token budgets live
   scrape:     what Prometheus scrapes (ScrapeTargets: the stack's nodes, the gateway hosts' exporters)
               and the scrape plan built from it
 """

@@ -17,7 +17,8 @@ import pulumi
 import pytest
 
 from components import images
-from components.gateway import LOG_ROTATION_SCRIPT, Gateway, GatewayArgs, gateway_plan
+from components.gateway import LOG_ROTATION_SCRIPT, Gateway, GatewayArgs
+from fleet.plans.gateway import gateway_plan
 from docker_mocks import (
     PRIVATE_ADDRESS,
     PUBLIC_ADDRESS,
@@ -462,7 +463,7 @@ def test_a_ttft_target_gives_each_group_the_queue_its_speed_allows():
 
 
 def test_token_budgets_run_a_controller_that_shares_nginx_state_and_pid_namespace():
-    from components.gateway import BUDGET_PATHS, STATE_DIR
+    from fleet.plans.gateway import BUDGET_PATHS, STATE_DIR
     from fleet.render.prometheus_web import PROMETHEUS_USER
     from fleet.usage import PASSWORD_ENV
     from docker_mocks import is_wire_secret
