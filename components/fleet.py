@@ -69,6 +69,7 @@ class Fleet(pulumi.ComponentResource):
 
         from components.gateway import Gateway, GatewayArgs
         from components.ollama_node import OllamaNode, OllamaNodeArgs
+        from fleet.plans.gateway import serves_grafana
         from fleet.plans.scrape import GatewayScrape, gateway_name, node_name, scrape_targets
 
         upstreams: dict[str, list[pulumi.Output[str]]] = {}
@@ -88,8 +89,7 @@ class Fleet(pulumi.ComponentResource):
         gateways = []
         gateway_exporters: list[GatewayScrape[pulumi.Output[str]]] = []
         prometheus_url = self._prometheus_url(name, site) if settings.monitoring.enabled else None
-        # Grafana is served through the gateways' TLS server only; with TLS off (dev) it keeps its operator port.
-        serve_grafana = settings.monitoring.enabled and settings.gateway.tls.mode != "off"
+        serve_grafana = serves_grafana(settings)
         grafana_upstream = self._grafana_upstream(name, site) if serve_grafana else None
         for index, host in enumerate(site.gateway_hosts):
             gateway = Gateway(
@@ -214,14 +214,15 @@ class Fleet(pulumi.ComponentResource):
 
     def _local(self, name: str, args: FleetArgs) -> _Site:
         from components.local_host import LocalHost, LocalHostArgs
+        from fleet.plans.gateway import server_name
 
         settings = args.settings
         local = LocalHost(f"{name}-local", LocalHostArgs(settings=settings), pulumi.ResourceOptions(parent=self))
-        certificate = self._certificate(name, args, settings.gateway.domain or "localhost", None)
+        certificate = self._certificate(name, args, server_name(settings), None)
         return _Site(
             gateway_hosts=[local.host],
             node_hosts={g.name: [local.host] * g.count for g in settings.node_groups},
-            server_name=settings.gateway.domain or "localhost",
+            server_name=server_name(settings),
             certificate=certificate,
         )
 
@@ -229,6 +230,7 @@ class Fleet(pulumi.ComponentResource):
         from components.dns import Dns, DnsArgs
         from components.gpu_host import GpuHost, GpuHostArgs, node_ami
         from components.network import Network, NetworkArgs
+        from fleet.plans import gateway as plans_gateway
         from fleet.plans.network import network_plan
 
         settings = args.settings
@@ -264,10 +266,9 @@ class Fleet(pulumi.ComponentResource):
                 child,
             )
 
-        gateway_count = 2 if settings.gateway.high_availability else 1
         gateway_hosts = [
             host(f"{name}-gateway-host-{i}", "gateway", settings.gateway.instance_type, i, None)
-            for i in range(gateway_count)
+            for i in range(plans_gateway.gateway_hosts(settings))
         ]
         node_hosts: dict[str, list[Host]] = {}
         for group in settings.node_groups:
@@ -279,7 +280,7 @@ class Fleet(pulumi.ComponentResource):
                 for i in range(group.count)
             ]
 
-        fqdn = settings.gateway.domain
+        fqdn = plans_gateway.server_name(settings)
         dns = None
         if fqdn:
             dns = Dns(

@@ -21,7 +21,6 @@ address on AWS, reached through SSM port forwarding or, for Prometheus, an admin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 
 import pulumi
@@ -33,7 +32,9 @@ from components.host import Host
 from components.images import pinned_image
 from fleet import contract, ports
 from fleet.config import PROJECT, FleetSettings
+from fleet.plans.alerting import receiver_secrets, unset_secret_problems
 from fleet.plans.scrape import ScrapeTargets, scrape_plan
+from fleet.stack_file import StackConfigError
 from fleet.render import alertmanager, grafana, prometheus, prometheus_web, rules
 
 TOKEN = f"{PROJECT}:index:Monitoring"
@@ -82,21 +83,6 @@ def resolve_targets(targets: ScrapeTargets[pulumi.Input[str]]) -> pulumi.Output[
     )
 
 
-def receiver_secrets(secrets_json: str | None) -> dict[str, str]:
-    """The receivers' secrets from the secret config's JSON object (values are strings)."""
-    if not secrets_json:
-        return {}
-    try:
-        value = json.loads(secrets_json)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise alertmanager.AlertingConfigError(
-            f"{alertmanager.SECRETS_KEY} must be a JSON object mapping receiver names to strings"
-        )
-    return value
-
-
 def grafana_environment(
     settings: FleetSettings,
     password: pulumi.Output[str],
@@ -136,8 +122,13 @@ class Monitoring(pulumi.ComponentResource):
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TOKEN, name, None, opts)
         settings, host = args.settings, args.host
-        place = Placement(name, settings, host, self)
         stack = pulumi.get_stack()
+        if args.alert_receiver_secrets_json is None:
+            # Before anything is registered: a receiver without its secret is the stack's error, not a failed update.
+            problems = unset_secret_problems(settings)
+            if problems:
+                raise StackConfigError(f"Pulumi.{stack}.yaml", problems)
+        place = Placement(name, settings, host, self)
 
         prometheus_name = container_name(name, "prometheus")
         alertmanager_name = container_name(name, "alertmanager")

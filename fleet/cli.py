@@ -45,9 +45,13 @@ def _options(
 
 @app.command()
 def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml).")) -> None:
-    """Check a stack file: known keys, types, allowed values, secrets stored encrypted."""
+    """Check a stack file: known keys, types, allowed values, secrets stored encrypted, and what the program's
+    planners would refuse (network, gateway, monitoring, alert receivers' secrets)."""
+    from fleet.plans.checks import check_plans
+
     try:
         config = load_stack(stack)
+        check_plans(config)
     except StackConfigError as error:
         fail(str(error), EXIT_CONFIG)
     from fleet import cli_capacity
@@ -66,12 +70,13 @@ def preview(
     debug: bool = typer.Option(False, "--debug", help="Show the traceback when the program fails."),
 ) -> None:
     """Offline preview: the resource plan, the capacity table and the policy verdict, with no cloud and no Pulumi CLI."""
-    from fleet import preview as preview_mod
-
     from fleet import cli_capacity
+    from fleet import preview as preview_mod
+    from fleet.plans.checks import check_plans
 
     try:
         stack_config = load_stack(stack)
+        check_plans(stack_config)
     except StackConfigError as error:
         fail(str(error), EXIT_CONFIG)
     cli_capacity.stack_ollama_version(stack_config)

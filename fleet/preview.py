@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.config import FLEET_KEY, PROJECT, SECRET_KEYS
+from fleet.render import alertmanager
 from fleet.resources import RegisteredResource
 from fleet.stack_file import StackConfig
 
@@ -52,6 +53,8 @@ def _config_for_mocks(stack_config: StackConfig) -> tuple[dict[str, str], list[s
     for key, value in stack_config.raw_config.items():
         if key in SECRET_KEYS:
             values[key] = _SECRET_PLACEHOLDERS.get(key, f"offline-preview-placeholder-{key.split(':')[1]}")
+            if key == alertmanager.SECRETS_KEY:  # a JSON object with a stand-in for each receiver that needs one
+                values[key] = json.dumps(alertmanager.placeholder_secrets(stack_config.settings))
             secret_keys.append(key)
         elif isinstance(value, (dict, list)):
             values[key] = json.dumps(value)

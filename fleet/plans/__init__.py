@@ -5,6 +5,8 @@ where the cloud decides an address, of plain stand-ins for it), so `fleet valida
 program does (`fleet.plans.checks`), and the tests need no mocks.
 
 Modules:
+  checks:     every planner below run on a stack file alone, its refusals as config errors (fleet validate)
+  alerting:   the alert receivers' secrets: the secret config read back, what a stack without it lacks
   subnets:    one subnet CIDR per zone, carved from the VPC's
   network:    the security group rules (RuleSpec) and the network plan (VPC, subnets, rules, tags)
   gateway:    nginx's plan for the deployed gateway, its client ports and URL, where token budgets live

@@ -28,6 +28,23 @@ def tls_on(settings: FleetSettings) -> bool:
     return settings.gateway.tls.mode != "off"
 
 
+def gateway_hosts(settings: FleetSettings) -> int:
+    """How many hosts run the gateway: two in two zones behind DNS failover (AWS, `highAvailability`), else one."""
+    return 2 if settings.target == "aws" and settings.gateway.high_availability else 1
+
+
+def server_name(settings: FleetSettings) -> str | None:
+    """The name the gateway answers to: the stack's domain; on the local Docker host `localhost` without one."""
+    if settings.target == "local":
+        return settings.gateway.domain or "localhost"
+    return settings.gateway.domain
+
+
+def serves_grafana(settings: FleetSettings) -> bool:
+    """Grafana is served by the gateways' TLS server only; with TLS off (dev) it keeps its operator port."""
+    return settings.monitoring.enabled and tls_on(settings)
+
+
 def token_budgets(settings: FleetSettings) -> dict[str, int]:
     """Client name -> tokens per day, for the clients that have a budget."""
     return {c.name: c.tokens_per_day for c in settings.gateway.clients if c.tokens_per_day}

@@ -35,7 +35,8 @@ class AlertingConfigError(ValueError):
     """A receiver lacks its secret, or the secrets name receivers the stack does not define."""
 
 
-def _needs_secret(receiver: Receiver) -> bool:
+def needs_secret(receiver: Receiver) -> bool:
+    """Slack (its webhook URL), PagerDuty (its routing key) and a webhook without `url` cannot work without one."""
     return receiver.kind in ("slack", "pagerduty") or (receiver.kind == "webhook" and not receiver.url)
 
 
@@ -44,7 +45,7 @@ def placeholder_secrets(settings: FleetSettings) -> dict[str, str]:
     a URL goes, a marked string elsewhere; the real values exist only at deployment."""
     found = {}
     for receiver in settings.monitoring.alerting.receivers:
-        if receiver.kind in ("slack", "webhook") and _needs_secret(receiver):
+        if receiver.kind in ("slack", "webhook") and needs_secret(receiver):
             found[receiver.name] = f"https://secret.invalid/{SECRETS_KEY.replace(':', '/')}/{receiver.name}"
         elif receiver.kind == "pagerduty" or (receiver.kind == "email" and receiver.auth_username):
             found[receiver.name] = f"<secret {SECRETS_KEY}[{receiver.name}]>"
@@ -56,7 +57,7 @@ def check_secrets(settings: FleetSettings, secrets: Mapping[str, str]) -> None:
     receivers = settings.monitoring.alerting.receivers
     known = {r.name for r in receivers}
     problems = []
-    missing = [r.name for r in receivers if _needs_secret(r) and not secrets.get(r.name)]
+    missing = [r.name for r in receivers if needs_secret(r) and not secrets.get(r.name)]
     if missing:
         problems.append(
             f"{SECRETS_KEY} has no secret for receiver(s) {', '.join(missing)} "

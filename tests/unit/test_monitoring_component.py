@@ -12,7 +12,7 @@ import pulumi
 import pytest
 import yaml
 
-from components.monitoring import ALERTMANAGER_CONF, Monitoring, MonitoringArgs, receiver_secrets
+from components.monitoring import ALERTMANAGER_CONF, Monitoring, MonitoringArgs
 from docker_mocks import (
     PRIVATE_ADDRESS,
     VOLUME,
@@ -26,6 +26,7 @@ from docker_mocks import (
 from fleet import contract, ports
 from fleet.config import FleetSettings
 from fleet.local.dataplane import load_settings
+from fleet.plans.alerting import receiver_secrets
 from fleet.plans.scrape import GatewayScrape, ScrapeTargets, scrape_targets
 from fleet.render import alertmanager, grafana, prometheus, rules
 
@@ -351,3 +352,14 @@ def test_receiver_secrets_that_do_not_fit_are_refused():
     for bad in ("[1]", "not json", '{"a": 1}'):
         with pytest.raises(alertmanager.AlertingConfigError, match="ollama-fleet:alertReceiverSecrets must be a JSON object"):
             receiver_secrets(bad)
+
+
+def test_a_receiver_without_its_secret_stops_the_program_before_anything_is_registered():
+    from fleet.stack_file import StackConfigError
+
+    settings = load_settings(
+        "prod",
+        {"monitoring.alerting.receivers": [{"name": "team-slack", "kind": "slack"}], "monitoring.alerting.critical": ["team-slack"]},
+    )
+    with pytest.raises(StackConfigError, match=r"Pulumi.prod.yaml[\s\S]*monitoring.alerting.receivers\[0\]: receiver 'team-slack'"):
+        build_monitoring("prod", PROD_SCRAPE, settings=settings, transport="ssh")

@@ -1,0 +1,101 @@
+"""The plans' own checks, on a stack file alone: `fleet validate` and `fleet preview` run every planner of the
+program before anything else, so what a planner would refuse half way through a run is a config error that
+names the stack file and the key.
+
+Addresses that exist only once the stack is deployed are stood in for by documentation addresses (RFC 5737), as
+`fleet render` does; of the secret config only the keys the stack sets are known (the values stay encrypted).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from fleet import ports
+from fleet.config import FLEET_KEY, FleetSettings
+from fleet.plans import gateway as gateway_plans
+from fleet.plans.alerting import unset_secret_problems
+from fleet.plans.network import network_plan
+from fleet.plans.scrape import placeholder_targets, scrape_plan
+from fleet.render import alertmanager, grafana, nginx, prometheus, rules
+from fleet.stack_file import StackConfig, StackConfigError
+
+# A planner's message that starts with a key of the stack (`gateway.domain: ...`).
+_KEYED = re.compile(r"^(?:aws|gateway|local|monitoring|nodeGroups|policy)(?:[.\[][A-Za-z0-9_.\[\]]*)?: ")
+# Stand-ins for the monitoring's container names and files, as the program's components name them.
+_ALERTMANAGER = f"ollama-monitoring-alertmanager:{ports.ALERTMANAGER}"
+_PASSWORD_FILE = "/etc/prometheus/password"
+
+
+def _network(stack: StackConfig) -> None:
+    if stack.settings.target == "aws":
+        network_plan(stack.settings, stack.stack)
+
+
+def _gateway(stack: StackConfig) -> None:
+    settings = stack.settings
+    enforce_budgets = bool(gateway_plans.token_budgets(settings)) and settings.monitoring.enabled
+    grafana_upstream = None
+    if gateway_plans.serves_grafana(settings):
+        grafana_upstream = (
+            f"ollama-monitoring-grafana:{ports.GRAFANA}" if settings.target == "local" else f"198.51.100.10:{ports.GRAFANA}"
+        )
+    plan = gateway_plans.gateway_plan(
+        settings,
+        nginx.placeholder_upstreams(settings),
+        gateway_plans.server_name(settings),
+        gateway_plans.gateway_paths(enforce_budgets),
+        grafana_upstream,
+    )
+    nginx.render_nginx(plan)
+
+
+def _monitoring(stack: StackConfig) -> None:
+    settings = stack.settings
+    if not settings.monitoring.enabled:
+        return
+    targets = placeholder_targets(
+        settings, gateway_plans.gateway_hosts(settings), gateway_node_exporters=settings.target == "aws"
+    )
+    prometheus.render_prometheus(scrape_plan(settings, targets, stack.stack, [_ALERTMANAGER], _PASSWORD_FILE))
+    rules.render_rules(settings)
+    grafana.render_dashboard(settings)
+    alertmanager.render_alertmanager(settings, alertmanager.placeholder_secrets(settings))
+
+
+# Each planner with the section of the stack it plans from (named when its message names no key).
+PLANNERS: tuple[tuple[str, Callable[[StackConfig], None]], ...] = (
+    ("aws", _network),
+    ("gateway", _gateway),
+    ("monitoring", _monitoring),
+)
+
+
+def _problems(section: str, error: Exception) -> list[str]:
+    if isinstance(error, StackConfigError):
+        return list(error.problems)
+    message = str(error)
+    if _KEYED.match(message):
+        return [f"{FLEET_KEY}.{message}"]
+    return [f"{FLEET_KEY}.{section}: the {section} cannot be planned from these settings: {message}"]
+
+
+def plan_problems(stack: StackConfig) -> list[str]:
+    """What the planners refuse in the stack, one line per problem: `<key>: <what is wrong; what is allowed>`."""
+    settings: FleetSettings = stack.settings
+    problems: list[str] = []
+    if alertmanager.SECRETS_KEY not in stack.secret_keys_set:
+        problems += unset_secret_problems(settings)
+    for section, planner in PLANNERS:
+        try:
+            planner(stack)
+        except (StackConfigError, ValueError) as error:
+            problems += _problems(section, error)
+    return problems
+
+
+def check_plans(stack: StackConfig) -> None:
+    """Raise the stack's plan problems as one StackConfigError naming the stack file."""
+    problems = plan_problems(stack)
+    if problems:
+        raise StackConfigError(stack.path.name, problems)
