@@ -10,6 +10,7 @@ import pulumi_aws as aws
 
 from fleet.config import PROJECT, FleetSettings, domain_in_zone
 from fleet.config_text import is_zone_id
+from fleet.plans.gateway import gateway_hosts, gateway_url
 from fleet.stack_file import StackConfigError
 from fleet.tags import fleet_tags
 
@@ -30,14 +31,6 @@ class DnsArgs:
     gateway_instance_ids: list[pulumi.Output[str]]
 
 
-def gateway_url(settings: FleetSettings, host: str) -> str:
-    """The URL clients use for the gateway at `host` (the port only where it is not the scheme's default)."""
-    gateway = settings.gateway
-    if gateway.tls.mode == "off":
-        return f"http://{host}" + ("" if gateway.http_port == 80 else f":{gateway.http_port}")
-    return f"https://{host}" + ("" if gateway.https_port == 443 else f":{gateway.https_port}")
-
-
 class Dns(pulumi.ComponentResource):
     fqdn: pulumi.Output[str]
     url: pulumi.Output[str]
@@ -50,7 +43,7 @@ class Dns(pulumi.ComponentResource):
         stack = pulumi.get_stack()
         stack_file = f"Pulumi.{stack}.yaml"
         child = pulumi.ResourceOptions(parent=self)
-        expected = 2 if gateway.high_availability else 1
+        expected = gateway_hosts(settings)
         if len(args.gateway_public_ips) != expected or len(args.gateway_instance_ids) != expected:
             raise ValueError(
                 f"Dns needs {expected} gateway host(s) (gateway.highAvailability={gateway.high_availability}), "
