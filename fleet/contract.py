@@ -136,6 +136,38 @@ def env_of(props: Mapping[str, Any]) -> dict[str, str]:
     return result
 
 
+def repeated_keys(props: Mapping[str, Any]) -> list[str]:
+    """Contract labels and variables a container gives more than once: Docker and Ollama may each read another of
+    the copies than a policy would, so a container that repeats one says nothing for sure."""
+    if not isinstance(props, Mapping):
+        return []
+    owned_labels = set(label_keys())
+    owned_env = set(OLLAMA_ENV.values()) | GPU_VISIBILITY_ENV
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for item in _items(props.get("labels")):
+        key = str(item.get("label")) if isinstance(item, Mapping) else None
+        if key in owned_labels:
+            if f"label {key}" in seen and f"label {key}" not in repeated:
+                repeated.append(f"label {key}")
+            seen.add(f"label {key}")
+    for entry in _items(props.get("envs")):
+        key = entry.split("=", 1)[0] if isinstance(entry, str) else None
+        if key in owned_env:
+            if key in seen and key not in repeated:
+                repeated.append(key)
+            seen.add(key)
+    return repeated
+
+
+def contract_labels_of(props: Mapping[str, Any]) -> dict[str, str]:
+    """`labels_of`, refusing a container that repeats a contract label or variable (ContractError)."""
+    repeated = repeated_keys(props)
+    if repeated:
+        raise ContractError(f"{', '.join(repeated)} given more than once; allowed: each once, as the program writes them")
+    return labels_of(props)
+
+
 def docker_labels(values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Labels in the Docker provider's list shape (what a policy reads)."""
     return [{"label": key, "value": value} for key, value in values.items()]

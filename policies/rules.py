@@ -129,7 +129,7 @@ def environment(urn: str, declared: str | None) -> str | None:
 
 def node_of(props: Mapping[str, Any]) -> NodeContract:
     """The node an Ollama container runs, read back through the contract (ContractError when it cannot be)."""
-    return contract.decode_node(labels(props), envs(props))
+    return contract.decode_node(contract.contract_labels_of(props), envs(props))
 
 
 def _ollama_container(args: ResourceValidationArgs) -> bool:
@@ -353,7 +353,7 @@ def validate_concurrency(args: StackValidationArgs, report: ReportViolation) -> 
     for gateway in _resources_of(args, CONTAINER, "gateway"):
         where = stack_file(gateway.urn)
         try:
-            declared = contract.decode_gateway(labels(gateway.props))
+            declared = contract.decode_gateway(contract.contract_labels_of(gateway.props))
         except UnknownValueError:
             continue
         except ContractError as exc:
@@ -389,6 +389,8 @@ def validate_concurrency(args: StackValidationArgs, report: ReportViolation) -> 
                 f"no Ollama node; allowed: {', '.join(sorted(groups)) or 'the stack’s node groups'}",
                 gateway.urn,
             )
+    for container, key, problem in ollama_image_mismatches(args):
+        report(f"{stack_file(container.urn)}: {key}: {container.name}: {problem}", container.urn)
     if unknown:
         # As the analyzer does for a value read during preview: say the check could not run on these nodes.
         raise UnknownValueError(UNKNOWN_STRING_VALUE, [unknown[0].name, "labels"])
@@ -397,7 +399,8 @@ def validate_concurrency(args: StackValidationArgs, report: ReportViolation) -> 
 concurrency_bounds = StackValidationPolicy(
     name="concurrency-bounds",
     description="numCtx within each model's maximum context; OLLAMA_NUM_PARALLEL set; the gateway's max_conns per "
-    "node equal to numParallel × resident models + the allowed queue.",
+    "node equal to numParallel × resident models + the allowed queue; every Ollama server runs in a container "
+    "labelled as an Ollama node, from the image its label names.",
     validate=validate_concurrency,
     severity=Severity.MEDIUM,
 )
@@ -452,8 +455,6 @@ def validate_pinned_images(args: StackValidationArgs, report: ReportViolation) -
                 f"`repository:tag@sha256:<digest>`{' (the digest is required in ' + ', '.join(sorted(strict_envs)) + ')' if strict else ''}",
                 resource.urn,
             )
-    for container, key, problem in ollama_image_mismatches(args):
-        report(f"{stack_file(container.urn)}: {key}: {container.name}: {problem}", container.urn)
     if strict:
         for container in _resources_of(args, CONTAINER, "ollama"):
             for key, problem in unpinned_models(container.props):
@@ -467,7 +468,8 @@ def validate_pinned_images(args: StackValidationArgs, report: ReportViolation) -
 
 def ollama_image_mismatches(args: StackValidationArgs) -> list[tuple[Any, str, str]]:
     """(container, key, problem) for each Ollama container that runs another image than the one its label names
-    (the label decides which release's memory rules size it)."""
+    (the label decides which release's memory rules size it), and each other container that runs the Ollama image
+    (no policy sizes it)."""
     pulled: dict[str, str] = {}  # image id or repo digest -> the reference a RemoteImage pulled
     for image in _resources_of(args, REMOTE_IMAGE):
         try:
@@ -479,6 +481,25 @@ def ollama_image_mismatches(args: StackValidationArgs) -> list[tuple[Any, str, s
             if isinstance(image_id, str) and image_id and isinstance(name, str):
                 pulled[image_id] = name
     found = []
+    for container in _resources_of(args, CONTAINER):
+        try:
+            if role(container.props) == "ollama":
+                continue
+            running = _get(container.props, "image")
+        except UnknownValueError:
+            continue
+        reference = pulled.get(running) if isinstance(running, str) else None
+        reference = reference or (running if isinstance(running, str) and not running.startswith("sha256:") else None)
+        if reference and _repository_name(reference) == "ollama":
+            found.append(
+                (
+                    container,
+                    contract.config_key("images.ollama"),
+                    f"runs the Ollama image {reference} but is not an Ollama node (label {contract.LABELS.role} is "
+                    f"{role(container.props)!r}), so no policy sizes it; allowed: the Ollama server only in the "
+                    "containers the program labels as Ollama nodes",
+                )
+            )
     for container in _resources_of(args, CONTAINER, "ollama"):
         try:
             node = node_of(container.props)
@@ -498,6 +519,12 @@ def ollama_image_mismatches(args: StackValidationArgs) -> list[tuple[Any, str, s
                 )
             )
     return found
+
+
+def _repository_name(reference: str) -> str:
+    """The last path part of an image's repository (`ollama` for `registry:5000/mirror/ollama:0.32.15@sha256:…`)."""
+    name = reference.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.split(":", 1)[0]
 
 
 def unpinned_models(props: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -648,7 +675,7 @@ def validate_published_ports(args: ResourceValidationArgs, report: ReportViolati
     if not bindings and not host_network:
         return
     try:
-        scope = contract.decode_publish_scope(labels(args.props))
+        scope = contract.decode_publish_scope(contract.contract_labels_of(args.props))
     except ContractError as exc:
         report(_cannot_check("published ports", args.urn, args.name, exc), None)
         return
@@ -692,8 +719,8 @@ ports_on_loopback = ResourceValidationPolicy(
 def validate_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type != CONTAINER or role(args.props) != "gateway":
         return
-    tags = labels(args.props)
     try:
+        tags = contract.contract_labels_of(args.props)
         mode = contract.decode_gateway(tags).tls_mode
     except ContractError as exc:
         report(_cannot_check("TLS", args.urn, args.name, exc), None)
@@ -934,7 +961,7 @@ def validate_admin_routes(args: ResourceValidationArgs, report: ReportViolation)
     if args.resource_type != CONTAINER or role(args.props) != "gateway":
         return
     try:
-        admin = contract.decode_gateway(labels(args.props)).admin_cidrs
+        admin = contract.decode_gateway(contract.contract_labels_of(args.props)).admin_cidrs
         exposure = address_ranges.exposure(admin)
     except (ContractError, ValueError) as exc:
         report(_cannot_check("the admin ranges", args.urn, args.name, exc), None)

@@ -116,12 +116,12 @@ def test_a_rocm_image_on_a_gpu_node_is_refused_by_vram_fit(resources_of):
 
 def test_an_ollama_container_running_another_image_than_its_label_is_refused(resources_of):
     resources = resources_of("prod")
-    assert violations(resources, "prod", "pinned-images") == []
+    assert violations(resources, "prod", "concurrency-bounds") == []
     older = "ollama/ollama:0.24.0" + DIGEST
     for image in find(resources, REMOTE_IMAGE):
         if image.name.endswith("-ollama-image"):
             set_prop(image, "name", older)
-    found = violations(resources, "prod", "pinned-images")
+    found = violations(resources, "prod", "concurrency-bounds")
     assert len(found) == len(find(resources, CONTAINER, "ollama"))
     assert found[0].message.startswith("Pulumi.prod.yaml: ollama-fleet:fleet.images.ollama: ")
     assert f"runs {older}" in found[0].message and "allowed: the image the label names" in found[0].message
@@ -163,3 +163,33 @@ def test_the_gateways_public_ports_are_none_of_the_private_ones(tmp_path, key, p
     message = refusal(tmp_path, "prod", "prod", lambda f: f["gateway"].update({key: port}))
     assert f"ollama-fleet:fleet.gateway.{key}: {port} is used by the fleet's own services" in message
     assert "allowed: any port from 1 to 65535 except 22, " in message
+
+
+# ---- a contract label or variable given twice, and the Ollama server under another role ------------------------
+
+
+def test_an_ollama_variable_given_twice_is_refused(resources_of):
+    # Ollama (Go) reads the first copy, a dict the last: a repeated knob says nothing for sure.
+    resources = resources_of("prod")
+    node = find(resources, CONTAINER, "ollama")[0]
+    set_prop(node, "envs", ["OLLAMA_NUM_PARALLEL=64", *node.inputs["envs"]])
+    found = violations(resources, "prod", "vram-fit")
+    assert len(found) == 1 and "OLLAMA_NUM_PARALLEL given more than once" in found[0].message
+
+
+def test_a_gateway_label_given_twice_is_refused(resources_of):
+    resources = resources_of("prod")
+    gateway = find(resources, CONTAINER, "gateway")[0]
+    set_prop(gateway, "labels", [{"label": contract.LABELS.tls_mode, "value": "off"}, *gateway.inputs["labels"]])
+    found = violations(resources, "prod", "tls-in-prod")
+    assert len(found) == 1 and f"label {contract.LABELS.tls_mode} given more than once" in found[0].message
+
+
+def test_the_ollama_image_under_another_role_is_refused(resources_of):
+    resources = resources_of("prod")
+    ollama_image = next(i for i in find(resources, REMOTE_IMAGE) if i.name.endswith("-ollama-image"))
+    meter = find(resources, CONTAINER, "meter")[0]
+    set_prop(meter, "image", ollama_image.outputs["imageId"])
+    found = violations(resources, "prod", "concurrency-bounds")
+    assert len(found) == 1 and found[0].resource_name == meter.name
+    assert "runs the Ollama image ollama/ollama:" in found[0].message and "is 'meter'" in found[0].message
