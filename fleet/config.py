@@ -332,7 +332,7 @@ class Client(Model):
         le=10**15,
         description=(
             "Token budget (prompt + completion, every node and model) per UTC day. Past it the gateway answers "
-            "this client's inference requests 429 until 00:00 UTC; unset means no budget."
+            "this client's inference requests 429 until 00:00 UTC; unset means no budget. Needs monitoring (the counts come from Prometheus)."
         ),
     )
 
@@ -725,8 +725,22 @@ class FleetSettings(Model):
         self._check_model_names()
         self._check_gateway_names()
         self._check_monitoring_access()
+        self._check_budgets_enforced()
         self._check_ttft_target()
         return self
+
+    def _check_budgets_enforced(self) -> None:
+        # The budget controller counts tokens in Prometheus: without monitoring a budget would be ignored.
+        if self.monitoring.enabled:
+            return
+        for index, client in enumerate(self.gateway.clients):
+            if client.tokens_per_day is not None:
+                raise SettingProblem(
+                    ("gateway", "clients", index, "tokensPerDay"),
+                    f"client {client.name!r}: a token budget is enforced from Prometheus' token counts, and "
+                    "monitoring.enabled is false; allowed: enable monitoring, or leave tokensPerDay unset",
+                    client.tokens_per_day,
+                )
 
     def _check_model_names(self) -> None:
         """Every name a client may send means one model: an alias is no served model's name and no other model's
