@@ -910,8 +910,11 @@ def queue_for_ttft_target(group: NodeGroup, target_s: float) -> int:
     budget = target_s - group.measured.first_token_seconds
     if budget <= 0:
         return 0
-    queue = math.floor(budget * slots_per_node(group) / group.measured.service_time_seconds + 1e-9)
-    return min(queue, group.ollama.max_queue)
+    # Compared before rounding: a tiny measured service time makes the quotient overflow to infinity.
+    share = budget * slots_per_node(group) / group.measured.service_time_seconds + 1e-9
+    if not share < group.ollama.max_queue:
+        return group.ollama.max_queue
+    return math.floor(share)
 
 
 def queue_per_node(group: NodeGroup, gateway: Gateway) -> int:

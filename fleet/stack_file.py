@@ -15,6 +15,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fleet import catalog
 from fleet.config import FLEET_KEY, PASSTHROUGH_PREFIXES, PROJECT, SECRET_KEYS, FleetSettings
 from fleet.config_text import SettingProblem
 
@@ -58,7 +59,7 @@ def stack_path(stack: str, root: Path | None = None) -> Path:
 
 def available_stacks(root: Path | None = None) -> list[str]:
     folder = root or project_root()
-    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in folder.glob("Pulumi.*.yaml"))
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in folder.glob("Pulumi.*.yaml") if p.is_file())
 
 
 def _is_secure(value: Any) -> bool:
@@ -89,13 +90,22 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_:/@+-][A-Za-z0-9_.:/@+-]{0,63}")
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
+    """`ollama-fleet:fleet.nodeGroups[0].count`; a key that is not a plain word (a newline, a quote, a control or
+    non-ASCII character, a very long one) is shown quoted and escaped, `.tags["a\\nb"]`, never printed raw."""
     path = FLEET_KEY
     for part in loc:
         if part == "[key]":  # pydantic's marker for a mapping's key (rather than its value)
             path += " (the key)"
+        elif isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_KEY.fullmatch(part):
+            path += f".{part}"
         else:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+            path += f"[{show_value(part)}]"
     return path
 
 
@@ -191,9 +201,17 @@ def parse_settings(data: Any, stack_file: str) -> FleetSettings:
         raise StackConfigError(stack_file, [_describe(e) for e in exc.errors()]) from None
 
 
+# Deeper than any stack file needs (the deepest settings are six levels down); a parser that recursed into
+# thousands of `[[[...` would run out of stack instead of saying what is wrong.
+MAX_YAML_DEPTH = 64
+
+
 class _StrictLoader(yaml.SafeLoader):
     """YAML as a stack file needs it: a key given twice is an error (plain YAML keeps the later one silently),
-    and no anchors or aliases (a few lines of aliases can expand to millions of values)."""
+    no anchors or aliases (a few lines of aliases can expand to millions of values), and no nesting deeper
+    than MAX_YAML_DEPTH."""
+
+    _depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -201,7 +219,15 @@ class _StrictLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, "anchors and aliases (*name) are not allowed in a stack file; write the value out", event.start_mark
             )
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"values are nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -216,13 +242,27 @@ class _StrictLoader(yaml.SafeLoader):
                     ) from None
                 if first is not None:
                     raise yaml.constructor.ConstructorError(
-                        f"while reading the mapping at line {node.start_mark.line + 1}",
-                        node.start_mark,
+                        None,
+                        None,
                         f"key {show_value(key)} is given twice (first at line {first.line + 1}); each key once",
                         key_node.start_mark,
                     )
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line saying where the YAML is broken and how, in the file's own line and column numbers."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f"not valid YAML: {' '.join(str(exc).split())}"
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = " ".join(str(exc.problem or exc.context or "").split())
+    if exc.context and exc.problem:
+        problem += f" ({' '.join(exc.context.split())})"
+    if "'\\t'" in problem:
+        problem += "; indent with spaces (YAML does not allow tabs there)"
+    return f"not valid YAML{where}: {problem}"
 
 
 def read_stack_yaml(path: Path) -> dict[str, Any]:
@@ -232,12 +272,26 @@ def read_stack_yaml(path: Path) -> dict[str, Any]:
     try:
         document = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        raise StackConfigError(name, [f"not valid YAML: {exc}"]) from None
+        raise StackConfigError(name, [_yaml_problem(exc)]) from None
     except (UnicodeDecodeError, OSError) as exc:
         raise StackConfigError(name, [f"cannot be read as UTF-8 text ({exc})"]) from None
     if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):
-        raise StackConfigError(name, ["the file must be a mapping with a `config:` mapping"])
+        found = document if not isinstance(document, dict) else document.get("config")
+        raise StackConfigError(name, [f"the file must be a mapping with a `config:` mapping (found {_kind(found)})"])
     return document.get("config") or {}
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in the words of a stack file."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping" if isinstance(value, dict) else "no value"
 
 
 def check_keys(config: dict[str, Any], stack_file: str) -> frozenset[str]:
@@ -246,6 +300,12 @@ def check_keys(config: dict[str, Any], stack_file: str) -> frozenset[str]:
     secrets_set: set[str] = set()
     for key, value in config.items():
         if key == FLEET_KEY:
+            continue
+        if not isinstance(key, str) or not _PLAIN_KEY.fullmatch(key):
+            problems.append(
+                f"config[{show_value(key)}]: not a config key; allowed: {PROJECT}:<key> or a provider's "
+                f"{', '.join(PASSTHROUGH_PREFIXES)}<key>, written as a plain word"
+            )
             continue
         if key in SECRET_KEYS:
             if not _is_secure(value):
@@ -306,11 +366,31 @@ def _file_problems(settings: FleetSettings, secrets_set: frozenset[str], root: P
     return problems
 
 
+AWS_REGION_KEY = "aws:region"
+
+
+def _provider_problems(config: dict[str, Any], settings: FleetSettings) -> list[str]:
+    """The AWS provider creates every resource in `aws:region`: when the file sets it, it is a known region, and
+    the fleet's own aws.region (where its zones are) on an AWS stack."""
+    if AWS_REGION_KEY not in config:
+        return []
+    value = config[AWS_REGION_KEY]
+    if settings.aws is not None:
+        if value != settings.aws.region:
+            return [
+                f"{AWS_REGION_KEY}: must be {settings.aws.region}, the region of {FLEET_KEY}.aws.region (the AWS "
+                f"provider creates every resource in {AWS_REGION_KEY}; the zones are in aws.region) (got {show_value(value)})"
+            ]
+    elif value not in catalog.AWS_REGIONS:
+        return [f"{AWS_REGION_KEY}: unknown AWS region; allowed: {', '.join(catalog.AWS_REGIONS)} (got {show_value(value)})"]
+    return []
+
+
 def load_stack_file(path: Path, stack: str | None = None) -> StackConfig:
     config = read_stack_yaml(path)
     secrets_set = check_keys(config, path.name)
     settings = parse_settings(config[FLEET_KEY], path.name)
-    problems = _file_problems(settings, secrets_set, path.parent)
+    problems = _provider_problems(config, settings) + _file_problems(settings, secrets_set, path.parent)
     if problems:
         raise StackConfigError(path.name, problems)
     name = stack or path.name[len("Pulumi.") : -len(".yaml")]
