@@ -110,7 +110,23 @@ GGUF_PATH = TextRule(
 )
 DIGEST = TextRule(r"sha256:[0-9a-f]{64}", "`sha256:` and 64 lower-case hex digits")
 OLLAMA_DURATION = TextRule(r"-1|0|[1-9][0-9]{0,5}(ms|s|m|h)", "a duration such as `5m`, `24h`, `0` (unload at once) or `-1` (for ever)")
-PROM_DURATION = TextRule(r"[1-9][0-9]{0,5}(ms|s|m|h|d|w|y)", "a Prometheus duration above zero such as `15s`, `15d` or `720h`")
+# Prometheus and Alertmanager read a duration into Go's time.Duration: nanoseconds in an int64, about 292 years.
+_DURATION_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9, "w": 604_800 * 10**9, "y": 31_536_000 * 10**9}
+_GO_DURATION_MAX_NS = 2**63 - 1
+
+
+def _in_go_duration_range(value: str) -> str | None:
+    number, unit = re.fullmatch(r"([0-9]+)([a-z]+)", value).groups()
+    if int(number) * _DURATION_NS[unit] > _GO_DURATION_MAX_NS:
+        return "longer than Prometheus can hold (about 292 years)"
+    return None
+
+
+PROM_DURATION = TextRule(
+    r"[1-9][0-9]{0,5}(ms|s|m|h|d|w|y)",
+    "a Prometheus duration above zero such as `15s`, `15d` or `720h`, at most 292y",
+    _in_go_duration_range,
+)
 NGINX_SIZE = TextRule(r"[1-9][0-9]{0,9}[kKmMgG]?", "an nginx size above zero such as `16m`, `512k` or `1g` (ASCII digits)")
 CIDR = TextRule(r"[0-9A-Fa-f:.]{2,39}/[0-9]{1,3}", "a CIDR such as 203.0.113.0/24 (network address, no host bits)", _network)
 DOMAIN = TextRule(_HOST, "a lower-case DNS name of at least two labels such as `llm.example.com`")

@@ -36,7 +36,10 @@ class Alert:
 
 
 def _num(value: float) -> str:
-    return format(value, "g")
+    """A threshold exactly as configured: the shortest decimal that reads back as the same number (`0.9609375`,
+    not `0.960938`; a ratio of 0.9999999 rounded to `1` would be an alert that never fires), `5` for 5.0."""
+    text = repr(float(value))
+    return text.removesuffix(".0")
 
 
 def node_refusal_ratio(window: str = "5m") -> str:

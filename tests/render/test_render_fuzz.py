@@ -1,0 +1,219 @@
+"""What validation accepts renders files the real tools accept — for generated values, not listed ones.
+
+Hypothesis sets one string or number of a real stack (written out in full, every default explicit, with
+alert receivers of every kind, so every knob is a key to change) to a value of its own kind around it and at
+its edges (tests/stack_mutants.py, `leaf_mutants`). A mutant the stack-file loader refuses is done with
+(tests/corpus/test_stack_fuzz.py checks how). An accepted one is rendered as the program renders it and
+checked by the real tools: the gateway's nginx config by `nginx -t`, Prometheus' config and rules by
+`promtool check config`/`check rules`, Alertmanager's by `amtool check-config`, the hosts' first-boot
+script and the nodes' model steps by `bash -n` and `shellcheck`, the Grafana provisioning as YAML.
+Derandomized and bounded, so CI runs the same examples every time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import get_args, get_origin
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from pydantic import BaseModel
+from render_tools import NGINX, PROMTOOL, loopback_plan, make_prefix, nginx_test, require_tool
+from stack_mutants import DOCUMENTS, Mutant, leaf_mutants
+
+from fleet import node_runtime
+from fleet import config_text
+from fleet.config import FLEET_KEY, FleetSettings
+from fleet.render import alertmanager, cloud_init, grafana, nginx, prometheus, rules
+from fleet.stack_file import StackConfigError, load_stack, load_stack_file
+
+AMTOOL = shutil.which("amtool")
+SHELLCHECK = shutil.which("shellcheck")
+RECEIVERS = [
+    {"name": "mail", "kind": "email", "to": "oncall@example.com", "fromAddress": "alerts@example.com",
+     "smarthost": "smtp.example.com:587", "authUsername": "alerts"},
+    {"name": "hook", "kind": "webhook", "url": "https://hooks.example.com/alerts"},
+    {"name": "chat", "kind": "slack", "channel": "#llm-oncall"},
+    {"name": "pager", "kind": "pagerduty"},
+]
+
+
+def _full(stack: str) -> dict:
+    """The stack file with every setting written out (defaults included) and alert receivers of each kind."""
+    document = copy.deepcopy(DOCUMENTS[stack])
+    fleet = load_stack(stack).settings.model_dump(by_alias=True, mode="json", exclude_none=True)
+    fleet["monitoring"]["alerting"].update(receivers=RECEIVERS, critical=["mail", "pager"], warning=["hook", "chat"])
+    document["config"][FLEET_KEY] = fleet
+    return document
+
+
+FULL = {stack: _full(stack) for stack in DOCUMENTS}
+EXPLORE = int(os.environ.get("FLEET_FUZZ_EXAMPLES", "0"))
+RENDER_FUZZ = settings(
+    max_examples=EXPLORE or 100,
+    deadline=None,
+    derandomize=not EXPLORE,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+
+
+def _tool(args: list[str], where: str) -> None:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{where}: {' '.join(args[:3])}: {done.stdout}{done.stderr}"
+
+
+def _script(text: str, where: str, folder: Path) -> None:
+    path = folder / "script.sh"
+    path.write_text(text)
+    _tool(["bash", "-n", str(path)], where)
+    if SHELLCHECK:
+        _tool([SHELLCHECK, "-s", "bash", "-S", "error", str(path)], where)
+
+
+def assert_thresholds_kept(stack_settings, rule_text: str, where: str) -> None:
+    """Each alert compares against the configured threshold itself, not a rounded one (0.9999999 rounded to 1
+    is a ratio alert that can never fire)."""
+    t = stack_settings.monitoring.alerts
+    wanted = {
+        "OllamaErrorRatioHigh": t.error_ratio,
+        "RequestRefusalRatioHigh": t.refusal_ratio,
+        "OllamaTimeToFirstTokenHigh": t.ttft_p95_seconds,
+        "GpuVramNearFull": t.vram_full_ratio,
+        "OllamaQueueGrowing": t.queue_growth_per_minute,
+    }
+    for rule in yaml.safe_load(rule_text)["groups"][0]["rules"]:
+        if rule["alert"] in wanted:
+            found = [float(n) for n in re.findall(r"> ([-+0-9.eE]+)", rule["expr"])]
+            assert found and all(n == wanted[rule["alert"]] for n in found), f"{where}: {rule['alert']}: {rule['expr']}"
+
+
+def check_rendered(stack_settings, folder: Path, where: str) -> None:
+    """Render what a stack deploys and put each file through its real tool."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = make_prefix(folder / "nginx")
+    plan = loopback_plan(stack_settings, paths)
+    conf = folder / "nginx" / "nginx.conf"
+    conf.write_text(nginx.render_nginx(plan))
+    Path(paths.api_keys_include).write_text(
+        nginx.render_api_keys({name: f"key-{name}-0123456789abcdef" for name in plan.clients}, "admin-key-0123456789abcdef")
+    )
+    result = nginx_test(conf, folder / "nginx")
+    assert result.returncode == 0, f"{where}: nginx -t: {result.stderr}"
+
+    if stack_settings.monitoring.enabled:
+        rule_file = folder / "fleet.rules.yml"
+        rule_file.write_text(rules.render_rules(stack_settings))
+        prom = folder / "prometheus.yml"
+        prom.write_text(
+            prometheus.render_prometheus(
+                prometheus.build_prometheus_plan(
+                    stack_settings,
+                    nodes=prometheus.placeholder_node_targets(stack_settings),
+                    nginx_exporters=["127.0.0.1:9113"],
+                    gateway_log_exporters=["127.0.0.1:9115"],
+                    gateway_node_exporters={"gateway-0": "192.0.2.5:9100"},
+                    rule_files=[str(rule_file)],
+                    alertmanagers=["127.0.0.1:9093"],
+                    stack="fuzz",
+                )
+            )
+        )
+        promtool = require_tool(PROMTOOL, "promtool")
+        _tool([promtool, "check", "config", str(prom)], where)
+        _tool([promtool, "check", "rules", str(rule_file)], where)
+        assert_thresholds_kept(stack_settings, rule_file.read_text(), where)
+        manager = folder / "alertmanager.yml"
+        manager.write_text(alertmanager.render_alertmanager(stack_settings, alertmanager.placeholder_secrets(stack_settings)))
+        _tool([require_tool(AMTOOL, "amtool"), "check-config", str(manager)], where)
+        yaml.safe_load(grafana.render_datasource(scrape_interval=stack_settings.monitoring.scrape_interval))
+        json.loads(grafana.render_dashboard(stack_settings))
+
+    if stack_settings.aws is not None:
+        setup = cloud_init.render_setup_script(
+            host_name="chat-0", role="node", ssh_user=stack_settings.aws.ssh_user, gpus=1,
+            model_volume=cloud_init.ModelVolume("vol-0123456789abcdef0"), models_path="/opt/ollama-fleet/models",
+            config_path="/etc/ollama-fleet",
+        )
+        _script(setup, f"{where}: cloud-init setup", folder)
+    for group in stack_settings.node_groups:
+        for script in (node_runtime.pull_script("ollama-0", group), node_runtime.warm_script("ollama-0", group)):
+            if script is not None:
+                _script(script, f"{where}: model steps of {group.name}", folder)
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("stack", sorted(FULL))
+def test_the_full_stacks_render_and_pass_the_tools(stack, tmp_path):
+    """The written-out stacks themselves are valid and pass every tool (so a mutant is judged against working
+    checks, and its base is no refusal)."""
+    path = tmp_path / f"Pulumi.{stack}.yaml"
+    path.write_text(yaml.safe_dump(FULL[stack], sort_keys=False))
+    require_tool(NGINX, "nginx")
+    check_rendered(load_stack_file(path, stack).settings, tmp_path / "out", f"full {stack}")
+
+
+@pytest.mark.tools
+@RENDER_FUZZ
+@given(mutant=leaf_mutants(FULL))
+def test_an_accepted_value_renders_files_the_tools_accept(tmp_path_factory, mutant: Mutant):
+    require_tool(NGINX, "nginx")
+    folder = tmp_path_factory.mktemp("mutant")
+    path = folder / mutant.file_name
+    path.write_text(mutant.text, encoding="utf-8")
+    try:
+        config = load_stack_file(path, mutant.stack)
+    except StackConfigError as error:
+        assert mutant.file_name in str(error)
+        return
+    check_rendered(config.settings, folder / "out", f"accepted {mutant!r}")
+
+
+def _duration_fields(model=FleetSettings, prefix: tuple = ()) -> list[tuple]:
+    """Key paths (below the fleet key) of every field that holds a Prometheus duration, from the models."""
+    found = []
+    for name, field in model.model_fields.items():
+        key = (*prefix, field.alias or name)
+        nested = next((a for a in (field.annotation, *get_args(field.annotation)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nested is not None and get_origin(field.annotation) is not list:
+            found += _duration_fields(nested, key)
+        elif any(getattr(m, "func", None) is config_text.PROM_DURATION for m in field.metadata):
+            found.append(key)
+    return found
+
+
+DURATIONS = _duration_fields()
+
+
+def test_the_duration_fields_are_found():
+    assert {("monitoring", "retention"), ("monitoring", "scrapeInterval"), ("monitoring", "alerting", "groupWait"),
+            ("monitoring", "alerts", "nodeDownFor")} <= set(DURATIONS)
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("key", DURATIONS, ids=[".".join(k) for k in DURATIONS])
+def test_the_longest_duration_accepted_renders_and_one_longer_is_refused(key, tmp_path):
+    """Prometheus and Alertmanager hold a duration in Go's int64 nanoseconds (about 292 years): the longest
+    value validation accepts passes promtool and amtool, the next one is refused with the key named."""
+    require_tool(NGINX, "nginx")
+    for value, accepted in (("292y", True), ("106751d", True), ("15250w", True), ("293y", False), ("106752d", False)):
+        document = copy.deepcopy(FULL["prod"])
+        node = document["config"][FLEET_KEY]
+        for part in key[:-1]:
+            node = node[part]
+        node[key[-1]] = value
+        path = tmp_path / value / "Pulumi.prod.yaml"
+        path.parent.mkdir()
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        if not accepted:
+            with pytest.raises(StackConfigError, match=re.escape(f"{FLEET_KEY}.{'.'.join(key)}: longer than Prometheus")):
+                load_stack_file(path, "prod")
+            continue
+        check_rendered(load_stack_file(path, "prod").settings, tmp_path / value / "out", f"{'.'.join(key)} = {value}")
