@@ -9,12 +9,14 @@ The weight size is the file's size, like the blob Ollama imports with `ollama cr
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from fleet.catalog import ModelArch
-from fleet.gguf_header import GgufHeaderError, read_header
+from fleet.gguf_header import GgufHeaderError, StringArray, read_header
 
 
 class GgufError(ValueError):
@@ -56,41 +58,68 @@ def quantization_name(file_type: int | None) -> str:
     return _FILE_TYPES.get(int(file_type), f"file_type_{int(file_type)}")
 
 
+# Sizes a model's header may state: far above any real model, low enough that the capacity arithmetic stays
+# exact and fast. A count outside them (negative, zero where it divides, 2^64 from a damaged file) is refused.
+MAX_LAYERS = 4096  # the largest models have a few hundred; the capacity model walks them one by one
+MAX_COUNT = 1 << 22  # heads, experts, head and feed-forward widths
+MAX_TOKENS = 1 << 32  # context length, vocabulary, sliding window
+
+
 @lru_cache(maxsize=256)
 def _read(path: str, mtime_ns: int, size: int) -> ModelArch:
     try:
         header = read_header(path)
-    except (GgufHeaderError, OSError, UnicodeDecodeError, ValueError) as exc:
+    except (GgufHeaderError, OSError, UnicodeDecodeError, ValueError, OverflowError, MemoryError, RecursionError) as exc:
         raise GgufError(f"{path}: not a readable GGUF file ({exc})") from None
+    try:
+        return _arch(path, header, size)
+    except (ValueError, TypeError, OverflowError, ArithmeticError, KeyError) as exc:
+        if isinstance(exc, GgufError):
+            raise
+        raise GgufError(f"{path}: GGUF header holds values the capacity model cannot use ({exc})") from None
+
+
+def _shown(value: Any) -> str:
+    """A header value in a message: JSON, ASCII-escaped (a newline or a control character stays visible), short."""
+    text = json.dumps(value if isinstance(value, (str, int, float, bool, list)) else str(value), default=str, ensure_ascii=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _arch(path: str, header, size: int) -> ModelArch:
     fields = header.fields
     arch = _value(fields, "general.architecture")
-    if not arch:
+    if not isinstance(arch, str) or not arch:
         raise GgufError(f"{path}: GGUF header has no general.architecture")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", arch, flags=re.ASCII):
+        raise GgufError(f"{path}: GGUF header's general.architecture {_shown(arch)} is not an architecture name")
 
-    def need(key: str) -> int:
-        value = _value(fields, f"{arch}.{key}")
+    def number(key: str, default: int | None, low: int, high: int) -> int:
+        value = _value(fields, f"{arch}.{key}", default)
         if value is None:
             raise GgufError(f"{path}: GGUF header lacks {arch}.{key}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not low <= value <= high:
+            raise GgufError(f"{path}: GGUF header's {arch}.{key} is {_shown(value)}; a model's is a whole number from {low} to {high}")
         return int(value)
 
-    n_layer = need("block_count")
-    n_embd = need("embedding_length")
-    n_head = need("attention.head_count")
-    n_head_kv = int(_value(fields, f"{arch}.attention.head_count_kv", n_head))
+    n_layer = number("block_count", None, 1, MAX_LAYERS)
+    n_embd = number("embedding_length", None, 1, MAX_COUNT)
+    n_head = number("attention.head_count", None, 1, MAX_COUNT)
+    n_head_kv = number("attention.head_count_kv", n_head, 0, MAX_COUNT)
     # Without key_length/value_length, K and V heads are embedding ÷ the fewest heads of any layer (Ollama
     # v0.24.0 fs/ggml/ggml.go:121-135 EmbeddingHeadCountMax; llama.cpp's n_embd_head_k/v likewise), each on its
     # own: a file that gives key_length alone has V heads of that default size, and Ollama then turns flash
     # attention off (K ≠ V).
-    default_dim = n_embd // max(_fewest(fields.get(f"{arch}.attention.head_count"), n_head), 1)
-    head_dim = int(_value(fields, f"{arch}.attention.key_length", default_dim))
-    value_dim = int(_value(fields, f"{arch}.attention.value_length", default_dim))
+    default_dim = max(n_embd // max(_fewest(fields.get(f"{arch}.attention.head_count"), n_head), 1), 1)
+    head_dim = number("attention.key_length", default_dim, 1, MAX_COUNT)
+    value_dim = number("attention.value_length", default_dim, 1, MAX_COUNT)
     # Ollama clamps numCtx to the trained context only when the file gives one (llm/server.go:167-171): 0 here
     # means no limit, not a guess.
-    context = int(_value(fields, f"{arch}.context_length", 0) or 0)
-    window = _value(fields, f"{arch}.attention.sliding_window")
+    context = number("context_length", 0, 0, MAX_TOKENS)
+    window = number("attention.sliding_window", 0, 0, MAX_TOKENS) or None
     tokens = fields.get("tokenizer.ggml.tokens")
-    vocab = len(tokens) if tokens is not None else int(_value(fields, f"{arch}.vocab_size", 0))
-    quant = quantization_name(_value(fields, "general.file_type"))
+    vocab = len(tokens) if isinstance(tokens, (list, StringArray)) else number("vocab_size", 0, 0, MAX_TOKENS)
+    file_type = _value(fields, "general.file_type")
+    quant = quantization_name(file_type if isinstance(file_type, int) and not isinstance(file_type, bool) else None)
 
     names = {t.name for t in header.tensors}
     embd = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
@@ -117,9 +146,9 @@ def _read(path: str, mtime_ns: int, size: int) -> ModelArch:
         embedding=f"{arch}.pooling_type" in fields or arch in {"bert", "nomic-bert"},
         source=f"GGUF header of {path}",
         vocab_size=vocab,
-        n_ff=int(_value(fields, f"{arch}.feed_forward_length", 0) or 0),
+        n_ff=number("feed_forward_length", 0, 0, MAX_COUNT),
         tied_embeddings="output.weight" not in names,
-        n_expert=int(_value(fields, f"{arch}.expert_count", 0) or 0),
+        n_expert=number("expert_count", 0, 0, MAX_COUNT),
         token_embd_bytes={quant: int(embd.n_bytes)} if embd is not None else {},
         value_dim=value_dim,
         block_bytes={quant: layers.get("blk.0", 0)},
@@ -142,6 +171,8 @@ def _layer_bytes(tensors) -> dict[str, int]:
 def read_arch(path: str | Path) -> ModelArch:
     """The architecture of the GGUF file at `path` (its only quantization is the file's own)."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise GgufError(f"{file}: is a folder, not a GGUF file")
     if not file.is_file():
         raise GgufError(f"{file}: GGUF file not found")
     stat = file.stat()

@@ -9,6 +9,7 @@ key/type/value, tensor name/dims/type/offset), little-endian.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,21 @@ class GgufHeader:
     tensors: tuple[TensorInfo, ...]
 
 
+# Arrays of arrays deeper than this are no model's metadata (each level would be a Python call).
+MAX_ARRAY_DEPTH = 8
+
+
 class _Reader:
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, size: int) -> None:
         self.stream = stream
+        self.size = size
+        self.depth = 0
 
     def take(self, size: int) -> bytes:
+        # A length field of a damaged or hostile file can claim up to 2^64 bytes: refuse what the file cannot
+        # hold before asking for it (reading it would need as much memory).
+        if size > self.size - self.stream.tell():
+            raise GgufHeaderError("the header ends early")
         data = self.stream.read(size)
         if len(data) != size:
             raise GgufHeaderError("the header ends early")
@@ -79,7 +90,10 @@ class _Reader:
         return self.take(self.unpack("<Q")).decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
-        self.stream.seek(self.unpack("<Q"), 1)
+        length = self.unpack("<Q")
+        if length > self.size - self.stream.tell():
+            raise GgufHeaderError("the header ends early")
+        self.stream.seek(length, 1)
 
     def value(self, kind: int) -> Any:
         if kind == STRING:
@@ -95,7 +109,13 @@ class _Reader:
             if item in _SCALARS:
                 fmt = _SCALARS[item]
                 return list(struct.unpack(f"<{count}{fmt[1]}", self.take(count * struct.calcsize(fmt))))
-            return [self.value(item) for _ in range(count)]
+            if self.depth >= MAX_ARRAY_DEPTH:
+                raise GgufHeaderError(f"arrays nested more than {MAX_ARRAY_DEPTH} deep")
+            self.depth += 1
+            try:
+                return [self.value(item) for _ in range(count)]
+            finally:
+                self.depth -= 1
         if kind in _SCALARS:
             return self.unpack(_SCALARS[kind])
         raise GgufHeaderError(f"unknown metadata type {kind}")
@@ -104,7 +124,7 @@ class _Reader:
 def read_header(path: str | Path) -> GgufHeader:
     """The metadata and tensor table of the GGUF file at `path`."""
     with open(path, "rb") as stream:
-        reader = _Reader(stream)
+        reader = _Reader(stream, os.fstat(stream.fileno()).st_size)
         if reader.take(4) != MAGIC:
             raise GgufHeaderError("not a GGUF file (bad magic)")
         version = reader.unpack("<I")
