@@ -8,12 +8,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_POLICY, fail
+from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_POLICY, FleetGroup, fail
 from fleet.console import print_table
 from fleet.stack_file import StackConfigError, load_stack
 from fleet.text import counted
 
 app = typer.Typer(
+    cls=FleetGroup,
     add_completion=False,
     rich_markup_mode=None,  # plain help: wraps to the terminal, never cuts a value
     no_args_is_help=True,
@@ -86,7 +87,10 @@ def preview(
         fail(str(error), EXIT_CONFIG)
     except Exception as error:  # the program refused the stack (a renderer or component check)
         if debug:
-            raise
+            import traceback
+
+            traceback.print_exc()
+            raise typer.Exit(EXIT_FAILED) from None
         fail(f"{stack_config.path.name}: the program failed: {error}", EXIT_FAILED,
              hint="(run with --debug for the traceback)")
     if tree:

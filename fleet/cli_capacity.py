@@ -18,7 +18,7 @@ from fleet.capacity_limits import describe as describe_limits
 from fleet.catalog import GIB, MIB
 from fleet.cli_errors import EXIT_CONFIG, fail
 from fleet.console import print_table
-from fleet.stack_file import StackConfig, StackConfigError, load_stack
+from fleet.stack_file import StackConfig, StackConfigError, load_stack, show_value
 
 EXIT_DOES_NOT_FIT = 1
 
@@ -162,12 +162,23 @@ def print_plan(console: Console, stack_config: StackConfig) -> bool:
     return ok
 
 
+# The option of `fleet fit` that sets each field of the one-model group it checks.
+_FIT_OPTIONS = {
+    "num_ctx": "--num-ctx", "num_parallel": "--num-parallel", "quantization": "--quant", "kv_cache_type": "--kv-cache-type",
+    "flash_attention": "--flash-attention", "instance_type": "--instance", "name": "--model", "tag": "--model",
+    "gguf": "--model",
+}
+
+
 def _validation_message(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        fields = [str(p) for p in item["loc"] if not str(p).startswith("function-") and not isinstance(p, int)]
+        where = next((_FIT_OPTIONS[f] for f in reversed(fields) if f in _FIT_OPTIONS), ".".join(fields))
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {message}" if where else message)
+        got = item.get("input")
+        shown = f" (got {show_value(got)})" if isinstance(got, (str, int, float)) and where else ""
+        lines.append(f"{where}: {message}{shown}" if where else message)
     return "; ".join(lines)
 
 
@@ -228,6 +239,13 @@ def fit(
 ) -> None:
     """Does one model fit one instance type at this quantization, context and concurrency?"""
     out = Console()
+    if not 0 <= headroom < 1:
+        fail(f"--headroom {headroom:g}: must be from 0 up to (not including) 1 (a share of VRAM, 0.1 = 10%)", EXIT_CONFIG)
+    given = Path(model).expanduser()
+    if given.is_dir():
+        fail(f"--model {model}: is a folder, not a GGUF file", EXIT_CONFIG)
+    if ("/" in model or model.endswith(".gguf")) and not given.is_file():
+        fail(f"--model {model}: no such GGUF file; give a model `name:tag` of `fleet catalog` or the path of a .gguf file", EXIT_CONFIG)
     try:
         group = capacity.single_model_group(model, quant, num_ctx, num_parallel, instance, kv_cache_type, flash_attention)
         estimate = capacity.estimate_node(group, headroom, Path.cwd(), ollama_version)

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from fleet import loadtest as lt
 from fleet import tune as tn
-from fleet.cli_errors import EXIT_CONFIG, err, fail
+from fleet.cli_errors import EXIT_CONFIG, err, fail, output_folder
 from fleet.console import print_table
 
 console = Console()
@@ -197,6 +197,8 @@ def loadtest(
                            read_timeout, api_key, insecure, ca_cert, source_ip, drain)
     except lt.LoadSpecError as exc:
         fail(str(exc), EXIT_USAGE)
+    if out is not None:
+        output_folder(out)
     result = lt.run_load(spec, RichProgress(console, enabled=progress))
     print_table(console, summary_table(result))
     for line in error_lines(result):
@@ -307,8 +309,9 @@ def tune(
         index, node_group = tn.find_group(settings, group, stack_config.path.name)
         version = tn.stack_ollama_version(settings, stack_config.path.name)
         swept = lt.parse_levels(values, int, "--values") if values else tn.DEFAULT_VALUES[param]
-        if any(v < 1 for v in swept):
-            raise lt.LoadSpecError(f"--values {values}: every value must be at least 1")
+        if any(not 1 <= v <= lt.MAX_CONCURRENCY for v in swept):
+            raise lt.LoadSpecError(f"--values {values}: every value must be from 1 to {lt.MAX_CONCURRENCY}")
+        _check_bounds(max_p95_ttft, max_p95_latency, min_decode, max_error_rate, tolerance, clients)
     except (tn.TuneError, lt.LoadSpecError) as exc:
         fail(str(exc), EXIT_USAGE)
     bounds = tn.Bounds(
@@ -328,6 +331,8 @@ def tune(
             fail(f"no value of --values fits group {group!r}; nothing to sweep", EXIT_REFUSED)
         swept = tuple(swept_list)
 
+    if out is not None:
+        output_folder(out)
     sink = RichProgress(console, enabled=progress)
     points: list[tn.Point]
     sweep: lt.LoadResult | None = None
@@ -396,6 +401,23 @@ def tune(
         for change in rec.changes:
             console.print(f"  {change.key_path}: {change.current} → [bold]{change.value}[/bold]", highlight=False)
             console.print(f"  ({change.command(stack)})", highlight=False, soft_wrap=True)
+
+
+def _check_bounds(max_p95_ttft: float, max_p95_latency: float, min_decode: float, max_error_rate: float,
+                  tolerance: float, clients: Optional[int]) -> None:
+    """tune's bounds as numbers a sweep can be judged by (NaN compares false with everything)."""
+    checks = (
+        ("--max-p95-ttft", max_p95_ttft, 0 < max_p95_ttft <= lt.MAX_SECONDS, f"more than 0 and at most {lt.MAX_SECONDS:g} seconds"),
+        ("--max-p95-latency", max_p95_latency, 0 <= max_p95_latency <= lt.MAX_SECONDS, f"from 0 (no bound) to {lt.MAX_SECONDS:g} seconds"),
+        ("--min-decode", min_decode, 0 <= min_decode <= 1e6, "from 0 (no bound) to 1000000 tokens/s"),
+        ("--max-error-rate", max_error_rate, 0 <= max_error_rate <= 1, "from 0 to 1 (0.01 = 1%)"),
+        ("--tolerance", tolerance, 0 <= tolerance < 1, "from 0 up to (not including) 1"),
+    )
+    for option, value, ok, allowed in checks:
+        if not ok:
+            raise lt.LoadSpecError(f"{option} {value:g}: must be {allowed}")
+    if clients is not None and not 1 <= clients <= lt.MAX_CONCURRENCY:
+        raise lt.LoadSpecError(f"--clients {clients}: must be from 1 to {lt.MAX_CONCURRENCY}")
 
 
 def _points_from_results(folder: Path, param: str, wanted: tuple[int, ...]) -> tuple[list[tn.Point], str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, fail
+from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, fail, output_folder
 from fleet.stack_file import StackConfigError, load_stack
 from fleet.text import counted
 
@@ -26,6 +26,10 @@ def register(app: typer.Typer) -> None:
         console = Console()
         try:
             config = load_stack(stack)
+        except StackConfigError as error:
+            fail(str(error), EXIT_CONFIG)
+        output_folder(out)
+        try:
             result = preview.run_program(config)
         except StackConfigError as error:
             fail(str(error), EXIT_CONFIG)

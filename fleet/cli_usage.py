@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet.cli_errors import EXIT_CONFIG, fail
-from fleet.stack_file import StackConfigError, load_stack
+from fleet.config_text import PROM_DURATION
+from fleet.stack_file import StackConfigError, load_stack, show_value
 
 EXIT_UNREACHABLE = 1
 LOCAL_STATE = Path(".fleet/local/state.json")
@@ -70,9 +71,13 @@ def register(app: typer.Typer) -> None:
         """Tokens (prompt, completion) and requests per client and model over a window, from Prometheus.
         The password for basic auth comes from FLEET_PROMETHEUS_PASSWORD, never from the command line."""
         from fleet.render.prometheus_web import PROMETHEUS_USER
-        from fleet.usage import PASSWORD_ENV, PrometheusApi, UsageError, usage_report
+        from fleet.usage import PASSWORD_ENV, PrometheusApi, UsageError, check_url, usage_report
 
         console = Console()
+        try:
+            PROM_DURATION(since)
+        except ValueError as error:
+            fail(f"--since {show_value(since)}: {error}", EXIT_CONFIG)
         try:
             settings = load_stack(stack).settings
         except StackConfigError as error:
@@ -80,6 +85,10 @@ def register(app: typer.Typer) -> None:
         url = prometheus_url_for(stack, prometheus_url)
         if url is None:
             fail(f"no Prometheus URL for stack {stack}: pass --prometheus-url (or FLEET_PROMETHEUS_URL)", EXIT_CONFIG)
+        try:
+            check_url(url)
+        except UsageError as error:
+            fail(str(error), EXIT_CONFIG)
         password = os.environ.get(PASSWORD_ENV)
         api = PrometheusApi(url, username=user or (PROMETHEUS_USER if password else None), password=password)
         clients = [c.name for c in settings.gateway.clients]

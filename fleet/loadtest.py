@@ -45,6 +45,27 @@ class LoadSpecError(ValueError):
     """A load test that cannot run as asked (names the option and what is allowed)."""
 
 
+# Beyond these a run is a mistake (a typo's extra digits), not a load test: 10^11 clients would never start.
+MAX_CONCURRENCY = 10_000
+MAX_RATE = 100_000.0  # requests per second
+MAX_SECONDS = 7 * 86_400.0  # a level's duration, drain and timeouts
+
+
+def check_ca_bundle(path: str) -> None:
+    """A --ca-cert that TLS can load: a readable file of PEM certificates."""
+    import ssl
+
+    where = Path(path)
+    if where.is_dir():
+        raise LoadSpecError(f"--ca-cert {path}: is a folder; give a PEM file of CA certificates")
+    if not where.is_file():
+        raise LoadSpecError(f"--ca-cert {path}: no such file")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise LoadSpecError(f"--ca-cert {path}: not a readable PEM file of CA certificates ({getattr(exc, 'reason', None) or exc})") from None
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     """What to send, how hard, and for how long. Build it, then `validate()` (the CLI does)."""
@@ -92,18 +113,23 @@ class LoadSpec:
     def validate(self) -> "LoadSpec":
         if not self.url.startswith(("http://", "https://")):
             raise LoadSpecError(f"URL {self.url!r}: must start with http:// or https://")
+        try:
+            if not httpx.URL(self.url).host:
+                raise httpx.InvalidURL("no host")
+        except httpx.InvalidURL as exc:
+            raise LoadSpecError(f"URL {self.url!r}: not a valid URL ({exc})") from None
         if self.api not in ROUTES:
             raise LoadSpecError(f"--api {self.api!r}: allowed: {', '.join(ROUTES)}")
         if self.requests is None and self.duration_s is None:
             raise LoadSpecError("unbounded run refused: give --requests N, --duration S, or both (per level)")
         if self.requests is not None and self.requests < 1:
             raise LoadSpecError(f"--requests {self.requests}: must be at least 1")
-        if self.duration_s is not None and not self.duration_s > 0:
-            raise LoadSpecError(f"--duration {self.duration_s}: must be more than 0 seconds")
-        if not self.rate and (not self.concurrency or any(c < 1 for c in self.concurrency)):
-            raise LoadSpecError(f"--concurrency {list(self.concurrency)}: every level must be at least 1")
-        if self.rate and any(not r > 0 for r in self.rate):
-            raise LoadSpecError(f"--rate {list(self.rate)}: every rate must be more than 0 requests/s")
+        if self.duration_s is not None and not 0 < self.duration_s <= MAX_SECONDS:
+            raise LoadSpecError(f"--duration {self.duration_s}: must be more than 0 and at most {MAX_SECONDS:g} seconds")
+        if not self.rate and (not self.concurrency or any(not 1 <= c <= MAX_CONCURRENCY for c in self.concurrency)):
+            raise LoadSpecError(f"--concurrency {list(self.concurrency)}: every level must be from 1 to {MAX_CONCURRENCY} clients")
+        if self.rate and any(not 0 < r <= MAX_RATE for r in self.rate):
+            raise LoadSpecError(f"--rate {list(self.rate)}: every rate must be more than 0 and at most {MAX_RATE:g} requests/s")
         if self.max_tokens < 1:
             raise LoadSpecError(f"--max-tokens {self.max_tokens}: must be at least 1")
         for address in self.source_addresses:
@@ -111,11 +137,13 @@ class LoadSpec:
                 ipaddress.ip_address(address)
             except ValueError:
                 raise LoadSpecError(f"--source-ip {address!r}: not an IP address") from None
-        if self.drain_s is not None and self.drain_s < 0:
-            raise LoadSpecError(f"--drain {self.drain_s}: must be 0 seconds or more")
-        for name in ("timeout_s", "connect_timeout_s", "read_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise LoadSpecError(f"{name}: must be more than 0 seconds")
+        if self.drain_s is not None and not 0 <= self.drain_s <= MAX_SECONDS:
+            raise LoadSpecError(f"--drain {self.drain_s}: must be from 0 to {MAX_SECONDS:g} seconds")
+        for name, option in (("timeout_s", "--timeout"), ("connect_timeout_s", "connect timeout"), ("read_timeout_s", "--read-timeout")):
+            if not 0 < getattr(self, name) <= MAX_SECONDS:
+                raise LoadSpecError(f"{option} {getattr(self, name)}: must be more than 0 and at most {MAX_SECONDS:g} seconds")
+        if isinstance(self.verify_tls, str):
+            check_ca_bundle(self.verify_tls)
         return self
 
     def body(self) -> dict[str, Any]:

@@ -23,17 +23,32 @@ from dataclasses import dataclass, field
 
 TOKENS_METRIC = "ollama_inference_tokens_total"
 REQUESTS_METRIC = "ollama_inference_requests_total"
-_WINDOW = re.compile(r"^\d+(s|m|h|d|w)$")
 
 
 class UsageError(RuntimeError):
     """Prometheus cannot be reached or refuses a query; the message says which and why."""
 
 
+# A Prometheus duration above zero, ASCII digits, matched over the whole value (a trailing newline is refused).
+_WINDOW = re.compile(r"[1-9][0-9]{0,5}(ms|s|m|h|d|w|y)", re.ASCII)
+
+
 def check_window(window: str) -> str:
-    if not _WINDOW.match(window):
-        raise UsageError(f"window {window!r} must be a Prometheus duration such as `24h`, `90m` or `7d`")
+    if not _WINDOW.fullmatch(window):
+        raise UsageError(f"window {json.dumps(window)} must be a Prometheus duration such as `24h`, `90m` or `7d`")
     return window
+
+
+def check_url(url: str) -> str:
+    """An `http://` or `https://` URL with a host (Prometheus' base URL)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError as exc:
+        raise UsageError(f"Prometheus URL {json.dumps(url)}: not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"Prometheus URL {json.dumps(url)}: must be http:// or https:// with a host, such as http://127.0.0.1:9090")
+    return url
 
 
 def counted_since(metric: str, window: str, by: str) -> str:
@@ -82,8 +97,8 @@ class PrometheusApi:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise UsageError(f"Prometheus at {self.url} cannot be reached: {exc}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise UsageError(f"Prometheus at {self.url} cannot be reached: {getattr(exc, 'reason', None) or exc}") from None
         if status == 401:
             raise UsageError(f"Prometheus at {self.url} wants credentials (user and password): 401")
         try:
