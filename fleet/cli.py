@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_POLICY, FleetGroup, fail
+from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_POLICY, FleetGroup, fail, program_failure
 from fleet.console import print_table
 from fleet.stack_file import StackConfigError, load_stack
 from fleet.text import counted
@@ -91,7 +91,7 @@ def preview(
 
             traceback.print_exc()
             raise typer.Exit(EXIT_FAILED) from None
-        fail(f"{stack_config.path.name}: the program failed: {error}", EXIT_FAILED,
+        fail(f"{stack_config.path.name}: the program failed: {program_failure(error)}", EXIT_FAILED,
              hint="(run with --debug for the traceback)")
     if tree:
         console.print(preview_mod.resource_tree(result))

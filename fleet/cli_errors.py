@@ -7,6 +7,7 @@ The exit codes every command shares live here too; a command adds its own only w
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,6 +40,15 @@ def fail(message: str, code: int = EXIT_FAILED, label: str = "error", hint: str 
     if hint:
         err.print(hint, markup=False)
     raise typer.Exit(code)
+
+
+def program_failure(error: BaseException) -> str:
+    """What the Pulumi program's refusal says, in one line. An error raised inside an Output's apply reaches
+    the caller wrapped by the SDK ("While processing resource ... <Class> has risen: ..." with the reprs of the
+    inputs on the way): only the innermost message is the program's own."""
+    text = re.split(r"\b[A-Za-z_][A-Za-z0-9_]* has risen: ", str(error))[-1]
+    text = re.sub(r"<[^<>]* object at 0x[0-9a-f]+>", "<value>", text)
+    return " ".join(text.split()) or "no detail"
 
 
 def output_folder(path: Path, option: str = "--out") -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, fail, output_folder
+from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, fail, output_folder, program_failure
 from fleet.stack_file import StackConfigError, load_stack
 from fleet.text import counted
 
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         except StackConfigError as error:
             fail(str(error), EXIT_CONFIG)
         except Exception as error:  # the program refused the stack (a renderer or component check)
-            fail(f"{config.path.name}: the program failed: {error}", EXIT_FAILED)
+            fail(f"{config.path.name}: the program failed: {program_failure(error)}", EXIT_FAILED)
         written = write_bundle(program_files(result.resources, stand_ins(config.settings)), out)
         for path in written:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True)

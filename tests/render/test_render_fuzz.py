@@ -26,7 +26,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from pydantic import BaseModel
 from render_tools import NGINX, PROMTOOL, loopback_plan, make_prefix, nginx_test, require_tool
-from stack_mutants import DOCUMENTS, Mutant, leaf_mutants
+from stack_mutants import DOCUMENTS, ROOT, Mutant, leaf_mutants
 
 from fleet import node_runtime
 from fleet import config_text
@@ -217,3 +217,25 @@ def test_the_longest_duration_accepted_renders_and_one_longer_is_refused(key, tm
                 load_stack_file(path, "prod")
             continue
         check_rendered(load_stack_file(path, "prod").settings, tmp_path / value / "out", f"{'.'.join(key)} = {value}")
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("stack", ["staging"])
+def test_a_stack_with_receivers_that_need_secrets_previews_and_renders(stack, tmp_path):
+    """Slack, PagerDuty and URL-less webhook receivers need `ollama-fleet:alertReceiverSecrets`, which an
+    offline run cannot decrypt: `fleet preview` and `fleet render` stand in for it instead of failing, and the
+    Alertmanager config rendered with the stand-ins passes amtool."""
+    import sys
+
+    document = copy.deepcopy(FULL[stack])
+    document["config"]["ollama-fleet:alertReceiverSecrets"] = {"secure": "v1:c2VjcmV0cy1hcmUtZW5jcnlwdGVk"}
+    shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    (tmp_path / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "NO_COLOR": "1"}
+    for args in (["preview", "--no-tree"], ["render", "--out", "out"]):
+        done = subprocess.run([sys.executable, "-m", "fleet.cli", *args, "--stack", stack], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"fleet {args[0]}: {done.stdout[-1500:]}{done.stderr}"
+    rendered = next((tmp_path / "out").rglob("alertmanager.yml"))
+    assert {r["name"] for r in yaml.safe_load(rendered.read_text())["receivers"]} >= {"chat", "pager", "hook", "mail"}
+    _tool([require_tool(AMTOOL, "amtool"), "check-config", str(rendered)], "rendered alertmanager.yml")

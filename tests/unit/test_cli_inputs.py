@@ -222,3 +222,16 @@ def test_the_cases_leave_no_output_behind(project):
     invoke(project, ["render", "--stack", "dev", "--out", "a-file/sub"])
     assert sorted(p.name for p in project.iterdir() if p.is_dir()) == ["folder.gguf"]
     assert os.path.isfile(project / "a-file")
+
+
+def test_a_program_failure_is_its_own_message_without_the_sdk_wrapping():
+    from fleet.cli_errors import program_failure
+
+    wrapped = ValueError(
+        "While processing resource: 'ollama-monitoring-alertmanager', type: 'docker:index/container:Container'\n"
+        "ValueError has risen: While processing input: 'uploads', type <class 'str'>, value "
+        "[<pulumi_docker._inputs.ContainerUploadArgs object at 0x7fb75b4232d0>]\n"
+        "ValueError has risen: ollama-fleet:alertReceiverSecrets has no secret for receiver(s) chat"
+    )
+    assert program_failure(wrapped) == "ollama-fleet:alertReceiverSecrets has no secret for receiver(s) chat"
+    assert program_failure(RuntimeError("a <x.Y object at 0xdeadbeef>\nhere")) == "a <value> here"
