@@ -56,7 +56,7 @@ def gateway_settings(second_group: bool = False):
         update={
             "clients": [Client(name="alpha", per_minute=30), Client(name="beta", tokens_per_day=1000)],
             "rate_limits": base.gateway.rate_limits.model_copy(
-                update={"per_key_per_minute": 60000, "per_key_burst": 20, "per_ip_per_minute": 600000, "per_ip_burst": 1000}
+                update={"per_key_per_minute": 1_000_000, "per_key_burst": 20, "per_ip_per_minute": 600000, "per_ip_burst": 1000}
             ),
             "queue_per_node": 0,  # max_conns = numParallel (2) x 1 model per node
             "max_body_size": "1k",

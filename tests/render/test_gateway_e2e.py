@@ -305,6 +305,46 @@ def test_bodies_without_a_model_are_400_and_the_body_limit_comes_first(routed, n
     assert not any(n.received for n in [*nodes, embed_node])
 
 
+RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+
+
+def test_what_the_stack_decides_cannot_be_set_by_a_request(routed, nodes, embed_node):
+    """Runner options and keep_alive would reload or unload the model for every client of the node: refused
+    on the bare routes and on a group's own routes, before any node is asked."""
+    with routed.client(KEYS["beta"]) as beta:
+        for option in RUNNER_OPTIONS:
+            for route in ("/api/generate", "/groups/cpu/api/generate", "/groups/embed/api/embed"):
+                body = {"model": MODEL, "prompt": "hi", "options": {"temperature": 0, option: 1}}
+                response = beta.post(route, json=body)
+                assert response.status_code == 400, (route, option, response.text)
+                assert f"options.{option}" in error_message(response) and "leave it out" in error_message(response)
+        for keep_alive in (0, -1, "24h"):
+            response = beta.post("/api/chat", json={"model": SECOND_MODEL, "messages": [], "keep_alive": keep_alive})
+            assert response.status_code == 400 and "keep_alive" in error_message(response)
+        both = beta.post("/api/embed", json={"model": SECOND_MODEL, "input": "x", "keep_alive": 0, "options": {"num_ctx": 8}})
+        assert "options.num_ctx, keep_alive" in error_message(both) and "leave them out" in error_message(both)
+        # OpenAI clients read an error object naming the parameter
+        openai = beta.post("/v1/chat/completions", json={"model": MODEL, "messages": [], "options": {"num_ctx": 8}})
+        assert openai.status_code == 400 and openai.json()["error"]["param"] == "options.num_ctx"
+    assert not any(n.received for n in [*nodes, embed_node])
+
+
+def test_sampling_options_pass_and_group_routes_reach_their_group(routed, nodes, embed_node):
+    with routed.client(KEYS["beta"]) as beta:
+        body = json.dumps({"model": MODEL, "prompt": "hi", "stream": False,
+                           "options": {"temperature": 0, "num_predict": 4, "seed": 7, "top_k": 1}}).encode()
+        for route in ("/api/generate", "/groups/cpu/api/generate"):
+            response = beta.post(route, content=body)
+            assert response.status_code == 200 and served_by(response) in {"a", "b"}, response.text
+            last = next(n for n in nodes if n.name == served_by(response)).received[-1]
+            assert last.path == "/api/generate" and last.body == body  # the group prefix is not passed on
+        # a group's own route sends any model to that group, and a body that is not JSON to the node as it is
+        other = beta.post("/groups/embed/api/generate", content=b"not json")
+        assert served_by(other) == "c" and embed_node.received[-1].body == b"not json"
+    logged = [(e["uri"], e["group"]) for e in routed.log()]
+    assert ("/groups/cpu/api/generate", "cpu") in logged and ("/groups/embed/api/generate", "embed") in logged
+
+
 def test_model_lists_are_the_union_of_every_group(routed, nodes, embed_node):
     with routed.client(KEYS["beta"]) as beta:
         for route, items, key in (("/api/tags", "models", "model"), ("/api/ps", "models", "model"),

@@ -105,11 +105,15 @@ def test_admin_routes_are_closed_to_client_keys(settings):
     expected = {group.prefix + route for group in plan.groups for route in admin} | set(admin)
     assert guarded == expected
     # every route that proxies is a known route, and only admin routes are guarded
-    allowed = ng.INFERENCE_ROUTES + ng.READ_ONLY_ROUTES + ng.READ_ONLY_PREFIXES + admin
+    allowed = ng.READ_ONLY_ROUTES + ng.READ_ONLY_PREFIXES + admin
     proxied = {key.split()[-1] for key, block in locations.items() if block.find("proxy_pass")}
     named = {group.location for group in plan.groups}
     bare = set(admin) | {"/api/version"}
     assert proxied == {group.prefix + route for group in plan.groups for route in allowed} | bare | named
+    # a group's own inference routes go through the router's check of the body, then to the group's location
+    checked = {key.split()[-1] for key, block in locations.items()
+               if block.values("js_content") == [["fleet_router.byGroupRoute"]]}
+    assert checked == {group.prefix + route for group in plan.groups for route in ng.INFERENCE_ROUTES}
     # the admin check needs the admin key AND an admin network
     conf = ng.render_nginx(plan)
     assert '"_admin:1" 1;' in conf
@@ -140,8 +144,8 @@ def test_bare_routes_go_through_the_model_router():
         assert locations[f"= {route}"].values("js_content") == [["fleet_router.mergedList"]]
     assert locations[f"^~ {ng.MODEL_PATH_PREFIX}"].values("js_content") == [["fleet_router.byPath"]]
     # each group's named location passes the normalised route, tries every node once and shares the upstream (max_conns)
-    assert locations["@fleet_group_chat"].values("proxy_pass") == [["http://fleet_chat$uri"]]
-    assert locations["@fleet_group_embed"].values("proxy_pass") == [["http://fleet_embed$uri"]]
+    assert locations["@fleet_group_chat"].values("proxy_pass") == [["http://fleet_chat$fleet_upstream_uri"]]
+    assert locations["@fleet_group_embed"].values("proxy_pass") == [["http://fleet_embed$fleet_upstream_uri"]]
     assert locations["@fleet_group_embed"].values("proxy_next_upstream_tries") == [["2"]]
     # the routing table is the config's, in Ollama's shortest spelling, weighted by admitted connections; an
     # alias goes where its model goes
@@ -157,7 +161,7 @@ def test_bare_routes_go_through_the_model_router():
     assert http.values("js_import") == [["fleet_router", "from", plan.paths.router_script]]
     assert parse_nginx(conf).values("load_module") == [[plan.paths.njs_module]]
     # operators keep each group's own routes; the first group answers /api/version and the bare admin routes
-    assert locations["= /groups/embed/api/embed"].values("proxy_pass") == [["http://fleet_embed/api/embed"]]
+    assert locations["= /groups/embed/api/embed"].values("js_content") == [["fleet_router.byGroupRoute"]]
     assert locations["= /groups/chat/api/tags"].values("proxy_pass") == [["http://fleet_chat/api/tags"]]
     assert locations["= /api/version"].values("proxy_pass") == [["http://fleet_chat/api/version"]]
     assert locations["= /api/delete"].values("proxy_pass") == [["http://fleet_chat/api/delete"]]

@@ -4,6 +4,7 @@
 //   $fleet_model_routes      JSON object: served model (Ollama's shortest spelling) -> [[group, weight], ...]
 //   $fleet_groups            JSON list of the node groups, for the merged model lists
 //   $fleet_group             set here to the group that serves the request (the access log names it)
+//   $fleet_upstream_uri      set here to the Ollama route the named location below proxies to
 //   @fleet_group_<group>     named location proxying to the group's upstream (the body-routed requests)
 //   /groups/<group>/<route>  the group's own routes (GET /v1/models/{model} and the merged lists go there)
 // It is plain ES5 plus async/await, so Debian 12's njs 0.7 and the nginx image's njs run it alike.
@@ -108,6 +109,57 @@ function namedLocation(group) {
     return '@fleet_group_' + group;
 }
 
+// What a request may not set, because the stack sets it for every client of a node: the runner options
+// (Ollama v0.24.0 api/types.go `Runner`: server/sched.go needsReload loads the model anew whenever one
+// differs from the loaded runner's, so one client's num_ctx would reload the model under everybody's
+// requests and could push layers off the GPU) and keep_alive (a client's 0 would unload a resident model, -1
+// pin an on-demand one). The capacity model and the policy pack judge the stack's values only.
+var RUNNER_OPTIONS = ['num_ctx', 'num_batch', 'num_gpu', 'main_gpu', 'use_mmap', 'num_thread'];
+
+function has(object, key) {
+    return object !== null && typeof object === 'object' && Object.prototype.hasOwnProperty.call(object, key);
+}
+
+function stackSettingsIn(body) {
+    var found = [];
+    RUNNER_OPTIONS.forEach(function (key) {
+        if (has(body.options, key)) {
+            found.push('options.' + key);
+        }
+    });
+    if (has(body, 'keep_alive')) {
+        found.push('keep_alive');
+    }
+    return found;
+}
+
+// Answers 400 when the body sets what the stack decides; true when it did.
+function refusedSettings(r, body) {
+    var found = stackSettingsIn(body);
+    if (!found.length) {
+        return false;
+    }
+    var message = found.join(', ') + ' cannot be set by a request: the stack decides them for every client of ' +
+        'a node (each change would reload the model); leave ' + (found.length > 1 ? 'them' : 'it') + ' out';
+    if (isOpenAI(r)) {
+        r.headersOut['Content-Type'] = 'application/json';
+        r.return(400, JSON.stringify({error: {message: message, type: 'invalid_request_error', param: found[0],
+                                              code: null}}) + '\n');
+    } else {
+        fail(r, 400, message, 'invalid_request_error');
+    }
+    return true;
+}
+
+function parsedObject(text) {
+    try {
+        var body = JSON.parse(text);
+        return body !== null && typeof body === 'object' && !Array.isArray(body) ? body : null;
+    } catch (e) {
+        return null;
+    }
+}
+
 // Inference and /api/show: the group is chosen by the JSON body's `model` (/api/show also reads the older
 // `name`, as Ollama does). nginx has read the whole body into memory before this runs; the body limit
 // (413) was applied while reading it.
@@ -127,7 +179,27 @@ function byBody(r) {
         fail(r, 400, 'model is required: name it in the "model" field of the JSON body', 'invalid_request_error');
         return;
     }
+    if (refusedSettings(r, body)) {
+        return;
+    }
+    r.variables.fleet_upstream_uri = r.uri;
     toGroup(r, model, namedLocation);
+}
+
+// A group's own inference routes (/groups/<group>/<route>): the operator chose the group, so the model is not
+// looked up, but what the stack decides is refused as on the bare routes. A body that is not a JSON object
+// goes on to Ollama, which answers it as it always does.
+function byGroupRoute(r) {
+    var rest = r.uri.slice('/groups/'.length);
+    var slash = rest.indexOf('/');
+    var group = rest.slice(0, slash);
+    var body = parsedObject(r.requestText || '');
+    if (body !== null && refusedSettings(r, body)) {
+        return;
+    }
+    r.variables.fleet_group = group;
+    r.variables.fleet_upstream_uri = rest.slice(slash);
+    r.internalRedirect(namedLocation(group));
 }
 
 // GET /v1/models/{model}: the group is chosen by the model in the path, and the request continues on the
@@ -200,4 +272,4 @@ async function mergedList(r) {
     r.return(200, JSON.stringify(merged));
 }
 
-export default {byBody: byBody, byPath: byPath, mergedList: mergedList, shortName: shortName};
+export default {byBody: byBody, byGroupRoute: byGroupRoute, byPath: byPath, mergedList: mergedList, shortName: shortName};
