@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.config import FLEET_KEY, PROJECT, SECRET_KEYS
+from fleet.plans.alerting import unset_secret_problems
 from fleet.render import alertmanager
 from fleet.resources import RegisteredResource
 from fleet.stack_file import StackConfig
@@ -61,6 +62,20 @@ def _config_for_mocks(stack_config: StackConfig) -> tuple[dict[str, str], list[s
         else:
             values[key] = str(value)
     values.setdefault(FLEET_KEY, json.dumps(stack_config.raw_config[FLEET_KEY]))
+    # Secrets an imported ESC environment holds (only the Pulumi CLI reads it): stand-ins for those the
+    # program cannot do without, as for the ones the file sets.
+    if stack_config.esc_environments:
+        settings = stack_config.settings
+        needed = {}
+        if unset_secret_problems(settings):  # a receiver needs its secret
+            needed[alertmanager.SECRETS_KEY] = json.dumps(alertmanager.placeholder_secrets(settings))
+        if settings.gateway.tls.mode == "provided":
+            needed.update({key: f"offline-preview-placeholder-{key.split(':')[1]}"
+                           for key in (f"{PROJECT}:tlsCertificate", f"{PROJECT}:tlsPrivateKey")})
+        for key, placeholder in needed.items():
+            if key not in values:
+                values[key] = placeholder
+                secret_keys.append(key)
     return values, secret_keys
 
 

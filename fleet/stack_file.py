@@ -39,6 +39,12 @@ class StackConfig:
     settings: FleetSettings
     secret_keys_set: frozenset[str] = frozenset()
     raw_config: dict[str, Any] = field(default_factory=dict)
+    # Pulumi ESC environments the file imports: secret config may come from them instead of the file.
+    esc_environments: tuple[str, ...] = ()
+
+    def may_hold_secret(self, key: str) -> bool:
+        """Whether the secret config `key` is set, or may be, by an imported ESC environment."""
+        return key in self.secret_keys_set or bool(self.esc_environments)
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -266,6 +272,27 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def read_stack_yaml(path: Path) -> dict[str, Any]:
+    """The `config:` mapping of a stack file."""
+    return read_stack_document(path).get("config") or {}
+
+
+def esc_environments(document: dict[str, Any], stack_file: str) -> tuple[str, ...]:
+    """The Pulumi ESC environments a stack file imports (its top-level `environment:` list). Their values are
+    only known to the Pulumi CLI: offline, a secret the stack needs may live there."""
+    value = document.get("environment")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise StackConfigError(
+            stack_file, [f"environment: must be a list of Pulumi ESC environment names (found {_kind(value)})"]
+        )
+    return tuple(value)
+
+
+def read_stack_document(path: Path) -> dict[str, Any]:
+    """The whole stack file: its `config:` mapping and, beside it, the ESC `environment:` it imports."""
     name = path.name
     if not path.is_file():
         raise StackConfigError(name, [f"stack file not found at {path}"])
@@ -278,7 +305,7 @@ def read_stack_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):
         found = document if not isinstance(document, dict) else document.get("config")
         raise StackConfigError(name, [f"the file must be a mapping with a `config:` mapping (found {_kind(found)})"])
-    return document.get("config") or {}
+    return document
 
 
 def _kind(value: Any) -> str:
@@ -337,7 +364,7 @@ def load_stack(stack: str, root: Path | None = None) -> StackConfig:
     return load_stack_file(path, stack)
 
 
-def _file_problems(settings: FleetSettings, secrets_set: frozenset[str], root: Path) -> list[str]:
+def _file_problems(settings: FleetSettings, secrets_set: frozenset[str], root: Path, esc: bool = False) -> list[str]:
     """What the settings alone cannot tell: GGUF files that must exist and be readable (relative to the project
     folder), and the secret keys a TLS mode needs."""
     from fleet.capacity import resolve_arch
@@ -356,7 +383,7 @@ def _file_problems(settings: FleetSettings, secrets_set: frozenset[str], root: P
                     f"{_key_path(('nodeGroups', g, 'models', m, 'gguf'))}: {exc}; allowed: a readable GGUF file, "
                     f"absolute or relative to {root} (got {show_value(model.gguf)})"
                 )
-    if settings.gateway.tls.mode == "provided":
+    if settings.gateway.tls.mode == "provided" and not esc:  # an imported ESC environment may hold them
         missing = [key for key in (f"{PROJECT}:tlsCertificate", f"{PROJECT}:tlsPrivateKey") if key not in secrets_set]
         if missing:
             problems.append(
@@ -387,13 +414,16 @@ def _provider_problems(config: dict[str, Any], settings: FleetSettings) -> list[
 
 
 def load_stack_file(path: Path, stack: str | None = None) -> StackConfig:
-    config = read_stack_yaml(path)
+    document = read_stack_document(path)
+    config = document.get("config") or {}
+    esc = esc_environments(document, path.name)
     secrets_set = check_keys(config, path.name)
     settings = parse_settings(config[FLEET_KEY], path.name)
-    problems = _provider_problems(config, settings) + _file_problems(settings, secrets_set, path.parent)
+    problems = _provider_problems(config, settings) + _file_problems(settings, secrets_set, path.parent, bool(esc))
     if problems:
         raise StackConfigError(path.name, problems)
     name = stack or path.name[len("Pulumi.") : -len(".yaml")]
     check_environment(settings, name, path.name)
-    return StackConfig(stack=name, path=path, settings=settings, secret_keys_set=secrets_set, raw_config=config)
+    return StackConfig(stack=name, path=path, settings=settings, secret_keys_set=secrets_set, raw_config=config,
+                       esc_environments=esc)
 

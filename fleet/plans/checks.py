@@ -84,7 +84,7 @@ def plan_problems(stack: StackConfig) -> list[str]:
     """What the planners refuse in the stack, one line per problem: `<key>: <what is wrong; what is allowed>`."""
     settings: FleetSettings = stack.settings
     problems: list[str] = []
-    if alertmanager.SECRETS_KEY not in stack.secret_keys_set:
+    if not stack.may_hold_secret(alertmanager.SECRETS_KEY):
         problems += unset_secret_problems(settings)
     for section, planner in PLANNERS:
         try:

@@ -32,8 +32,9 @@ RECEIVERS = [
 ]
 
 
-def write_stack(folder: Path, stack: str = "staging", secret: bool = False, **monitoring) -> None:
-    """A copy of the staging stack with alert receivers (and the secret config's key, encrypted, when `secret`)."""
+def write_stack(folder: Path, stack: str = "staging", secret: bool = False, esc=None, **monitoring) -> None:
+    """A copy of the staging stack with alert receivers (and the secret config's key, encrypted, when `secret`;
+    the Pulumi ESC environments it imports, when `esc`)."""
     config = load_stack("staging").raw_config
     fleet = dict(config[FLEET_KEY])
     alerting = {"receivers": RECEIVERS, "critical": [r["name"] for r in RECEIVERS]}
@@ -42,7 +43,8 @@ def write_stack(folder: Path, stack: str = "staging", secret: bool = False, **mo
     if secret:
         config[SECRETS] = {"secure": "AAABAJaR0Q=="}
     shutil.copy(ROOT / "Pulumi.yaml", folder / "Pulumi.yaml")
-    (folder / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": config}, sort_keys=False))
+    document = {"config": config} if esc is None else {"environment": esc, "config": config}
+    (folder / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
@@ -69,6 +71,30 @@ def test_a_stack_that_sets_the_secret_or_runs_no_monitoring_has_no_such_problem(
     assert checks.plan_problems(load_stack("staging", tmp_path)) == []
     write_stack(tmp_path, enabled=False)
     assert checks.plan_problems(load_stack("staging", tmp_path)) == []
+
+
+def test_a_secret_an_imported_esc_environment_may_hold_is_not_asked_of_the_file(tmp_path):
+    # The stack files keep their secrets in Pulumi ESC (`environment:`), which only the Pulumi CLI reads.
+    write_stack(tmp_path, esc=["ollama-fleet/staging"])
+    stack = load_stack("staging", tmp_path)
+    assert stack.esc_environments == ("ollama-fleet/staging",)
+    assert checks.plan_problems(stack) == []
+    # TLS mode `provided`: the certificate and key may be there too
+    config = yaml.safe_load((tmp_path / "Pulumi.staging.yaml").read_text())
+    config["config"][FLEET_KEY]["gateway"]["tls"] = {"mode": "provided"}
+    (tmp_path / "Pulumi.staging.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert load_stack("staging", tmp_path).settings.gateway.tls.mode == "provided"
+    del config["environment"]
+    (tmp_path / "Pulumi.staging.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(StackConfigError, match="`provided` needs the secret config"):
+        load_stack("staging", tmp_path)
+
+
+@pytest.mark.parametrize("esc", [{"imports": "x"}, 7, [""], ["a", 3]])
+def test_an_environment_list_that_is_not_names_is_refused(tmp_path, esc):
+    write_stack(tmp_path, esc=esc)
+    with pytest.raises(StackConfigError, match="environment: must be a list of Pulumi ESC environment names"):
+        load_stack("staging", tmp_path)
 
 
 def test_a_planner_refusal_names_the_key_it_gives_or_else_the_section_it_plans(monkeypatch):
@@ -114,6 +140,11 @@ def test_fleet_preview_refuses_the_same_stack_and_previews_it_once_the_secret_is
     # The preview stands in for the encrypted secret with a stand-in per receiver, so the program renders
     # Alertmanager's config (it holds the secrets: the file is a secret as a whole).
     write_stack(tmp_path, secret=True)
+    previewed = preview()
+    assert previewed.returncode == 0, previewed.stdout + previewed.stderr
+    assert "policy verdict: pass" in previewed.stdout
+    # The same with the secret in an imported ESC environment: the preview stands in for it likewise.
+    write_stack(tmp_path, esc=["ollama-fleet/staging"])
     previewed = preview()
     assert previewed.returncode == 0, previewed.stdout + previewed.stderr
     assert "policy verdict: pass" in previewed.stdout
