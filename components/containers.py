@@ -103,10 +103,17 @@ class Placement:
     def networks(self, name: str) -> list[docker.ContainerNetworksAdvancedArgs]:
         return [docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[name])]
 
-    def peer_address(self, name: str, port: int) -> pulumi.Output[str]:
-        """`address:port` at which containers of other components (and other hosts) reach this service."""
+    def peer_address(self, name: str, port: int, after: pulumi.Resource | None = None) -> pulumi.Output[str]:
+        """`address:port` at which containers of other components (and other hosts) reach this service.
+
+        On the shared network the address is the container's name, which Docker's DNS answers only once that
+        container runs: with `after` (the container), whoever is given the address is created after it, so a
+        peer that resolves names when it starts (nginx's upstreams) finds it."""
         if self.shared:
-            return pulumi.Output.from_input(f"{name}:{port}")
+            address = pulumi.Output.from_input(f"{name}:{port}")
+            if after is None:
+                return address
+            return pulumi.Output.all(after.id, address).apply(lambda values: values[1])
         return pulumi.Output.from_input(self.host.private_address).apply(lambda address: f"{address}:{port}")
 
     def peer_host(self, name: str) -> pulumi.Output[str]:

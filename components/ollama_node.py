@@ -114,7 +114,8 @@ class OllamaNode(pulumi.ComponentResource):
         self.pull, self.warm = self._model_steps(name, settings, group, host, ollama_name, models_json)
         # The digests of what this node pulled, as Ollama lists them (the pull step reports them).
         self.model_digests = self.pull.stdout.apply(model_digests)
-        self.upstream_address = place.peer_address(meter_name, ports.METER)
+        # nginx resolves its upstreams' names when it starts: the gateway waits for this meter (shared network).
+        self.upstream_address = place.peer_address(meter_name, ports.METER, after=self.meter)
         self.register_outputs(
             {
                 "upstreamAddress": self.upstream_address,

@@ -74,6 +74,15 @@ def test_dev_runs_on_the_local_docker_host_without_gpus(previews):
     assert {"ollama", "meter", "gateway", "prometheus", "grafana"} <= roles
 
 
+def test_dev_gateway_starts_after_every_meter(previews):
+    """On the local host nginx reaches the meters by container name and resolves those names when it starts:
+    started before a meter runs, it exits with "host not found in upstream"."""
+    _, data = previews["dev"]
+    [gateway] = containers(data, "gateway")
+    meters = {meter["urn"] for meter in containers(data, "meter")}
+    assert meters and meters <= set(gateway["dependsOn"])
+
+
 @pytest.mark.parametrize("stack", ["staging", "prod"])
 def test_aws_stacks_have_gpu_nodes_with_device_requests(previews, stack):
     _, data = previews[stack]
