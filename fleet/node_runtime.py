@@ -16,6 +16,7 @@ from fleet.config import ModelSpec, NodeGroup
 MODELS_DIR = "/models"
 # How long the model steps wait for the Ollama server in a fresh container.
 SERVER_WAIT_S = 180
+# What an embedding model embeds to load; generative models load on an empty prompt and generate nothing.
 WARM_PROMPT = "Reply with the single word OK."
 
 
@@ -196,8 +197,18 @@ def pull_script(container: str, group: NodeGroup, staged: dict[str, str] | None 
     return "\n".join(lines) + "\n"
 
 
+def warm_prompt(model: ModelSpec) -> str:
+    """The prompt of a model's warm-up. Empty for a generative model: Ollama then loads it and generates
+    nothing (server/routes.go answers an empty prompt with done_reason "load"), where a real prompt would run
+    until the model stops, for minutes on a CPU. An embedding model needs text (`ollama run` refuses an empty
+    one) and embeds it in one pass."""
+    from fleet.capacity import resolve_arch
+
+    return WARM_PROMPT if resolve_arch(model).embedding else ""
+
+
 def warm_script(container: str, group: NodeGroup) -> str | None:
-    """Shell steps that load every resident model with a tiny generate, kept loaded per `keepAlive`.
+    """Shell steps that load every resident model, kept loaded per `keepAlive`, without generating.
     None when the group has no resident model (they load on first use)."""
     resident = group.resident_models
     if not resident:
@@ -208,6 +219,6 @@ def warm_script(container: str, group: NodeGroup) -> str | None:
     for model in resident:
         lines.append(
             f"step {q('warm-up of ' + model.ref)} docker exec \"$container\" "
-            f"ollama run --keepalive {q(keep_alive)} {q(model.ref)} {q(WARM_PROMPT)}"
+            f"ollama run --keepalive {q(keep_alive)} {q(model.ref)} {q(warm_prompt(model))}"
         )
     return "\n".join(lines) + "\n"

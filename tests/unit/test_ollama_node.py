@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -21,7 +22,7 @@ from packaging.requirements import Requirement
 from components import images
 from components.local_host import LocalHost, LocalHostArgs
 from components.ollama_node import OllamaNode, OllamaNodeArgs
-from fleet.node_runtime import meter_command, modelfile, ollama_environment, pull_script, warm_script
+from fleet.node_runtime import WARM_PROMPT, meter_command, modelfile, ollama_environment, pull_script, warm_script
 from docker_mocks import (
     BUILT_IMAGE,
     LOCAL_COMMAND,
@@ -40,6 +41,7 @@ from fleet import catalog, contract, ports
 from fleet.capacity import context_length_env
 from fleet.config import FleetSettings, ModelSpec, NodeGroup
 from fleet.exporter import build_parser
+from fleet.local.ollama import smollm2_gguf
 
 # The server knobs Ollama reads (envconfig/config.go); nothing else may appear in the container's environment.
 REAL_KNOBS = {
@@ -434,17 +436,38 @@ def test_a_failed_pull_stops_the_step_and_shows_why(tmp_path):
     assert not [c for c in calls if c.startswith("exec -i")]
 
 
-def test_warm_script_loads_resident_models_with_the_configured_keep_alive(tmp_path):
+def _warm_arguments(script: str) -> list[list[str]]:
+    """The arguments of each `ollama run` of a warm-up script, as the shell passes them."""
+    return [shlex.split(line)[shlex.split(line).index("ollama"):] for line in script.splitlines() if " ollama run " in line]
+
+
+def test_warm_script_loads_resident_models_with_the_configured_keep_alive_and_generates_nothing(tmp_path):
     group = dev_group()
-    proc, calls = run_script(tmp_path, warm_script("node-ollama", group))
+    script = warm_script("node-ollama", group)
+    proc, calls = run_script(tmp_path, script)
     assert proc.returncode == 0, proc.stderr
     runs = [c for c in calls if " ollama run " in c]
-    assert runs == [f"exec node-ollama ollama run --keepalive {group.ollama.keep_alive} {group.models[0].ref} Reply with the single word OK."]
+    # The prompt is an empty last argument: Ollama loads the model and answers done_reason "load" at once,
+    # where a real prompt would let a small model talk until num_ctx (minutes on a CPU).
+    assert runs == [f"exec node-ollama ollama run --keepalive {group.ollama.keep_alive} {group.models[0].ref} "]
+    assert _warm_arguments(script) == [["ollama", "run", "--keepalive", group.ollama.keep_alive, group.models[0].ref, ""]]
     forever = group.model_copy(update={"ollama": group.ollama.model_copy(update={"keep_alive": "-1"})})
     assert "--keepalive -1s " in warm_script("n", forever)  # `ollama run` takes a Go duration
 
 
-def test_gguf_models_are_copied_in_and_imported(tmp_path):
+def test_warm_script_gives_an_embedding_model_text_to_embed():
+    # `ollama run` refuses an embedding model without text; one short text is one forward pass.
+    embed = ModelSpec(name="nomic-embed-text", tag="v1.5", quantization="fp16")
+    group = dev_group().model_copy(update={"models": [dev_group().models[0], embed]})
+    [chat, embedding] = _warm_arguments(warm_script("n", group))
+    assert chat[-1] == "" and embedding[-2:] == ["nomic-embed-text:v1.5", WARM_PROMPT]
+
+
+def test_gguf_models_are_copied_in_and_imported(tmp_path, monkeypatch):
+    # The program reads the file's header (the warm-up asks whether it is an embedding model): a real GGUF.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "custom.gguf").symlink_to(smollm2_gguf())
     custom = ModelSpec(name="custom", tag="1b", quantization="q4_0", gguf="models/custom.gguf", num_ctx=2048)
     group = dev_group().model_copy(update={"models": [custom]})
     proc, calls = run_script(tmp_path, pull_script("n", group))
