@@ -194,6 +194,22 @@ def test_model_lists_are_merged_over_both_groups(plane, models, aliases):
         assert "x-fleet-unavailable-groups" not in loaded.headers
 
 
+def test_lists_hold_only_what_the_gateway_serves(plane, models, aliases):
+    """A node also holds what its served model was made from (the library tag the model step pulls) and what
+    an earlier config served: the node lists it, the gateway does not (it would answer 404 for it)."""
+    node = next(n for n in plane.nodes if n.group.name == "cpu")
+    extra = "smollm2:135m-instruct-q4_1"
+    copied = httpx.post(f"{node.ollama.base_url}/api/copy", json={"source": models["cpu"], "destination": extra},
+                        timeout=30)
+    assert copied.status_code == 200, copied.text
+    try:
+        assert extra in {m["model"] for m in httpx.get(f"{node.ollama.base_url}/api/tags", timeout=10).json()["models"]}
+        assert {m.model for m in _ollama(plane).list().models} == _names(models, aliases)
+        assert {m.id for m in _openai(plane).models.list().data} == _names(models, aliases)
+    finally:
+        httpx.request("DELETE", f"{node.ollama.base_url}/api/delete", json={"model": extra}, timeout=30)
+
+
 def test_a_group_that_is_down_leaves_the_list_and_only_its_model_fails(plane, models, aliases):
     with httpx.Client(base_url=plane.gateway_url, headers=plane.auth("beta"), verify=plane.verify(),
                       timeout=TIMEOUT) as raw:

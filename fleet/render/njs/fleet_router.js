@@ -216,12 +216,22 @@ var LISTS = {
     '/v1/models': {items: 'data', key: 'id'}
 };
 
-// /api/tags, /api/ps, /v1/models: every group's answer (one node each, through /groups/<group>/...), merged.
+// Whether `group` serves `name` (a node also holds what it was made from, e.g. the library tag it pulled
+// before naming the served model, and what an earlier config served: those are not listed).
+function serves(routes, name, group) {
+    var key = shortName(String(name));
+    return Object.prototype.hasOwnProperty.call(routes, key) &&
+        routes[key].some(function (choice) { return choice[0] === group; });
+}
+
+// /api/tags, /api/ps, /v1/models: every group's answer (one node each, through /groups/<group>/...), merged,
+// with only the models the gateway routes to that group.
 // A group none of whose nodes answers is left out and named in X-Fleet-Unavailable-Groups; when no group
 // answers, the client gets 503 like any request no node could take.
 async function mergedList(r) {
     var list = LISTS[r.uri];
     var groups = JSON.parse(r.variables.fleet_groups);
+    var routes = JSON.parse(r.variables.fleet_model_routes);
     var replies = await Promise.all(groups.map(function (group) {
         return r.subrequest('/groups/' + group + r.uri, {method: 'GET'}).then(
             function (reply) { return reply; },
@@ -251,7 +261,7 @@ async function mergedList(r) {
         }
         items.forEach(function (item) {
             var name = item && (item[list.key] || item.name);
-            if (name && !seen[name]) {
+            if (name && !seen[name] && serves(routes, name, groups[index])) {
                 seen[name] = true;
                 merged[list.items].push(item);
             }
