@@ -42,6 +42,7 @@ class PreviewResult:
     stack: str
     resources: list[RegisteredResource]
     outputs: dict[str, Any] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)  # urn -> the id the mock cloud gave a custom resource
 
     @property
     def counts(self) -> Counter:
@@ -100,8 +101,11 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def run_program(stack_config: StackConfig) -> PreviewResult:
-    """Run components.program under recording mocks. Mocks are process-global: call once per process."""
+def run_program(stack_config: StackConfig, mocks=None, also=None) -> PreviewResult:
+    """Run components.program under recording mocks. Mocks are process-global: call once per process.
+
+    `mocks`: the mock cloud (default `fleet.mock_cloud.FleetMocks`); `also(fleet)`: an Output the run waits for
+    as well (a caller's own view of the fleet's outputs)."""
     import os
     import tempfile
     from pathlib import Path
@@ -114,7 +118,7 @@ def run_program(stack_config: StackConfig) -> PreviewResult:
     from fleet.mock_cloud import FleetMocks, RecordingMonitor
 
     sdk_overrides.apply()
-    mocks = FleetMocks()
+    mocks = mocks or FleetMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack_config.stack, preview=False, monitor=monitor)
     values, secret_keys = _config_for_mocks(stack_config)
@@ -132,19 +136,21 @@ def run_program(stack_config: StackConfig) -> PreviewResult:
         from components.program import run
 
         fleet = run()
-        return pulumi.Output.all(
+        shown = pulumi.Output.all(
             gatewayUrl=fleet.gateway_url,
             nodeAddresses=fleet.node_addresses,
             grafanaUrl=fleet.grafana_url,
             deployed=fleet.deployed,
         ).apply(outputs.update)
+        return shown if also is None else pulumi.Output.all(shown, also(fleet))
 
     with cyclic_gc_paused():
         pulumi_mocks.test(program)()
     # Registration order follows the SDK's thread pool, not the program: sort so that two previews of the same
     # input are byte-identical (tree, --json, policy report).
     resources = sorted(monitor.registered, key=lambda r: r.urn)
-    return PreviewResult(stack=stack_config.stack, resources=resources, outputs=outputs)
+    ids = {urn: registration.id for urn, registration in monitor.resources.items() if registration.id}
+    return PreviewResult(stack=stack_config.stack, resources=resources, outputs=outputs, ids=ids)
 
 
 def resource_tree(result: PreviewResult):

@@ -1,9 +1,10 @@
 """Stand-in images for the registry images the stack pins, built locally (no registry is reachable).
 
 The Debian base comes from `scripts/docker-base.sh` (debootstrap + `docker import`); each stand-in is the
-build context `scripts/standins/<name>` plus the binaries it copies: the Ollama build of the test bed, and
-the Prometheus tools of the Debian packages the bootstrap installs. Images are tagged by a hash of what
-their build reads, so a daemon whose data root survives between runs builds each one once.
+build context `scripts/standins/<name>` plus the files it copies: the Ollama build of the test bed (and the
+CA of the replay's model mirror, fleet/local/model_mirror.py), and the Prometheus tools and Alertmanager
+templates of the Debian packages the bootstrap installs. Images are tagged by a hash of what their build
+reads, so a daemon whose data root survives between runs builds each one once.
 """
 
 from __future__ import annotations
@@ -46,8 +47,17 @@ def _host_binary(path: str) -> Callable[[], Path]:
     return find
 
 
+def _mirror_ca() -> Path:
+    from fleet.local.model_mirror import ca_certificate
+
+    return ca_certificate()
+
+
+ALERTMANAGER_TEMPLATES = "/usr/share/prometheus/alertmanager"
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
 STANDINS: tuple[Standin, ...] = (
-    Standin("ollama", "ollama/ollama", "/usr/bin/ollama", (("ollama", ensure_ollama),)),
+    Standin("ollama", "ollama/ollama", "/usr/bin/ollama", (("ollama", ensure_ollama), ("model-mirror-ca.crt", _mirror_ca))),
     Standin("nginx", "nginx", "/usr/bin/wget"),
     Standin(
         "prometheus",
@@ -59,7 +69,12 @@ STANDINS: tuple[Standin, ...] = (
         "alertmanager",
         "prom/alertmanager",
         "/usr/bin/wget",
-        (("alertmanager", _host_binary("/usr/bin/prometheus-alertmanager")), ("amtool", _host_binary("/usr/bin/amtool"))),
+        (
+            ("alertmanager", _host_binary("/usr/bin/prometheus-alertmanager")),
+            ("amtool", _host_binary("/usr/bin/amtool")),
+            ("default.tmpl", _host_binary(f"{ALERTMANAGER_TEMPLATES}/default.tmpl")),
+            ("email.tmpl", _host_binary(f"{ALERTMANAGER_TEMPLATES}/email.tmpl")),
+        ),
     ),
     Standin(
         "node-exporter", "prom/node-exporter", "/usr/bin/wget",
@@ -69,7 +84,7 @@ STANDINS: tuple[Standin, ...] = (
         "nginx-exporter", "nginx/nginx-prometheus-exporter", "/usr/bin/nginx-prometheus-exporter",
         (("nginx-prometheus-exporter", _host_binary("/usr/bin/prometheus-nginx-exporter")),),
     ),
-    Standin("python", "python", "/opt/python/bin/python"),
+    Standin("python", "python", "/opt/python/bin/python", (("host-ca-certificates.crt", _host_binary(HOST_CA_BUNDLE)),)),
 )
 BY_REPOSITORY = {s.replaces: s for s in STANDINS}
 # Registry images with no stand-in: Grafana is not packaged for Debian.

@@ -52,6 +52,19 @@ def test_health_check_binary_runs_in_the_image(docker_client, standin_images, st
     assert output.strip(), f"{standin.health_binary} printed nothing in {tag}"
 
 
+@pytest.mark.parametrize("repository", ["prom/prometheus", "prom/alertmanager", "prom/node-exporter"])
+def test_prometheus_images_have_busybox_wget_like_the_official_ones(docker_client, standin_images, repository):
+    # The official images are busybox images. BusyBox's wget reports an HTTP error even with -q, which the
+    # program's Prometheus health check relies on (it reads the 401 from it); GNU wget -q prints nothing.
+    output = _run(docker_client, standin_images[repository], "sh", "-c", "wget --help 2>&1 | head -n 1")
+    assert output.startswith("BusyBox"), output
+
+
+def test_alertmanager_standin_has_the_templates_debians_build_reads(docker_client, standin_images):
+    output = _run(docker_client, standin_images["prom/alertmanager"], "ls", "/usr/share/prometheus/alertmanager")
+    assert set(output.split()) == {"default.tmpl", "email.tmpl"}
+
+
 def test_nginx_standin_runs_entrypoint_scripts_then_nginx(docker_client, standin_images):
     tag = standin_images["nginx"]
     script = "printf '#!/bin/sh\\necho ran-$0\\n' > /docker-entrypoint.d/10-x.sh && chmod +x /docker-entrypoint.d/10-x.sh"

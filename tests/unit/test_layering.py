@@ -24,6 +24,8 @@ APP_LAYER: Mapping[str, str] = {
     "fleet/policy_runner.py": "runs the policy pack's own policy objects (policies, pulumi_policy) on the preview",
     "fleet/sdk_overrides.py": "replaces two per-resource internals of the Pulumi SDK for the preview's mocked run",
     "fleet/render/bundle.py": "tells Pulumi's secret values apart in the resources the preview recorded",
+    "fleet/local/docker_capture.py": "runs the Pulumi program under Pulumi's mocks for the Docker replay, with "
+    "real values for the random and tls resources, and unwraps the secrets it recorded",
 }
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fleet", (*PULUMI, "components", "policies")),
