@@ -1,8 +1,10 @@
-"""`fleet local up|down|status`: the whole data plane of a stack on this machine, without Docker or a cloud.
+"""`fleet local up|down|status`: the whole data plane of a stack on this machine, without a cloud.
 
-Real Ollama servers (built from source, cached), their metering exporters, the nginx gateway and Prometheus,
-started on 127.0.0.1 from the renderers the deployment uses (fleet/local/dataplane.py). `up` leaves them
-running in the background and records them in a state file; `down` stops them from it.
+Two engines. `process` (the default): real Ollama servers (built from source, cached), their metering
+exporters, the nginx gateway and Prometheus, started on 127.0.0.1 from the renderers the deployment uses
+(fleet/local/dataplane.py). `docker`: the stack's planned containers replayed on the project's own Docker
+daemon, with stand-in images (fleet/cli_local_docker.py). `up` leaves them running in the background and
+records them in a state file; `down` stops them from it.
 """
 
 from __future__ import annotations
@@ -63,9 +65,35 @@ def _logs_hint(run_dir: Path) -> str:
     return f"\n(logs in {' and '.join(str(p) for p in found)})" if found else ""
 
 
+ENGINES = ("process", "docker")
+# Options of the process engine; the docker engine runs the stack's containers as planned.
+PROCESS_ONLY = {
+    "nodes": "--nodes", "threads": "--threads", "sets": "--set", "https_port": "--https-port",
+    "http_port": "--http-port", "prometheus_port": "--prometheus-port", "scrape_interval": "--scrape-interval",
+    "monitoring": "--monitoring/--no-monitoring", "models_dir": "--models-dir",
+}
+
+
+def _running(state: dict) -> bool:
+    from fleet.local import dataplane as dp
+
+    if state.get("engine") == "docker":
+        from fleet import cli_local_docker
+
+        return bool(cli_local_docker.running(state))
+    return bool(dp.running_recorded(state))
+
+
 @local_app.command("up")
 def up(
+    ctx: typer.Context,
     stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml)."),
+    engine: str = typer.Option(
+        "process", "--engine",
+        help="process: Ollama, the meters, nginx and Prometheus as processes on 127.0.0.1. docker: the stack's "
+        "planned containers, created as `pulumi up` would on a Docker host, on the project's own Docker daemon "
+        "(stand-in images, ports published on free loopback ports, Grafana left out; needs root).",
+    ),
     state_dir: Path = typer.Option(Path(DEFAULT_STATE_DIR), "--state-dir", help="Where the state file, logs and data go."),
     nodes: Optional[int] = typer.Option(
         None, "--nodes", min=1, max=8, show_default=False,
@@ -104,6 +132,8 @@ def up(
     from fleet.local.processes import ProcessError
     from fleet.stack_file import load_stack
 
+    if engine not in ENGINES:
+        _fail(f"--engine {engine!r}: one of {', '.join(ENGINES)}", EXIT_CONFIG)
     state_dir = state_dir.resolve()
     state_path = state_dir / STATE_FILE
     if state_path.exists():
@@ -111,8 +141,17 @@ def up(
             previous = dp.read_state(state_path)
         except dp.DataPlaneError:
             previous = None
-        if previous and dp.running_recorded(previous):
+        if previous and _running(previous):
             _fail(f"a local data plane is already running (state {state_path}); stop it with: {_down_command(state_dir)}")
+    if engine == "docker":
+        from fleet import cli_local_docker
+
+        given = [flag for name, flag in PROCESS_ONLY.items() if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
+        if given:
+            _fail(f"{', '.join(given)} belong to --engine process; --engine docker runs the stack's containers as "
+                  f"planned (change Pulumi.{stack}.yaml instead)", EXIT_CONFIG)
+        cli_local_docker.up(stack, state_dir, state_path, _down_command(state_dir), console, err)
+        return
 
     overrides = _parse_sets(sets)
     cpus = sizing.usable_cpus()
@@ -191,7 +230,8 @@ def up(
 def down(
     state_dir: Path = typer.Option(Path(DEFAULT_STATE_DIR), "--state-dir", help="The folder given to `fleet local up`."),
 ) -> None:
-    """Stop the data plane recorded in the state folder (every process and its children)."""
+    """Stop the data plane recorded in the state folder (every process and its children; with the docker
+    engine every container, network and volume it created but the models volume)."""
     from fleet.local import dataplane as dp
 
     state_path = state_dir.resolve() / STATE_FILE
@@ -199,6 +239,12 @@ def down(
         state = dp.read_state(state_path)
     except dp.DataPlaneError as error:
         _fail(str(error))
+    if state.get("engine") == "docker":
+        from fleet import cli_local_docker
+
+        cli_local_docker.down(state, console)
+        state_path.unlink()
+        return
     stopped = dp.stop_recorded(state)
     left = dp.running_recorded(state)
     if left:
@@ -212,13 +258,20 @@ def down(
 def status(
     state_dir: Path = typer.Option(Path(DEFAULT_STATE_DIR), "--state-dir", help="The folder given to `fleet local up`."),
 ) -> None:
-    """Show which recorded processes still run (exit code 1 when none)."""
+    """Show which recorded processes (or containers) still run (exit code 1 when none)."""
     from fleet.local import dataplane as dp
 
     try:
         state = dp.read_state(state_dir.resolve() / STATE_FILE)
     except dp.DataPlaneError as error:
         _fail(str(error))
+    if state.get("engine") == "docker":
+        from fleet import cli_local_docker
+
+        code = cli_local_docker.status(state, console)
+        if code:
+            raise typer.Exit(code)
+        return
     running = {p["name"] for p in dp.running_recorded(state)}
     for entry in state["processes"]:
         console.print(f"{'running' if entry['name'] in running else 'stopped':8} {entry['name']} (pid {entry['pid']})")
