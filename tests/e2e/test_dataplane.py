@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleet.local.dataplane import read_state, running_recorded, session_members
 from fleet.local.processes import LOOPBACK, port_is_open
 from fleet.render import nginx as ng
+from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -348,9 +349,14 @@ def test_node_killed_mid_run_others_serve_and_nothing_hangs(dataplane, served_mo
     assert Counter(r["outcome"] for r in results) == Counter({200: len(threads)}), results
     print("after the kill: " + ", ".join(f"{r['ended'] - r['started']:.2f}s" for r in sorted(results, key=lambda r: r["index"])))
     survivor = next(n for n in dataplane.nodes if n is not victim)
-    recent = [e for e in dataplane.access_log() if e["uri"] == "/api/generate"][-len(threads):]
-    # Each answered by the survivor; some first tried the dead node (refused), then were passed on.
-    assert all(e["status"] == 200 and e["upstream_addr"].endswith(survivor.upstream) for e in recent), recent
+    # Each answered by the survivor; some first tried the dead node (refused), then were passed on. nginx writes
+    # a request's access-log entry as it finalizes the request, a moment after the client has the answer.
+
+    def recent_from_survivor():
+        recent = [e for e in dataplane.access_log() if e["uri"] == "/api/generate"][-len(threads):]
+        return all(e["status"] == 200 and e["upstream_addr"].endswith(survivor.upstream) for e in recent), recent
+
+    recent = wait_until(recent_from_survivor, "the access log to show every request answered by the survivor", 10)
     print("upstreams tried: " + "; ".join(e["upstream_addr"] for e in recent))
 
 
