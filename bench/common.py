@@ -312,8 +312,8 @@ def machine_line() -> str:
 class Measured:
     """One load level with the CPU each party used meanwhile (seconds of CPU per second of wall time)."""
 
-    summary: object  # fleet.loadtest.LevelSummary
-    records: list  # fleet.loadtest.RequestRecord of the level
+    summary: object  # fleet.ops.loadtest.LevelSummary
+    records: list  # fleet.ops.loadtest.RequestRecord of the level
     generator_cpu: float
     backend_cpu: float | None
     gateway_cpu: float | None
@@ -321,7 +321,7 @@ class Measured:
 
 def measure(spec, backends: Sequence[Backend] = (), gateway: Nginx | None = None) -> Measured:
     """Run one level of `spec` (closed or open loop) and account CPU of the generator, backends and nginx."""
-    from fleet.loadtest import run_load
+    from fleet.ops.loadtest import run_load
 
     gen0 = self_cpu_seconds()
     back0 = sum(b.cpu_seconds() for b in backends)

@@ -1,5 +1,5 @@
 """Overhead of the metering pass-through: the same load sent direct to a fast fake Ollama and through
-`python -m fleet.exporter`, in one run, phases interleaved (direct, metered, direct, metered, …).
+`python -m fleet.exporters.meter`, in one run, phases interleaved (direct, metered, direct, metered, …).
 
 The backend answers instantly (or with a fixed delay per token), so the figures show the exporter's own
 cost: throughput ratio, added p50/p99 latency and time to first token. Every process runs on this
@@ -157,7 +157,7 @@ async def scenario(args: argparse.Namespace, token_delay: float) -> tuple[Phase,
         cwd=ROOT, env=env,
     )
     exporter = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fleet.exporter", "--upstream", f"http://127.0.0.1:{backend_port}",
+        sys.executable, "-m", "fleet.exporters.meter", "--upstream", f"http://127.0.0.1:{backend_port}",
         "--listen", f"127.0.0.1:{proxy_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
         "--node", "bench", "--ps-interval", "5", "--log-level", "WARNING",
         cwd=ROOT, env=env,

@@ -20,7 +20,7 @@ from common import (
     API_KEY, BENCH_MODEL, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, workdir,
 )
 
-from fleet.loadtest import LoadSpec, percentile, run_load_async
+from fleet.ops.loadtest import LoadSpec, percentile, run_load_async
 
 TOKENS = 10
 TOKEN_DELAY_S = 0.05

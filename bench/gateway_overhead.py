@@ -23,7 +23,7 @@ from common import (
     workdir,
 )
 
-from fleet.loadtest import LoadSpec, percentile
+from fleet.ops.loadtest import LoadSpec, percentile
 
 
 def main() -> None:

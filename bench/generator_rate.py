@@ -18,7 +18,7 @@ from common import (
     workdir,
 )
 
-from fleet.loadtest import LoadSpec
+from fleet.ops.loadtest import LoadSpec
 
 
 def main() -> None:

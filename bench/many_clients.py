@@ -24,7 +24,7 @@ from common import (
     API_KEY, BENCH_MODEL, bench_settings, fake_backends, fleet_gateway, machine_line, ms, print_table, raise_nofile, workdir,
 )
 
-from fleet.loadtest import LoadSpec, run_load
+from fleet.ops.loadtest import LoadSpec, run_load
 
 TOKENS = 10
 TOKEN_DELAY_S = 1.0

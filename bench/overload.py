@@ -32,7 +32,7 @@ from common import (
 from fleet import capacity
 from fleet.config import Measured
 from fleet.stack_file import load_stack
-from fleet.loadtest import LoadSpec, percentile, run_load
+from fleet.ops.loadtest import LoadSpec, percentile, run_load
 
 SLOTS = 4
 FIRST_TOKEN_S = 0.2

@@ -22,7 +22,7 @@ from common import (
     print_table, workdir,
 )
 
-from fleet.loadtest import LoadSpec, percentile
+from fleet.ops.loadtest import LoadSpec, percentile
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ and the TLS certificate and key are uploaded as secret content. Both are rendere
 addresses replaces the container with the new files.
 
 nginx also writes the access log as a file into a named volume that the gateway log exporter mounts read-only
-(`python -m fleet.gateway_log`, from the metering exporter's image); a script in the nginx image's
+(`python -m fleet.exporters.gateway_log`, from the metering exporter's image); a script in the nginx image's
 /docker-entrypoint.d/ rotates that file by rename and `nginx -s reopen`, so the volume stays bounded.
 """
 
@@ -25,7 +25,9 @@ from components.containers import Placement, container_name, healthcheck, metric
 from components.host import Host
 from components.images import exporter_image, pinned_image
 from components.node_exporter import node_exporter
-from fleet import budget, contract, gateway_log, ports
+from fleet import contract, ports
+from fleet.exporters import budget
+from fleet.exporters import gateway_log
 from fleet.config import PROJECT, FleetSettings
 from fleet.plans.gateway import (
     BUDGET_PATHS,
@@ -195,12 +197,12 @@ class Gateway(pulumi.ComponentResource):
     def _log_exporter(
         self, name: str, settings: FleetSettings, place: Placement, log_file: str, log_dir: str
     ) -> docker.Container:
-        """`python -m fleet.gateway_log` from the metering exporter's image, following nginx's access-log file."""
+        """`python -m fleet.exporters.gateway_log` from the metering exporter's image, following nginx's access-log file."""
         return self._sidecar(
             f"{name}-log-exporter",
             container_name(name, "gateway-log-exporter"),
             "gateway-log-exporter",
-            "fleet.gateway_log",
+            "fleet.exporters.gateway_log",
             settings,
             place,
             command=gateway_log.exporter_arguments(
@@ -219,13 +221,13 @@ class Gateway(pulumi.ComponentResource):
     def _budget_controller(
         self, name: str, settings: FleetSettings, place: Placement, budgets: dict[str, int], args: GatewayArgs
     ) -> docker.Container:
-        """`python -m fleet.budget` from the meter image, in nginx's PID namespace, writing the budget map into
-        the state volume and reloading nginx when it changes (fleet/budget.py explains the mechanism)."""
+        """`python -m fleet.exporters.budget` from the meter image, in nginx's PID namespace, writing the budget map into
+        the state volume and reloading nginx when it changes (fleet/exporters/budget.py explains the mechanism)."""
         return self._sidecar(
             f"{name}-budget",
             container_name(name, "budget"),
             "budget-controller",
-            "fleet.budget",
+            "fleet.exporters.budget",
             settings,
             place,
             command=pulumi.Output.from_input(args.prometheus_url).apply(

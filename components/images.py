@@ -26,29 +26,22 @@ from fleet.config import PROJECT, FleetSettings
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTER_DOCKERFILE = "exporter/Dockerfile"
 EXPORTER_REPOSITORY = f"{PROJECT}/meter"
-# Everything the exporter build reads from the build context (the repository root). exporter/Dockerfile
-# copies exactly these, and the root .dockerignore lets only these into the context.
-EXPORTER_SOURCES = (
-    "exporter/Dockerfile",
-    "exporter/requirements.txt",
-    "fleet/__init__.py",
-    "fleet/ports.py",
-    "fleet/exporter.py",
-    "fleet/exporter_proxy.py",
-    "fleet/exporter_metrics.py",
-    "fleet/exporter_stream.py",
-    "fleet/gateway_log.py",
-    "fleet/gateway_routes.py",
-    "fleet/log_follower.py",
-    "fleet/budget.py",
-    "fleet/usage.py",
-)
+# The one list of what the exporter build reads from its context (the repository root): the root
+# .dockerignore shuts everything out (`*`) and lets each input back in (`!pattern`); exporter/Dockerfile copies
+# the admitted tree as it is, and the image tag hashes the same files.
+DOCKERIGNORE = ".dockerignore"
+
+
+def exporter_sources(root: Path = ROOT) -> tuple[str, ...]:
+    """The patterns the build context admits, in the order .dockerignore lists them."""
+    lines = (line.strip() for line in (root / DOCKERIGNORE).read_text().splitlines())
+    return tuple(line[1:] for line in lines if line.startswith("!"))
 
 
 def exporter_files(root: Path = ROOT) -> list[Path]:
     """The files of the exporter build, sorted, as found under `root`."""
     found: set[Path] = set()
-    for pattern in EXPORTER_SOURCES:
+    for pattern in exporter_sources(root):
         matches = sorted(root.glob(pattern))
         if not matches:
             raise FileNotFoundError(f"exporter build input {pattern!r} not found under {root}")

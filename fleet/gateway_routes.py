@@ -1,7 +1,7 @@
 """Names the gateway's nginx.conf and its access-log reader share: the route allow-list, the admin client
 name and the upstream group names.
 
-`fleet.render.nginx` renders the config from these; `fleet.gateway_log` classifies logged requests with
+`fleet.render.nginx` renders the config from these; `fleet.exporters.gateway_log` classifies logged requests with
 them. This module imports nothing, so the exporter image (exporter/Dockerfile) can carry it alone.
 """
 

@@ -83,7 +83,7 @@ def modelfile(model: ModelSpec, num_thread: int | None = None) -> str:
 
 
 def meter_command(ollama_container: str, node: str, group: NodeGroup, clients: Iterable[str] = ()) -> list[str]:
-    """Arguments of `python -m fleet.exporter`: proxy Ollama on the node's network, label series with the node
+    """Arguments of `python -m fleet.exporters.meter`: proxy Ollama on the node's network, label series with the node
     and, from the start, with the models it serves and the gateway's clients (`gateway.clients`); a request by
     alias is labelled with the served model it names."""
     command = [

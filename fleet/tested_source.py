@@ -1,7 +1,7 @@
 """The source of a promotion is what was deployed and smoke-tested, not the working tree: the source stack file
 as committed at the commit its deployment record names, in a clean checkout.
 
-`fleet promote` refuses when the record does not show a deployed and smoke-tested commit (fleet.deployment),
+`fleet promote` refuses when the record does not show a deployed and smoke-tested commit (fleet.ops.deployment),
 when that commit is not in this clone, or when either stack file has uncommitted changes (an edit would
 otherwise be promoted untested, or mixed into the promotion's diff).
 """
@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet.deployment import DeploymentError, DeploymentRecord
+from fleet.ops.deployment import DeploymentError, DeploymentRecord
 
 
 class UntestedSourceError(Exception):

@@ -31,10 +31,10 @@ from typing import Any
 
 import httpx
 
-from fleet.budget import controller_arguments as budget_arguments
+from fleet.exporters.budget import controller_arguments as budget_arguments
 from fleet.usage import PASSWORD_ENV as USAGE_PASSWORD_ENV
 from fleet.config import FLEET_KEY, FleetSettings, ModelSpec, NodeGroup
-from fleet.gateway_log import exporter_arguments as gateway_log_arguments
+from fleet.exporters.gateway_log import exporter_arguments as gateway_log_arguments
 from fleet.local import sizing
 from fleet.local.ollama import OllamaServer, OllamaSettings, smollm2_gguf
 from fleet.local.processes import LOOPBACK, ManagedProcess, clean_env, free_port, port_is_open
@@ -568,7 +568,7 @@ class DataPlane:
                 meter_port, metrics_port = free_port(), free_port()
                 meter = ManagedProcess(
                     name=f"meter-{name}",
-                    argv=[sys.executable, "-m", "fleet.exporter"]
+                    argv=[sys.executable, "-m", "fleet.exporters.meter"]
                     + meter_arguments(
                         group,
                         name,
@@ -634,7 +634,7 @@ class DataPlane:
             self.gateway_log = self._track(
                 ManagedProcess(
                     "gateway-log-exporter",
-                    [sys.executable, "-m", "fleet.gateway_log"]
+                    [sys.executable, "-m", "fleet.exporters.gateway_log"]
                     + gateway_log_arguments(
                         self.paths.access_log_file,
                         f"{LOOPBACK}:{self.gateway_log_port}",
@@ -744,7 +744,7 @@ class DataPlane:
         self.budget_controller = self._track(
             ManagedProcess(
                 "budget-controller",
-                [sys.executable, "-m", "fleet.budget"]
+                [sys.executable, "-m", "fleet.exporters.budget"]
                 + budget_arguments(
                     self.prometheus_url, self.budgets, str(self.budget_map_file), self.paths.pid, interval_s=1,
                     prometheus_user=prometheus_web.PROMETHEUS_USER,

@@ -1,9 +1,9 @@
 """The resources the program registers for a stack, captured as `pulumi up` would send them to the providers.
 
-The real program runs under Pulumi's mocks (`fleet.preview.run_program`, as `fleet preview` runs it) in a
+The real program runs under Pulumi's mocks (`fleet.preview.offline.run_program`, as `fleet preview` runs it) in a
 process of its own (mocks are process-global): `python -m fleet.local.docker_capture --stack dev` prints
 the capture as JSON on stdout, and `capture()` reads it. Everything keeps the mock cloud's outputs
-(`fleet.mock_cloud`) except the random and tls resources: their providers compute locally in a real
+(`fleet.preview.mock_cloud`) except the random and tls resources: their providers compute locally in a real
 deployment too, so here they do the same — generated passwords and ids, a private key and a self-signed
 certificate made by openssl from the resource's own inputs — and the containers get secrets that work.
 
@@ -147,7 +147,7 @@ def _local_outputs(type_: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
 def _replay_mocks():
     from pulumi.runtime import mocks as pulumi_mocks
 
-    from fleet.mock_cloud import FleetMocks
+    from fleet.preview.mock_cloud import FleetMocks
 
     class ReplayMocks(FleetMocks):
         def new_resource(self, args: pulumi_mocks.MockResourceArgs):
@@ -181,7 +181,8 @@ def run_capture(stack: str) -> dict[str, Any]:
     """Run the program for `stack` under the replay's mocks (in this process): the capture as plain data."""
     import pulumi
 
-    from fleet import node_runtime, preview
+    from fleet import node_runtime
+    from fleet.preview import offline as preview
     from fleet.stack_file import load_stack
 
     config = load_stack(stack, ROOT)

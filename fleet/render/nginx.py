@@ -27,7 +27,7 @@ from fleet import ports
 from fleet.capacity import max_conns_per_node, queue_per_node  # the one source of max_conns
 from fleet.config import FleetSettings
 
-# Routes, the admin client name and upstream names are shared with the access-log reader (fleet.gateway_log);
+# Routes, the admin client name and upstream names are shared with the access-log reader (fleet.exporters.gateway_log);
 # they stay importable from here.
 from fleet.gateway_routes import (
     ADMIN_CLIENT,
@@ -81,14 +81,14 @@ class GatewayPaths:
     pid: str = "/var/run/nginx.pid"
     error_log: str = "/var/log/nginx/error.log"  # the image links it to stderr
     access_log: str = "/var/log/nginx/access.log"  # the image links it to stdout
-    # The same JSON lines as a plain file, in a folder the gateway log exporter (fleet.gateway_log) shares;
+    # The same JSON lines as a plain file, in a folder the gateway log exporter (fleet.exporters.gateway_log) shares;
     # written only when it differs from `access_log`.
     access_log_file: str = "/var/log/nginx/fleet/access.log"
     temp_dir: str = "/var/cache/nginx"  # client_temp, proxy_temp, ... are created under it
     # The njs module: Debian's libnginx-mod-http-js and the official image put it at the same path.
     njs_module: str = "/usr/lib/nginx/modules/ngx_http_js_module.so"
     router_script: str = "/etc/nginx/fleet/router.js"  # fleet/render/njs/fleet_router.js, uploaded
-    # Clients over their token budget: `*.map` files written by the budget controller (fleet.budget), read at
+    # Clients over their token budget: `*.map` files written by the budget controller (fleet.exporters.budget), read at
     # every (re)load; a folder with none means nobody is over budget.
     budget_dir: str = "/var/lib/nginx-fleet/budget"
 

@@ -5,7 +5,7 @@ Jobs (their names are used by the alert rules and dashboards):
 * `ollama-meter`: each node's metering exporter (`ports.METER_METRICS`), labelled with its `group`;
   the exporter labels its own series with `node` and `model`.
 * `nginx`: the nginx exporter beside the gateway (stub_status).
-* `gateway-log`: the gateway log exporter beside the gateway (`fleet.gateway_log`: the gateway's own answers,
+* `gateway-log`: the gateway log exporter beside the gateway (`fleet.exporters.gateway_log`: the gateway's own answers,
   from its access log); it labels its series with `gateway`.
 * `node`: node exporters of the Ollama hosts and the gateway/monitoring host, labelled `node`, `group`.
 * `dcgm`: NVIDIA DCGM exporters of GPU hosts, labelled `node`, `group`.

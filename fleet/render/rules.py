@@ -1,7 +1,7 @@
 """Prometheus alert rules of a fleet, with thresholds from `settings.monitoring.alerts`.
 
-The series come from the metering exporter (fleet/exporter_metrics.py: `ollama_*`), the gateway log exporter
-(fleet/gateway_log.py: `fleet_gateway_*`), DCGM (`DCGM_FI_*`) and Prometheus' own `up`. Every expression here is checked by
+The series come from the metering exporter (fleet/exporters/meter_metrics.py: `ollama_*`), the gateway log exporter
+(fleet/exporters/gateway_log.py: `fleet_gateway_*`), DCGM (`DCGM_FI_*`) and Prometheus' own `up`. Every expression here is checked by
 `promtool check rules` and each alert has a `promtool test rules` case that fires and one that does not.
 """
 
@@ -52,7 +52,7 @@ def node_refusal_ratio(window: str = "5m") -> str:
 
 def gateway_refusal_ratio(window: str = "5m") -> str:
     """Share of known clients' requests the gateway refuses for capacity (rate limits, shedding), counted
-    from its access log by fleet.gateway_log. Unauthenticated requests neither raise nor dilute it."""
+    from its access log by fleet.exporters.gateway_log. Unauthenticated requests neither raise nor dilute it."""
     return (
         f'sum(rate(fleet_gateway_refusals_total{{reason=~"{CAPACITY_REFUSALS}"}}[{window}]))'
         f' / sum(rate(fleet_gateway_requests_total{{client!="unknown"}}[{window}]))'

@@ -29,7 +29,7 @@ from fleet.local.docker_replay import ReplayError
 from fleet.model_names import short_name
 from fleet.node_runtime import DIGEST_LINE, manifest_path
 from fleet.render.prometheus_web import PROMETHEUS_USER
-from fleet.smoke import SmokeOptions, run_smoke
+from fleet.ops.smoke import SmokeOptions, run_smoke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

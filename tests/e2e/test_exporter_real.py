@@ -1,6 +1,6 @@
 """The metering exporter in front of the real Ollama (built from source) with the real test model.
 
-The exporter runs as its command (`python -m fleet.exporter`), the same way its container runs it; the
+The exporter runs as its command (`python -m fleet.exporters.meter`), the same way its container runs it; the
 official `ollama` and `openai` clients talk to it, and /metrics must carry the counts Ollama reported.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet.exporter_stream import normalize_model
+from fleet.exporters.meter_stream import normalize_model
 from fleet.local.processes import free_port
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +47,7 @@ def meter(ollama_cluster, model_name, tmp_path_factory):
     log = tmp_path_factory.mktemp("exporter") / "exporter.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet.exporter", "--upstream", server.base_url, "--listen", f"127.0.0.1:{listen}",
+            [sys.executable, "-m", "fleet.exporters.meter", "--upstream", server.base_url, "--listen", f"127.0.0.1:{listen}",
              "--metrics-listen", f"127.0.0.1:{metrics}", "--node", NODE, "--ps-interval", "0.5", "--model", model_name],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )

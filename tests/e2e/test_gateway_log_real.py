@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet import gateway_log
+from fleet.exporters import gateway_log
 from fleet.local.dataplane import NGINX_BINARY, _nginx_user
 from fleet.local.processes import LOOPBACK, ManagedProcess, clean_env, free_port
 from fleet.render import nginx as ng
@@ -81,7 +81,7 @@ def test_rotation_by_the_deployed_script_and_nginx_reopen_loses_no_request(tmp_p
         ManagedProcess("rotate", ["sh", str(script), "--foreground"], tmp_path / "rotate.out", env=clean_env()),
         ManagedProcess(
             "gateway-log",
-            [sys.executable, "-m", "fleet.gateway_log"]
+            [sys.executable, "-m", "fleet.exporters.gateway_log"]
             + gateway_log.exporter_arguments(paths.access_log_file, f"{LOOPBACK}:{metrics_port}", "gateway-0", ["dev"])
             + ["--poll-interval", "0.05"],
             tmp_path / "gateway-log.out",

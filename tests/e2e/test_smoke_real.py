@@ -14,7 +14,7 @@ import pytest
 
 from fleet.local.processes import LOOPBACK
 from fleet.render import nginx as ng
-from fleet.smoke import ADMIN_PROBES, BLOB_PROBE, TOKENS_METRIC
+from fleet.ops.smoke import ADMIN_PROBES, BLOB_PROBE, TOKENS_METRIC
 
 WAIT_S = "60"  # bound on the metrics poll; the session's Prometheus scrapes every second
 

@@ -1,5 +1,5 @@
 """Usage per client and token budgets on the loopback data plane: real clients through the real gateway,
-meters and Prometheus; the budget controller (fleet.budget) reloading the real nginx."""
+meters and Prometheus; the budget controller (fleet.exporters.budget) reloading the real nginx."""
 
 from __future__ import annotations
 

@@ -35,10 +35,11 @@ SG_RULE = rules.SG_RULE
 _DUMP = """
 import json, pickle, sys
 from dataclasses import replace
-from fleet import contract, preview
+from fleet import contract
+from fleet.preview import offline as preview
 from fleet.local.dataplane import apply_overrides
 from fleet.config import FLEET_KEY
-from fleet.policy_runner import plain
+from fleet.preview.policy_runner import plain
 from fleet.stack_file import load_stack
 stack, overrides, renamed = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 if renamed:

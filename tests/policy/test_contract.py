@@ -13,7 +13,7 @@ from policy_builders import CONTAINER, find, program_resources, set_models
 from fleet import capacity, catalog, contract
 from fleet.config import FleetSettings, NodeGroup
 from fleet.contract import GatewayContract, NodeContract
-from fleet.policy_runner import evaluate
+from fleet.preview.policy_runner import evaluate
 from fleet.stack_file import load_stack
 from policies import rules
 

@@ -21,7 +21,7 @@ from policy_builders import (
 )
 
 from fleet import address_ranges, contract
-from fleet.policy_runner import evaluate
+from fleet.preview.policy_runner import evaluate
 from fleet.stack_file import StackConfigError, environment_of_stack, load_stack_file
 from policies import rules
 

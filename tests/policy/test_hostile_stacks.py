@@ -17,8 +17,9 @@ from policy_builders import (
     set_prop,
 )
 
-from fleet import address_ranges, contract, policy_runner
-from fleet.policy_runner import evaluate, load_config_file
+from fleet import address_ranges, contract
+from fleet.preview import policy_runner
+from fleet.preview.policy_runner import evaluate, load_config_file
 from fleet.stack_file import StackConfigError, load_stack_file
 
 DIGEST = "@sha256:" + "5" * 64

@@ -26,7 +26,7 @@ from policy_builders import (
 )
 
 from fleet import capacity, catalog, contract
-from fleet.policy_runner import evaluate
+from fleet.preview.policy_runner import evaluate
 from policies import rules
 
 LEVEL = {"dev": "advisory", "staging": "mandatory", "prod": "mandatory"}

@@ -9,7 +9,7 @@ from policy_builders import CONTAINER, find, program_resources, set_label, set_m
 
 from fleet import contract
 
-from fleet.policy_runner import evaluate
+from fleet.preview.policy_runner import evaluate
 from policies import rules
 
 

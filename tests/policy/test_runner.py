@@ -16,7 +16,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 from rich.console import Console
 
 from fleet import contract
-from fleet.policy_runner import (
+from fleet.preview.policy_runner import (
     PolicyConfigError,
     evaluate,
     load_config_file,

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 _PREVIEW_FILES = """
 import json, sys
-from fleet import preview
+from fleet.preview import offline as preview
 from fleet.render.bundle import program_files, stand_ins
 from fleet.stack_file import load_stack
 config = load_stack(sys.argv[1])

@@ -424,11 +424,11 @@ def test_paths_that_escape_the_model_route_reach_no_node(routed, nodes, embed_no
 
 
 def test_a_client_in_the_budget_map_is_refused_after_a_reload_and_others_are_not(gateway):
-    """What fleet.budget writes, nginx enforces after SIGHUP: 429, the budget in JSON, Retry-After a date."""
+    """What fleet.exporters.budget writes, nginx enforces after SIGHUP: 429, the budget in JSON, Retry-After a date."""
     from datetime import datetime, timezone
     from email.utils import parsedate_to_datetime
 
-    from fleet.budget import decide, render_map, write_if_changed
+    from fleet.exporters.budget import decide, render_map, write_if_changed
 
     body = {"model": MODEL, "prompt": "hi", "stream": False}
     with gateway.client(KEYS["alpha"]) as alpha, gateway.client(KEYS["beta"]) as beta:

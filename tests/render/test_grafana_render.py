@@ -8,8 +8,8 @@ import re
 import yaml
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-from fleet.exporter_metrics import LoadedModel, MeterMetrics
-from fleet.gateway_log import GatewayLogMetrics
+from fleet.exporters.meter_metrics import LoadedModel, MeterMetrics
+from fleet.exporters.gateway_log import GatewayLogMetrics
 from fleet.render import grafana, rules
 
 # Series of nginx-prometheus-exporter (stub_status) and dcgm-exporter that the queries may use.

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import yaml
 
-from fleet.budget import usage_query
+from fleet.exporters.budget import usage_query
 from fleet.usage import REQUESTS_METRIC, TOKENS_METRIC, counted_since, requests_query, tokens_query
 from test_prometheus_render import promtool
 

@@ -1,6 +1,6 @@
 """Pulumi mocks for the AWS host components, and a helper that runs a piece of program under them.
 
-Builds on the project's mock cloud (`fleet.mock_cloud`): the same deterministic resource outputs, plus answers
+Builds on the project's mock cloud (`fleet.preview.mock_cloud`): the same deterministic resource outputs, plus answers
 for every invoke the network, host, DNS and TLS components make (camelCase, every field they read), a record
 of the invokes, and outputs for the ACME provider's resources. Mocks are process-global, so `deploy` installs
 fresh mocks for each run: test files using it can share one pytest session with other mock-based tests.
@@ -16,7 +16,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from fleet.config import PROJECT, FleetSettings
-from fleet.mock_cloud import FleetMocks, RecordingMonitor, fake_invoke
+from fleet.preview.mock_cloud import FleetMocks, RecordingMonitor, fake_invoke
 from fleet.resources import RegisteredResource
 from fleet.stack_file import load_stack, parse_settings
 

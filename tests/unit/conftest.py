@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 @pytest.fixture
 def capacity_cli():
     """`fleet plan|fit ARGS`: returns typer's result (exit code, output)."""
-    from fleet import cli_capacity
+    from fleet.cli import capacity as cli_capacity
 
     app = typer.Typer()
     cli_capacity.register(app)
@@ -21,7 +21,7 @@ def capacity_cli():
 @pytest.fixture
 def load_cli() -> typer.Typer:
     """An app with `fleet loadtest` and `fleet tune`, for CliRunner."""
-    from fleet.cli_load import register
+    from fleet.cli.load import register
 
     app = typer.Typer()
 

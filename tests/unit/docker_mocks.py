@@ -3,7 +3,7 @@
 Pulumi's mocks are process-global, so every test installs a fresh monitor with `use_mocks()` and builds its
 resources inside a `@pulumi.runtime.test` function: test files using other mocks can share the session.
 
-The monitor is the project's mock cloud (`fleet.mock_cloud`) plus the raw wire form of each resource's inputs,
+The monitor is the project's mock cloud (`fleet.preview.mock_cloud`) plus the raw wire form of each resource's inputs,
 where secrets are still marked one by one (the deserialized inputs mark a whole list secret if any element
 is), so a test can tell a plain nginx.conf from the secret key file uploaded next to it.
 """
@@ -21,7 +21,7 @@ from pulumi_command import local, remote
 from components.host import Host
 from fleet import contract
 from fleet.config import PROJECT, FleetSettings
-from fleet.mock_cloud import FleetMocks, RecordingMonitor
+from fleet.preview.mock_cloud import FleetMocks, RecordingMonitor
 from fleet.resources import RegisteredResource
 from fleet.stack_file import load_stack
 

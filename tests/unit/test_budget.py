@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from fleet.budget import (
+from fleet.exporters.budget import (
     BudgetController,
     controller_arguments,
     decide,
@@ -175,7 +175,7 @@ def test_usage_report_by_client_and_model_with_basic_auth():
 def test_the_controller_process_stops_on_sigterm(prom, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.budget", *controller_arguments(prom.url, {"a": 1}, str(tmp_path / "c.map"),
+        [sys.executable, "-m", "fleet.exporters.budget", *controller_arguments(prom.url, {"a": 1}, str(tmp_path / "c.map"),
                                                                      str(tmp_path / "none.pid"), interval_s=1)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -190,7 +190,7 @@ def test_an_unreadable_stack_file_is_refused_clearly(project, monkeypatch):
 def test_a_failure_no_command_foresaw_still_ends_in_one_line(project, monkeypatch):
     """The command group's last line of defence: an unexpected error is one line and exit 1 (a traceback only
     with FLEET_DEBUG=1)."""
-    from fleet import cli_capacity
+    from fleet.cli import capacity as cli_capacity
 
     def broken(*args, **kwargs):
         raise RuntimeError("something\nbroke")
@@ -206,7 +206,7 @@ def test_a_failure_no_command_foresaw_still_ends_in_one_line(project, monkeypatc
 
 
 def test_an_os_error_no_command_foresaw_names_the_file(project, monkeypatch):
-    from fleet import cli_capacity
+    from fleet.cli import capacity as cli_capacity
 
     def broken(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "/some/file")
@@ -225,7 +225,7 @@ def test_the_cases_leave_no_output_behind(project):
 
 
 def test_a_program_failure_is_its_own_message_without_the_sdk_wrapping():
-    from fleet.cli_errors import program_failure
+    from fleet.cli.errors import program_failure
 
     wrapped = ValueError(
         "While processing resource: 'ollama-monitoring-alertmanager', type: 'docker:index/container:Container'\n"

@@ -16,10 +16,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from fleet import invocation
-from fleet import loadtest as lt
+from fleet.ops import loadtest as lt
 from fleet.cli import app
-from fleet.cli_load import summary_table
-from fleet.console import print_table
+from fleet.cli.load import summary_table
+from fleet.cli.console import print_table
 
 
 def _commands(command, path):

@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fleet.cli_delivery import register
-from fleet.deployment import TAG_DEPLOYED, TAG_SMOKE_TESTED, DeploymentError, DeploymentRecord
+from fleet.cli.delivery import register
+from fleet.ops.deployment import TAG_DEPLOYED, TAG_SMOKE_TESTED, DeploymentError, DeploymentRecord
 
 SHA = "1" * 40
 OTHER = "2" * 40

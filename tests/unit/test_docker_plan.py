@@ -85,7 +85,7 @@ def test_container_inputs_are_the_programs(plan, captured):
     exporter = plan.step("ollama-cpu-0-node-exporter").resource
     assert exporter.network_mode == dp.Ref("ollama-cpu-0-meter", "id", "container:{}") and exporter.pid_mode == "host"
     log_exporter = plan.step("ollama-gateway-0-log-exporter").resource
-    assert log_exporter.entrypoint == ("python", "-m", "fleet.gateway_log")
+    assert log_exporter.entrypoint == ("python", "-m", "fleet.exporters.gateway_log")
     assert log_exporter.mounts == (dp.Mount("ollama-gateway-0-access-log", "/var/log/nginx/fleet", read_only=True),)
     assert {p.external for p in plan.step("ollama-gateway-0-nginx").resource.ports} == {8443, 8080}
 

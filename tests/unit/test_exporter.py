@@ -23,10 +23,10 @@ import pytest
 from fake_ollama import QUEUE_FULL, Behavior, FakeOllama
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet.exporter import build_parser, parse_address
-from fleet.exporter_metrics import ModelLabels
-from fleet.exporter_proxy import ExporterConfig, ExporterServer
-from fleet.exporter_stream import JsonMeter, NdjsonMeter, SseMeter, model_from_body, normalize_model, route_label
+from fleet.exporters.meter import build_parser, parse_address
+from fleet.exporters.meter_metrics import ModelLabels
+from fleet.exporters.meter_proxy import ExporterConfig, ExporterServer
+from fleet.exporters.meter_stream import JsonMeter, NdjsonMeter, SseMeter, model_from_body, normalize_model, route_label
 from fleet.local.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -722,7 +722,7 @@ async def test_the_command_runs_the_exporter_and_stops_on_sigterm():
     upstream = await fake.start()
     listen, metrics = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fleet.exporter", "--upstream", upstream, "--listen", f"127.0.0.1:{listen}",
+        sys.executable, "-m", "fleet.exporters.meter", "--upstream", upstream, "--listen", f"127.0.0.1:{listen}",
         "--metrics-listen", f"127.0.0.1:{metrics}", "--node", "cli-node", "--ps-interval", "1",
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

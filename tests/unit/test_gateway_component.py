@@ -29,7 +29,8 @@ from docker_mocks import (
     unwrap,
     use_mocks,
 )
-from fleet import contract, gateway_log, ports
+from fleet import contract, ports
+from fleet.exporters import gateway_log
 from fleet.capacity import max_conns_per_node
 from fleet.config import FleetSettings
 from fleet.render import nginx
@@ -233,7 +234,7 @@ def test_log_exporter_runs_the_meter_image_with_the_gateway_log_command(dev):
     assert image.inputs["build"]["dockerfile"].endswith("exporter/Dockerfile")
     assert image.inputs["imageName"] == f"ollama-fleet/meter:{images.exporter_tag(dev.settings.images.python)}"
     assert exporter.inputs["image"] == image.outputs["repoDigest"]
-    assert exporter.inputs["entrypoints"] == ["python", "-m", "fleet.gateway_log"]
+    assert exporter.inputs["entrypoints"] == ["python", "-m", "fleet.exporters.gateway_log"]
     clients = [c.name for c in dev.settings.gateway.clients]
     assert exporter.inputs["command"] == gateway_log.exporter_arguments(
         nginx.GatewayPaths().access_log_file, f"0.0.0.0:{ports.GATEWAY_LOG_EXPORTER}", "ollama-gateway-0", clients
@@ -474,7 +475,7 @@ def test_token_budgets_run_a_controller_that_shares_nginx_state_and_pid_namespac
         "dev", DEV_UPSTREAMS, settings=settings, prometheus_url="http://prom:9090", prometheus_password="pw-1", transport="local"
     )
     controller = built.monitor.container("budget-controller")
-    assert controller.inputs["entrypoints"] == ["python", "-m", "fleet.budget"]
+    assert controller.inputs["entrypoints"] == ["python", "-m", "fleet.exporters.budget"]
     command = controller.inputs["command"]
     assert command[command.index("--prometheus-url") + 1] == "http://prom:9090"
     assert command[command.index("--budget") + 1] == "dev=5000" and command.count("--budget") == 1

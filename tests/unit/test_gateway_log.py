@@ -1,6 +1,6 @@
 """The gateway log exporter: following a log file through late creation, partial lines, truncation and
-rotation (fleet/log_follower.py); classifying nginx's access-log lines against the rendered gateway config;
-the metrics and the command itself (fleet/gateway_log.py)."""
+rotation (fleet/exporters/log_follower.py); classifying nginx's access-log lines against the rendered gateway config;
+the metrics and the command itself (fleet/exporters/gateway_log.py)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet import gateway_log as gl
+from fleet.exporters import gateway_log as gl
 from fleet import gateway_routes
 from fleet.local.processes import free_port
-from fleet.log_follower import LogFollower
+from fleet.exporters.log_follower import LogFollower
 from fleet.render import nginx
 from fleet.stack_file import load_stack
 
@@ -400,7 +400,7 @@ def test_the_command_follows_a_log_through_rotation_and_stops_on_sigterm(tmp_pat
     log = tmp_path / "logs" / "access.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
-    argv = [sys.executable, "-m", "fleet.gateway_log"] + gl.exporter_arguments(
+    argv = [sys.executable, "-m", "fleet.exporters.gateway_log"] + gl.exporter_arguments(
         str(log), f"127.0.0.1:{port}", "gateway-0", ["alpha"]
     ) + ["--poll-interval", "0.05", "--rotate-grace", "0.5"]
     out = (tmp_path / "exporter.log").open("wb")
@@ -442,6 +442,6 @@ def _try_scrape(url: str):
 
 
 def test_bad_arguments_are_clear_errors():
-    proc = subprocess.run([sys.executable, "-m", "fleet.gateway_log", "--log", "x", "--metrics-listen", "nowhere"],
+    proc = subprocess.run([sys.executable, "-m", "fleet.exporters.gateway_log", "--log", "x", "--metrics-listen", "nowhere"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "is not host:port" in proc.stderr and "Traceback" not in proc.stderr

@@ -302,7 +302,7 @@ def _broken(result, type_, change):
 
 
 def test_policy_pack_passes_on_these_resources_and_catches_broken_variants():
-    from fleet.policy_runner import evaluate
+    from fleet.preview.policy_runner import evaluate
 
     result = _aws_site(stack_settings("prod"), "prod")
     report = evaluate(result.resources, "prod")

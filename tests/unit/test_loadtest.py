@@ -10,7 +10,7 @@ import pytest
 from fake_ollama import Behavior, FakeOllama
 from typer.testing import CliRunner
 
-from fleet import loadtest as lt
+from fleet.ops import loadtest as lt
 from fleet.local.processes import free_port  # nothing listens on it
 
 API_ROUTES = {"ollama": "/api/generate", "chat": "/api/chat", "openai": "/v1/chat/completions"}

@@ -10,7 +10,7 @@ from aws_mocks import AwsMocks, deploy, plain, stack_settings
 
 from components.network import Network, NetworkArgs
 from fleet import ports
-from fleet.mock_cloud import fake_outputs
+from fleet.preview.mock_cloud import fake_outputs
 from fleet.plans.network import network_plan, plan_rules
 from fleet.stack_file import StackConfigError
 

@@ -40,7 +40,7 @@ from docker_mocks import (
 from fleet import catalog, contract, ports
 from fleet.capacity import context_length_env
 from fleet.config import FleetSettings, ModelSpec, NodeGroup
-from fleet.exporter import build_parser
+from fleet.exporters.meter import build_parser
 from fleet.local.ollama import smollm2_gguf
 
 # The server knobs Ollama reads (envconfig/config.go); nothing else may appear in the container's environment.
@@ -525,37 +525,45 @@ def test_meter_runs_the_exporter_image_built_on_the_host_from_the_pinned_python(
     assert dev.monitor.container("meter").inputs["image"] == image.outputs["repoDigest"]
 
 
-def _dockerfile_copies() -> set[str]:
-    text = (ROOT / "exporter/Dockerfile").read_text().replace("\\\n", " ")
-    copied = set()
-    for line in text.splitlines():
-        if line.startswith("COPY "):
-            copied.update(line.split()[1:-1])
-    return copied
-
-
-def test_exporter_build_inputs_agree_dockerfile_dockerignore_and_tag():
-    sources = set(images.EXPORTER_SOURCES)
-    copied = _dockerfile_copies()
-    assert copied | {"exporter/Dockerfile"} == sources
-    allowed = {line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
-    assert allowed == sources
-    # Every fleet module the exporter imports is in the image.
-    modules = {p for p in copied if p.startswith("fleet/")}
+def test_the_exporter_build_context_is_the_dockerignore_list_and_holds_every_module_it_imports():
+    sources = images.exporter_sources()
+    assert sources[:2] == ("exporter/Dockerfile", "exporter/requirements.txt")
+    files = {p.relative_to(ROOT).as_posix() for p in images.exporter_files()}
+    # The Dockerfile copies the requirements and the admitted fleet tree, nothing named one by one.
+    copies = [line.split()[1:] for line in (ROOT / "exporter/Dockerfile").read_text().splitlines() if line.startswith("COPY ")]
+    assert copies == [["exporter/requirements.txt", "/app/requirements.txt"], ["fleet/", "/app/fleet/"]]
+    modules = {p for p in files if p.startswith("fleet/")}
+    assert {"fleet/exporters/meter.py", "fleet/exporters/gateway_log.py", "fleet/exporters/budget.py"} <= modules
+    # Every fleet module the image's code imports is in the image (and so in the tag's hash).
     for path in modules:
         tree = ast.parse((ROOT / path).read_text())
         for node in ast.walk(tree):
             names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fleet"):
+                names += [f"{node.module}.{a.name}" for a in node.names]
             for name in names:
-                if name.startswith("fleet."):
-                    assert name.replace(".", "/") + ".py" in modules, f"{path} imports {name}, which the image lacks"
-                if isinstance(node, ast.ImportFrom) and node.module == "fleet":
-                    for alias in node.names:
-                        assert f"fleet/{alias.name}.py" in modules, f"{path} imports fleet.{alias.name}"
+                if not name.startswith("fleet."):
+                    continue
+                as_module = name.replace(".", "/") + ".py"
+                as_member = name.rpartition(".")[0].replace(".", "/") + ".py"
+                as_package = name.replace(".", "/") + "/__init__.py"
+                assert {as_module, as_member, as_package} & modules, f"{path} imports {name}, which the image lacks"
+
+
+def test_a_module_outside_the_dockerignore_list_is_not_an_exporter_input(tmp_path):
+    (tmp_path / "fleet/exporters").mkdir(parents=True)
+    (tmp_path / "exporter").mkdir()
+    for relative in ("exporter/Dockerfile", "exporter/requirements.txt", "fleet/__init__.py", "fleet/ports.py",
+                     "fleet/gateway_routes.py", "fleet/usage.py", "fleet/exporters/meter.py", "fleet/config.py"):
+        (tmp_path / relative).write_text("x = 1\n")
+    (tmp_path / ".dockerignore").write_text((ROOT / ".dockerignore").read_text())
+    found = {p.relative_to(tmp_path).as_posix() for p in images.exporter_files(tmp_path)}
+    assert "fleet/exporters/meter.py" in found and "fleet/config.py" not in found
 
 
 def test_exporter_tag_follows_the_build_inputs(tmp_path):
+    shutil.copy(ROOT / ".dockerignore", tmp_path / ".dockerignore")
     for source in images.exporter_files():
         target = tmp_path / source.relative_to(ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -564,11 +572,11 @@ def test_exporter_tag_follows_the_build_inputs(tmp_path):
     tag = images.exporter_tag(base, tmp_path)
     assert tag == images.exporter_tag(base, ROOT)
     assert images.exporter_tag(base.replace("3.11", "3.12"), tmp_path) != tag
-    proxy = tmp_path / "fleet/exporter_proxy.py"
+    proxy = tmp_path / "fleet/exporters/meter_proxy.py"
     proxy.write_text(proxy.read_text() + "\n# changed\n")
     assert images.exporter_tag(base, tmp_path) != tag
-    (tmp_path / "fleet/exporter_proxy.py").unlink()
-    with pytest.raises(FileNotFoundError, match="exporter_proxy"):
+    (tmp_path / "fleet/usage.py").unlink()
+    with pytest.raises(FileNotFoundError, match="fleet/usage.py"):
         images.exporter_tag(base, tmp_path)
 
 
@@ -613,9 +621,10 @@ def test_exporter_requirements_are_the_hashed_closure_at_the_project_pins():
         assert constraints.get(name) == version, f"{name}=={version} differs from constraints.txt"
         assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
     third_party = set()
-    for path in _dockerfile_copies():
+    for source in images.exporter_files():
+        path = source.relative_to(ROOT).as_posix()
         if path.startswith("fleet/"):
-            for node in ast.walk(ast.parse((ROOT / path).read_text())):
+            for node in ast.walk(ast.parse(source.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     third_party.add(node.module.split(".")[0])
                 elif isinstance(node, ast.Import):

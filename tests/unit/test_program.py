@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from fleet import contract, ports
-from fleet.mock_cloud import fake_outputs
+from fleet.preview.mock_cloud import fake_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINER = "docker:index/container:Container"
@@ -245,10 +245,10 @@ def test_each_stack_exports_what_it_runs(previews):
     assert dev["outputs"]["deployed"]["amiId"] is None  # no AWS hosts
 
 
-# `fleet preview` with the Pulumi SDK as shipped: fleet.sdk_overrides left out, the garbage collector left on.
+# `fleet preview` with the Pulumi SDK as shipped: fleet.preview.sdk_overrides left out, the garbage collector left on.
 AS_SHIPPED = (
     "import contextlib, sys\n"
-    "from fleet import preview, sdk_overrides\n"
+    "from fleet.preview import offline as preview, sdk_overrides\n"
     "sdk_overrides.apply = lambda *args, **kwargs: []\n"
     "preview.cyclic_gc_paused = contextlib.nullcontext\n"
     "from fleet.cli import main\n"

@@ -15,11 +15,11 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from fleet import promote
+from fleet.ops import promote
 from fleet.capacity import estimate_node
-from fleet.cli_delivery import register
+from fleet.cli.delivery import register
 from fleet.config import FLEET_KEY
-from fleet.deployment import TAG_DEPLOYED, TAG_SMOKE_TESTED
+from fleet.ops.deployment import TAG_DEPLOYED, TAG_SMOKE_TESTED
 from fleet.stack_file import load_stack_file
 
 ROOT = Path(__file__).resolve().parents[2]

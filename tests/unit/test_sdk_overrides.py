@@ -1,4 +1,4 @@
-"""The preview's replacements inside the Pulumi SDK (fleet.sdk_overrides) and its paused garbage collector give what
+"""The preview's replacements inside the Pulumi SDK (fleet.preview.sdk_overrides) and its paused garbage collector give what
 the SDK as shipped gives. The whole preview, with and without them: tests/unit/test_program.py."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pulumi.output import UNKNOWN, Output
 from pulumi.runtime import resource as sdk_resource
 from pulumi.runtime import rpc
 
-from fleet import sdk_overrides
-from fleet.preview import cyclic_gc_paused
+from fleet.preview import sdk_overrides
+from fleet.preview.offline import cyclic_gc_paused
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,9 +13,9 @@ from fake_ollama import Behavior, FakeOllama
 from typer.testing import CliRunner
 
 from fleet import capacity
-from fleet import loadtest as lt
-from fleet import tune as tn
-from fleet.cli_load import register
+from fleet.ops import loadtest as lt
+from fleet.ops import tune as tn
+from fleet.cli.load import register
 from fleet.stack_file import load_stack
 
 BOUNDS = tn.Bounds(max_p95_ttft_s=1.0, max_error_rate=0.02)

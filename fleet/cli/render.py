@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, fail, output_folder, program_failure
+from fleet.cli.errors import EXIT_CONFIG, EXIT_FAILED, fail, output_folder, program_failure
 from fleet.stack_file import StackConfigError, load_stack
 from fleet.text import counted
 
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write the files the program deploys (nginx, Prometheus, alert rules, Grafana, host setup scripts), taken
         from the program run offline under Pulumi's mocks, as `fleet preview` runs it; no secrets."""
-        from fleet import preview
+        from fleet.preview import offline as preview
         from fleet.render.bundle import program_files, stand_ins, write_bundle
 
         console = Console()

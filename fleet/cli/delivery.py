@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, err, fail, print_error
+from fleet.cli.errors import EXIT_CONFIG, EXIT_FAILED, err, fail, print_error
 
 console = Console()
 
@@ -54,7 +54,7 @@ def smoke(
 ) -> None:
     """Smoke-test a deployed gateway: health, 401 without a key, a real generation, admin routes closed, metrics."""
     from fleet.render.prometheus_web import PROMETHEUS_USER
-    from fleet.smoke import CheckResult, SmokeOptions, run_smoke
+    from fleet.ops.smoke import CheckResult, SmokeOptions, run_smoke
 
     options = SmokeOptions(
         url=url, api_key=api_key, admin_key=admin_key, model=model, metrics_url=metrics_url, insecure=insecure,
@@ -109,8 +109,8 @@ def promote(
     keeps TO's own values (placement, counts, queue and rate limits, domain, TLS, CIDRs, clients, monitoring,
     policy, tags, secrets) and refuses when TO's policy verdict or capacity check fails.
     """
-    from fleet import promote as promotion
-    from fleet.deployment import DeploymentError, DeploymentRecord
+    from fleet.ops import promote as promotion
+    from fleet.ops.deployment import DeploymentError, DeploymentRecord
     from fleet.stack_file import project_root
     from fleet.tested_source import UntestedSourceError, tested_source
 
@@ -180,7 +180,7 @@ def deployment_record(
     out: Path = typer.Option(..., "--out", help="JSON file to write: outputs (secrets masked), tags, update history."),
 ) -> None:
     """Save what STACK runs (outputs, tags, history) for `fleet promote --record` where Pulumi is not reachable."""
-    from fleet.deployment import DeploymentError, DeploymentRecord
+    from fleet.ops.deployment import DeploymentError, DeploymentRecord
     from fleet.stack_file import project_root
 
     try:

@@ -3,7 +3,7 @@
 Two engines. `process` (the default): real Ollama servers (built from source, cached), their metering
 exporters, the nginx gateway and Prometheus, started on 127.0.0.1 from the renderers the deployment uses
 (fleet/local/dataplane.py). `docker`: the stack's planned containers replayed on the project's own Docker
-daemon, with stand-in images (fleet/cli_local_docker.py). `up` leaves them running in the background and
+daemon, with stand-in images (fleet/cli/local_docker.py). `up` leaves them running in the background and
 records them in a state file; `down` stops them from it.
 """
 
@@ -16,8 +16,8 @@ import typer
 import yaml
 from rich.console import Console
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED
-from fleet.cli_errors import fail as _fail
+from fleet.cli.errors import EXIT_CONFIG, EXIT_FAILED
+from fleet.cli.errors import fail as _fail
 from fleet.stack_file import StackConfigError
 from fleet.text import counted
 
@@ -78,7 +78,7 @@ def _running(state: dict) -> bool:
     from fleet.local import dataplane as dp
 
     if state.get("engine") == "docker":
-        from fleet import cli_local_docker
+        from fleet.cli import local_docker as cli_local_docker
 
         return bool(cli_local_docker.running(state))
     return bool(dp.running_recorded(state))
@@ -144,7 +144,7 @@ def up(
         if previous and _running(previous):
             _fail(f"a local data plane is already running (state {state_path}); stop it with: {_down_command(state_dir)}")
     if engine == "docker":
-        from fleet import cli_local_docker
+        from fleet.cli import local_docker as cli_local_docker
 
         given = [flag for name, flag in PROCESS_ONLY.items() if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
         if given:
@@ -240,7 +240,7 @@ def down(
     except dp.DataPlaneError as error:
         _fail(str(error))
     if state.get("engine") == "docker":
-        from fleet import cli_local_docker
+        from fleet.cli import local_docker as cli_local_docker
 
         cli_local_docker.down(state, console)
         state_path.unlink()
@@ -266,7 +266,7 @@ def status(
     except dp.DataPlaneError as error:
         _fail(str(error))
     if state.get("engine") == "docker":
-        from fleet import cli_local_docker
+        from fleet.cli import local_docker as cli_local_docker
 
         code = cli_local_docker.status(state, console)
         if code:

@@ -36,7 +36,7 @@ import httpx
 
 from fleet import capacity
 from fleet.config import FLEET_KEY, FleetSettings, Measured, NodeGroup
-from fleet.loadtest import LevelSummary, LoadResult, LoadSpec, ProgressSink, run_load
+from fleet.ops.loadtest import LevelSummary, LoadResult, LoadSpec, ProgressSink, run_load
 
 Param = Literal["concurrency", "num_parallel"]
 Metric = Literal["tokens", "requests"]

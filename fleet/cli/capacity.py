@@ -16,8 +16,8 @@ from fleet.capacity import CapacityError, NodeEstimate, human
 from fleet.capacity_limits import GroupLimits, group_limits
 from fleet.capacity_limits import describe as describe_limits
 from fleet.catalog import GIB, MIB
-from fleet.cli_errors import EXIT_CONFIG, fail
-from fleet.console import print_table
+from fleet.cli.errors import EXIT_CONFIG, fail
+from fleet.cli.console import print_table
 from fleet.stack_file import StackConfig, StackConfigError, load_stack, show_value
 
 EXIT_DOES_NOT_FIT = 1
@@ -133,7 +133,7 @@ def plan_headroom(stack_config: StackConfig) -> float:
     """The headroom the policy pack judges this stack with: the stack's `policy.vramHeadroom`, raised to the
     `minHeadroom` of vram-fit in the stack's policy config (policies/config.<stack>.json), so that what the plan
     calls a fit, and every change it suggests, passes vram-fit too."""
-    from fleet.policy_runner import load_config_file
+    from fleet.preview.policy_runner import load_config_file
 
     headroom = stack_config.settings.policy.vram_headroom
     entry = load_config_file(stack_config.stack).get("vram-fit")

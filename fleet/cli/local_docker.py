@@ -14,8 +14,8 @@ from typing import Any
 
 from rich.console import Console
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED
-from fleet.cli_errors import fail as _fail
+from fleet.cli.errors import EXIT_CONFIG, EXIT_FAILED
+from fleet.cli.errors import fail as _fail
 
 ENGINE = "docker"
 

@@ -5,7 +5,7 @@ it unchanged and meters inference per model: requests by outcome, duration, time
 and completion tokens, tokens/s, requests in flight; it also polls /api/ps for the loaded models and
 their VRAM. Metrics are served on a separate port (METER_METRICS).
 
-    python -m fleet.exporter --upstream http://127.0.0.1:11434 --listen 0.0.0.0:11435 \\
+    python -m fleet.exporters.meter --upstream http://127.0.0.1:11434 --listen 0.0.0.0:11435 \\
         --metrics-listen 0.0.0.0:9778 --node gpu-a-0 [--ps-interval 5] [--model llama3.1:8b ...] \\
         [--alias chat=llama3.1:8b ...] [--client team-a ...]
 
@@ -21,7 +21,7 @@ import sys
 
 from fleet import ports
 from fleet.gateway_routes import CLIENT_HEADER
-from fleet.exporter_proxy import ExporterConfig, ExporterServer, MeteringProxy, serve
+from fleet.exporters.meter_proxy import ExporterConfig, ExporterServer, MeteringProxy, serve
 
 __all__ = ["ExporterConfig", "ExporterServer", "MeteringProxy", "main", "parse_address", "serve"]
 
@@ -56,7 +56,7 @@ def _alias(value: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fleet.exporter", description="Metering pass-through in front of one Ollama server."
+        prog="python -m fleet.exporters.meter", description="Metering pass-through in front of one Ollama server."
     )
     parser.add_argument(
         "--upstream", default=f"http://127.0.0.1:{ports.OLLAMA}", help="Ollama's base URL (default: %(default)s)"
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # e.g. the port is taken
-        print(f"fleet.exporter: {exc}", file=sys.stderr)
+        print(f"fleet.exporters.meter: {exc}", file=sys.stderr)
         return 1
     return 0
 

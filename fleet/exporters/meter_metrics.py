@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from fleet.exporter_stream import Usage, normalize_model
+from fleet.exporters.meter_stream import Usage, normalize_model
 from fleet.gateway_routes import ADMIN_CLIENT, UNKNOWN_CLIENT
 
 OTHER = "other"  # models beyond the label budget, or never answered successfully

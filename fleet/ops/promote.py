@@ -36,7 +36,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_POLICY  # the codes `fleet preview` ends with
+from fleet.cli.errors import EXIT_CONFIG, EXIT_POLICY  # the codes `fleet preview` ends with
 from fleet.config import FLEET_KEY
 from fleet.stack_file import StackConfig, StackConfigError, load_stack_file, stack_path
 

@@ -2,7 +2,7 @@
 
 Responses are relayed chunk by chunk as Ollama produces them (nothing is buffered, so streaming clients
 see every token when Ollama writes it); a copy of each chunk is read on the side by the response meters
-of `fleet.exporter_stream`. Request bodies are forwarded byte for byte.
+of `fleet.exporters.meter_stream`. Request bodies are forwarded byte for byte.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.exposition import choose_encoder
 
-from fleet.exporter_metrics import LoadedModel, MeterMetrics
+from fleet.exporters.meter_metrics import LoadedModel, MeterMetrics
 from fleet.gateway_routes import CLIENT_HEADER
-from fleet.exporter_stream import INFERENCE_ROUTES, NullMeter, ResponseMeter, meter_for, model_from_body, route_label
+from fleet.exporters.meter_stream import INFERENCE_ROUTES, NullMeter, ResponseMeter, meter_for, model_from_body, route_label
 
-log = logging.getLogger("fleet.exporter")
+log = logging.getLogger("fleet.exporters.meter")
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
 _HOP_BY_HOP = frozenset(

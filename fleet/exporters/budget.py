@@ -18,7 +18,7 @@ in its TSDB (and a series reset by a node restart is counted with `increase()`).
 cannot be reached the last decision stays in force. Tokens are counted when a request finishes, so a
 client can overshoot by what its requests in flight at that moment use.
 
-    python -m fleet.budget --prometheus-url http://prometheus:9090 --budget team-a=100000 \\
+    python -m fleet.exporters.budget --prometheus-url http://prometheus:9090 --budget team-a=100000 \\
         --map-file /var/lib/nginx-fleet/budget/clients.map --nginx-pid-file /var/lib/nginx-fleet/budget/nginx.pid
 
 Only the standard library is needed (it runs from the exporter image).
@@ -42,10 +42,10 @@ from pathlib import Path
 
 from fleet.usage import PASSWORD_ENV, TOKENS_METRIC, PrometheusApi, UsageError, counted_since
 
-log = logging.getLogger("fleet.budget")
+log = logging.getLogger("fleet.exporters.budget")
 
 _CLIENT = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
-HEADER = "# Clients over their token budget, written by fleet.budget. Do not edit by hand.\n"
+HEADER = "# Clients over their token budget, written by fleet.exporters.budget. Do not edit by hand.\n"
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def controller_arguments(
     interval_s: float = 15.0,
     prometheus_user: str | None = None,
 ) -> list[str]:
-    """Arguments of `python -m fleet.budget` (the gateway component and the loopback data plane). With
+    """Arguments of `python -m fleet.exporters.budget` (the gateway component and the loopback data plane). With
     `prometheus_user`, the password comes from the environment (PASSWORD_ENV), never from the arguments."""
     args = ["--prometheus-url", prometheus_url, "--map-file", map_file, "--nginx-pid-file", pid_file,
             "--interval", f"{interval_s:g}"]
@@ -166,7 +166,7 @@ def controller_arguments(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleet.budget", description="Token budget controller of the gateway.")
+    parser = argparse.ArgumentParser(prog="python -m fleet.exporters.budget", description="Token budget controller of the gateway.")
     parser.add_argument("--prometheus-url", required=True)
     parser.add_argument("--prometheus-user", default=None, help=f"basic-auth user; the password comes from {PASSWORD_ENV}")
     parser.add_argument("--budget", action="append", type=parse_budget, default=[], metavar="CLIENT=TOKENS")

@@ -44,7 +44,7 @@ _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 _RESOURCE_REF_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
 _OUTPUT_VALUE_SIG = "d0e6a833031e9bbcd3f4e8bde6ca49a4"
 
-POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"
+POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 
 _JSON_TYPES = {
     "string": str,

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fleet.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_POLICY, FleetGroup, fail, program_failure
-from fleet.console import print_table
+from fleet.cli.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_POLICY, FleetGroup, fail, program_failure
+from fleet.cli.console import print_table
 from fleet.stack_file import StackConfigError, load_stack
 from fleet.text import counted
 
@@ -55,7 +55,7 @@ def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name 
         check_plans(config)
     except StackConfigError as error:
         fail(str(error), EXIT_CONFIG)
-    from fleet import cli_capacity
+    from fleet.cli import capacity as cli_capacity
 
     cli_capacity.stack_ollama_version(config)
     console.print(f"{config.path.name}: valid ({counted(config.settings.node_count, 'node')}, target {config.settings.target})")
@@ -71,8 +71,8 @@ def preview(
     debug: bool = typer.Option(False, "--debug", help="Show the traceback when the program fails."),
 ) -> None:
     """Offline preview: the resource plan, the capacity table and the policy verdict, with no cloud and no Pulumi CLI."""
-    from fleet import cli_capacity
-    from fleet import preview as preview_mod
+    from fleet.cli import capacity as cli_capacity
+    from fleet.preview import offline as preview_mod
     from fleet.plans.checks import check_plans
 
     try:
@@ -101,7 +101,7 @@ def preview(
         console.print(f"resources written to {json_out}")
 
     code = 0
-    from fleet.policy_runner import evaluate
+    from fleet.preview.policy_runner import evaluate
 
     capacity_ok = cli_capacity.print_plan(console, stack_config)
     report = evaluate(result.resources, stack_config.stack)
@@ -124,7 +124,13 @@ def docs(out: Path = typer.Option(Path("docs/configuration.md"), "--out", help="
 
 
 def _register_subcommands() -> None:
-    from fleet import cli_capacity, cli_catalog, cli_delivery, cli_load, cli_local, cli_render, cli_usage
+    from fleet.cli import capacity as cli_capacity
+    from fleet.cli import catalog as cli_catalog
+    from fleet.cli import delivery as cli_delivery
+    from fleet.cli import load as cli_load
+    from fleet.cli import local as cli_local
+    from fleet.cli import render as cli_render
+    from fleet.cli import usage as cli_usage
 
     for module in (cli_capacity, cli_catalog, cli_render, cli_load, cli_delivery, cli_local, cli_usage):
         module.register(app)
@@ -135,7 +141,3 @@ _register_subcommands()
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

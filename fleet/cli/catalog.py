@@ -11,7 +11,7 @@ from rich.table import Table
 
 from fleet import catalog
 from fleet.capacity import human
-from fleet.console import print_table
+from fleet.cli.console import print_table
 
 catalog_app = typer.Typer(
     add_completion=False,

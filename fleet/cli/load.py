@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleet import loadtest as lt
-from fleet import tune as tn
-from fleet.cli_errors import EXIT_CONFIG, err, fail, output_folder
-from fleet.console import print_table
+from fleet.ops import loadtest as lt
+from fleet.ops import tune as tn
+from fleet.cli.errors import EXIT_CONFIG, err, fail, output_folder
+from fleet.cli.console import print_table
 
 console = Console()
 

@@ -2,7 +2,7 @@
 
 nginx's stub_status counts requests but not how they ended, and the meters beside the nodes see only what
 reached a node. Every gateway answer is one line of the access log (`log_format fleet_json` in
-templates/nginx.conf.j2), so this process follows that file (fleet/log_follower.py: it survives the file
+templates/nginx.conf.j2), so this process follows that file (fleet/exporters/log_follower.py: it survives the file
 appearing late, truncation and rotation by rename and reopen) and exports:
 
 * `fleet_gateway_requests_total{gateway,client,status,route}`: every logged request;
@@ -20,7 +20,7 @@ allow-list (fleet/gateway_routes.py), `client` one of the configured clients (`-
 client (`_admin`) or `unknown` (no or a wrong key, or a name not configured), `status` nginx's status code.
 The log holds client names, never keys; nothing here logs a line's content.
 
-    python -m fleet.gateway_log --log /var/log/nginx/fleet/access.log --metrics-listen 0.0.0.0:9115 \\
+    python -m fleet.exporters.gateway_log --log /var/log/nginx/fleet/access.log --metrics-listen 0.0.0.0:9115 \\
         [--gateway NAME] [--client NAME ...] [--from-start]
 
 Only prometheus_client is needed at run time (the exporter image: exporter/Dockerfile).
@@ -55,9 +55,9 @@ from fleet.gateway_routes import (
     UNKNOWN_CLIENT,
     UPSTREAM_PREFIX,
 )
-from fleet.log_follower import LogFollower
+from fleet.exporters.log_follower import LogFollower
 
-log = logging.getLogger("fleet.gateway_log")
+log = logging.getLogger("fleet.exporters.gateway_log")
 
 ROUTES = ("inference", "read", "admin", "health", "other")
 REASONS = ("unauthorized", "forbidden", "too_large", "rate_limited", "shed")
@@ -295,7 +295,7 @@ class _FollowerCollector:
 
 
 def exporter_arguments(log_path: str, metrics_listen: str, gateway: str, clients: Iterable[str]) -> list[str]:
-    """Arguments of `python -m fleet.gateway_log` (the gateway component and the loopback data plane)."""
+    """Arguments of `python -m fleet.exporters.gateway_log` (the gateway component and the loopback data plane)."""
     args = ["--log", log_path, "--metrics-listen", metrics_listen, "--gateway", gateway]
     for client in clients:
         args += ["--client", client]
@@ -322,7 +322,7 @@ def _positive(value: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fleet.gateway_log", description="Counts the nginx gateway's answers from its JSON access log."
+        prog="python -m fleet.exporters.gateway_log", description="Counts the nginx gateway's answers from its JSON access log."
     )
     parser.add_argument("--log", required=True, help="the JSON access log nginx writes (may not exist yet)")
     parser.add_argument(
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start_http_server(port, addr=host, registry=metrics.registry)
     except OSError as exc:  # e.g. the port is taken
-        print(f"fleet.gateway_log: {exc}", file=sys.stderr)
+        print(f"fleet.exporters.gateway_log: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleet.cli_errors import EXIT_CONFIG, fail
+from fleet.cli.errors import EXIT_CONFIG, fail
 from fleet.config_text import PROM_DURATION
 from fleet.stack_file import StackConfigError, load_stack, show_value
 

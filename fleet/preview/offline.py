@@ -1,7 +1,7 @@
 """Offline preview: run the real Pulumi program under mocks, then show the plan, the capacity and the policy verdict.
 
 No cloud credentials and no Pulumi CLI: the program registers its resources with a recording mock monitor
-(`fleet.mock_cloud`), and the recorded inputs go to the same policies `pulumi preview --policy-pack policies`
+(`fleet.preview.mock_cloud`), and the recorded inputs go to the same policies `pulumi preview --policy-pack policies`
 runs. Secret config values cannot be decrypted offline; they are replaced by placeholders (still secret).
 """
 
@@ -104,7 +104,7 @@ def cyclic_gc_paused() -> Iterator[None]:
 def run_program(stack_config: StackConfig, mocks=None, also=None) -> PreviewResult:
     """Run components.program under recording mocks. Mocks are process-global: call once per process.
 
-    `mocks`: the mock cloud (default `fleet.mock_cloud.FleetMocks`); `also(fleet)`: an Output the run waits for
+    `mocks`: the mock cloud (default `fleet.preview.mock_cloud.FleetMocks`); `also(fleet)`: an Output the run waits for
     as well (a caller's own view of the fleet's outputs)."""
     import os
     import tempfile
@@ -114,8 +114,8 @@ def run_program(stack_config: StackConfig, mocks=None, also=None) -> PreviewResu
     from pulumi.runtime import mocks as pulumi_mocks
     from pulumi.runtime.config import set_all_config
 
-    from fleet import sdk_overrides
-    from fleet.mock_cloud import FleetMocks, RecordingMonitor
+    from fleet.preview import sdk_overrides
+    from fleet.preview.mock_cloud import FleetMocks, RecordingMonitor
 
     sdk_overrides.apply()
     mocks = mocks or FleetMocks()

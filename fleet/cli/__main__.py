@@ -1,0 +1,5 @@
+"""`python -m fleet.cli`: the same command as the installed `fleet` script."""
+
+from fleet.cli import main
+
+main()
