@@ -1,6 +1,6 @@
 """The ollama-fleet policies: checks on the resources a stack registers, reusing `fleet.capacity` for VRAM.
 
-Imported as `policies.rules` by the offline preview (`fleet.policy_runner`) and as `rules` by `__main__.py`
+Imported as `policies.rules` by the offline preview (`fleet.preview.policy_runner`) and as `rules` by `__main__.py`
 when the Pulumi CLI runs the pack from this folder; it therefore imports only `fleet.*` absolutely.
 
 Every policy reads what the program registers (inputs, camelCase, as the engine sends them to a policy
