@@ -112,7 +112,7 @@ def promote(
     from fleet.ops import promote as promotion
     from fleet.ops.deployment import DeploymentError, DeploymentRecord
     from fleet.stack_file import project_root
-    from fleet.tested_source import UntestedSourceError, tested_source
+    from fleet.ops.tested_source import UntestedSourceError, tested_source
 
     root = project_root()
     try:
