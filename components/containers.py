@@ -9,7 +9,6 @@ connect); the gateway alone listens on every address.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import pulumi
@@ -18,6 +17,7 @@ import pulumi_docker as docker
 from components.host import Host
 from fleet import contract
 from fleet.config import FleetSettings
+from fleet.plans.naming import container_name
 
 RESTART = "unless-stopped"
 # json-file with rotation: without it a busy gateway or a chatty Ollama fills the host's disk.
@@ -27,8 +27,6 @@ LOG_OPTS = {"max-size": "50m", "max-file": "5"}
 RUNTIME = {"restart": RESTART, "log_driver": LOG_DRIVER, "log_opts": LOG_OPTS}
 ALL_ADDRESSES = "0.0.0.0"
 
-_CONTAINER_NAME = re.compile(r"[^a-zA-Z0-9_.-]")
-
 
 def resolve_grouped(groups: Mapping[str, Sequence[pulumi.Input[str]]]) -> pulumi.Output[dict[str, list[str]]]:
     """One Output of `{key: [values]}` from lists of Outputs (the node addresses by group)."""
@@ -36,11 +34,6 @@ def resolve_grouped(groups: Mapping[str, Sequence[pulumi.Input[str]]]) -> pulumi
     return pulumi.Output.all(*[pulumi.Output.all(*groups[key]) for key in keys]).apply(
         lambda lists: {key: list(values) for key, values in zip(keys, lists)}
     )
-
-
-def container_name(component: str, role: str) -> str:
-    """The Docker name of a component's container; on the shared network it is also the peers' address."""
-    return _CONTAINER_NAME.sub("-", f"{component}-{role}")
 
 
 def labels(

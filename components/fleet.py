@@ -120,11 +120,12 @@ class Fleet(pulumi.ComponentResource):
         self.prometheus_url = None
         if settings.monitoring.enabled:
             from fleet.gateway_routes import GRAFANA_PATH
+            from fleet.plans.naming import monitoring_component
 
             from components.monitoring import Monitoring, MonitoringArgs
 
             monitoring = Monitoring(
-                f"{name}-monitoring",
+                monitoring_component(name),
                 MonitoringArgs(
                     settings=settings,
                     host=site.gateway_hosts[0],
@@ -183,11 +184,11 @@ class Fleet(pulumi.ComponentResource):
     def _monitoring_service(name: str, site: _Site, role: str, port: int) -> pulumi.Output[str]:
         """`address:port` of a monitoring container for the gateways' containers: by container name on a shared
         Docker network, else at the first gateway host's private address, where it is published."""
-        from components.containers import container_name
+        from fleet.plans.naming import container_name, monitoring_component
 
         host = site.gateway_hosts[0]
         if host.shared_network is not None:
-            return pulumi.Output.from_input(f"{container_name(f'{name}-monitoring', role)}:{port}")
+            return pulumi.Output.from_input(f"{container_name(monitoring_component(name), role)}:{port}")
         return pulumi.Output.from_input(host.private_address).apply(lambda address: f"{address}:{port}")
 
     def _certificate(

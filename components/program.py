@@ -9,6 +9,7 @@ import pulumi
 
 from components.fleet import Fleet, FleetArgs
 from fleet.config import FLEET_KEY, PROJECT, FleetSettings
+from fleet.plans.naming import FLEET
 from fleet.stack_file import StackConfigError, check_environment, parse_settings
 
 
@@ -28,7 +29,7 @@ def run() -> Fleet:
     settings = settings_from_pulumi_config(stack)
     config = pulumi.Config(PROJECT)
     fleet = Fleet(
-        "ollama",
+        FLEET,
         FleetArgs(
             settings=settings,
             stack=stack,

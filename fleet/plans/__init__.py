@@ -5,6 +5,7 @@ where the cloud decides an address, of plain stand-ins for it), so `fleet valida
 program does (`fleet.plans.checks`), and the tests need no mocks.
 
 Modules:
+  naming:     the names the program gives its components and containers (a container's name is its address)
   checks:     every planner below run on a stack file alone, its refusals as config errors (fleet validate)
   alerting:   the alert receivers' secrets: the secret config read back, what a stack without it lacks
   subnets:    one subnet CIDR per zone, carved from the VPC's

@@ -15,6 +15,7 @@ from fleet import ports
 from fleet.config import FLEET_KEY, FleetSettings
 from fleet.plans import gateway as gateway_plans
 from fleet.plans.alerting import unset_secret_problems
+from fleet.plans.naming import container_name, monitoring_component
 from fleet.plans.network import network_plan
 from fleet.plans.scrape import placeholder_targets, scrape_plan
 from fleet.render import alertmanager, grafana, nginx, prometheus, rules
@@ -23,7 +24,7 @@ from fleet.stack_file import StackConfig, StackConfigError
 # A planner's message that starts with a key of the stack (`gateway.domain: ...`).
 _KEYED = re.compile(r"^(?:aws|gateway|local|monitoring|nodeGroups|policy)(?:[.\[][A-Za-z0-9_.\[\]]*)?: ")
 # Stand-ins for the monitoring's container names and files, as the program's components name them.
-_ALERTMANAGER = f"ollama-monitoring-alertmanager:{ports.ALERTMANAGER}"
+_ALERTMANAGER = f"{container_name(monitoring_component(), 'alertmanager')}:{ports.ALERTMANAGER}"
 _PASSWORD_FILE = "/etc/prometheus/password"
 
 
@@ -38,7 +39,7 @@ def _gateway(stack: StackConfig) -> None:
     grafana_upstream = None
     if gateway_plans.serves_grafana(settings):
         grafana_upstream = (
-            f"ollama-monitoring-grafana:{ports.GRAFANA}" if settings.target == "local" else f"198.51.100.10:{ports.GRAFANA}"
+            f"{container_name(monitoring_component(), 'grafana')}:{ports.GRAFANA}" if settings.target == "local" else f"198.51.100.10:{ports.GRAFANA}"
         )
     plan = gateway_plans.gateway_plan(
         settings,

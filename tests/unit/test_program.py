@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from fleet import contract, ports
+from fleet.plans.naming import container_name, monitoring_component
 from fleet.preview.mock_cloud import fake_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,6 +182,16 @@ def test_prometheus_scrapes_the_log_exporter_of_every_gateway(previews, stack):
     assert len(nginx_exporters) == len(gateways)
     names = sorted(c["inputs"]["name"] for c in exporters)
     assert all("gateway-log-exporter" in n for n in names)
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_monitoring_containers_carry_the_names_the_plans_address_them_by(previews, stack):
+    """The core plans Grafana behind the gateway and Prometheus' Alertmanager by container name
+    (fleet.plans.naming); the program must register exactly those names."""
+    _, data = previews[stack]
+    for role in ("prometheus", "alertmanager", "grafana"):
+        (container,) = containers(data, role)
+        assert container["inputs"]["name"] == container_name(monitoring_component(), role)
 
 
 def test_components_form_a_tree_under_the_fleet(previews):
