@@ -22,14 +22,7 @@ from components.images import exporter_image, pinned_image
 from components.node_exporter import node_exporter
 from fleet import contract, ports
 from fleet.config import PROJECT, FleetSettings, NodeGroup
-from fleet.node_runtime import (
-    MODELS_DIR,
-    meter_command,
-    model_digests,
-    ollama_environment,
-    pull_script,
-    warm_script,
-)
+from fleet.node_runtime import MODELS_DIR, NodeRuntime, model_digests, pull_script, warm_script
 
 TOKEN = f"{PROJECT}:index:OllamaNode"
 
@@ -61,6 +54,7 @@ class OllamaNode(pulumi.ComponentResource):
 
         ollama_image = pinned_image(f"{name}-ollama-image", images.ollama, place, self)
         ollama_name = container_name(name, "ollama")
+        runtime = NodeRuntime.of(group, node, [c.name for c in settings.gateway.clients], ollama_name)
         models_json = contract.models_value(group)
         models_mount = (
             docker.ContainerVolumeArgs(host_path=host.models_path, container_path=MODELS_DIR)
@@ -71,7 +65,7 @@ class OllamaNode(pulumi.ComponentResource):
             f"{name}-ollama",
             name=ollama_name,
             image=ollama_image.image_id,
-            envs=[f"{key}={value}" for key, value in sorted(ollama_environment(group).items())],
+            envs=[f"{key}={value}" for key, value in sorted(runtime.container_environment().items())],
             volumes=[models_mount],
             # All GPUs of the host; none on a CPU host (the dev stack).
             device_requests=[_gpu_request()] if gpu else None,
@@ -92,7 +86,7 @@ class OllamaNode(pulumi.ComponentResource):
             f"{name}-meter",
             name=meter_name,
             image=meter_image.repo_digest,
-            command=meter_command(ollama_name, node, group, [c.name for c in settings.gateway.clients]),
+            command=runtime.meter.argv(),
             networks_advanced=place.networks(meter_name),
             ports=place.private_ports(ports.METER, ports.METER_METRICS),
             **containers.RUNTIME,

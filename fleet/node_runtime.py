@@ -1,14 +1,17 @@
-"""What runs on an Ollama node, as pure functions of the config: the server's environment, the Modelfile of each
-served model, the metering exporter's arguments, and the shell steps that pull and warm models.
+"""What runs on an Ollama node, as pure values of the config: the server's environment, the Modelfile parameters
+of each served model and its aliases, the metering exporter's options (`NodeRuntime`), and the shell steps that
+pull and warm models.
 
-Shared by the Pulumi component (`components/ollama_node.py`) and the loopback data plane (`fleet/local`), so
-both run a node the same way.
+Shared by the Pulumi component (`components/ollama_node.py`, through `fleet.plans.node`) and the loopback data
+plane (`fleet/local`), so both run a node the same way. Each builds the same `NodeRuntime`; the text a process
+reads (the Modelfile, the meter's argv) is rendered from it where it is handed over, never parsed back.
 """
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from fleet import catalog, contract, ports
 from fleet.config import ModelSpec, NodeGroup
@@ -20,11 +23,14 @@ SERVER_WAIT_S = 180
 WARM_PROMPT = "Reply with the single word OK."
 
 
-
 def ollama_environment(group: NodeGroup) -> dict[str, str]:
-    """The Ollama server's environment: where it listens and keeps models, and the knobs the contract writes
+    """The Ollama container's environment: where it listens and keeps models, and the knobs the contract writes
     (fleet.contract: only knobs Ollama reads, every one from the config)."""
-    return {"OLLAMA_HOST": f"0.0.0.0:{ports.OLLAMA}", "OLLAMA_MODELS": MODELS_DIR, **contract.ollama_environment(group)}
+    return _container_environment(contract.ollama_environment(group))
+
+
+def _container_environment(knobs: Mapping[str, str]) -> dict[str, str]:
+    return {"OLLAMA_HOST": f"0.0.0.0:{ports.OLLAMA}", "OLLAMA_MODELS": MODELS_DIR, **knobs}
 
 
 def pull_reference(model: ModelSpec) -> str | None:
@@ -69,40 +75,115 @@ def import_path(model: ModelSpec) -> str:
     return f"/tmp/{model.name}-{model.tag}.gguf".replace(":", "-")
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """One model as a node serves it: the name Ollama creates (`name:tag`), what its Modelfile starts FROM (the
+    library reference pulled, or where its GGUF file is placed in the container), the Modelfile's parameters in
+    order, and the other names it is copied to (`ollama cp`)."""
+
+    name: str
+    source: str
+    parameters: Mapping[str, int] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, model: ModelSpec, num_thread: int | None = None) -> "ServedModel":
+        """The served model of `model`: it pins the context window and, when set, the runner's CPU threads
+        (Ollama has no server-wide setting for them: llm/server.go takes `num_thread` from the model's options,
+        else one thread per physical core)."""
+        parameters: dict[str, int] = {}
+        if model.num_ctx:
+            parameters["num_ctx"] = model.num_ctx
+        if num_thread:
+            parameters["num_thread"] = num_thread
+        return cls(model.ref, pull_reference(model) or import_path(model), parameters, tuple(model.aliases))
+
+    def modelfile(self) -> str:
+        """The Modelfile text `ollama create` reads."""
+        lines = [f"FROM {self.source}", *(f"PARAMETER {key} {value}" for key, value in self.parameters.items())]
+        return "\n".join(lines) + "\n"
+
+
 def modelfile(model: ModelSpec, num_thread: int | None = None) -> str:
-    """The Modelfile that names the served model `name:tag` and pins its context window and, when set, the
-    runner's CPU threads (Ollama has no server-wide setting for them: llm/server.go takes `num_thread` from the
-    model's options, else one thread per physical core)."""
-    source = pull_reference(model) or import_path(model)
-    lines = [f"FROM {source}"]
-    if model.num_ctx:
-        lines.append(f"PARAMETER num_ctx {model.num_ctx}")
-    if num_thread:
-        lines.append(f"PARAMETER num_thread {num_thread}")
-    return "\n".join(lines) + "\n"
+    """The Modelfile that names the served model `name:tag` (`ServedModel.of`)."""
+    return ServedModel.of(model, num_thread).modelfile()
+
+
+@dataclass(frozen=True)
+class MeterOptions:
+    """The metering exporter's options (`python -m fleet.exporters.meter`): proxy Ollama at `upstream`, label
+    series with the node and, from the start, with the models it serves and the gateway's clients
+    (`gateway.clients`); a request by alias is labelled with the served model it names (`aliases`: alias,
+    served name)."""
+
+    upstream: str
+    listen: str
+    metrics_listen: str
+    node: str
+    models: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    clients: tuple[str, ...] = ()
+
+    def at(self, upstream: str, listen: str, metrics_listen: str) -> "MeterOptions":
+        """The same exporter at other addresses (the loopback data plane's ports)."""
+        return replace(self, upstream=upstream, listen=listen, metrics_listen=metrics_listen)
+
+    def argv(self) -> list[str]:
+        """The command-line arguments, in the order the deployment has always given them."""
+        command = ["--upstream", self.upstream, "--listen", self.listen, "--metrics-listen", self.metrics_listen]
+        command += ["--node", self.node]
+        aliases_of: dict[str, list[str]] = {}
+        for alias, model in self.aliases:
+            aliases_of.setdefault(model, []).append(alias)
+        for model in self.models:
+            command += ["--model", model]
+            for alias in aliases_of.get(model, ()):
+                command += ["--alias", f"{alias}={model}"]
+        for client in self.clients:
+            command += ["--client", client]
+        return command
+
+
+@dataclass(frozen=True)
+class NodeRuntime:
+    """What runs on one Ollama node: the knobs of its Ollama server (`environment`, fleet.contract: without where
+    it listens and keeps models, which each place sets), the models it serves, and its metering exporter."""
+
+    environment: Mapping[str, str]
+    models: tuple[ServedModel, ...]
+    meter: MeterOptions
+
+    @classmethod
+    def of(cls, group: NodeGroup, node: str, clients: Iterable[str] = (), ollama_host: str = "ollama") -> "NodeRuntime":
+        """Node `node` of `group`, its meter proxying the Ollama server named `ollama_host` on the node's network
+        and listening on every address."""
+        meter = MeterOptions(
+            upstream=f"http://{ollama_host}:{ports.OLLAMA}",
+            listen=f"0.0.0.0:{ports.METER}",
+            metrics_listen=f"0.0.0.0:{ports.METER_METRICS}",
+            node=node,
+            models=tuple(model.ref for model in group.models),
+            aliases=tuple((alias, model.ref) for model in group.models for alias in model.aliases),
+            clients=tuple(clients),
+        )
+        served = tuple(ServedModel.of(model, group.ollama.num_thread) for model in group.models)
+        return cls(dict(contract.ollama_environment(group)), served, meter)
+
+    def container_environment(self) -> dict[str, str]:
+        """The Ollama container's environment: where it listens and keeps models, then the knobs."""
+        return _container_environment(self.environment)
+
+    def served(self, name: str) -> ServedModel:
+        """The served model named `name` (`name:tag`)."""
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(f"{name} is not served here; served: {', '.join(m.name for m in self.models)}")
 
 
 def meter_command(ollama_container: str, node: str, group: NodeGroup, clients: Iterable[str] = ()) -> list[str]:
-    """Arguments of `python -m fleet.exporters.meter`: proxy Ollama on the node's network, label series with the node
-    and, from the start, with the models it serves and the gateway's clients (`gateway.clients`); a request by
-    alias is labelled with the served model it names."""
-    command = [
-        "--upstream",
-        f"http://{ollama_container}:{ports.OLLAMA}",
-        "--listen",
-        f"0.0.0.0:{ports.METER}",
-        "--metrics-listen",
-        f"0.0.0.0:{ports.METER_METRICS}",
-        "--node",
-        node,
-    ]
-    for model in group.models:
-        command += ["--model", model.ref]
-        for alias in model.aliases:
-            command += ["--alias", f"{alias}={model.ref}"]
-    for client in clients:
-        command += ["--client", client]
-    return command
+    """Arguments of `python -m fleet.exporters.meter` on a deployed node (`MeterOptions`)."""
+    return NodeRuntime.of(group, node, clients, ollama_container).meter.argv()
 
 
 def cli_keep_alive(value: str) -> str:
@@ -183,7 +264,7 @@ def pull_script(container: str, group: NodeGroup, staged: dict[str, str] | None 
         # path (server/sched.go schedulerModelKey: Model.ModelPath), so a request by alias is answered by the
         # runner the served name loaded, in the same VRAM, with the same Modelfile parameters (a layer the copied
         # manifest names). The capacity model counts `NodeGroup.models`, never aliases. /api/ps names a runner by
-        # the name that loaded it; the meter labels both names as the served model (`meter_command`).
+        # the name that loaded it; the meter labels both names as the served model (`MeterOptions.aliases`).
         for alias in model.aliases:
             lines.append(f"step {q(f'ollama cp {model.ref} {alias}')} docker exec \"$container\" ollama cp {q(model.ref)} {q(alias)}")
     # What the node really pulled, as Ollama lists it: the deployment record (`deployed` output) carries it.

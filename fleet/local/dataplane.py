@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from fleet.exporters.gateway_log import exporter_arguments as gateway_log_argume
 from fleet.local import sizing
 from fleet.local.ollama import OllamaServer, OllamaSettings, smollm2_gguf
 from fleet.local.processes import LOOPBACK, ManagedProcess, clean_env, free_port, port_is_open
-from fleet.node_runtime import meter_command, modelfile, ollama_environment
+from fleet.node_runtime import NodeRuntime
 from fleet.render import alertmanager as alertmanager_render
 from fleet.render import nginx as nginx_render
 from fleet.render import prometheus as prometheus_render
@@ -152,37 +152,11 @@ def local_gguf(model: ModelSpec) -> Path:
         raise DataPlaneError(str(exc)) from None
 
 
-def modelfile_parameters(model: ModelSpec, num_thread: int | None = None) -> dict[str, str]:
-    """The PARAMETER lines of the deployment's Modelfile (its FROM line names the container's file)."""
-    params: dict[str, str] = {}
-    for line in modelfile(model, num_thread).splitlines():
-        keyword, _, rest = line.partition(" ")
-        if keyword == "PARAMETER":
-            name, _, value = rest.partition(" ")
-            params[name] = value
-    return params
-
-
-def node_environment(group: NodeGroup) -> dict[str, str]:
-    """The deployment's Ollama environment for `group`, without the address and models path (set per server)."""
-    env = ollama_environment(group)
-    for key in ("OLLAMA_HOST", "OLLAMA_MODELS"):
-        env.pop(key, None)
-    return env
-
-
-def meter_arguments(
-    group: NodeGroup, node: str, upstream: str, listen: str, metrics_listen: str, clients: list[str] | None = None
-) -> list[str]:
-    """The deployment's exporter arguments for a node, with loopback addresses in place of container ones."""
-    args = meter_command("ollama", node, group, clients or [])
-    replace = {"--upstream": upstream, "--listen": listen, "--metrics-listen": metrics_listen}
-    for index, arg in enumerate(args[:-1]):
-        if arg in replace:
-            args[index + 1] = replace.pop(arg)
-    if replace:
-        raise DataPlaneError(f"the exporter command has no {', '.join(replace)}")
-    return args
+def loopback_runtime(runtime: NodeRuntime, ollama_url: str, meter_port: int, metrics_port: int) -> NodeRuntime:
+    """The deployment's runtime of a node (`NodeRuntime.of`) with its meter at loopback addresses in place of
+    container ones (the Ollama server's own address and models folder are set per server)."""
+    meter = runtime.meter.at(ollama_url, f"{LOOPBACK}:{meter_port}", f"{LOOPBACK}:{metrics_port}")
+    return replace(runtime, meter=meter)
 
 
 def _require(binary: str) -> str:
@@ -277,6 +251,7 @@ class LocalNode:
 
     name: str  # `<group>-<index>`, the `node` label of its series
     group: NodeGroup
+    runtime: NodeRuntime  # its Modelfile parameters and its meter's options, as the deployment has them
     ollama: OllamaServer
     meter: ManagedProcess
     meter_port: int
@@ -307,7 +282,7 @@ class LocalNode:
             # so the Modelfile parameters (num_ctx, num_thread) are this run's; the others find the model there.
             imported = import_models or not self.ollama.has_model(model.ref)
             if imported:
-                parameters = modelfile_parameters(model, self.group.ollama.num_thread)
+                parameters = dict(self.runtime.served(model.ref).parameters)
                 self.ollama.import_gguf(model.ref, gguf, parameters=parameters)
             # Each alias becomes a name of the model, as the deployment's pull step makes it (`ollama cp`).
             for alias in model.aliases:
@@ -553,35 +528,29 @@ class DataPlane:
         return process
 
     def _start_nodes(self, binary: Path, models: Mapping[str, list[tuple[ModelSpec, Path]]]) -> None:
+        clients = [c.name for c in self.settings.gateway.clients]
         for group in self.settings.node_groups:
-            env = node_environment(group)
             for index in range(group.count):
                 name = f"{group.name}-{index}"
+                deployed = NodeRuntime.of(group, name, clients)
                 server = OllamaServer(
                     binary,
                     self.run_dir / "ollama" / name,
                     # one folder per group: a node lists exactly its group's models, as a deployed node does
                     self.models_dir / group.name,
-                    settings=OllamaSettings(extra=env),
+                    settings=OllamaSettings(extra=dict(deployed.environment)),
                     name=f"ollama-{name}",
                 )
                 meter_port, metrics_port = free_port(), free_port()
+                runtime = loopback_runtime(deployed, server.base_url, meter_port, metrics_port)
                 meter = ManagedProcess(
                     name=f"meter-{name}",
-                    argv=[sys.executable, "-m", "fleet.exporters.meter"]
-                    + meter_arguments(
-                        group,
-                        name,
-                        server.base_url,
-                        f"{LOOPBACK}:{meter_port}",
-                        f"{LOOPBACK}:{metrics_port}",
-                        [c.name for c in self.settings.gateway.clients],
-                    ),
+                    argv=[sys.executable, "-m", "fleet.exporters.meter", *runtime.meter.argv()],
                     log_path=self.run_dir / "logs" / f"meter-{name}.log",
                     env=clean_env(),
                     cwd=self.run_dir,
                 )
-                node = LocalNode(name, group, server, meter, meter_port, metrics_port, list(models[group.name]))
+                node = LocalNode(name, group, runtime, server, meter, meter_port, metrics_port, list(models[group.name]))
                 self.nodes.append(node)
                 self._track(server.process)
                 self._track(meter)

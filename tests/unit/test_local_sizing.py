@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fleet.local import sizing
-from fleet.local.dataplane import DataPlane, modelfile_parameters
-from fleet.node_runtime import modelfile, pull_script
+from fleet.local.dataplane import DataPlane, loopback_runtime
+from fleet.node_runtime import NodeRuntime, modelfile, pull_script
 from fleet.stack_file import load_stack
 
 
@@ -57,9 +57,11 @@ def test_num_thread_goes_into_the_modelfile_of_the_deployment_and_the_data_plane
     model = group.models[0]
     assert "num_thread" not in modelfile(model)  # unset: Ollama's own default
     assert modelfile(model, 3).endswith("PARAMETER num_ctx 4096\nPARAMETER num_thread 3\n")
-    assert modelfile_parameters(model, 3) == {"num_ctx": "4096", "num_thread": "3"}
     threaded = group.model_copy(update={"ollama": group.ollama.model_copy(update={"num_thread": 2})})
     assert "PARAMETER num_thread 2" in pull_script("ollama", threaded)
+    # The data plane imports with the parameters of the deployment's runtime, not a reading of its text.
+    local = loopback_runtime(NodeRuntime.of(threaded, "cpu-0"), "http://127.0.0.1:1", 2, 3)
+    assert local.served(model.ref).parameters == {"num_ctx": 4096, "num_thread": 2}
 
 
 def test_the_data_plane_sizes_each_node_and_keeps_a_configured_value(tmp_path):
