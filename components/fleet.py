@@ -232,6 +232,7 @@ class Fleet(pulumi.ComponentResource):
         from components.gpu_host import GpuHost, GpuHostArgs, node_ami
         from components.network import Network, NetworkArgs
         from fleet.plans import gateway as plans_gateway
+        from fleet.plans.dns import dns_plan
         from fleet.plans.network import network_plan
 
         settings = args.settings
@@ -287,7 +288,7 @@ class Fleet(pulumi.ComponentResource):
             dns = Dns(
                 f"{name}-dns",
                 DnsArgs(
-                    settings=settings,
+                    plan=dns_plan(settings, args.stack),
                     gateway_public_ips=[h.public_ip for h in gateway_hosts],
                     gateway_instance_ids=[h.instance.id for h in gateway_hosts],
                 ),

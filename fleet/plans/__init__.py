@@ -11,6 +11,7 @@ Modules:
   subnets:    one subnet CIDR per zone, carved from the VPC's
   network:    the security group rules (RuleSpec) and the network plan (VPC, subnets, rules, tags)
   gateway:    nginx's plan for the deployed gateway, its client ports and URL, where token budgets live
+  dns:        the gateway's Route 53 name: the zone lookup, the records and TTL, the failover health checks
   scrape:     what Prometheus scrapes (ScrapeTargets: the stack's nodes, the gateway hosts' exporters)
               and the scrape plan built from it
 """

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from fleet import ports
 from fleet.config import FleetSettings
@@ -61,12 +62,29 @@ def client_ports(settings: FleetSettings) -> list[int]:
     return [gateway.https_port, gateway.http_port] if tls_on(settings) else [gateway.http_port]
 
 
+@dataclass(frozen=True)
+class ClientUrl:
+    """How clients address the gateway: the scheme and port by TLS mode; `at(address)` is the URL at a DNS name
+    or an IP address (known once the cloud decides it), the scheme's default port left out."""
+
+    scheme: str  # "https", or "http" with TLS off
+    port: int
+
+    def at(self, address: str) -> str:
+        default = 443 if self.scheme == "https" else 80
+        suffix = "" if self.port == default else f":{self.port}"
+        return f"{self.scheme}://{address}{suffix}"
+
+
+def client_url(settings: FleetSettings) -> ClientUrl:
+    """The scheme and port clients use: HTTPS on `gateway.httpsPort`, or plain HTTP on `gateway.httpPort` with TLS off."""
+    gateway = settings.gateway
+    return ClientUrl("https", gateway.https_port) if tls_on(settings) else ClientUrl("http", gateway.http_port)
+
+
 def gateway_url(settings: FleetSettings, address: str) -> str:
     """The URL clients use at `address` (a DNS name or an IP address): the default port is left out."""
-    gateway = settings.gateway
-    scheme, port, default = ("https", gateway.https_port, 443) if tls_on(settings) else ("http", gateway.http_port, 80)
-    suffix = "" if port == default else f":{port}"
-    return f"{scheme}://{address}{suffix}"
+    return client_url(settings).at(address)
 
 
 def _with_docker_loopback(cidrs: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ fresh mocks for each run: test files using it can share one pytest session with 
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -130,7 +131,13 @@ def deploy(
 
         return resolve()
 
-    pulumi_mocks.test(program)()
+    try:
+        pulumi_mocks.test(program)()
+    finally:
+        # A run that fails leaves futures whose exception nobody retrieved; asyncio reports each when it is
+        # collected, formatting its traceback, which parses source with `ast` on Python 3.11. Collected here, never
+        # in the middle of a later test's own `ast.parse` (which then fails with "recursion depth mismatch").
+        gc.collect()
     return Deployment(resources=list(monitor.registered), calls=list(mocks.calls), values=values, secret=secret)
 
 

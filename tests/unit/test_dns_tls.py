@@ -8,6 +8,7 @@ from aws_mocks import ZONE_ID, AwsMocks, deploy, plain, stack_settings
 
 from components.dns import Dns, DnsArgs
 from components.tls import GatewayCertificate, GatewayCertificateArgs
+from fleet.plans.dns import dns_plan
 from fleet.stack_file import StackConfigError
 
 RECORD = "aws:route53/record:Record"
@@ -20,11 +21,7 @@ def build_dns(settings, count, stack="prod", mocks=None):
     def build():
         dns = Dns(
             "dns",
-            DnsArgs(
-                settings=settings,
-                gateway_public_ips=[pulumi.Output.from_input(ip) for ip in IPS[:count]],
-                gateway_instance_ids=[pulumi.Output.from_input(i) for i in INSTANCES[:count]],
-            ),
+            DnsArgs(plan=dns_plan(settings, stack), gateway_public_ips=IPS[:count], gateway_instance_ids=INSTANCES[:count]),
         )
         return {"fqdn": dns.fqdn, "url": dns.url, "zone_id": dns.zone_id}
 
@@ -63,6 +60,13 @@ def test_high_availability_fails_over_between_two_health_checked_gateways():
 def test_high_availability_needs_two_gateways():
     with pytest.raises(Exception, match="Dns needs 2 gateway host"):
         build_dns(stack_settings("prod"), 1)
+
+
+def test_without_a_domain_nothing_is_created_and_clients_use_the_gateway_address():
+    settings = stack_settings("staging", {"gateway.domain": None, "gateway.hostedZone": None})
+    result = build_dns(settings, 1, stack="staging")
+    assert not [r for r in result.resources if r.custom] and not result.invoked("aws:route53/getZone:getZone")
+    assert result.values == {"fqdn": IPS[0], "url": f"https://{IPS[0]}", "zone_id": None}
 
 
 def test_a_domain_outside_its_zone_is_a_config_error_naming_the_key():

@@ -9,7 +9,9 @@ from fleet.plans.gateway import (
     BUDGET_PATHS,
     DOCKER_ADDRESS_POOLS,
     DOCKER_DNS,
+    ClientUrl,
     client_ports,
+    client_url,
     gateway_paths,
     gateway_plan,
     gateway_url,
@@ -27,6 +29,8 @@ def test_clients_reach_https_and_the_redirect_or_plain_http_with_tls_off():
     off = stack_settings("dev", {"gateway.tls": {"mode": "off"}})
     assert client_ports(off) == [off.gateway.http_port]
     assert gateway_url(off, "127.0.0.1") == f"http://127.0.0.1:{off.gateway.http_port}"
+    assert client_url(off) == ClientUrl("http", off.gateway.http_port) and client_url(prod) == ClientUrl("https", 443)
+    assert ClientUrl("http", 80).at("10.0.0.1") == "http://10.0.0.1" and ClientUrl("http", 443).at("h") == "http://h:443"
 
 
 def test_budgets_move_nginx_state_into_the_shared_volume_only_when_enforced():
