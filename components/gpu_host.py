@@ -32,7 +32,7 @@ from pulumi_command import local, remote
 
 from components.host import Host
 from fleet.config import PROJECT, FleetSettings
-from fleet.render import cloud_init
+from fleet.render import cloud_init, ssh_files
 from fleet.stack_file import StackConfigError
 from fleet.tags import fleet_tags
 
@@ -85,22 +85,6 @@ def check_private_folder(folder: Path) -> None:
         info = folder.stat()
         if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
             raise PermissionError(f"{folder} must belong to you with mode 0700 (it holds an SSH key)")
-
-
-def write_private_file(path: Path, content: str) -> Path:
-    """Write `content` readable by its owner only, atomically; refuse a folder someone else controls."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_private_folder(path.parent)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(content)
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 class GpuHost(pulumi.ComponentResource):
@@ -261,19 +245,34 @@ class GpuHost(pulumi.ComponentResource):
         else:
             self.public_ip = self.instance.public_ip
 
-        # Deployer side: the SSH key and the pinned host key as files for the ssh client.
+        # Deployer side: the SSH key and the pinned host key as files for the ssh client. The engine writes them on
+        # every preview and deployment (a fresh runner has none), through pulumi-command's `local.run`, never the
+        # program itself; the `ssh-files` command takes them away with the host.
         transport: cloud_init.Transport = "direct" if aws_settings.ssh_cidrs else "ssm"
         folder = ssh_dir(args.stack)
-        key_file = pulumi.Output.unsecret(
-            args.ssh_private_key.apply(lambda key: _materialize(folder / f"{name}.key", key))
+        files = ssh_files.SshFiles(
+            folder=str(folder), key_file=str(folder / f"{name}.key"), known_hosts_file=str(folder / f"{name}.known_hosts")
         )
-        known_hosts = pulumi.Output.unsecret(
-            pulumi.Output.all(self.instance.id, host_key.public_key_openssh).apply(
-                lambda v: _materialize(
-                    folder / f"{name}.known_hosts", cloud_init.known_hosts_line(v[0], v[1]) if v[0] and v[1] else None
-                )
-            )
+        self.ssh_files = local.Command(
+            f"{name}-ssh-files",
+            delete=ssh_files.remove_script(name, files),
+            interpreter=ssh_files.INTERPRETER,
+            opts=child,
         )
+        written = local.run_output(
+            command=ssh_files.write_script(name, files),
+            interpreter=ssh_files.INTERPRETER,
+            environment={
+                ssh_files.KEY_VAR: args.ssh_private_key,
+                ssh_files.KNOWN_HOSTS_VAR: pulumi.Output.all(self.instance.id, host_key.public_key_openssh).apply(
+                    lambda v: cloud_init.known_hosts_line(v[0], v[1])
+                ),
+            },
+            opts=pulumi.InvokeOutputOptions(parent=self),
+        )
+        # The paths, once the files are there: every ssh command line below waits for them.
+        key_file = pulumi.Output.unsecret(written.apply(lambda _: files.key_file))
+        known_hosts = pulumi.Output.unsecret(written.apply(lambda _: files.known_hosts_file))
         if transport == "direct":
             # Its public address, or the private one where the subnet gives none (the deployer is inside).
             address = pulumi.Output.all(self.public_ip, self.private_ip).apply(lambda v: v[0] or v[1])
@@ -303,7 +302,7 @@ class GpuHost(pulumi.ComponentResource):
             interpreter=["/bin/bash", "-c"],
             # A replaced instance is a new host: wait for it again.
             triggers=[self.instance.id],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=ready_after),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ssh_files, *ready_after]),
         )
 
         ssh_opts = pulumi.Output.all(self.instance.id, key_file, known_hosts).apply(
@@ -316,7 +315,7 @@ class GpuHost(pulumi.ComponentResource):
             host=pulumi.Output.concat("ssh://", aws_settings.ssh_user, "@", address),
             ssh_opts=ssh_opts,
             # A fresh host refuses connections for minutes: the provider waits for the readiness step.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.readiness]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ssh_files, self.readiness]),
         )
 
         connection = None
@@ -382,13 +381,3 @@ def _newest_ami(owner: str, pattern: str, parent: pulumi.Resource) -> pulumi.Out
             ],
             opts=pulumi.InvokeOutputOptions(parent=parent),
         ).id
-
-
-def _materialize(path: Path, content: str | None) -> str:
-    """Write a deployer-side SSH file when its content is known (not in a preview of a new stack)."""
-    if content:
-        current = path.read_text() if path.is_file() else None
-        if current != content:
-            write_private_file(path, content)
-    return str(path)
-

@@ -106,10 +106,6 @@ def run_program(stack_config: StackConfig, mocks=None, also=None) -> PreviewResu
 
     `mocks`: the mock cloud (default `fleet.preview.mock_cloud.FleetMocks`); `also(fleet)`: an Output the run waits for
     as well (a caller's own view of the fleet's outputs)."""
-    import os
-    import tempfile
-    from pathlib import Path
-
     import pulumi
     from pulumi.runtime import mocks as pulumi_mocks
     from pulumi.runtime.config import set_all_config
@@ -125,12 +121,6 @@ def run_program(stack_config: StackConfig, mocks=None, also=None) -> PreviewResu
     set_all_config(values, secret_keys)
 
     outputs: dict[str, Any] = {}
-    # The AWS hosts write the deployer's SSH files for the Docker provider; a preview keeps them out of the way, in
-    # one fixed folder per user: its path is part of the previewed commands, so a random one would make two
-    # previews differ. The files are the mocks' deterministic placeholders, written atomically (concurrent
-    # previews write the same bytes), never real keys.
-    if "OLLAMA_FLEET_SSH_DIR" not in os.environ:
-        os.environ["OLLAMA_FLEET_SSH_DIR"] = str(Path(tempfile.gettempdir()) / f"fleet-preview-ssh-{os.getuid()}")
 
     def program():
         from components.program import run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pulumi
 import pytest
@@ -13,11 +14,13 @@ from aws_mocks import GPU_AMI, UBUNTU_AMI, deploy, is_secret_input, plain, stack
 
 from components.gpu_host import GPU_AMI_NAME, UBUNTU_AMI_NAME, GpuHost, GpuHostArgs
 from components.host import Host
+from fleet.render import ssh_files
 
 INSTANCE = "aws:ec2/instance:Instance"
 VOLUME = "aws:ebs/volume:Volume"
 ATTACHMENT = "aws:ec2/volumeAttachment:VolumeAttachment"
 COMMAND = "command:local:Command"
+RUN = "command:local:run"
 PROVIDER = "pulumi:providers:docker"
 DEPLOYER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeployerKeyForTests deployer"
 DEPLOYER_PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\ndeployer-private-for-tests\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -133,12 +136,16 @@ def test_instance_profile_grants_ssm_only():
 def test_docker_provider_waits_for_the_readiness_step_which_waits_for_the_volume():
     result, component = build_host(stack_settings("prod"))
     command = result.one(COMMAND, "-ready")
+    files = result.one(COMMAND, "-ssh-files")
     provider = result.one(PROVIDER)
     attachment = result.one(ATTACHMENT)
     gpu_host = result.one("ollama-fleet:index:GpuHost")
     assert command.urn in provider.depends_on
     assert attachment.urn in command.depends_on
+    # Removed only after everything that reaches the host over SSH (the provider's containers, the readiness step).
+    assert files.urn in command.depends_on and files.urn in provider.depends_on
     assert provider.parent_urn == gpu_host.urn and command.parent_urn == gpu_host.urn
+    assert files.parent_urn == gpu_host.urn
     assert component.host.ready == [component.readiness, component.attachment]
     assert component.host.docker_provider is component.docker_provider
     script = plain(command.inputs)["create"]
@@ -147,6 +154,11 @@ def test_docker_provider_waits_for_the_readiness_step_which_waits_for_the_volume
     for step in ("step cloud-init", "step docker", "step 'model volume'", "step gpu"):
         assert step in script
     assert "nvidia-smi -L" in script and "mountpoint -q /var/lib/ollama-fleet/models" in script
+
+
+def run_script(script: str, environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ["PATH"], **(environment or {})}
+    return subprocess.run([*ssh_files.INTERPRETER, script], env=env, capture_output=True, text=True, timeout=30)
 
 
 def test_ssh_goes_through_ssm_with_a_pinned_host_key_by_default(ssh_dir):
@@ -164,16 +176,39 @@ def test_ssh_goes_through_ssm_with_a_pinned_host_key_by_default(ssh_dir):
 
     key_file = ssh_dir / "prod" / "node-0.key"
     known_hosts = ssh_dir / "prod" / "node-0.known_hosts"
-    assert key_file.read_text() == DEPLOYER_PRIVATE
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
-    host_public = result.one("tls:index/privateKey:PrivateKey", "host-key").outputs["publicKeyOpenssh"].split()
-    assert known_hosts.read_text() == f"{instance_id} {host_public[0]} {host_public[1]}\n"
+    assert not ssh_dir.exists(), "the program itself writes nothing: the files are the ssh-files command's job"
     assert opts[opts.index("-i") + 1] == str(key_file)
     assert f"UserKnownHostsFile={known_hosts}" in opts
     assert result.values["ssh_command"].startswith("ssh -i ")
     assert result.values["ssh_command"].endswith(f"ubuntu@{instance_id}")
     assert not result.secret["ssh_command"]
+
+    # The engine writes the files (pulumi-command's `local.run`, on every preview and deployment): the key travels
+    # in the command's environment, never in its script.
+    (run,) = result.invoked(RUN)
+    host_public = result.one("tls:index/privateKey:PrivateKey", "host-key").outputs["publicKeyOpenssh"].split()
+    assert run["environment"][ssh_files.KEY_VAR] == DEPLOYER_PRIVATE
+    assert run["environment"][ssh_files.KNOWN_HOSTS_VAR] == f"{instance_id} {host_public[0]} {host_public[1]}\n"
+    assert run["interpreter"] == ssh_files.INTERPRETER
+    files = plain(result.one(COMMAND, "-ssh-files").inputs)
+    assert set(files) >= {"delete", "interpreter"} and "create" not in files and "environment" not in files
+    for script in (run["command"], files["delete"]):
+        assert "PRIVATE KEY" not in script and str(key_file) in script and str(known_hosts) in script
+
+    # Running it writes both files owner-only in a private folder; the command's delete takes them away again.
+    ran = run_script(run["command"], run["environment"])
+    assert ran.returncode == 0, ran.stderr
+    assert DEPLOYER_PRIVATE not in ran.stdout + ran.stderr
+    assert key_file.read_text() == DEPLOYER_PRIVATE
+    assert known_hosts.read_text() == f"{instance_id} {host_public[0]} {host_public[1]}\n"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    assert sorted(p.name for p in key_file.parent.iterdir()) == ["node-0.key", "node-0.known_hosts"]
+    assert run_script(run["command"], run["environment"]).returncode == 0, "writing again is harmless"
+    assert sorted(p.name for p in key_file.parent.iterdir()) == ["node-0.key", "node-0.known_hosts"]
+    ran = run_script(files["delete"])
+    assert ran.returncode == 0, ran.stderr
+    assert not key_file.exists() and not known_hosts.exists() and not key_file.parent.exists()
 
 
 def test_with_ssh_cidrs_hosts_are_reached_directly_and_remote_commands_get_a_connection():
@@ -258,6 +293,31 @@ def test_a_key_folder_someone_else_can_read_is_refused(ssh_dir):
     os.chmod(folder, 0o755)
     with pytest.raises(Exception, match="must belong to you with mode 0700"):
         build_host(stack_settings("prod"))
+
+
+def test_the_ssh_files_command_refuses_a_folder_that_is_not_private(ssh_dir):
+    """The same check where the files are written: the folder may have changed since the program ran."""
+    result, _ = build_host(stack_settings("prod"))
+    (inputs,) = result.invoked(RUN)
+    inputs = {"create": inputs["command"], "environment": inputs["environment"]}
+    folder = ssh_dir / "prod"
+    folder.mkdir(parents=True)
+    os.chmod(folder, 0o750)
+    ran = run_script(inputs["create"], inputs["environment"])
+    assert ran.returncode != 0 and "must belong to you with mode 0700" in ran.stderr
+    assert not list(folder.iterdir()), "nothing is written into a folder others can read"
+    os.chmod(folder, 0o700)
+    if os.getuid() == 0:  # only root can hand the folder to someone else
+        os.chown(folder, 65534, -1)
+        ran = run_script(inputs["create"], inputs["environment"])
+        assert ran.returncode != 0 and "must belong to you with mode 0700" in ran.stderr
+        assert not list(folder.iterdir())
+    # Without its secret the command fails instead of writing an empty key.
+    os.chmod(folder, 0o700)
+    if os.getuid() == 0:
+        os.chown(folder, 0, -1)
+    ran = run_script(inputs["create"], {ssh_files.KNOWN_HOSTS_VAR: "x"})
+    assert ran.returncode != 0 and "deployer key is missing" in ran.stderr
 
 
 # --- the policy pack on these resources -----------------------------------------------------------------
