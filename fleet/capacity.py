@@ -77,6 +77,14 @@ def version_of_image(image_ref: str) -> str:
         raise CapacityError(str(error)) from None
 
 
+def supported_version_of_image(image_ref: str) -> str:
+    """The Ollama version of an image reference whose rules the capacity model has, as a CapacityError when
+    it has no version or an unsupported one."""
+    version = version_of_image(image_ref)
+    rules_of(version)
+    return version
+
+
 # --------------------------------------------------------------------------------------------- terms
 
 
@@ -763,6 +771,11 @@ def _with_knobs(group: NodeGroup, **updates: Any) -> NodeGroup:
     return group.model_copy(update={"ollama": group.ollama.model_copy(update=updates)})
 
 
+def with_num_parallel(group: NodeGroup, num_parallel: int) -> NodeGroup:
+    """The group with OLLAMA_NUM_PARALLEL `num_parallel`, the rest as configured."""
+    return _with_knobs(group, num_parallel=num_parallel)
+
+
 def _with_model(group: NodeGroup, ref: str, **updates: Any) -> NodeGroup:
     models = [m.model_copy(update=updates) if m.ref == ref else m for m in group.models]
     return group.model_copy(update={"models": models})
@@ -785,7 +798,7 @@ def max_num_parallel(
     group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, limit: int = 64, ollama_version: str | None = None
 ) -> int | None:
     """The largest OLLAMA_NUM_PARALLEL at which the node still fits (None: not even 1)."""
-    return _largest(1, limit, lambda p: fits(_with_knobs(group, num_parallel=p), headroom, root, ollama_version))
+    return _largest(1, limit, lambda p: fits(with_num_parallel(group, p), headroom, root, ollama_version))
 
 
 def max_num_ctx(
@@ -894,9 +907,24 @@ def max_conns_per_node(group: NodeGroup, queue_per_node: int) -> int:
     return slots_per_node(group) + queue_per_node
 
 
+def slot_models(group: NodeGroup) -> int:
+    """Models of a node that each hold `numParallel` slots: the resident ones (at least one)."""
+    return max(1, len(group.resident_models))
+
+
 def slots_per_node(group: NodeGroup) -> int:
     """Requests one node serves at once: a slot per parallel request of each resident model."""
-    return group.ollama.num_parallel * max(1, len(group.resident_models))
+    return group.ollama.num_parallel * slot_models(group)
+
+
+def slots_per_group(group: NodeGroup) -> int:
+    """Requests all the nodes of `group` serve at once."""
+    return slots_per_node(group) * group.count
+
+
+def num_parallel_for_slots(group: NodeGroup, slots: int) -> int:
+    """The largest numParallel whose slots per node stay within `slots` (at least 1)."""
+    return max(1, slots // slot_models(group))
 
 
 def queue_for_ttft_target(group: NodeGroup, target_s: float) -> int:

@@ -122,8 +122,7 @@ def stack_ollama_version(config: StackConfig) -> str:
     """The Ollama release the stack's image deploys; a clear error (exit 2) when the capacity model has no rules
     for it."""
     try:
-        version = capacity.version_of_image(config.settings.images.ollama)
-        capacity.rules_of(version)
+        version = capacity.supported_version_of_image(config.settings.images.ollama)
     except CapacityError as error:
         fail(f"{config.path.name}: images.ollama: {error}", EXIT_CONFIG)
     return version
@@ -155,7 +154,7 @@ def print_plan(console: Console, stack_config: StackConfig) -> bool:
         conns = capacity.max_conns_per_node(group, queue)
         console.print(
             f"  gateway max_conns per node: {conns} "
-            f"(numParallel {group.ollama.num_parallel} × {max(1, len(group.resident_models))} resident + "
+            f"(numParallel {group.ollama.num_parallel} × {capacity.slot_models(group)} resident + "
             f"queue {queue})"
         )
         ok = ok and estimate.fits

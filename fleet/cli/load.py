@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fleet import capacity
 from fleet.ops import loadtest as lt
 from fleet.ops import tune as tn
 from fleet.cli.errors import EXIT_CONFIG, err, fail, output_folder
@@ -355,8 +356,8 @@ def tune(
             if param == "concurrency":
                 points, sweep = tn.sweep_concurrency(spec, swept, sink)
             else:
-                slots_per_value = node_group.count * max(1, len(node_group.resident_models))
-                clients_for = (lambda v: clients) if clients else (lambda v: v * slots_per_value)
+                clients_for = (lambda v: clients) if clients else (
+                    lambda v: capacity.slots_per_group(capacity.with_num_parallel(node_group, v)))
                 if local:
                     with tempfile.TemporaryDirectory(prefix="fleet-tune-") as work, _local_ollama_sweep(Path(work)) as (apply, local_model):
                         spec = lt.LoadSpec(**{**tn._spec_fields(spec), "model": model or local_model})

@@ -198,24 +198,19 @@ def find_group(settings: FleetSettings, name: str, stack_file: str) -> tuple[int
     raise TuneError(f"{stack_file}: no node group {name!r} at {FLEET_KEY}.nodeGroups; groups: {known}")
 
 
-def with_num_parallel(group: NodeGroup, value: int) -> NodeGroup:
-    return group.model_copy(update={"ollama": group.ollama.model_copy(update={"num_parallel": value})})
-
-
 def stack_ollama_version(settings: FleetSettings, stack_file: str) -> str:
     """The Ollama release the stack deploys (the tag of images.ollama), whose capacity rules apply."""
     try:
-        version = capacity.version_of_image(settings.images.ollama)
-        capacity.rules_of(version)
+        return capacity.supported_version_of_image(settings.images.ollama)
     except capacity.CapacityError as error:
         raise TuneError(f"{stack_file}: {FLEET_KEY}.images.ollama: {error}") from None
-    return version
 
 
 def capacity_refusal(group: NodeGroup, num_parallel: int, headroom: float, ollama_version: str | None = None) -> str | None:
     """Why the capacity model refuses `num_parallel` for the group under the rules of the Ollama release
     the stack deploys (None when it fits)."""
-    estimate = capacity.estimate_node(with_num_parallel(group, num_parallel), headroom, ollama_version=ollama_version)
+    trial = capacity.with_num_parallel(group, num_parallel)
+    estimate = capacity.estimate_node(trial, headroom, ollama_version=ollama_version, suggest=False)
     if estimate.fits:
         return None
     largest = capacity.max_num_parallel(group, headroom, ollama_version=ollama_version)
@@ -247,7 +242,7 @@ def measure_service(points: Sequence[Point], group: NodeGroup) -> Measured | Non
     First token: the p50 at the lowest load (a request that finds a free slot). Service time: how long a request
     holds a slot, by Little's law at the level that keeps the most slots busy: busy slots (the level, at most the
     group's slots) ÷ requests served per second."""
-    slots = capacity.slots_per_node(group) * group.count
+    slots = capacity.slots_per_group(group)
     served = [p for p in points if p.summary.ok > 0 and p.summary.throughput_rps > 0]
     lowest = min(served, key=lambda p: p.value, default=None)
     if lowest is None or lowest.summary.ttft_p50_s is None:
@@ -308,7 +303,7 @@ def recommend(
 
     # concurrency: in-flight requests the whole group serves within the bounds
     per_node = math.ceil(knee_value / group.count)
-    slots = capacity.max_conns_per_node(group, 0)
+    slots = capacity.slots_per_node(group)
     queue_now = capacity.queue_per_node(group, settings.gateway)
     if per_node >= slots:
         queue = per_node - slots
@@ -328,8 +323,7 @@ def recommend(
     if contention:
         rec.notes.append(f"the knee ({per_node} per node) is below the {slots} slots a node has, but {contention}")
         return rec
-    resident = max(1, len(group.resident_models))
-    parallel = max(1, per_node // resident)
+    parallel = capacity.num_parallel_for_slots(group, per_node)
     rec.notes.append(
         f"the knee ({per_node} per node) is below the {slots} slots a node has: fewer slots keep the levels within bounds"
     )
