@@ -21,6 +21,7 @@ import ollama
 import pytest
 import yaml
 from openai import OpenAI
+from waiting import wait_until
 
 from fleet import ports
 from fleet.local import docker_plan as dp
@@ -77,17 +78,6 @@ def _client(stack) -> httpx.Client:
     return httpx.Client(base_url=stack.gateway_url, headers=_auth(stack), verify=_verify(stack), timeout=TIMEOUT)
 
 
-def _wait(condition, what: str, timeout: float):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        ok, last = condition()
-        if ok:
-            return last
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
-
-
 # ---- the replay itself ------------------------------------------------------------------------------------
 
 
@@ -117,7 +107,7 @@ def test_every_container_health_check_turns_healthy(stack, docker_client):
                  for c in checked}
         return all(s == "healthy" for s in found.values()), found
 
-    _wait(statuses, "every health check to pass", HEALTH_WAIT_S)
+    wait_until(statuses, "every health check to pass", HEALTH_WAIT_S, interval=1.0)
     for container in checked:
         health = docker_client.api.inspect_container(container.docker_name)["State"]["Health"]
         assert health["Log"] and health["Log"][-1]["ExitCode"] == 0, (container.docker_name, health["Log"][-1:])
@@ -261,7 +251,7 @@ def test_prometheus_scrapes_every_target_of_the_rendered_config(stack):
         found = {(t["labels"]["job"], t["discoveredLabels"]["__address__"]): t["health"] for t in active}
         return set(found) == rendered and set(found.values()) == {"up"}, found
 
-    _wait(targets, "Prometheus to scrape every target", 90)
+    wait_until(targets, "Prometheus to scrape every target", 90, interval=1.0)
     alertmanagers = httpx.get(f"{stack.prometheus_url}/api/v1/alertmanagers", auth=auth, timeout=10).json()
     assert [a["url"] for a in alertmanagers["data"]["activeAlertmanagers"]] == [
         f"http://ollama-monitoring-alertmanager:{ports.ALERTMANAGER}/api/v2/alerts"]
@@ -287,7 +277,7 @@ def test_a_replaced_node_keeps_its_model_volume_and_does_not_pull_again(stack, d
             response = client.post("/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False, "options": SHORT})
         return response.status_code == 200, response.status_code
 
-    _wait(answers, "the gateway to answer through the new container", 60)
+    wait_until(answers, "the gateway to answer through the new container", 60, interval=1.0)
 
 
 def test_a_key_over_its_burst_is_refused_with_429(stack):
