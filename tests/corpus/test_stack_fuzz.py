@@ -11,12 +11,12 @@ with no exception. The examples are derandomized (the same in every run) and bou
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
 from stack_mutants import ROOT, Mutant, dotted, mutants
 from typer.testing import CliRunner
 
@@ -27,15 +27,7 @@ LEAKS = re.compile(
     r"Traceback \(most recent call last\)|object at 0x[0-9a-f]+|<[a-z_.]+\.[A-Za-z_]+ object|"
     r"\b[A-Z][A-Za-z]*(Error|Exception)\b"
 )
-# FLEET_FUZZ_EXAMPLES=5000 explores further (random, not derandomized) when looking for new cases by hand.
-EXPLORE = int(os.environ.get("FLEET_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(
-    max_examples=EXPLORE or 150,
-    deadline=None,
-    derandomize=not EXPLORE,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings(150)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from fleet import contract
 from fleet.config import ModelSpec
 from fleet.contract import NodeContract
+from fleet.preview.policy_runner import evaluate
 from fleet.resources import RegisteredResource
+from fleet.stack_file import StackConfigError, load_stack_file
 from policies import rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +84,28 @@ def program_resources(
             raise ProgramFailed(done.stderr.decode()[-3000:])
         _CACHE[key] = pickle.loads(done.stdout)
     return copy.deepcopy(_CACHE[key])
+
+
+def violations(resources: list[RegisteredResource], stack: str, policy: str) -> list:
+    """What `policy` says of the resources when previewed as `stack`."""
+    return evaluate(resources, stack).by_policy(policy)
+
+
+def changed_stack_file(folder: Path, name: str, source: str, change) -> Path:
+    """A copy of Pulumi.<source>.yaml written as Pulumi.<name>.yaml in `folder`, changed by
+    `change(fleet_object)`."""
+    document = yaml.safe_load((ROOT / f"Pulumi.{source}.yaml").read_text())
+    change(document["config"]["ollama-fleet:fleet"])
+    path = folder / f"Pulumi.{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def refusal(path: Path) -> str:
+    """The error that loading the stack file raises (it must raise one)."""
+    with pytest.raises(StackConfigError) as caught:
+        load_stack_file(path)
+    return str(caught.value)
 
 
 def find(resources: list[RegisteredResource], type_: str, role: str | None = None) -> list[RegisteredResource]:

@@ -7,42 +7,24 @@ from __future__ import annotations
 import copy
 
 import pytest
-import yaml
 from policy_builders import (
     CONTAINER,
-    ROOT,
     SG_INGRESS,
+    changed_stack_file,
     find,
     ingress_rule,
     program_resources,
+    refusal,
     restack,
     set_label,
     set_prop,
+    violations,
 )
 
 from fleet import address_ranges, contract
 from fleet.preview.policy_runner import evaluate
-from fleet.stack_file import StackConfigError, environment_of_stack, load_stack_file
+from fleet.stack_file import environment_of_stack, load_stack_file
 from policies import rules
-
-
-def violations(resources, stack, policy):
-    return evaluate(resources, stack).by_policy(policy)
-
-
-def stack_file(tmp_path, name: str, source: str, change) -> str:
-    """A copy of a stack file under another name, changed by `change(fleet_object)`."""
-    document = yaml.safe_load((ROOT / f"Pulumi.{source}.yaml").read_text())
-    change(document["config"]["ollama-fleet:fleet"])
-    path = tmp_path / f"Pulumi.{name}.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-def refusal(path) -> str:
-    with pytest.raises(StackConfigError) as caught:
-        load_stack_file(path)
-    return str(caught.value)
 
 
 # ---- the stack's name decides the environment ------------------------------------------------------------------
@@ -63,11 +45,11 @@ def test_the_stack_name_decides_the_environment(stack, environment):
 
 
 def test_a_prod_stack_file_declaring_dev_is_refused_at_load(tmp_path):
-    path = stack_file(tmp_path, "prod", "prod", lambda f: f.update(environment="dev"))
+    path = changed_stack_file(tmp_path, "prod", "prod", lambda f: f.update(environment="dev"))
     message = refusal(path)
     assert "Pulumi.prod.yaml" in message and "ollama-fleet:fleet.environment" in message and "allowed: prod" in message
     # The same file under a name that decides nothing keeps what it declares.
-    assert load_stack_file(stack_file(tmp_path, "sandbox", "prod", lambda f: f.update(environment="dev"))).settings.environment == "dev"
+    assert load_stack_file(changed_stack_file(tmp_path, "sandbox", "prod", lambda f: f.update(environment="dev"))).settings.environment == "dev"
 
 
 def test_a_prod_stack_running_dev_containers_is_refused():
@@ -140,7 +122,7 @@ def test_256_slash_8s_and_ipv6_halves_are_the_world(resources_of):
 @pytest.mark.parametrize("cidrs", [["0.0.0.0/0"], ["0.0.0.0/1", "128.0.0.0/1"], ["::/1", "8000::/1"]])
 def test_config_load_refuses_world_admin_and_ssh_ranges(tmp_path, key, cidrs):
     section, field = key.split(".")
-    path = stack_file(tmp_path, "prod", "prod", lambda f: f[section].update({field: cidrs}))
+    path = changed_stack_file(tmp_path, "prod", "prod", lambda f: f[section].update({field: cidrs}))
     message = refusal(path)
     assert f"ollama-fleet:fleet.{key}" in message and "allowed: at most one /8" in message
 
@@ -150,7 +132,7 @@ def test_world_admin_ranges_are_refused_with_monitoring_off_too(tmp_path):
         fleet["monitoring"]["enabled"] = False
         fleet["gateway"]["adminCidrs"] = ["0.0.0.0/1", "128.0.0.0/1"]
 
-    assert "ollama-fleet:fleet.gateway.adminCidrs" in refusal(stack_file(tmp_path, "prod", "prod", change))
+    assert "ollama-fleet:fleet.gateway.adminCidrs" in refusal(changed_stack_file(tmp_path, "prod", "prod", change))
 
 
 @pytest.mark.parametrize("monitoring", [True, False])
@@ -170,9 +152,9 @@ def test_the_policy_checks_the_admin_ranges_whether_monitoring_is_on_or_off(reso
 
 
 def test_a_bind_address_beyond_loopback_needs_the_opt_in(tmp_path):
-    message = refusal(stack_file(tmp_path, "dev", "dev", lambda f: f["local"].update(bindAddress="0.0.0.0")))
+    message = refusal(changed_stack_file(tmp_path, "dev", "dev", lambda f: f["local"].update(bindAddress="0.0.0.0")))
     assert "ollama-fleet:fleet.local.bindAddress" in message and "publishBeyondLoopback" in message
-    allowed = stack_file(tmp_path, "dev", "dev", lambda f: f["local"].update(bindAddress="0.0.0.0", publishBeyondLoopback=True))
+    allowed = changed_stack_file(tmp_path, "dev", "dev", lambda f: f["local"].update(bindAddress="0.0.0.0", publishBeyondLoopback=True))
     assert load_stack_file(allowed).settings.local.bind_address == "0.0.0.0"
 
 

@@ -4,39 +4,25 @@ policy that reads what the program registers, naming the stack file, the key and
 from __future__ import annotations
 
 import pytest
-import yaml
 from policy_builders import (
     CONTAINER,
     REMOTE_IMAGE,
-    ROOT,
+    changed_stack_file,
     find,
     ingress_rule,
+    refusal,
     restack,
     set_env,
     set_label,
     set_prop,
+    violations,
 )
 
 from fleet import address_ranges, contract
 from fleet.preview import policy_runner
-from fleet.preview.policy_runner import evaluate, load_config_file
-from fleet.stack_file import StackConfigError, load_stack_file
+from fleet.preview.policy_runner import load_config_file
 
 DIGEST = "@sha256:" + "5" * 64
-
-
-def violations(resources, stack, policy):
-    return evaluate(resources, stack).by_policy(policy)
-
-
-def refusal(tmp_path, name: str, source: str, change) -> str:
-    document = yaml.safe_load((ROOT / f"Pulumi.{source}.yaml").read_text())
-    change(document["config"]["ollama-fleet:fleet"])
-    path = tmp_path / f"Pulumi.{name}.yaml"
-    path.write_text(yaml.safe_dump(document))
-    with pytest.raises(StackConfigError) as caught:
-        load_stack_file(path)
-    return str(caught.value)
 
 
 # ---- a stack named for an environment is judged by that environment's policy config --------------------------
@@ -83,7 +69,7 @@ def test_ipv6_ranges_count_the_ipv4_addresses_they_embed(cidrs, world):
 @pytest.mark.parametrize("key", ["gateway.adminCidrs", "aws.sshCidrs"])
 def test_config_load_refuses_the_ipv4_internet_written_as_ipv6(tmp_path, key):
     section, field = key.split(".")
-    message = refusal(tmp_path, "prod", "prod", lambda f: f[section].update({field: ["::ffff:0.0.0.0/96"]}))
+    message = refusal(changed_stack_file(tmp_path, "prod", "prod", lambda f: f[section].update({field: ["::ffff:0.0.0.0/96"]})))
     assert "Pulumi.prod.yaml" in message and f"ollama-fleet:fleet.{key}" in message and "allowed: at most one /8" in message
 
 
@@ -97,7 +83,7 @@ def test_a_security_group_open_to_mapped_ipv4_is_the_world(resources_of):
 
 
 def test_a_rocm_image_on_nvidia_gpus_is_refused_at_load(tmp_path):
-    message = refusal(tmp_path, "prod", "prod", lambda f: f.setdefault("images", {}).update(ollama="ollama/ollama:0.32.15-rocm" + DIGEST))
+    message = refusal(changed_stack_file(tmp_path, "prod", "prod", lambda f: f.setdefault("images", {}).update(ollama="ollama/ollama:0.32.15-rocm" + DIGEST)))
     assert "Pulumi.prod.yaml" in message and "ollama-fleet:fleet.images.ollama" in message
     assert "ROCm" in message and "allowed on NVIDIA GPU instance types" in message
 
@@ -161,7 +147,7 @@ def test_a_container_in_the_host_network_publishes_beyond_loopback(resources_of)
 def test_the_gateways_public_ports_are_none_of_the_private_ones(tmp_path, key, port):
     # The security groups open the gateway's ports to clientCidrs (the world in prod): SSH or Ollama there would
     # be the world's.
-    message = refusal(tmp_path, "prod", "prod", lambda f: f["gateway"].update({key: port}))
+    message = refusal(changed_stack_file(tmp_path, "prod", "prod", lambda f: f["gateway"].update({key: port})))
     assert f"ollama-fleet:fleet.gateway.{key}: {port} is used by the fleet's own services" in message
     assert "allowed: any port from 1 to 65535 except 22, " in message
 

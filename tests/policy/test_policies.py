@@ -23,6 +23,7 @@ from policy_builders import (
     set_label,
     set_models,
     set_prop,
+    violations,
 )
 
 from fleet import capacity, catalog, contract
@@ -31,10 +32,6 @@ from policies import rules
 
 LEVEL = {"dev": "advisory", "staging": "mandatory", "prod": "mandatory"}
 LLAMA_70B_Q8 = [{"name": "llama3.1", "tag": "70b", "quantization": "q8_0", "numCtx": 8192}]
-
-
-def violations(resources, stack, policy):
-    return evaluate(resources, stack).by_policy(policy)
 
 
 def test_every_stack_passes_every_policy(stack, resources_of):

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from fleet.render import nginx
+from fleet.render import nginx, prometheus, rules
 from fleet.render.nginx import GatewayPaths
 from fleet.stack_file import available_stacks
 
 STACKS = available_stacks()
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 PROMTOOL = shutil.which("promtool")
+AMTOOL = shutil.which("amtool")
+SHELLCHECK = shutil.which("shellcheck")
 
 
 def require_tool(path: str | None, name: str) -> str:
@@ -80,6 +82,55 @@ def make_certificate(cert: Path, key: Path) -> None:
 def nginx_test(conf: Path, prefix: Path) -> subprocess.CompletedProcess:
     binary = require_tool(NGINX, "nginx")
     return subprocess.run([binary, "-t", "-c", str(conf), "-p", str(prefix)], capture_output=True, text=True, timeout=60)
+
+
+def run_tool(args: list[str], where: str, timeout: float = 120) -> None:
+    """Run a checking tool; a failure names `where`, the command and what the tool said."""
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{where}: {' '.join(args[:3])}: {done.stdout}{done.stderr}"
+
+
+def check_script(text: str, where: str, folder: Path) -> None:
+    """A generated bash script passes `bash -n` and, when installed, `shellcheck -S error`."""
+    path = folder / "script.sh"
+    path.write_text(text)
+    run_tool(["bash", "-n", str(path)], where)
+    if SHELLCHECK:
+        run_tool([SHELLCHECK, "-s", "bash", "-S", "error", str(path)], where)
+
+
+def write_gateway_config(settings, folder: Path) -> Path:
+    """The stack's gateway config for a loopback nginx whose prefix is folder/nginx, with an API-key include
+    holding a key per client; the config's path."""
+    paths = make_prefix(folder / "nginx")
+    plan = loopback_plan(settings, paths)
+    conf = folder / "nginx" / "nginx.conf"
+    conf.write_text(nginx.render_nginx(plan))
+    keys = {name: f"key-{name}-0123456789abcdef" for name in plan.clients}
+    Path(paths.api_keys_include).write_text(nginx.render_api_keys(keys, "admin-key-0123456789abcdef"))
+    return conf
+
+
+def write_prometheus_config(settings, folder: Path, stack: str, **overrides) -> tuple[Path, Path]:
+    """The stack's Prometheus config (placeholder targets) and alert rules written in `folder`: their paths."""
+    rule_file = folder / "fleet.rules.yml"
+    rule_file.write_text(rules.render_rules(settings))
+    config = folder / "prometheus.yml"
+    config.write_text(
+        prometheus.render_prometheus(
+            prometheus.build_prometheus_plan(
+                settings,
+                nodes=prometheus.placeholder_node_targets(settings),
+                nginx_exporters=["127.0.0.1:9113"],
+                gateway_log_exporters=["127.0.0.1:9115"],
+                gateway_node_exporters={"gateway-0": "192.0.2.5:9100"},
+                rule_files=[str(rule_file)],
+                stack=stack,
+                **overrides,
+            )
+        )
+    )
+    return config, rule_file
 
 
 # --- a small parser of nginx configuration, enough to assert on blocks and directives -------------------

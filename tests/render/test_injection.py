@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import types
 import typing
@@ -19,15 +18,14 @@ from typing import Any, get_args, get_origin
 import pytest
 import yaml
 from pydantic import BaseModel
-from render_tools import NGINX, PROMTOOL, loopback_plan, make_prefix, nginx_test, require_tool
+from render_tools import AMTOOL, NGINX, PROMTOOL, nginx_test, require_tool, run_tool
+from render_tools import check_script, write_gateway_config, write_prometheus_config
 
 from fleet import node_runtime
 from fleet.config import FleetSettings
-from fleet.render import alertmanager, cloud_init, grafana, nginx, prometheus, rules
+from fleet.render import alertmanager, cloud_init, grafana
 from fleet.stack_file import StackConfigError, load_stack, parse_settings
 
-SHELLCHECK = shutil.which("shellcheck")
-AMTOOL = shutil.which("amtool")
 MARKER_NAME = "injected-command-ran"
 LIST_INDEX = 0
 DICT_KEY, DICT_VALUE = "<key>", "<value>"
@@ -196,16 +194,6 @@ def _stand_in_path(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
 
 
-def _check_script(script: str, where: str, tmp_path: Path) -> None:
-    path = tmp_path / "script.sh"
-    path.write_text(script)
-    syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
-    assert syntax.returncode == 0, f"{where}: bash -n: {syntax.stderr}"
-    if SHELLCHECK:
-        lint = subprocess.run([SHELLCHECK, "-s", "bash", "-S", "error", str(path)], capture_output=True, text=True, timeout=60)
-        assert lint.returncode == 0, f"{where}: shellcheck: {lint.stdout}"
-
-
 def _run_script(script: str, where: str, tmp_path: Path, marker: Path) -> list[list[str]]:
     env, log = _stand_in_path(tmp_path)
     log.unlink(missing_ok=True)
@@ -218,12 +206,7 @@ def _run_script(script: str, where: str, tmp_path: Path, marker: Path) -> list[l
 def check_renders_safely(settings: FleetSettings, tmp_path: Path, marker: Path) -> None:
     where = "accepted stack"
     # nginx: the deployed config and the secret key include, through nginx -t
-    paths = make_prefix(tmp_path / "nginx")
-    plan = loopback_plan(settings, paths)
-    conf = tmp_path / "nginx" / "nginx.conf"
-    conf.write_text(nginx.render_nginx(plan))
-    keys = {name: f"key-{name}-0123456789abcdef" for name in plan.clients}
-    Path(paths.api_keys_include).write_text(nginx.render_api_keys(keys, "admin-key-0123456789abcdef"))
+    conf = write_gateway_config(settings, tmp_path)
     if NGINX:
         result = nginx_test(conf, tmp_path / "nginx")
         assert result.returncode == 0, f"{where}: nginx -t: {result.stderr}"
@@ -241,33 +224,16 @@ def check_renders_safely(settings: FleetSettings, tmp_path: Path, marker: Path) 
     if "alertmanager.yml" in files and AMTOOL:
         am = tmp_path / "alertmanager.yml"
         am.write_text(files["alertmanager.yml"])
-        result = subprocess.run([AMTOOL, "check-config", str(am)], capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, f"{where}: amtool check-config: {result.stdout}{result.stderr}"
+        run_tool([AMTOOL, "check-config", str(am)], where, timeout=60)
     if settings.monitoring.enabled and PROMTOOL:
-        rule_file = tmp_path / "fleet.rules.yml"
-        rule_file.write_text(rules.render_rules(settings))
-        prom = tmp_path / "prometheus.yml"
-        prom.write_text(
-            prometheus.render_prometheus(
-                prometheus.build_prometheus_plan(
-                    settings,
-                    nodes=prometheus.placeholder_node_targets(settings),
-                    nginx_exporters=["127.0.0.1:9113"],
-                    gateway_log_exporters=["127.0.0.1:9115"],
-                    gateway_node_exporters={"gateway-0": "192.0.2.5:9100"},
-                    rule_files=[str(rule_file)],
-                    stack="injection",
-                )
-            )
-        )
+        prom, rule_file = write_prometheus_config(settings, tmp_path, "injection")
         for args in (("check", "config", str(prom)), ("check", "rules", str(rule_file))):
-            result = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120)
-            assert result.returncode == 0, f"{where}: promtool {' '.join(args)}: {result.stdout}{result.stderr}"
+            run_tool([PROMTOOL, *args], where)
 
     # Host scripts: the cloud-init setup scripts and the readiness script (syntax and lint only: they change a host)
     for name, content in files.items():
         if name.endswith(".sh"):
-            _check_script(content, f"{where}: {name}", tmp_path)
+            check_script(content, f"{where}: {name}", tmp_path)
     if settings.aws is not None:
         argv = cloud_init.ssh_argv(
             transport="ssm",
@@ -281,14 +247,14 @@ def check_renders_safely(settings: FleetSettings, tmp_path: Path, marker: Path) 
         ready = cloud_init.render_readiness_script(
             host_name="node-0", ssh_argv=argv, steps=cloud_init.readiness_steps(gpus=1, models_path="/models")
         )
-        _check_script(ready, f"{where}: readiness", tmp_path)
+        check_script(ready, f"{where}: readiness", tmp_path)
 
     # Model steps: run for real against a stand-in `docker`; every model reference arrives as one argument.
     for group in settings.node_groups:
         for script in (node_runtime.pull_script("ollama-0", group), node_runtime.warm_script("ollama-0", group)):
             if script is None:
                 continue
-            _check_script(script, f"{where}: model steps of {group.name}", tmp_path)
+            check_script(script, f"{where}: model steps of {group.name}", tmp_path)
             calls = _run_script(script, f"{where}: model steps of {group.name}", tmp_path, marker)
             arguments = {arg for call in calls for arg in call}
             assert "ollama-0" in arguments

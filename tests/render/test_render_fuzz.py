@@ -23,19 +23,19 @@ from typing import get_args, get_origin
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
 from pydantic import BaseModel
-from render_tools import NGINX, PROMTOOL, loopback_plan, make_prefix, nginx_test, require_tool
+from render_tools import AMTOOL, NGINX, PROMTOOL, nginx_test, require_tool, run_tool
+from render_tools import check_script, write_gateway_config, write_prometheus_config
 from stack_mutants import DOCUMENTS, ROOT, Mutant, leaf_mutants
 
 from fleet import node_runtime
 from fleet import config_text
 from fleet.config import FLEET_KEY, FleetSettings
-from fleet.render import alertmanager, cloud_init, grafana, nginx, prometheus, rules
+from fleet.render import alertmanager, cloud_init, grafana
 from fleet.stack_file import StackConfigError, load_stack, load_stack_file
 
-AMTOOL = shutil.which("amtool")
-SHELLCHECK = shutil.which("shellcheck")
 RECEIVERS = [
     {"name": "mail", "kind": "email", "to": "oncall@example.com", "fromAddress": "alerts@example.com",
      "smarthost": "smtp.example.com:587", "authUsername": "alerts"},
@@ -55,27 +55,7 @@ def _full(stack: str) -> dict:
 
 
 FULL = {stack: _full(stack) for stack in DOCUMENTS}
-EXPLORE = int(os.environ.get("FLEET_FUZZ_EXAMPLES", "0"))
-RENDER_FUZZ = settings(
-    max_examples=EXPLORE or 100,
-    deadline=None,
-    derandomize=not EXPLORE,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
-)
-
-
-def _tool(args: list[str], where: str) -> None:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{where}: {' '.join(args[:3])}: {done.stdout}{done.stderr}"
-
-
-def _script(text: str, where: str, folder: Path) -> None:
-    path = folder / "script.sh"
-    path.write_text(text)
-    _tool(["bash", "-n", str(path)], where)
-    if SHELLCHECK:
-        _tool([SHELLCHECK, "-s", "bash", "-S", "error", str(path)], where)
+RENDER_FUZZ = fuzz_settings(100)
 
 
 def assert_thresholds_kept(stack_settings, rule_text: str, where: str) -> None:
@@ -98,41 +78,19 @@ def assert_thresholds_kept(stack_settings, rule_text: str, where: str) -> None:
 def check_rendered(stack_settings, folder: Path, where: str) -> None:
     """Render what a stack deploys and put each file through its real tool."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = make_prefix(folder / "nginx")
-    plan = loopback_plan(stack_settings, paths)
-    conf = folder / "nginx" / "nginx.conf"
-    conf.write_text(nginx.render_nginx(plan))
-    Path(paths.api_keys_include).write_text(
-        nginx.render_api_keys({name: f"key-{name}-0123456789abcdef" for name in plan.clients}, "admin-key-0123456789abcdef")
-    )
+    conf = write_gateway_config(stack_settings, folder)
     result = nginx_test(conf, folder / "nginx")
     assert result.returncode == 0, f"{where}: nginx -t: {result.stderr}"
 
     if stack_settings.monitoring.enabled:
-        rule_file = folder / "fleet.rules.yml"
-        rule_file.write_text(rules.render_rules(stack_settings))
-        prom = folder / "prometheus.yml"
-        prom.write_text(
-            prometheus.render_prometheus(
-                prometheus.build_prometheus_plan(
-                    stack_settings,
-                    nodes=prometheus.placeholder_node_targets(stack_settings),
-                    nginx_exporters=["127.0.0.1:9113"],
-                    gateway_log_exporters=["127.0.0.1:9115"],
-                    gateway_node_exporters={"gateway-0": "192.0.2.5:9100"},
-                    rule_files=[str(rule_file)],
-                    alertmanagers=["127.0.0.1:9093"],
-                    stack="fuzz",
-                )
-            )
-        )
+        prom, rule_file = write_prometheus_config(stack_settings, folder, "fuzz", alertmanagers=["127.0.0.1:9093"])
         promtool = require_tool(PROMTOOL, "promtool")
-        _tool([promtool, "check", "config", str(prom)], where)
-        _tool([promtool, "check", "rules", str(rule_file)], where)
+        run_tool([promtool, "check", "config", str(prom)], where)
+        run_tool([promtool, "check", "rules", str(rule_file)], where)
         assert_thresholds_kept(stack_settings, rule_file.read_text(), where)
         manager = folder / "alertmanager.yml"
         manager.write_text(alertmanager.render_alertmanager(stack_settings, alertmanager.placeholder_secrets(stack_settings)))
-        _tool([require_tool(AMTOOL, "amtool"), "check-config", str(manager)], where)
+        run_tool([require_tool(AMTOOL, "amtool"), "check-config", str(manager)], where)
         yaml.safe_load(grafana.render_datasource(scrape_interval=stack_settings.monitoring.scrape_interval))
         json.loads(grafana.render_dashboard(stack_settings))
 
@@ -142,11 +100,11 @@ def check_rendered(stack_settings, folder: Path, where: str) -> None:
             model_volume=cloud_init.ModelVolume("vol-0123456789abcdef0"), models_path="/opt/ollama-fleet/models",
             config_path="/etc/ollama-fleet",
         )
-        _script(setup, f"{where}: cloud-init setup", folder)
+        check_script(setup, f"{where}: cloud-init setup", folder)
     for group in stack_settings.node_groups:
         for script in (node_runtime.pull_script("ollama-0", group), node_runtime.warm_script("ollama-0", group)):
             if script is not None:
-                _script(script, f"{where}: model steps of {group.name}", folder)
+                check_script(script, f"{where}: model steps of {group.name}", folder)
 
 
 @pytest.mark.tools
@@ -238,4 +196,4 @@ def test_a_stack_with_receivers_that_need_secrets_previews_and_renders(stack, tm
         assert done.returncode == 0, f"fleet {args[0]}: {done.stdout[-1500:]}{done.stderr}"
     rendered = next((tmp_path / "out").rglob("alertmanager.yml"))
     assert {r["name"] for r in yaml.safe_load(rendered.read_text())["receivers"]} >= {"chat", "pager", "hook", "mail"}
-    _tool([require_tool(AMTOOL, "amtool"), "check-config", str(rendered)], "rendered alertmanager.yml")
+    run_tool([require_tool(AMTOOL, "amtool"), "check-config", str(rendered)], "rendered alertmanager.yml")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf_files import write_out
 
 from fleet import capacity, capacity_terms, catalog, contract
 from fleet.capacity import GIB, MIB
@@ -470,12 +471,10 @@ def write_gguf(path: Path, arch: str = "gemma3", layers: int = 12, window: int |
         writer.add_sliding_window(window)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     writer.add_token_list([f"t{i}" for i in range(100)])
-    writer.add_tensor("token_embd.weight", np.zeros((100, 256), dtype=np.float16))
-    writer.add_tensor("blk.0.attn_q.weight", np.zeros((256, 256), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer, {
+        "token_embd.weight": np.zeros((100, 256), dtype=np.float16),
+        "blk.0.attn_q.weight": np.zeros((256, 256), dtype=np.float16),
+    })
 
 
 def test_reads_a_written_gguf_with_sliding_windows(tmp_path):

@@ -11,13 +11,14 @@ file cannot hold. Derandomized and bounded, so CI runs the same files every time
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from struct import error as struct_error
 
 import gguf
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
+from gguf_files import write_out
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -43,14 +44,7 @@ typed_values = st.one_of(
     st.tuples(st.just(T.STRING), st.sampled_from(["x", "4096", "llama\n", "\u202e", "9" * 500])),
     st.tuples(st.just(T.ARRAY), st.sampled_from([[0], [1, 2**31 - 1], ["a", "b"], [[1], [2]], [float("nan")]])),
 )
-EXPLORE = int(os.environ.get("FLEET_FUZZ_EXAMPLES", "0"))  # set it to explore further, at random
-FUZZ = settings(
-    max_examples=EXPLORE or 120,
-    deadline=None,
-    derandomize=not EXPLORE,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings(120, large_data=False)
 LEAKS = re.compile(r"Traceback \(most recent call last\)|\b[A-Z][A-Za-z]*(Error|Exception)\b|object at 0x")
 _names = itertools.count()
 
@@ -72,12 +66,10 @@ def write_model(path, override: tuple[str, T, object] | None = None) -> None:
         values[key] = (kind, value)
     for key, (kind, value) in values.items():
         writer.add_key_value(key, value, kind)
-    writer.add_tensor("token_embd.weight", np.zeros((32, 64), dtype=np.float16))
-    writer.add_tensor("blk.0.attn_q.weight", np.zeros((64, 64), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer, {
+        "token_embd.weight": np.zeros((32, 64), dtype=np.float16),
+        "blk.0.attn_q.weight": np.zeros((64, 64), dtype=np.float16),
+    })
 
 
 def spoil(path, how: str, offset: float, noise: bytes) -> None:

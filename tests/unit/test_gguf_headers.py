@@ -6,6 +6,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
+from gguf_files import write_out
 
 from fleet import capacity
 from fleet.config import ModelSpec, NodeGroup, OllamaSettings
@@ -30,15 +31,12 @@ def write_gguf(path, *, context_length: int | None, key_length: int | None, valu
     if value_length is not None:
         writer.add_value_length(value_length)
     writer.add_token_list([f"t{i}" for i in range(64)])
-    writer.add_tensor("token_embd.weight", np.zeros((64, EMBD), dtype=np.float16))
+    tensors = {"token_embd.weight": np.zeros((64, EMBD), dtype=np.float16)}
     for i in range(LAYERS):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.zeros(EMBD, dtype=np.float32))
-        writer.add_tensor(f"blk.{i}.attn_q.weight", np.zeros((EMBD, EMBD), dtype=np.float16))
-    writer.add_tensor("output_norm.weight", np.zeros(EMBD, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+        tensors[f"blk.{i}.attn_norm.weight"] = np.zeros(EMBD, dtype=np.float32)
+        tensors[f"blk.{i}.attn_q.weight"] = np.zeros((EMBD, EMBD), dtype=np.float16)
+    tensors["output_norm.weight"] = np.zeros(EMBD, dtype=np.float32)
+    write_out(writer, tensors)
     return path
 
 
