@@ -718,20 +718,9 @@ def fits(group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None
     return _estimate(group, headroom, root, suggest=False, ollama_version=ollama_version).fits
 
 
-def estimate_fit(
-    model: str,
-    quantization: str,
-    num_ctx: int | None,
-    num_parallel: int,
-    instance_type: str,
-    kv_cache_type: str = "f16",
-    flash_attention: bool = True,
-    headroom: float = DEFAULT_HEADROOM,
-    ollama_version: str | None = None,
-) -> NodeEstimate:
-    """One model on one instance type (the `fleet fit` question). `model` is `name:tag` or a GGUF path."""
-    group = single_model_group(model, quantization, num_ctx, num_parallel, instance_type, kv_cache_type, flash_attention)
-    return estimate_node(group, headroom, ollama_version=ollama_version)
+def estimate_fit(*fit: Any, headroom: float = DEFAULT_HEADROOM, ollama_version: str | None = None) -> NodeEstimate:
+    """One model on one instance type (the `fleet fit` question); `fit` are `single_model_group`'s arguments."""
+    return estimate_node(single_model_group(*fit), headroom, ollama_version=ollama_version)
 
 
 def single_model_group(

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from fleet.cli.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_POLICY, FleetGroup, fail, program_failure
 from fleet.cli.console import print_table
-from fleet.stack_file import StackConfigError, load_stack
+from fleet.stack_file import StackConfig, StackConfigError, load_stack
 from fleet.text import counted
 
 app = typer.Typer(
@@ -44,10 +44,9 @@ def _options(
     """ollama-fleet: preview, plan, render, test and tune a production Ollama service."""
 
 
-@app.command()
-def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml).")) -> None:
-    """Check a stack file: known keys, types, allowed values, secrets stored encrypted, and what the program's
-    planners would refuse (network, gateway, monitoring, alert receivers' secrets)."""
+def checked_stack(stack: str) -> StackConfig:
+    """The stack file, loaded and checked as `fleet validate` checks it; exit 2 naming what is wrong."""
+    from fleet.cli import capacity as cli_capacity
     from fleet.plans.checks import check_plans
 
     try:
@@ -55,9 +54,15 @@ def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name 
         check_plans(config)
     except StackConfigError as error:
         fail(str(error), EXIT_CONFIG)
-    from fleet.cli import capacity as cli_capacity
-
     cli_capacity.stack_ollama_version(config)
+    return config
+
+
+@app.command()
+def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml).")) -> None:
+    """Check a stack file: known keys, types, allowed values, secrets stored encrypted, and what the program's
+    planners would refuse (network, gateway, monitoring, alert receivers' secrets)."""
+    config = checked_stack(stack)
     console.print(f"{config.path.name}: valid ({counted(config.settings.node_count, 'node')}, target {config.settings.target})")
 
 
@@ -73,14 +78,8 @@ def preview(
     """Offline preview: the resource plan, the capacity table and the policy verdict, with no cloud and no Pulumi CLI."""
     from fleet.cli import capacity as cli_capacity
     from fleet.preview import offline as preview_mod
-    from fleet.plans.checks import check_plans
 
-    try:
-        stack_config = load_stack(stack)
-        check_plans(stack_config)
-    except StackConfigError as error:
-        fail(str(error), EXIT_CONFIG)
-    cli_capacity.stack_ollama_version(stack_config)
+    stack_config = checked_stack(stack)
     try:
         result = preview_mod.run_program(stack_config)
     except StackConfigError as error:

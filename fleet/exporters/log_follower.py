@@ -20,7 +20,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from fleet.exporters.lines import LineSplitter
 
 READ_CHUNK = 1 << 16
 
@@ -29,9 +31,8 @@ READ_CHUNK = 1 << 16
 class _OpenFile:
     fd: int
     identity: tuple[int, int]  # (st_dev, st_ino)
+    lines: LineSplitter
     offset: int = 0
-    partial: bytearray = field(default_factory=bytearray)
-    skipping: bool = False  # inside an over-long line: drop bytes until its newline
     last_growth: float = 0.0
 
 
@@ -121,7 +122,7 @@ class LogFollower:
             self._seek_end_once = False  # gone before it was opened: the next file is all new
             return None
         status = os.fstat(fd)
-        opened = _OpenFile(fd=fd, identity=(status.st_dev, status.st_ino), last_growth=now)
+        opened = _OpenFile(fd=fd, identity=(status.st_dev, status.st_ino), lines=LineSplitter(self.max_line_bytes), last_growth=now)
         if self._seek_end_once:
             opened.offset = status.st_size
             self._seek_end_once = False
@@ -142,10 +143,9 @@ class LogFollower:
             # Truncated in place: what follows is new; an unfinished line before it is lost.
             self.stats.truncations += 1
             open_file.offset = 0
-            if open_file.partial or open_file.skipping:
+            if open_file.lines.unfinished():
                 self.stats.dropped_lines += 1
-            open_file.partial.clear()
-            open_file.skipping = False
+            open_file.lines.rest()
         grew = False
         while budget[0] > 0:
             chunk = os.pread(open_file.fd, min(READ_CHUNK, budget[0]), open_file.offset)
@@ -158,29 +158,16 @@ class LogFollower:
         return grew
 
     def _split(self, open_file: _OpenFile, chunk: bytes, lines: list[bytes]) -> None:
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            if end < 0:
-                break
-            if open_file.skipping:
-                open_file.skipping = False
-            else:
-                open_file.partial += chunk[start:end]
-                if len(open_file.partial) > self.max_line_bytes:
-                    self.stats.dropped_lines += 1
-                else:
-                    lines.append(bytes(open_file.partial))
-            open_file.partial.clear()
-            start = end + 1
-        if start < len(chunk) and not open_file.skipping:
-            open_file.partial += chunk[start:]
-            if len(open_file.partial) > self.max_line_bytes:
+        complete, overflowed = open_file.lines.feed(chunk)
+        for line in complete:
+            if len(line) > self.max_line_bytes:
                 self.stats.dropped_lines += 1
-                open_file.partial.clear()
-                open_file.skipping = True
+            else:
+                lines.append(line)
+        if overflowed:
+            self.stats.dropped_lines += 1
 
     def _close(self, open_file: _OpenFile, unfinished: bool) -> None:
-        if unfinished and open_file.partial:
+        if unfinished and open_file.lines.partial:
             self.stats.dropped_lines += 1
         os.close(open_file.fd)

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from fleet.exporters.lines import LineSplitter
 from fleet.gateway_routes import ADMIN_PREFIXES, ADMIN_ROUTES, READ_ONLY_PREFIXES, READ_ONLY_ROUTES
 from fleet.gateway_routes import INFERENCE_ROUTES as GATEWAY_INFERENCE_ROUTES
 
@@ -195,36 +196,18 @@ class _LineMeter(ResponseMeter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._partial = bytearray()
-        self._skipping = False
+        self._lines = LineSplitter(self.MAX_LINE)
 
     def feed(self, chunk: bytes) -> bool:
         first = False
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            if end < 0:
-                break
-            if self._skipping:
-                self._skipping = False
-            elif self._partial:
-                self._partial += chunk[start:end]
-                first |= self._line(bytes(self._partial))
-            else:
-                first |= self._line(chunk[start:end])
-            self._partial.clear()
-            start = end + 1
-        if start < len(chunk) and not self._skipping:
-            self._partial += chunk[start:]
-            if len(self._partial) > self.MAX_LINE:
-                self._partial.clear()
-                self._skipping = True
+        for line in self._lines.feed(chunk)[0]:
+            first |= self._line(line)
         return first
 
     def finish(self) -> None:
-        if self._partial and not self._skipping:
-            self._line(bytes(self._partial))
-        self._partial.clear()
+        rest = self._lines.rest()
+        if rest:
+            self._line(rest)
 
     def _line(self, line: bytes) -> bool:  # pragma: no cover - interface
         raise NotImplementedError

@@ -18,13 +18,14 @@ import json
 import math
 import os
 import secrets
-import shutil
 import string
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from fleet.local.openssl import run_openssl
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURE_TIMEOUT_S = 300
@@ -38,13 +39,7 @@ class CaptureError(RuntimeError):
 
 
 def _openssl(*args: str, stdin: str | None = None) -> str:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise CaptureError("openssl is missing: apt-get install openssl")
-    proc = subprocess.run([openssl, *args], input=stdin, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise CaptureError(f"openssl {args[0]} failed: {proc.stderr.strip()[-400:]}")
-    return proc.stdout
+    return run_openssl(*args, error=CaptureError, stdin=stdin)
 
 
 def private_key(inputs: dict[str, Any]) -> dict[str, str]:

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fleet.local.ollama_build import cache_root
+from fleet.local.openssl import run_openssl
 
 REGISTRY_HOST = "registry.ollama.ai"
 # Where the mirror redirects blob downloads, as the library redirects them to its CDN (a reserved name).
@@ -52,12 +51,7 @@ def models_dir() -> Path:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise MirrorError("openssl is missing: apt-get install openssl")
-    proc = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise MirrorError(f"openssl {args[0]} failed: {proc.stderr.strip()[-400:]}")
+    run_openssl(*args, error=MirrorError, cwd=cwd)
 
 
 def ensure_tls() -> Path:
