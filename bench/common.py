@@ -69,8 +69,25 @@ def self_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _Served:
+    """A served process group (`process` leads it) answering at `url`."""
+
+    process: ManagedProcess
+    url: str
+
+    def cpu_seconds(self) -> float:
+        return group_cpu_seconds(self.process.pid)
+
+    def rss_bytes(self) -> int:
+        return group_rss_bytes(self.process.pid)
+
+    def unrouted_url(self, group: str) -> str:
+        """The group's own routes (`/groups/<group>/…`): plain proxying, without the model router."""
+        return f"{self.url}/groups/{group}"
+
+
 @dataclass
-class Backend:
+class Backend(_Served):
     process: ManagedProcess
     port: int
 
@@ -84,16 +101,6 @@ class Backend:
 
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/_fake/stats", timeout=5).json()
-
-    def cpu_seconds(self) -> float:
-        return group_cpu_seconds(self.process.pid)
-
-    def rss_bytes(self) -> int:
-        return group_rss_bytes(self.process.pid)
-
-    def unrouted_url(self, group: str) -> str:
-        """The group's own routes (`/groups/<group>/…`): plain proxying, without the model router."""
-        return f"{self.url}/groups/{group}"
 
 
 @contextlib.contextmanager
@@ -179,21 +186,11 @@ def _certificate(cert: Path, key: Path) -> None:
 
 
 @dataclass
-class Nginx:
+class Nginx(_Served):
     process: ManagedProcess
     url: str
     status_url: str | None
     conf: Path
-
-    def cpu_seconds(self) -> float:
-        return group_cpu_seconds(self.process.pid)
-
-    def rss_bytes(self) -> int:
-        return group_rss_bytes(self.process.pid)
-
-    def unrouted_url(self, group: str) -> str:
-        """The group's own routes (`/groups/<group>/…`): plain proxying, without the model router."""
-        return f"{self.url}/groups/{group}"
 
     def active_connections(self) -> int | None:
         """`Active connections` from stub_status (client connections, including the status request)."""
