@@ -18,6 +18,7 @@ from components.host import Host
 from fleet import contract
 from fleet.config import FleetSettings
 from fleet.plans.naming import container_name
+from fleet.plans.placement import PlacementPlan
 
 RESTART = "unless-stopped"
 # json-file with rotation: without it a busy gateway or a chatty Ollama fills the host's disk.
@@ -40,7 +41,11 @@ def labels(
     settings: FleetSettings, role: str, extra: Mapping[str, pulumi.Input[str]] | None = None
 ) -> list[docker.ContainerLabelArgs]:
     """The contract's labels of every container (role, environment) plus `extra` (`fleet.contract` keys)."""
-    values = contract.container_labels(settings, role, extra)
+    return label_args(contract.container_labels(settings, role, extra))
+
+
+def label_args(values: Mapping[str, pulumi.Input[str]]) -> list[docker.ContainerLabelArgs]:
+    """A container's labels as planned (`fleet.contract` keys), in their order."""
     return [docker.ContainerLabelArgs(label=key, value=value) for key, value in values.items()]
 
 
@@ -70,8 +75,8 @@ def healthcheck(test: Sequence[str], *, interval: str = "30s", timeout: str = "1
 class Placement:
     """Where one component's containers sit on a host, which ports they publish and how peers address them."""
 
-    def __init__(self, component: str, settings: FleetSettings, host: Host, parent: pulumi.Resource):
-        self.settings = settings
+    def __init__(self, component: str, settings: FleetSettings | PlacementPlan, host: Host, parent: pulumi.Resource):
+        self.plan = settings if isinstance(settings, PlacementPlan) else PlacementPlan.of(settings)
         self.host = host
         self.shared = host.shared_network is not None
         if host.shared_network is not None:
@@ -81,7 +86,7 @@ class Placement:
                 f"{component}-net",
                 name=f"{component}-net",
                 driver="bridge",
-                labels=[docker.NetworkLabelArgs(label=k, value=v) for k, v in contract.environment_labels(settings).items()],
+                labels=[docker.NetworkLabelArgs(label=k, value=v) for k, v in self.plan.network_labels.items()],
                 opts=self.resource_options(parent),
             )
 
@@ -127,8 +132,8 @@ class Placement:
     def operator_address(self) -> pulumi.Input[str]:
         """Where operator UIs (Prometheus, Grafana) are published: the local bind address (loopback by
         default), or the host's private address on AWS (reached through SSM port forwarding or an admin CIDR)."""
-        if self.settings.target == "local":
-            return self.settings.local.bind_address
+        if self.plan.target == "local":
+            return self.plan.bind_address
         return self.host.private_address
 
     def operator_ports(self, *ports: int) -> list[docker.ContainerPortArgs]:
@@ -136,7 +141,7 @@ class Placement:
 
     def public_ports(self, *ports: int) -> list[docker.ContainerPortArgs]:
         """The gateway's client ports: the local bind address, or every address of an AWS gateway host."""
-        address = self.settings.local.bind_address if self.settings.target == "local" else ALL_ADDRESSES
+        address = self.plan.bind_address if self.plan.target == "local" else ALL_ADDRESSES
         return [docker.ContainerPortArgs(internal=p, external=p, ip=address) for p in ports]
 
     def operator_url(self, port: int, path: str = "") -> pulumi.Output[str]:

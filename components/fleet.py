@@ -70,6 +70,7 @@ class Fleet(pulumi.ComponentResource):
         from components.gateway import Gateway, GatewayArgs
         from components.ollama_node import OllamaNode, OllamaNodeArgs
         from fleet.plans.gateway import serves_grafana
+        from fleet.plans.node import node_plan
         from fleet.plans.scrape import GatewayScrape, gateway_name, node_name, scrape_targets
 
         upstreams: dict[str, list[pulumi.Output[str]]] = {}
@@ -77,11 +78,8 @@ class Fleet(pulumi.ComponentResource):
         digests: dict[str, pulumi.Output[dict[str, str]]] = {}
         for group in settings.node_groups:
             for index, host in enumerate(site.node_hosts[group.name]):
-                node = OllamaNode(
-                    f"{name}-{group.name}-{index}",
-                    OllamaNodeArgs(settings=settings, group=group, host=host, index=index),
-                    child,
-                )
+                plan = node_plan(settings, group, index, f"{name}-{group.name}-{index}", host.config_path)
+                node = OllamaNode(plan.component, OllamaNodeArgs(plan=plan, host=host), child)
                 upstreams.setdefault(group.name, []).append(node.upstream_address)
                 digests.setdefault(group.name, node.model_digests)  # every node of a group pulls the same
                 node_addresses[node_name(group, index)] = node.metrics_address
@@ -216,9 +214,11 @@ class Fleet(pulumi.ComponentResource):
     def _local(self, name: str, args: FleetArgs) -> _Site:
         from components.local_host import LocalHost, LocalHostArgs
         from fleet.plans.gateway import server_name
+        from fleet.plans.placement import LocalHostPlan
 
         settings = args.settings
-        local = LocalHost(f"{name}-local", LocalHostArgs(settings=settings), pulumi.ResourceOptions(parent=self))
+        plan = LocalHostPlan.of(settings, f"{name}-local")
+        local = LocalHost(plan.name, LocalHostArgs(plan=plan), pulumi.ResourceOptions(parent=self))
         certificate = self._certificate(name, args, server_name(settings), None)
         return _Site(
             gateway_hosts=[local.host],

@@ -70,15 +70,20 @@ def pinned_image(name: str, reference: str, placement: Placement, parent: pulumi
 
 def exporter_image(name: str, settings: FleetSettings, placement: Placement, parent: pulumi.Resource) -> docker.Image:
     """The metering exporter image, built on the placement's host from exporter/Dockerfile."""
+    return exporter_image_on(name, settings.images.python, placement, parent)
+
+
+def exporter_image_on(name: str, python_image: str, placement: Placement, parent: pulumi.Resource) -> docker.Image:
+    """The metering exporter image on top of the pinned `python_image`, built on the placement's host."""
     # Paths relative to the working directory keep machine-specific absolute paths out of the state.
     context = os.path.relpath(ROOT, Path.cwd())
     return docker.Image(
         name,
-        image_name=f"{EXPORTER_REPOSITORY}:{exporter_tag(settings.images.python)}",
+        image_name=f"{EXPORTER_REPOSITORY}:{exporter_tag(python_image)}",
         build=docker.DockerBuildArgs(
             context=context,
             dockerfile=os.path.join(context, EXPORTER_DOCKERFILE),
-            args={"PYTHON_IMAGE": settings.images.python},
+            args={"PYTHON_IMAGE": python_image},
         ),
         skip_push=True,
         opts=placement.resource_options(parent),

@@ -13,16 +13,18 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
-from fleet import contract
 from components.host import Host
-from fleet.config import PROJECT, FleetSettings
+from fleet.config import PROJECT
+from fleet.plans.placement import LocalHostPlan
 
 TOKEN = f"{PROJECT}:index:LocalHost"
 
 
 @dataclass
 class LocalHostArgs:
-    settings: FleetSettings
+    """The local host as planned in the core (`fleet.plans.placement.LocalHostPlan.of`)."""
+
+    plan: LocalHostPlan
 
 
 class LocalHost(pulumi.ComponentResource):
@@ -30,29 +32,28 @@ class LocalHost(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LocalHostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TOKEN, name, None, opts)
-        settings = args.settings
-        local = settings.local
-        self.provider = docker.Provider(f"{name}-docker", host=local.docker_host, opts=pulumi.ResourceOptions(parent=self))
+        plan = args.plan
+        if name != plan.name:
+            raise ValueError(f"the local host planned as {plan.name!r} is wired as {name!r}")
+        self.provider = docker.Provider(f"{name}-docker", host=plan.docker_host, opts=pulumi.ResourceOptions(parent=self))
         on_host = pulumi.ResourceOptions(parent=self, provider=self.provider)
-        environment_labels = contract.environment_labels(settings)
 
         self.network = docker.Network(
-            f"{name}-net",
-            name=f"{name}-net",
+            plan.network,
+            name=plan.network,
             driver="bridge",
-            labels=[docker.NetworkLabelArgs(label=k, value=v) for k, v in environment_labels.items()],
+            labels=[docker.NetworkLabelArgs(label=k, value=v) for k, v in plan.labels.items()],
             opts=on_host,
         )
-        models_volume = f"{name}-models"
         self.models = docker.Volume(
-            models_volume,
-            name=models_volume,
-            labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in environment_labels.items()],
+            plan.models_volume,
+            name=plan.models_volume,
+            labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in plan.labels.items()],
             # Models are gigabytes: keep them when the stack is destroyed.
             opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(retain_on_delete=True)),
         )
 
-        bind_address = pulumi.Output.from_input(local.bind_address)
+        bind_address = pulumi.Output.from_input(plan.bind_address)
         self.host = Host(
             name="local",
             docker_provider=self.provider,
@@ -62,7 +63,7 @@ class LocalHost(pulumi.ComponentResource):
             ready=[self.network, self.models],
             gpus=0,
             connection=None,
-            models_path=models_volume,
+            models_path=plan.models_volume,
             shared_network=self.network,
         )
-        self.register_outputs({"dockerHost": local.docker_host, "network": self.network.name})
+        self.register_outputs({"dockerHost": plan.docker_host, "network": self.network.name})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pulumi
 import pulumi_docker as docker
 
 from components import containers
-from components.containers import Placement, container_name, healthcheck, labels
+from components.containers import Placement, container_name, healthcheck, label_args
 from components.images import pinned_image
 from fleet import contract, ports
 from fleet.config import FleetSettings
@@ -20,12 +22,26 @@ def node_exporter(
     node: str,
     beside: docker.Container | None = None,
 ) -> docker.Container:
-    """A node exporter for the host of `place`, labelled `node`.
+    """A node exporter for the host of `place`, labelled `node` (`node_exporter_of` with the stack's image and
+    labels)."""
+    container_labels = contract.container_labels(settings, "node-exporter", {contract.LABELS.node: node})
+    return node_exporter_of(name, settings.images.node_exporter, container_labels, place, parent, beside)
+
+
+def node_exporter_of(
+    name: str,
+    image_reference: str,
+    container_labels: Mapping[str, str],
+    place: Placement,
+    parent: pulumi.Resource,
+    beside: docker.Container | None = None,
+) -> docker.Container:
+    """A node exporter for the host of `place`, from the pinned `image_reference`, with `container_labels`.
 
     On a shared Docker network it joins the network namespace of `beside` (the node's exporters then share one
     address); elsewhere it uses host networking on the private address, with the host's filesystems read-only."""
     exporter_name = container_name(name, "node-exporter")
-    image = pinned_image(f"{name}-node-exporter-image", settings.images.node_exporter, place, parent)
+    image = pinned_image(f"{name}-node-exporter-image", image_reference, place, parent)
     command: list[pulumi.Input[str]] = []
     extra: dict = {}
     if place.shared:
@@ -64,7 +80,7 @@ def node_exporter(
             ["CMD", "wget", "-qO", "/dev/null", pulumi.Output.concat("http://", probe, "/metrics")],
             start_period="10s",
         ),
-        labels=labels(settings, "node-exporter", {contract.LABELS.node: node}),
+        labels=label_args(container_labels),
         opts=place.resource_options(parent),
         **extra,
     )

@@ -3,36 +3,38 @@ steps that pull, name and warm its models.
 
 The gateway never talks to Ollama directly: its upstream is the metering exporter (`ports.METER`), which
 forwards to Ollama on the node's Docker network. Ollama's own port is published nowhere.
+
+Everything a node runs is planned in the core (`fleet.plans.node`): this component wires that plan onto its host.
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import pulumi
 import pulumi_docker as docker
 from pulumi_command import local, remote
 
 from components import containers
-from components.containers import Placement, container_name, healthcheck, labels, metrics_healthcheck
+from components.containers import Placement, healthcheck, label_args, metrics_healthcheck
 from components.host import Host
-from components.images import exporter_image, pinned_image
-from components.node_exporter import node_exporter
-from fleet import contract, ports
-from fleet.config import PROJECT, FleetSettings, NodeGroup
-from fleet.node_runtime import MODELS_DIR, NodeRuntime, model_digests, pull_script, warm_script
+from components.images import exporter_image_on, pinned_image
+from components.node_exporter import node_exporter_of
+from fleet import ports
+from fleet.config import PROJECT
+from fleet.node_runtime import MODELS_DIR, model_digests
+from fleet.plans.node import DCGM_EXPORTER, METER, NODE_EXPORTER, OLLAMA, NodePlan
 
 TOKEN = f"{PROJECT}:index:OllamaNode"
 
 
 @dataclass
 class OllamaNodeArgs:
-    settings: FleetSettings
-    group: NodeGroup
+    """A node as planned in the core (`fleet.plans.node.node_plan`) and the host it runs on."""
+
+    plan: NodePlan
     host: Host
-    index: int
 
 
 # ---- the component ---------------------------------------------------------------------------------------
@@ -45,17 +47,14 @@ class OllamaNode(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: OllamaNodeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TOKEN, name, None, opts)
-        settings, group, host = args.settings, args.group, args.host
-        node_contract = contract.NodeContract.of(settings, group, args.index)
-        node = node_contract.node
+        plan, host = args.plan, args.host
+        if name != plan.component:
+            raise ValueError(f"the node planned as {plan.component!r} is wired as {name!r}")
         gpu = host.gpus > 0
-        place = Placement(name, settings, host, self)
-        images = settings.images
+        place = Placement(name, plan.placement, host, self)
 
-        ollama_image = pinned_image(f"{name}-ollama-image", images.ollama, place, self)
-        ollama_name = container_name(name, "ollama")
-        runtime = NodeRuntime.of(group, node, [c.name for c in settings.gateway.clients], ollama_name)
-        models_json = contract.models_value(group)
+        ollama_image = pinned_image(f"{name}-ollama-image", plan.images.ollama, place, self)
+        ollama_name = plan.container(OLLAMA)
         models_mount = (
             docker.ContainerVolumeArgs(host_path=host.models_path, container_path=MODELS_DIR)
             if host.models_path.startswith("/")
@@ -65,7 +64,7 @@ class OllamaNode(pulumi.ComponentResource):
             f"{name}-ollama",
             name=ollama_name,
             image=ollama_image.image_id,
-            envs=[f"{key}={value}" for key, value in sorted(runtime.container_environment().items())],
+            envs=[f"{key}={value}" for key, value in sorted(plan.runtime.container_environment().items())],
             volumes=[models_mount],
             # All GPUs of the host; none on a CPU host (the dev stack).
             device_requests=[_gpu_request()] if gpu else None,
@@ -76,36 +75,38 @@ class OllamaNode(pulumi.ComponentResource):
             healthcheck=healthcheck(["CMD", "ollama", "list"], start_period="60s"),
             wait=True,
             wait_timeout=300,
-            labels=labels(settings, "ollama", node_contract.labels()),
+            labels=label_args(plan.labels[OLLAMA]),
             opts=place.resource_options(self),
         )
 
-        meter_name = container_name(name, "meter")
-        meter_image = exporter_image(f"{name}-meter-image", settings, place, self)
+        meter_name = plan.container(METER)
+        meter_image = exporter_image_on(f"{name}-meter-image", plan.images.python, place, self)
         self.meter = docker.Container(
             f"{name}-meter",
             name=meter_name,
             image=meter_image.repo_digest,
-            command=runtime.meter.argv(),
+            command=plan.runtime.meter.argv(),
             networks_advanced=place.networks(meter_name),
             ports=place.private_ports(ports.METER, ports.METER_METRICS),
             **containers.RUNTIME,
             healthcheck=metrics_healthcheck(ports.METER_METRICS),
             wait=True,
             wait_timeout=120,
-            labels=labels(settings, "meter", {contract.LABELS.node: node, contract.LABELS.node_group: group.name}),
+            labels=label_args(plan.labels[METER]),
             opts=place.resource_options(self, depends_on=[self.container]),
         )
 
-        self.node_exporter = node_exporter(name, settings, place, self, node, beside=self.meter)
+        self.node_exporter = node_exporter_of(
+            name, plan.images.node_exporter, plan.labels[NODE_EXPORTER], place, self, beside=self.meter
+        )
         # Every exporter of a node answers on the node's one address, each on its own port (fleet.plans.scrape):
         # the meter's container name on the shared network, the host's private address on AWS.
         self.metrics_address = place.peer_host(meter_name)
         self.dcgm_exporter = None
         if gpu:
-            self.dcgm_exporter = self._dcgm_exporter(name, settings, place, node)
+            self.dcgm_exporter = self._dcgm_exporter(name, plan, place)
 
-        self.pull, self.warm = self._model_steps(name, settings, group, host, ollama_name, models_json)
+        self.pull, self.warm = self._model_steps(name, plan, host)
         # The digests of what this node pulled, as Ollama lists them (the pull step reports them).
         self.model_digests = self.pull.stdout.apply(model_digests)
         # nginx resolves its upstreams' names when it starts: the gateway waits for this meter (shared network).
@@ -114,13 +115,13 @@ class OllamaNode(pulumi.ComponentResource):
             {
                 "upstreamAddress": self.upstream_address,
                 "metricsAddress": self.metrics_address,
-                "models": models_json,
+                "models": plan.models,
             }
         )
 
-    def _dcgm_exporter(self, name: str, settings: FleetSettings, place: Placement, node: str) -> docker.Container:
-        exporter_name = container_name(name, "dcgm-exporter")
-        image = pinned_image(f"{name}-dcgm-exporter-image", settings.images.dcgm_exporter, place, self)
+    def _dcgm_exporter(self, name: str, plan: NodePlan, place: Placement) -> docker.Container:
+        exporter_name = plan.container(DCGM_EXPORTER)
+        image = pinned_image(f"{name}-dcgm-exporter-image", plan.images.dcgm_exporter, place, self)
         return docker.Container(
             f"{name}-dcgm-exporter",
             name=exporter_name,
@@ -135,72 +136,64 @@ class OllamaNode(pulumi.ComponentResource):
             healthcheck=healthcheck(
                 ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{ports.DCGM_EXPORTER}"], start_period="30s"
             ),
-            labels=labels(settings, "dcgm-exporter", {contract.LABELS.node: node}),
+            labels=label_args(plan.labels[DCGM_EXPORTER]),
             opts=place.resource_options(self),
         )
 
     def _model_steps(
-        self, name: str, settings: FleetSettings, group: NodeGroup, host: Host, ollama_name: str, models_json: str
+        self, name: str, plan: NodePlan, host: Host
     ) -> tuple[pulumi.CustomResource, pulumi.CustomResource | None]:
         """Pull/create, then warm, as commands run against the node's Docker daemon. They re-run when the model
         list changes; the warm-up also when the Ollama container is replaced (it starts with nothing loaded)."""
         after_container = pulumi.ResourceOptions(parent=self, depends_on=[self.container])
-        staged: dict[str, str] = {}
         staging: list[pulumi.Resource] = []
         remote_host = host.connection is not None or host.ssh_command is not None
-        for model in group.models if remote_host else ():
-            if model.gguf is None:
-                continue
-            # GGUF files live on the deployer: copy them to the host first.
-            path = str(PurePosixPath(host.config_path) / "imports" / PurePosixPath(model.gguf).name)
-            step_name = f"{name}-stage-{model.name}-{model.tag}".replace(".", "-").replace(":", "-")
+        # GGUF files live on the deployer: on a remote host, copy them there first.
+        for step in plan.staging if remote_host else ():
             if host.connection is not None:
                 staging.append(
                     remote.CopyToRemote(
-                        step_name,
+                        step.resource,
                         connection=host.connection,
-                        source=pulumi.FileAsset(model.gguf),
-                        remote_path=path,
-                        triggers=[models_json],
+                        source=pulumi.FileAsset(step.source),
+                        remote_path=step.path,
+                        triggers=[plan.models],
                         opts=after_container,
                     )
                 )
             else:
-                receive = shlex.quote(f"mkdir -p {shlex.quote(str(PurePosixPath(path).parent))} && cat > {shlex.quote(path)}")
                 staging.append(
                     local.Command(
-                        step_name,
-                        create=pulumi.Output.concat(host.ssh_command, " ", receive, " < ", shlex.quote(model.gguf)),
-                        triggers=[models_json],
+                        step.resource,
+                        create=pulumi.Output.concat(host.ssh_command, " ", step.receive, " < ", shlex.quote(step.source)),
+                        triggers=[plan.models],
                         opts=after_container,
                     )
                 )
-            staged[model.ref] = path
 
         pull = self._command(
             f"{name}-models",
-            settings,
+            plan,
             host,
-            pull_script(ollama_name, group, staged),
-            [models_json],
+            plan.pull_script(remote_host),
+            [plan.models],
             pulumi.ResourceOptions(parent=self, depends_on=[self.container, *staging]),
         )
-        script = warm_script(ollama_name, group)
         warm = None
-        if script is not None:
+        if plan.warm is not None:
             warm = self._command(
                 f"{name}-warm",
-                settings,
+                plan,
                 host,
-                script,
-                [models_json, self.container.id],
+                plan.warm,
+                [plan.models, self.container.id],
                 pulumi.ResourceOptions(parent=self, depends_on=[self.container, pull]),
             )
         return pull, warm
 
     @staticmethod
     def _command(
-        name: str, settings: FleetSettings, host: Host, script: str, triggers: list, opts: pulumi.ResourceOptions
+        name: str, plan: NodePlan, host: Host, script: str, triggers: list, opts: pulumi.ResourceOptions
     ) -> pulumi.CustomResource:
         if host.connection is not None:
             # On the host, through pulumi-command's SSH client; the login user is in the docker group.
@@ -214,7 +207,7 @@ class OllamaNode(pulumi.ComponentResource):
         return local.Command(
             name,
             create=script,
-            environment={"DOCKER_HOST": settings.local.docker_host},
+            environment={"DOCKER_HOST": plan.docker_host},
             triggers=triggers,
             opts=opts,
         )

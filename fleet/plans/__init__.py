@@ -14,4 +14,7 @@ Modules:
   dns:        the gateway's Route 53 name: the zone lookup, the records and TTL, the failover health checks
   scrape:     what Prometheus scrapes (ScrapeTargets: the stack's nodes, the gateway hosts' exporters)
               and the scrape plan built from it
+  placement:  what placing containers takes from the stack (PlacementPlan) and the local Docker host's plan
+  node:       one Ollama node (NodePlan): container names, images, labels, its NodeRuntime, GGUF staging,
+              the pull and warm-up steps
 """

@@ -23,6 +23,8 @@ from components import images
 from components.local_host import LocalHost, LocalHostArgs
 from components.ollama_node import OllamaNode, OllamaNodeArgs
 from fleet.node_runtime import WARM_PROMPT, meter_command, modelfile, ollama_environment, pull_script, warm_script
+from fleet.plans.node import node_plan
+from fleet.plans.placement import LocalHostPlan
 from docker_mocks import (
     BUILT_IMAGE,
     LOCAL_COMMAND,
@@ -80,7 +82,8 @@ def build_node(stack: str, group: NodeGroup | None = None, **host: object) -> Bu
 
     @pulumi.runtime.test
     def program():
-        node = OllamaNode(built.name, OllamaNodeArgs(settings, group, make_host(**host), 0))
+        on = make_host(**host)
+        node = OllamaNode(built.name, OllamaNodeArgs(node_plan(settings, group, 0, built.name, on.config_path), on))
         return pulumi.Output.all(node.upstream_address, node.metrics_address).apply(
             lambda v: built.outputs.update(upstream=v[0], metrics_address=v[1])
         )
@@ -495,7 +498,7 @@ def test_local_host_gives_a_shared_network_and_a_kept_model_volume():
 
     @pulumi.runtime.test
     def program():
-        local = LocalHost("ollama-local", LocalHostArgs(settings))
+        local = LocalHost("ollama-local", LocalHostArgs(LocalHostPlan.of(settings, "ollama-local")))
         hosts.append(local.host)
         return local.host.private_address
 
