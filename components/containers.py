@@ -49,14 +49,11 @@ def label_args(values: Mapping[str, pulumi.Input[str]]) -> list[docker.Container
     return [docker.ContainerLabelArgs(label=key, value=value) for key, value in values.items()]
 
 
-def volume_labels(settings: FleetSettings) -> list[docker.VolumeLabelArgs]:
-    """The contract's labels of a Docker volume (the stack's environment)."""
-    return [docker.VolumeLabelArgs(label=k, value=v) for k, v in contract.environment_labels(settings).items()]
-
-
-def volume(name: str, settings: FleetSettings, place: Placement, parent: pulumi.Resource) -> docker.Volume:
-    """A named Docker volume on the placement's host (`name` is both the resource's and Docker's), labelled."""
-    return docker.Volume(name, name=name, labels=volume_labels(settings), opts=place.resource_options(parent))
+def volume(name: str, place: Placement, parent: pulumi.Resource) -> docker.Volume:
+    """A named Docker volume on the placement's host (`name` is both the resource's and Docker's), labelled with
+    the stack's environment."""
+    labels = [docker.VolumeLabelArgs(label=k, value=v) for k, v in place.plan.network_labels.items()]
+    return docker.Volume(name, name=name, labels=labels, opts=place.resource_options(parent))
 
 
 def metrics_healthcheck(port: int) -> docker.ContainerHealthcheckArgs:

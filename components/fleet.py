@@ -118,20 +118,29 @@ class Fleet(pulumi.ComponentResource):
         self.prometheus_url = None
         if settings.monitoring.enabled:
             from fleet.gateway_routes import GRAFANA_PATH
+            from fleet.plans import monitoring as monitoring_plans
             from fleet.plans.naming import monitoring_component
 
-            from components.monitoring import Monitoring, MonitoringArgs
+            from components.monitoring import Monitoring, MonitoringArgs, resolve_targets
 
+            plan = monitoring_plans.monitoring_plan(
+                settings,
+                args.stack,
+                receiver_secrets_set=args.alert_receiver_secrets_json is not None,
+                component=monitoring_component(name),
+            )
+            targets = resolve_targets(scrape_targets(settings, node_addresses, gateway_exporters))
+            receiver_secrets = args.alert_receiver_secrets_json or pulumi.Output.from_input("")
             monitoring = Monitoring(
-                monitoring_component(name),
+                plan.component,
                 MonitoringArgs(
-                    settings=settings,
+                    plan=plan,
                     host=site.gateway_hosts[0],
-                    targets=scrape_targets(settings, node_addresses, gateway_exporters),
+                    scrape=targets.apply(lambda t: monitoring_plans.prometheus_scrape(settings, args.stack, plan, t)),
+                    alertmanager_config=receiver_secrets.apply(lambda text: monitoring_plans.alertmanager_file(settings, text)),
                     grafana_password=secrets.grafana_password,
                     prometheus_password=secrets.prometheus_password,
                     prometheus_salt=secrets.prometheus_salt,
-                    alert_receiver_secrets_json=args.alert_receiver_secrets_json,
                     grafana_public_url=self.gateway_url.apply(lambda url: url.rstrip("/") + GRAFANA_PATH)
                     if serve_grafana
                     else None,

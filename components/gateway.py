@@ -129,12 +129,12 @@ class Gateway(pulumi.ComponentResource):
 
         # The access-log file's folder, shared with the gateway log exporter (read-only there).
         log_dir = posixpath.dirname(paths.access_log_file)
-        self.log_volume = containers.volume(f"{name}-access-log", settings, place, self)
+        self.log_volume = containers.volume(f"{name}-access-log", place, self)
 
         volumes = [docker.ContainerVolumeArgs(volume_name=self.log_volume.name, container_path=log_dir)]
         self.state_volume = None
         if enforce_budgets:
-            self.state_volume = containers.volume(f"{name}-state", settings, place, self)
+            self.state_volume = containers.volume(f"{name}-state", place, self)
             volumes.append(docker.ContainerVolumeArgs(volume_name=self.state_volume.name, container_path=STATE_DIR))
 
         image = pinned_image(f"{name}-nginx-image", settings.images.nginx, place, self)

@@ -12,6 +12,8 @@ Modules:
   network:    the security group rules (RuleSpec) and the network plan (VPC, subnets, rules, tags)
   gateway:    nginx's plan for the deployed gateway, its client ports and URL, where token budgets live
   dns:        the gateway's Route 53 name: the zone lookup, the records and TTL, the failover health checks
+  monitoring: Prometheus, Alertmanager and Grafana as data (names, images, labels, commands, volumes, files,
+              Grafana's environment), the receivers' secrets a stack lacks, the scrape plan once targets are known
   scrape:     what Prometheus scrapes (ScrapeTargets: the stack's nodes, the gateway hosts' exporters)
               and the scrape plan built from it
   placement:  what placing containers takes from the stack (PlacementPlan) and the local Docker host's plan

@@ -14,18 +14,15 @@ from collections.abc import Callable
 from fleet import ports
 from fleet.config import FLEET_KEY, FleetSettings
 from fleet.plans import gateway as gateway_plans
-from fleet.plans.alerting import unset_secret_problems
+from fleet.plans.monitoring import monitoring_plan, monitoring_problems, prometheus_scrape
 from fleet.plans.naming import container_name, monitoring_component
 from fleet.plans.network import network_plan
-from fleet.plans.scrape import placeholder_targets, scrape_plan
-from fleet.render import alertmanager, grafana, nginx, prometheus, rules
+from fleet.plans.scrape import placeholder_targets
+from fleet.render import alertmanager, nginx, prometheus
 from fleet.stack_file import StackConfig, StackConfigError
 
 # A planner's message that starts with a key of the stack (`gateway.domain: ...`).
 _KEYED = re.compile(r"^(?:aws|gateway|local|monitoring|nodeGroups|policy)(?:[.\[][A-Za-z0-9_.\[\]]*)?: ")
-# Stand-ins for the monitoring's container names and files, as the program's components name them.
-_ALERTMANAGER = f"{container_name(monitoring_component(), 'alertmanager')}:{ports.ALERTMANAGER}"
-_PASSWORD_FILE = "/etc/prometheus/password"
 
 
 def _network(stack: StackConfig) -> None:
@@ -55,12 +52,12 @@ def _monitoring(stack: StackConfig) -> None:
     settings = stack.settings
     if not settings.monitoring.enabled:
         return
+    # The receivers' unset secrets are reported first, on their own (plan_problems).
+    plan = monitoring_plan(settings, stack.stack, receiver_secrets_set=True)
     targets = placeholder_targets(
         settings, gateway_plans.gateway_hosts(settings), gateway_node_exporters=settings.target == "aws"
     )
-    prometheus.render_prometheus(scrape_plan(settings, targets, stack.stack, [_ALERTMANAGER], _PASSWORD_FILE))
-    rules.render_rules(settings)
-    grafana.render_dashboard(settings)
+    prometheus.render_prometheus(prometheus_scrape(settings, stack.stack, plan, targets))
     alertmanager.render_alertmanager(settings, alertmanager.placeholder_secrets(settings))
 
 
@@ -85,8 +82,7 @@ def plan_problems(stack: StackConfig) -> list[str]:
     """What the planners refuse in the stack, one line per problem: `<key>: <what is wrong; what is allowed>`."""
     settings: FleetSettings = stack.settings
     problems: list[str] = []
-    if not stack.may_hold_secret(alertmanager.SECRETS_KEY):
-        problems += unset_secret_problems(settings)
+    problems += monitoring_problems(settings, stack.may_hold_secret(alertmanager.SECRETS_KEY))
     for section, planner in PLANNERS:
         try:
             planner(stack)

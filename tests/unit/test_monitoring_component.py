@@ -12,7 +12,7 @@ import pulumi
 import pytest
 import yaml
 
-from components.monitoring import ALERTMANAGER_CONF, Monitoring, MonitoringArgs
+from components.monitoring import Monitoring, MonitoringArgs, resolve_targets
 from docker_mocks import (
     PRIVATE_ADDRESS,
     VOLUME,
@@ -27,6 +27,7 @@ from fleet import contract, ports
 from fleet.config import FleetSettings
 from fleet.local.dataplane import load_settings
 from fleet.plans.alerting import receiver_secrets
+from fleet.plans.monitoring import ALERTMANAGER_CONF, alertmanager_file, monitoring_plan, prometheus_scrape
 from fleet.plans.scrape import GatewayScrape, ScrapeTargets, scrape_targets
 from fleet.render import alertmanager, grafana, prometheus, rules
 
@@ -70,24 +71,30 @@ def build_monitoring(
     settings: FleetSettings | None = None,
     receiver_secrets: str | None = None,
     grafana_public_url: str | None = None,
+    name: str = "ollama-monitoring",
+    monitor: WireMonitor | None = None,
     **host: object,
 ) -> Built:
-    monitor = use_mocks(stack)
+    """The component as the Fleet builds it: planned in the core, the targets' addresses and the secrets as
+    Outputs (under `monitor`, else a fresh mock cloud)."""
+    monitor = monitor or use_mocks(stack)
     settings = settings or settings_of(stack)
     built = Built(monitor, settings)
 
     @pulumi.runtime.test
     def program():
+        plan = monitoring_plan(settings, stack, receiver_secrets_set=receiver_secrets is not None)
+        secrets_json = pulumi.Output.secret(receiver_secrets) if receiver_secrets else pulumi.Output.from_input("")
         monitoring = Monitoring(
-            "ollama-monitoring",
+            name,
             MonitoringArgs(
-                settings=settings,
+                plan=plan,
                 host=make_host(**host),
-                targets=_as_outputs(targets),
+                scrape=resolve_targets(_as_outputs(targets)).apply(lambda t: prometheus_scrape(settings, stack, plan, t)),
+                alertmanager_config=secrets_json.apply(lambda text: alertmanager_file(settings, text)),
                 grafana_password=pulumi.Output.secret(PASSWORD),
                 prometheus_password=pulumi.Output.secret(PROMETHEUS_PASSWORD),
                 prometheus_salt=pulumi.Output.from_input(PROMETHEUS_SALT),
-                alert_receiver_secrets_json=pulumi.Output.secret(receiver_secrets) if receiver_secrets else None,
                 grafana_public_url=grafana_public_url,
             ),
         )
@@ -102,6 +109,11 @@ def build_monitoring(
 
     program()
     return built
+
+
+def tls_off(stack: str, overrides: dict | None = None) -> FleetSettings:
+    """The stack with TLS off: the gateway does not serve Grafana, which keeps its operator port."""
+    return load_settings(stack, {"gateway.tls.mode": "off", **(overrides or {})})
 
 
 # What each job must scrape (`address:port`), and the targets the program would hand over for it.
@@ -140,12 +152,12 @@ PROD_SCRAPE = scrape_targets(
 
 @pytest.fixture
 def dev() -> Built:
-    return build_monitoring("dev", DEV_SCRAPE, transport="local")
+    return build_monitoring("dev", DEV_SCRAPE, settings=tls_off("dev"), transport="local")
 
 
 @pytest.fixture
 def prod() -> Built:
-    return build_monitoring("prod", PROD_SCRAPE, transport="ssh")
+    return build_monitoring("prod", PROD_SCRAPE, settings=tls_off("prod"), transport="ssh")
 
 
 def _targets(config: dict, job: str) -> list[tuple[str, dict]]:
@@ -328,7 +340,9 @@ def test_alertmanager_gets_prometheus_alerts_and_its_receivers_as_a_secret():
         },
     )
     secrets = {"team-slack": RECEIVER_SECRET}
-    built = build_monitoring("prod", PROD_SCRAPE, settings=settings, receiver_secrets=json.dumps(secrets), transport="ssh")
+    built = build_monitoring(
+        "prod", PROD_SCRAPE, settings=settings, receiver_secrets=json.dumps(secrets), grafana_public_url=GATEWAY_GRAFANA, transport="ssh"
+    )
     container = built.monitor.container("alertmanager")
     upload = built.uploads("alertmanager")[ALERTMANAGER_CONF]
     assert is_wire_secret(upload["content"])
@@ -361,5 +375,18 @@ def test_a_receiver_without_its_secret_stops_the_program_before_anything_is_regi
         "prod",
         {"monitoring.alerting.receivers": [{"name": "team-slack", "kind": "slack"}], "monitoring.alerting.critical": ["team-slack"]},
     )
+    monitor = use_mocks("prod")
     with pytest.raises(StackConfigError, match=r"Pulumi.prod.yaml[\s\S]*monitoring.alerting.receivers\[0\]: receiver 'team-slack'"):
-        build_monitoring("prod", PROD_SCRAPE, settings=settings, transport="ssh")
+        build_monitoring("prod", PROD_SCRAPE, settings=settings, grafana_public_url=GATEWAY_GRAFANA, monitor=monitor, transport="ssh")
+    assert monitor.registered == []
+
+
+def test_the_component_refuses_a_plan_it_does_not_match():
+    """The plan names the containers after the component, and says whether the gateway serves Grafana: a
+    component under another name, or without Grafana's public URL where the plan wants one, is refused."""
+    with pytest.raises(ValueError, match="its plan names the component 'ollama-monitoring'"):
+        build_monitoring("dev", DEV_SCRAPE, settings=tls_off("dev"), name="other-monitoring", transport="local")
+    with pytest.raises(ValueError, match="public URL is given exactly when the gateway serves it"):
+        build_monitoring("prod", PROD_SCRAPE, transport="ssh")
+    with pytest.raises(ValueError, match="public URL is given exactly when the gateway serves it"):
+        build_monitoring("prod", PROD_SCRAPE, settings=tls_off("prod"), grafana_public_url=GATEWAY_GRAFANA, transport="ssh")
