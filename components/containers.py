@@ -62,10 +62,15 @@ def metrics_healthcheck(port: int) -> docker.ContainerHealthcheckArgs:
     return healthcheck(["CMD", "python", "-c", probe], start_period="10s")
 
 
-def healthcheck(test: Sequence[str], *, interval: str = "30s", timeout: str = "10s", retries: int = 3,
+def healthcheck(test: pulumi.Input[Sequence[str]], *, interval: str = "30s", timeout: str = "10s", retries: int = 3,
                 start_period: str = "30s") -> docker.ContainerHealthcheckArgs:
+    """Docker's health check running `test` (a list, or an Output of one where it holds an address)."""
     return docker.ContainerHealthcheckArgs(
-        tests=list(test), interval=interval, timeout=timeout, retries=retries, start_period=start_period
+        tests=list(test) if isinstance(test, (list, tuple)) else test,
+        interval=interval,
+        timeout=timeout,
+        retries=retries,
+        start_period=start_period,
     )
 
 

@@ -39,6 +39,7 @@ from fleet.plans.gateway import (
     tls_on,
     token_budgets,
 )
+from fleet.plans.node_exporter import node_exporter_plan
 from fleet.render import nginx
 from fleet.render.prometheus_web import PROMETHEUS_USER
 from fleet.usage import PASSWORD_ENV
@@ -186,7 +187,7 @@ class Gateway(pulumi.ComponentResource):
         self.node_exporter = None
         self.node_target: pulumi.Output[str] | None = None
         if settings.monitoring.enabled and not place.shared:
-            self.node_exporter = node_exporter(name, settings, place, self, args.host_label)
+            self.node_exporter = node_exporter(node_exporter_plan(settings, name, args.host_label), place, self)
             self.node_target = place.peer_address(container_name(name, "node-exporter"), ports.NODE_EXPORTER)
 
         self.status_target = place.peer_address(exporter_name, ports.NGINX_EXPORTER)

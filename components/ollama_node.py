@@ -20,7 +20,7 @@ from components import containers
 from components.containers import Placement, healthcheck, label_args, metrics_healthcheck
 from components.host import Host
 from components.images import exporter_image_on, pinned_image
-from components.node_exporter import node_exporter_of
+from components.node_exporter import node_exporter
 from fleet import ports
 from fleet.config import PROJECT
 from fleet.node_runtime import MODELS_DIR, model_digests
@@ -96,9 +96,7 @@ class OllamaNode(pulumi.ComponentResource):
             opts=place.resource_options(self, depends_on=[self.container]),
         )
 
-        self.node_exporter = node_exporter_of(
-            name, plan.images.node_exporter, plan.labels[NODE_EXPORTER], place, self, beside=self.meter
-        )
+        self.node_exporter = node_exporter(plan.node_exporter(), place, self, beside=self.meter)
         # Every exporter of a node answers on the node's one address, each on its own port (fleet.plans.scrape):
         # the meter's container name on the shared network, the host's private address on AWS.
         self.metrics_address = place.peer_host(meter_name)

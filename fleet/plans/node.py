@@ -16,6 +16,7 @@ from fleet import contract
 from fleet.config import FleetSettings, NodeGroup
 from fleet.node_runtime import NodeRuntime, pull_script, warm_script
 from fleet.plans.naming import container_name
+from fleet.plans.node_exporter import NodeExporterPlan
 from fleet.plans.placement import PlacementPlan
 
 # The roles of a node's containers (fleet.contract.ROLES).
@@ -68,6 +69,10 @@ class NodePlan:
         if role not in self.labels:
             raise KeyError(f"a node has no {role!r} container; roles: {', '.join(self.labels)}")
         return container_name(self.component, role)
+
+    def node_exporter(self) -> NodeExporterPlan:
+        """The node's node exporter (it sits beside the meter on a shared network)."""
+        return NodeExporterPlan.of(self.component, self.images.node_exporter, self.labels[NODE_EXPORTER])
 
     def pull_script(self, remote: bool) -> str:
         return self.pull_staged if remote else self.pull
