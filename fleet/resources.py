@@ -19,6 +19,9 @@ class RegisteredResource:
     retain_on_delete: bool = False
     depends_on: list[str] = field(default_factory=list)
     provider: str | None = None
+    # Input property -> URNs of the resources whose outputs it was computed from (the engine's property
+    # dependencies: how a policy knows which security group an unknown-until-created id names).
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def label_map(self) -> dict[str, str]:

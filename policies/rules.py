@@ -51,6 +51,8 @@ EBS_VOLUME = "aws:ebs/volume:Volume"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 SG_INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 SG_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
+NETWORK_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
+SG_ATTACHMENT = "aws:ec2/networkInterfaceSecurityGroupAttachment:NetworkInterfaceSecurityGroupAttachment"
 
 # Relative GGUF paths in a stack file are relative to the project (where Pulumi runs the program).
 PROJECT_ROOT = Path(catalog.__file__).resolve().parent.parent
@@ -585,61 +587,206 @@ def _exposed(from_port: Any, to_port: Any, protocol: Any, private: Sequence[int]
     return [p for p in private if low <= p <= high]
 
 
-def _ingress(resource: Any) -> list[tuple[str, Any, Any, Any, list[str]]]:
-    """(security group, from port, to port, protocol, CIDRs) of each ingress rule a resource holds."""
+class _Groups:
+    """Security groups, one key each, however a resource names one: by the URN the engine's property dependencies
+    give (all a preview knows of a group not created yet), by its id or by its name. The key of a group is its
+    URN when the stack holds it, else the id or name written (a group of another stack)."""
+
+    def __init__(self, resources: Sequence[Any]):
+        self._parent: dict[str, str] = {}
+        self.names: dict[str, str] = {}  # URN -> the group's resource name, to show
+        for resource in resources:
+            if resource.resource_type != SECURITY_GROUP:
+                continue
+            self.names[resource.urn] = resource.name
+            for attribute in ("id", "name"):
+                try:
+                    value = _get(resource.props, attribute)
+                except UnknownValueError:
+                    continue
+                if isinstance(value, str) and value:
+                    self._union(resource.urn, value)
+
+    def find(self, key: str) -> str:
+        while self._parent.get(key, key) != key:
+            key = self._parent[key]
+        return key
+
+    def _union(self, a: str, b: str) -> None:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            # The URN stays the key: it names the group in messages.
+            keep, drop = (a, b) if a in self.names else (b, a)
+            self._parent[drop] = keep
+
+    def named(self, resource: Any, prop: str, path: Sequence[Any] = ()) -> set[str]:
+        """The groups `resource` names in `prop` (at `path` inside it: a list of ids, one id, or a list of objects
+        holding such lists); UnknownValueError when a preview knows neither the ids nor the groups they come from."""
+        deps = [d.urn for d in (resource.property_dependencies or {}).get(prop, []) if d.urn in self.names]
+        try:
+            literal = [str(v) for v in _strings(_get(resource.props, prop), path)]
+        except UnknownValueError:
+            if not deps:
+                raise
+            literal = []
+        if len(literal) == 1 and len(deps) == 1:
+            self._union(deps[0], literal[0])
+        return {self.find(key) for key in literal + deps}
+
+    def show(self, key: str) -> str:
+        return self.names.get(key, key)
+
+
+def _strings(value: Any, path: Sequence[Any]) -> list[str]:
+    """Strings at `path` below `value`, lists flattened on the way (`networkInterfaces[*].securityGroups[*]`)."""
+    if path:
+        head, rest = path[0], path[1:]
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return [s for item in _items(value) for s in _strings(item, path)]
+        return _strings(_get(value, head), rest) if isinstance(value, Mapping) else []
+    if isinstance(value, str):
+        return [value] if value else []
+    return [item for item in _items(value) if isinstance(item, str) and item]
+
+
+def _ingress(resource: Any, groups: _Groups) -> list[tuple[set[str], Any, Any, Any, list[str]]]:
+    """(security groups, from port, to port, protocol, CIDRs) of each ingress rule a resource holds."""
     props = resource.props
     if resource.resource_type == SECURITY_GROUP:
         return [
-            (resource.urn, _get(r, "fromPort"), _get(r, "toPort"), _get(r, "protocol"), _items(_get(r, "cidrBlocks")) + _items(_get(r, "ipv6CidrBlocks")))
+            ({groups.find(resource.urn)}, _get(r, "fromPort"), _get(r, "toPort"), _get(r, "protocol"), _items(_get(r, "cidrBlocks")) + _items(_get(r, "ipv6CidrBlocks")))
             for r in _items(_get(props, "ingress"))
         ]
-    group = str(_get(props, "securityGroupId", default="(unknown group)"))
     if resource.resource_type == SG_INGRESS_RULE:
         cidrs = [c for c in (_get(props, "cidrIpv4"), _get(props, "cidrIpv6")) if c]
-        return [(group, _get(props, "fromPort", default=-1), _get(props, "toPort", default=-1), _get(props, "ipProtocol"), cidrs)]
+        if not cidrs:
+            return []
+        target = groups.named(resource, "securityGroupId") or {"(unknown group)"}
+        return [(target, _get(props, "fromPort", default=-1), _get(props, "toPort", default=-1), _get(props, "ipProtocol"), cidrs)]
     if resource.resource_type == SG_RULE and _get(props, "type") == "ingress":
         cidrs = _items(_get(props, "cidrBlocks")) + _items(_get(props, "ipv6CidrBlocks"))
-        return [(group, _get(props, "fromPort"), _get(props, "toPort"), _get(props, "protocol"), cidrs)]
+        if not cidrs:
+            return []
+        target = groups.named(resource, "securityGroupId") or {"(unknown group)"}
+        return [(target, _get(props, "fromPort"), _get(props, "toPort"), _get(props, "protocol"), cidrs)]
     return []
 
 
+# Where a host names the security groups that admit traffic to it: (property, path inside it).
+HOST_GROUPS = {
+    INSTANCE: (("vpcSecurityGroupIds", ()), ("securityGroups", ())),
+    LAUNCH_TEMPLATE: (("vpcSecurityGroupIds", ()), ("securityGroupNames", ()), ("networkInterfaces", ("securityGroups",))),
+    NETWORK_INTERFACE: (("securityGroups", ()),),
+}
+
+
+def _host_groups(resource: Any, groups: _Groups) -> set[str]:
+    """Every security group attached to an instance, launch template or network interface."""
+    found: set[str] = set()
+    for prop, path in HOST_GROUPS.get(resource.resource_type, ()):
+        found |= groups.named(resource, prop, path)
+    return found
+
+
+def _attached_groups(resources: Sequence[Any], groups: _Groups) -> dict[str, set[str]]:
+    """Network interface (URN, id) -> groups that separate attachments add to it."""
+    interfaces = _Groups([])
+    interfaces.names = {r.urn: r.name for r in resources if r.resource_type == NETWORK_INTERFACE}
+    for resource in resources:
+        if resource.resource_type == NETWORK_INTERFACE:
+            try:
+                value = _get(resource.props, "id")
+            except UnknownValueError:
+                continue
+            if isinstance(value, str) and value:
+                interfaces._union(resource.urn, value)
+    added: dict[str, set[str]] = {}
+    for resource in resources:
+        if resource.resource_type != SG_ATTACHMENT:
+            continue
+        for interface in interfaces.named(resource, "networkInterfaceId"):
+            added.setdefault(interface, set()).update(groups.named(resource, "securityGroupId"))
+    return {key: value for key, value in added.items() if key in interfaces.names}
+
+
 def validate_public_ports(args: StackValidationArgs, report: ReportViolation) -> None:
-    """Per security group and port, every range any rule admits counts together: halves, /8s and IPv6 included."""
+    """Per security group and port, every range any rule admits counts together: halves, /8s and IPv6 included;
+    and per instance, launch template and network interface, the ranges of all the groups attached to it."""
     private = sorted({int(p) for p in args.get_config().get("ports", list(ports.PRIVATE_PORTS))} | {ports.SSH})
-    rules_found: list[tuple[Any, str, list[int], list[str]]] = []
+    groups = _Groups(args.resources)
+    rules_found: list[tuple[Any, set[str], list[int], list[str]]] = []
     unknown: list[Any] = []
     for resource in args.resources:
         try:
-            for group, from_port, to_port, protocol, cidrs in _ingress(resource):
+            for targets, from_port, to_port, protocol, cidrs in _ingress(resource, groups):
                 exposed = _exposed(from_port, to_port, protocol, private)
                 if exposed and cidrs:
-                    rules_found.append((resource, group, exposed, [str(c) for c in cidrs]))
+                    rules_found.append((resource, targets, exposed, [str(c) for c in cidrs]))
         except UnknownValueError:
             unknown.append(resource)
-    admitted: dict[tuple[str, int], list[str]] = {}
-    for _, group, exposed, cidrs in rules_found:
-        for port in exposed:
-            admitted.setdefault((group, port), []).extend(cidrs)
-    for resource, group, exposed, _ in rules_found:
-        world = []
-        for port in exposed:
+    # Every name of every group resolved before any range is counted (an instance can tell which URN an id is).
+    attached = _attached_groups(args.resources, groups)
+    hosts: list[tuple[Any, set[str]]] = []
+    for resource in args.resources:
+        if resource.resource_type in HOST_GROUPS:
             try:
-                if address_ranges.is_world(admitted[(group, port)]):
-                    world.append(port)
-            except ValueError:
-                report(f"{stack_file(resource.urn)}: {resource.name}: a range is not a CIDR: {admitted[(group, port)]}", resource.urn)
-                break
+                hosts.append((resource, _host_groups(resource, groups) | attached.get(resource.urn, set())))
+            except UnknownValueError:
+                unknown.append(resource)
+    admitted: dict[tuple[str, int], list[str]] = {}
+    for _, targets, exposed, cidrs in rules_found:
+        for group in targets:
+            for port in exposed:
+                admitted.setdefault((groups.find(group), port), []).extend(cidrs)
+
+    def world_ports(keys: set[str], among: Sequence[int] = private) -> tuple[list[int], list[str]]:
+        """Ports (of `among`) the union of the groups' ranges opens to the world, with those ranges (ValueError: a
+        range is not a CIDR)."""
+        found, ranges = [], set()
+        for port in among:
+            cidrs = [c for key in keys for c in admitted.get((key, port), [])]
+            if cidrs and address_ranges.is_world(cidrs):
+                found.append(port)
+                ranges.update(cidrs)
+        return found, sorted(ranges)
+
+    def refuse(where_urn: str, name: str, keys: set[str], world: list[int], cidrs: list[str], how: str) -> None:
+        config_keys = sorted({contract.config_key(PORT_KEYS[p]) for p in world if p in PORT_KEYS})
+        where = ", ".join(config_keys) if config_keys else "the security groups (only the gateway's group may reach these ports)"
+        report(
+            f"{stack_file(where_urn)}: {where}: {name}: ports {', '.join(map(str, world))} (Ollama, metering, exporters, "
+            f"Prometheus, Alertmanager, Grafana or SSH) are open to {', '.join(cidrs)} {how} "
+            f"{', '.join(sorted(groups.show(k) for k in keys))}, together {address_ranges.exposure(cidrs).describe()}: "
+            f"the world; allowed: {address_ranges.WORLD_RULE}; only the gateway's HTTPS port faces clients",
+            where_urn,
+        )
+
+    alone: dict[str, set[int]] = {}  # group -> ports its own rules open to the world
+    for resource, targets, exposed, _ in rules_found:
+        keys = {groups.find(g) for g in targets}
+        try:
+            world, cidrs = world_ports(keys, exposed)
+            for key in keys:
+                alone.setdefault(key, set()).update(world_ports({key})[0])
+        except ValueError:
+            bad = sorted({c for k in keys for p in exposed for c in admitted.get((k, p), [])})
+            report(f"{stack_file(resource.urn)}: {resource.name}: a range is not a CIDR: {bad}", resource.urn)
+            continue
         if world:
-            cidrs = sorted(set(c for p in world for c in admitted[(group, p)]))
-            keys = sorted({contract.config_key(PORT_KEYS[p]) for p in world if p in PORT_KEYS})
-            where = ", ".join(keys) if keys else "the security groups (only the gateway's group may reach these ports)"
-            report(
-                f"{stack_file(resource.urn)}: {where}: ports {', '.join(map(str, world))} (Ollama, metering, exporters, "
-                f"Prometheus, Alertmanager, Grafana or SSH) are open to {', '.join(cidrs)} in security group {group}, together "
-                f"{address_ranges.exposure(cidrs).describe()}: the world; allowed: {address_ranges.WORLD_RULE}; only the "
-                "gateway's HTTPS port faces clients",
-                resource.urn,
-            )
+            refuse(resource.urn, resource.name, keys, world, cidrs, "in security group")
+    # A host admits what any of its groups admits: two groups that each open half the world open it all.
+    for resource, named in hosts:
+        keys = {groups.find(k) for k in named}
+        if len(keys) < 2:
+            continue  # a single group is judged above
+        try:
+            world, cidrs = world_ports(keys)
+        except ValueError:
+            continue  # reported above, on the rule
+        reported = {p for key in keys for p in alone.get(key, ())}
+        world = [p for p in world if p not in reported]  # a group open to the world alone is reported on its rules
+        if world:
+            refuse(resource.urn, resource.name, keys, world, cidrs, "through its security groups")
     if unknown:
         raise UnknownValueError(UNKNOWN_STRING_VALUE, [unknown[0].name, "ingress"])
 
@@ -647,8 +794,9 @@ def validate_public_ports(args: StackValidationArgs, report: ReportViolation) ->
 no_public_inference_ports = StackValidationPolicy(
     name="no-public-inference-ports",
     description="Ollama (11434), the meter, exporters, Prometheus (9090), Alertmanager, Grafana (3000) and SSH (22) are never open "
-    "to the world: the ranges that reach a port of a security group, however split, hold at most a /8's worth of "
-    "public addresses; only the gateway's HTTPS port faces clients.",
+    "to the world: the ranges that reach a port of a security group, and of all the groups attached to one instance, "
+    "launch template or network interface together, however split, hold at most a /8's worth of public addresses; "
+    "only the gateway's HTTPS port faces clients.",
     validate=validate_public_ports,
     severity=Severity.CRITICAL,
     config_schema=PolicyConfigSchema(

@@ -171,6 +171,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 retain_on_delete=bool(request.retainOnDelete),
                 depends_on=sorted(request.dependencies),  # a set to the engine; sorted so previews diff cleanly
                 provider=request.provider or None,
+                property_dependencies={
+                    key: sorted(value.urns) for key, value in request.propertyDependencies.items() if value.urns
+                },
             )
         )
         return response

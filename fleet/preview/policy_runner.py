@@ -454,4 +454,7 @@ def _stack_resources(
         if r.parent_urn in built:
             resource.parent = built[r.parent_urn]
         resource.dependencies.extend(built[d] for d in r.depends_on if d in built)
+        resource.property_dependencies.update(
+            {key: [built[u] for u in urns if u in built] for key, urns in r.property_dependencies.items()}
+        )
     return list(built.values())

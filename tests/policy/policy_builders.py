@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pulumi.runtime.rpc import UNKNOWN
 
 from fleet import contract
 from fleet.config import ModelSpec
@@ -40,6 +41,8 @@ SG_RULE = rules.SG_RULE
 _DUMP = """
 import json, pickle, sys
 from dataclasses import replace
+from pulumi.runtime.rpc import UNKNOWN
+
 from fleet import contract
 from fleet.preview import offline as preview
 from fleet.local.dataplane import apply_overrides
@@ -206,3 +209,22 @@ def restack(resources: list[RegisteredResource], stack: str) -> list[RegisteredR
         r.depends_on = [f"urn:pulumi:{stack}::{d.split('::', 1)[1]}" for d in r.depends_on]
         r.provider = r.provider and f"urn:pulumi:{stack}::{r.provider.split('::', 1)[1]}"
     return out
+
+
+def security_group(stack: str, name: str, group_id: str, ingress: list[tuple[int, list[str]]] = ()) -> RegisteredResource:
+    """A security group with inline ingress rules (port, CIDRs), its id in its recorded outputs as the engine's state
+    holds it."""
+    rules_ = [
+        {"fromPort": port, "toPort": port, "protocol": "tcp",
+         "cidrBlocks": [c for c in cidrs if ":" not in c], "ipv6CidrBlocks": [c for c in cidrs if ":" in c]}
+        for port, cidrs in ingress
+    ]
+    return resource(stack, SECURITY_GROUP, name, {"ingress": rules_}, {"id": group_id})
+
+
+def attach(res: RegisteredResource, key: str, groups: list[RegisteredResource], ids: list[str] | None = None) -> None:
+    """Name `groups` in `res`'s property `key` as the program would: their ids as the value (None: unknown, as in a
+    preview before the groups exist) and their URNs as the property's dependencies."""
+    set_prop(res, key, ids if ids is not None else [UNKNOWN] * len(groups))
+    res.property_dependencies[key] = [g.urn for g in groups]
+
