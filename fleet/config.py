@@ -671,7 +671,7 @@ class FleetSettings(Model):
     """Everything one stack sets, under the `ollama-fleet:fleet` key of `Pulumi.<stack>.yaml`."""
 
     environment: Environment = Field(
-        description="`dev`, `staging` or `prod`; decides which policies are strict. A stack whose name names an environment (`prod`, `prod-eu`, `production`, `stg`…) must declare that one."
+        description="`dev`, `staging` or `prod`; decides which policies are strict. A stack whose name names an environment (`prod`, `prod-eu`, `euprod`, `prd2`, `stg`; `preprod` is staging; the rule is in docs/runbook.md) must declare that one."
     )
     target: Target = Field(description="`local` (a Docker host, CPU Ollama) or `aws` (GPU instances).")
     aws: Aws | None = Field(None, description="AWS placement; required when target is `aws`.")

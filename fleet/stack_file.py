@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from fleet import catalog
 from fleet.config import FLEET_KEY, PASSTHROUGH_PREFIXES, PROJECT, SECRET_KEYS, FleetSettings
 from fleet.config_text import SettingProblem
+from fleet.stack_names import environment_of_stack
 
 
 class StackConfigError(Exception):
@@ -159,29 +160,6 @@ def _describe(error: dict[str, Any]) -> str:
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {show_value(got)})"
     return f"{_key_path(loc)}: {message}{shown}"
-
-
-# Words of a stack name that decide its environment ("prod", "prod-eu", "team.production", "stg2").
-_ENVIRONMENT_WORDS = {
-    "dev": "dev",
-    "development": "dev",
-    "staging": "staging",
-    "stage": "staging",
-    "stg": "staging",
-    "prod": "prod",
-    "production": "prod",
-    "prd": "prod",
-}
-_STRICTNESS = ("dev", "staging", "prod")
-
-
-def environment_of_stack(stack: str) -> str | None:
-    """The environment a stack's name decides: `prod`, `prod-eu`, `eu.production`, `prd2` are prod stacks
-    (likewise dev and staging); a name with words of several environments gets the strictest; None when the
-    name names none (`sandbox`), and the stack file's `environment` then stands alone."""
-    words = (w.rstrip("0123456789") for w in re.split(r"[^a-z0-9]+", stack.lower()))
-    found = {_ENVIRONMENT_WORDS[w] for w in words if w in _ENVIRONMENT_WORDS}
-    return max(found, key=_STRICTNESS.index) if found else None
 
 
 def check_environment(settings: FleetSettings, stack: str, stack_file: str) -> None:

@@ -37,7 +37,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 from fleet import address_ranges, capacity, catalog, contract, ollama_rules, ports
 from fleet.contract import ContractError, NodeContract
 from fleet.gateway_routes import ADMIN_PREFIXES, ADMIN_ROUTES
-from fleet.stack_file import environment_of_stack
+from fleet.stack_names import environment_of_stack
 
 PACK_NAME = "ollama-fleet"
 # Without a policy config file every policy blocks; policies/config.dev.json relaxes dev to advisory.
@@ -927,7 +927,8 @@ def validate_environment(args: StackValidationArgs, report: ReportViolation) -> 
 
 environment_of_stack_policy = StackValidationPolicy(
     name="environment-of-stack",
-    description="The stack's name decides its environment (prod, prod-eu, production… are prod): a stack file "
+    description="The stack's name decides its environment (prod, prod-eu, prodeu, euprod, production… are prod; "
+    "preprod is staging): a stack file "
     "declaring another environment does not get that environment's laxer rules.",
     validate=validate_environment,
     severity=Severity.HIGH,

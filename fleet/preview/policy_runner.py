@@ -38,7 +38,7 @@ from pulumi_policy.proxy import (
 )
 
 from fleet.resources import RegisteredResource
-from fleet.stack_file import environment_of_stack
+from fleet.stack_names import environment_of_stack
 
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 _RESOURCE_REF_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
