@@ -41,8 +41,6 @@ SG_RULE = rules.SG_RULE
 _DUMP = """
 import json, pickle, sys
 from dataclasses import replace
-from pulumi.runtime.rpc import UNKNOWN
-
 from fleet import contract
 from fleet.preview import offline as preview
 from fleet.local.dataplane import apply_overrides
