@@ -199,19 +199,18 @@ class Fleet(pulumi.ComponentResource):
         return pulumi.Output.from_input(host.private_address).apply(lambda address: f"{address}:{port}")
 
     def _certificate(
-        self, name: str, args: FleetArgs, fqdn: str | None, zone_id: pulumi.Output[str] | None
+        self, name: str, args: FleetArgs, zone_id: pulumi.Output[str] | None
     ) -> tuple[pulumi.Output[str], pulumi.Output[str]] | None:
         """The gateway's certificate and key (secret Outputs), or None when TLS is off."""
         from components.tls import GatewayCertificate, GatewayCertificateArgs
+        from fleet.plans.tls import certificate_plan
 
         if args.settings.gateway.tls.mode == "off":
             return None
         cert = GatewayCertificate(
             f"{name}-cert",
             GatewayCertificateArgs(
-                settings=args.settings,
-                stack=args.stack,
-                fqdn=fqdn,
+                plan=certificate_plan(args.settings, args.stack),
                 zone_id=zone_id,
                 provided_cert=args.tls_certificate,
                 provided_key=args.tls_private_key,
@@ -228,7 +227,7 @@ class Fleet(pulumi.ComponentResource):
         settings = args.settings
         plan = LocalHostPlan.of(settings, f"{name}-local")
         local = LocalHost(plan.name, LocalHostArgs(plan=plan), pulumi.ResourceOptions(parent=self))
-        certificate = self._certificate(name, args, server_name(settings), None)
+        certificate = self._certificate(name, args, None)
         return _Site(
             gateway_hosts=[local.host],
             node_hosts={g.name: [local.host] * g.count for g in settings.node_groups},
@@ -303,7 +302,7 @@ class Fleet(pulumi.ComponentResource):
                 ),
                 child,
             )
-        certificate = self._certificate(name, args, fqdn, dns.zone_id if dns else None)
+        certificate = self._certificate(name, args, dns.zone_id if dns else None)
         return _Site(
             gateway_hosts=[h.host for h in gateway_hosts],
             node_hosts=node_hosts,

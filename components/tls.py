@@ -1,10 +1,10 @@
-"""The gateway's TLS certificate and key, by `gateway.tls.mode`; both reach nginx as secret Outputs only.
+"""The gateway's TLS certificate and key, as `fleet.plans.tls` plans them by `gateway.tls.mode` (the modes are
+told there); both reach nginx as secret Outputs only.
 
-- `self-signed`: an ECDSA P-256 key and a certificate for the domain and localhost from pulumi-tls (dev, staging).
-- `acme`: a real certificate from an ACME CA (Let's Encrypt by default) through the pulumiverse-acme provider,
-  proven with a DNS-01 challenge in the stack's Route 53 zone; renewed by `pulumi up` within 30 days of expiry.
-- `provided`: the secret config keys `ollama-fleet:tlsCertificate` (PEM chain) and `ollama-fleet:tlsPrivateKey`.
-- `off`: no certificate (dev only).
+- `self-signed`: a key and a certificate from pulumi-tls.
+- `acme`: a certificate through the pulumiverse-acme provider, with a DNS-01 challenge in the Route 53 zone.
+- `provided`: the secret config values, checked to be PEM blocks.
+- `off`: no certificate.
 """
 
 from __future__ import annotations
@@ -15,32 +15,20 @@ import pulumi
 import pulumi_tls as tls
 import pulumiverse_acme as acme
 
-from fleet.config import PROJECT, FleetSettings
-from fleet.stack_file import StackConfigError
+from fleet.config import PROJECT
+from fleet.plans.tls import Acme, CertificatePlan, SelfSigned, full_chain
 
 TOKEN = f"{PROJECT}:index:GatewayCertificate"
-SELF_SIGNED_VALIDITY_HOURS = 24 * 365
-# Re-issued by `pulumi up` once less than this is left.
-RENEW_BEFORE_HOURS = 24 * 30
-ACME_MIN_DAYS_REMAINING = 30
-CERT_KEY = f"{PROJECT}:tlsCertificate"
-KEY_KEY = f"{PROJECT}:tlsPrivateKey"
 
 
 @dataclass
 class GatewayCertificateArgs:
-    settings: FleetSettings
-    stack: str
-    fqdn: str | None
-    zone_id: pulumi.Output[str] | None
-    provided_cert: pulumi.Output[str] | None
-    provided_key: pulumi.Output[str] | None
-
-
-def san_names(fqdn: str | None) -> list[str]:
-    """DNS names the self-signed certificate covers: the API's name and localhost (for checks on the host)."""
-    names = [fqdn.rstrip(".").lower()] if fqdn else []
-    return names + (["localhost"] if "localhost" not in names else [])
+    plan: CertificatePlan  # fleet.plans.tls.certificate_plan(settings, stack)
+    # The Route 53 zone of the `acme` mode's DNS-01 challenge.
+    zone_id: pulumi.Input[str] | None = None
+    # The `provided` mode's secret config values (None where the stack sets none).
+    provided_cert: pulumi.Input[str] | None = None
+    provided_key: pulumi.Input[str] | None = None
 
 
 class GatewayCertificate(pulumi.ComponentResource):
@@ -49,99 +37,62 @@ class GatewayCertificate(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GatewayCertificateArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TOKEN, name, None, opts)
-        self._stack_file = f"Pulumi.{args.stack}.yaml"
-        mode = args.settings.gateway.tls.mode
-        if mode == "self-signed":
-            certificate, key = self._self_signed(name, args)
-        elif mode == "provided":
-            certificate, key = self._provided(args)
-        elif mode == "acme":
-            certificate, key = self._acme(name, args)
-        elif mode == "off":
-            certificate = key = None
-        else:  # pragma: no cover - the config model allows only the modes above
-            raise StackConfigError(self._stack_file, [f"gateway.tls.mode: unknown mode {mode!r}"])
+        plan = args.plan
+        certificate: pulumi.Input[str] | None = None
+        key: pulumi.Input[str] | None = None
+        if plan.self_signed is not None:
+            certificate, key = self._self_signed(name, plan.self_signed)
+        elif plan.acme is not None:
+            plan.check_zone(args.zone_id is not None)
+            certificate, key = self._acme(name, plan.acme, args.zone_id)
+        elif plan.mode == "provided":
+            plan.check_provided(args.provided_cert is not None, args.provided_key is not None)
+            certificate = pulumi.Output.from_input(args.provided_cert).apply(plan.provided_certificate)
+            key = pulumi.Output.from_input(args.provided_key).apply(plan.provided_key)
         self.certificate_pem = pulumi.Output.secret(certificate) if certificate is not None else None
         self.private_key_pem = pulumi.Output.secret(key) if key is not None else None
-        self.register_outputs({"mode": mode})
+        self.register_outputs({"mode": plan.mode})
 
-    def _error(self, key: str, message: str) -> StackConfigError:
-        return StackConfigError(self._stack_file, [f"{key}: {message}"])
-
-    def _self_signed(self, name: str, args: GatewayCertificateArgs):
+    def _self_signed(self, name: str, plan: SelfSigned):
         child = pulumi.ResourceOptions(parent=self)
-        names = san_names(args.fqdn)
         key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
         cert = tls.SelfSignedCert(
             f"{name}-self-signed",
             private_key_pem=key.private_key_pem,
-            subject=tls.SelfSignedCertSubjectArgs(common_name=names[0], organization=PROJECT),
-            dns_names=names,
-            ip_addresses=["127.0.0.1"],
-            validity_period_hours=SELF_SIGNED_VALIDITY_HOURS,
-            early_renewal_hours=RENEW_BEFORE_HOURS,
-            allowed_uses=["digital_signature", "server_auth"],
+            subject=tls.SelfSignedCertSubjectArgs(common_name=plan.common_name, organization=plan.organization),
+            dns_names=list(plan.dns_names),
+            ip_addresses=list(plan.ip_addresses),
+            validity_period_hours=plan.validity_period_hours,
+            early_renewal_hours=plan.early_renewal_hours,
+            allowed_uses=list(plan.allowed_uses),
             opts=child,
         )
         return cert.cert_pem, key.private_key_pem
 
-    def _provided(self, args: GatewayCertificateArgs):
-        if args.provided_cert is None or args.provided_key is None:
-            missing = [k for k, v in ((CERT_KEY, args.provided_cert), (KEY_KEY, args.provided_key)) if v is None]
-            raise self._error(
-                "gateway.tls.mode",
-                f"`provided` needs the secret config {' and '.join(missing)} "
-                f"(pulumi config set --secret {missing[0]} < file.pem)",
-            )
-
-        def check(pem: str, marker: str, key: str) -> str:
-            if not pem or marker not in pem:
-                raise self._error(key, f"expected a PEM block containing {marker!r}")
-            return pem
-
-        certificate = args.provided_cert.apply(lambda pem: check(pem, "BEGIN CERTIFICATE", CERT_KEY))
-        key = args.provided_key.apply(lambda pem: check(pem, "PRIVATE KEY", KEY_KEY))
-        return certificate, key
-
-    def _acme(self, name: str, args: GatewayCertificateArgs):
-        settings = args.settings
-        if not args.fqdn or args.zone_id is None:
-            raise self._error(
-                "gateway.tls.mode",
-                "`acme` proves the domain with a DNS-01 challenge in Route 53: it needs gateway.domain and "
-                "gateway.hostedZone on target aws; use `self-signed` or `provided` otherwise",
-            )
-        if settings.aws is None:
-            raise self._error("aws", "`acme` needs the aws section (the Route 53 zone's account and region)")
-        tls_settings = settings.gateway.tls
+    def _acme(self, name: str, plan: Acme, zone_id: pulumi.Input[str]):
         child = pulumi.ResourceOptions(parent=self)
-        provider = acme.Provider(f"{name}-acme", server_url=tls_settings.acme_server, opts=child)
+        provider = acme.Provider(f"{name}-acme", server_url=plan.server_url, opts=child)
         with_provider = pulumi.ResourceOptions(parent=self, provider=provider)
         account_key = tls.PrivateKey(f"{name}-acme-account", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
         registration = acme.Registration(
             f"{name}-acme-registration",
             account_key_pem=account_key.private_key_pem,
-            email_address=tls_settings.acme_email,
+            email_address=plan.email,
             opts=with_provider,
         )
         certificate = acme.Certificate(
             f"{name}-acme-cert",
             account_key_pem=registration.account_key_pem,
-            common_name=args.fqdn.rstrip(".").lower(),
-            key_type="P256",
-            min_days_remaining=ACME_MIN_DAYS_REMAINING,
-            # DNS-01 through Route 53 with the deployer's AWS credentials: the gateway need not be
-            # reachable from the CA, and no challenge port is opened.
+            common_name=plan.common_name,
+            key_type=plan.key_type,
+            min_days_remaining=plan.min_days_remaining,
             dns_challenges=[
                 acme.CertificateDnsChallengeArgs(
-                    provider="route53",
-                    config={"AWS_HOSTED_ZONE_ID": args.zone_id, "AWS_REGION": settings.aws.region},
+                    provider=plan.challenge_provider,
+                    config={"AWS_HOSTED_ZONE_ID": zone_id, "AWS_REGION": plan.region},
                 )
             ],
             opts=with_provider,
         )
-        # nginx wants the leaf followed by the intermediates in one file.
-        chain = pulumi.Output.all(certificate.certificate_pem, certificate.issuer_pem).apply(
-            lambda parts: "".join(part or "" for part in parts)
-        )
+        chain = pulumi.Output.all(certificate.certificate_pem, certificate.issuer_pem).apply(lambda parts: full_chain(*parts))
         return chain, certificate.private_key_pem

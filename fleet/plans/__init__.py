@@ -12,6 +12,7 @@ Modules:
   network:    the security group rules (RuleSpec) and the network plan (VPC, subnets, rules, tags)
   gateway:    nginx's plan for the deployed gateway, its client ports and URL, where token budgets live
   dns:        the gateway's Route 53 name: the zone lookup, the records and TTL, the failover health checks
+  tls:        the gateway's certificate by TLS mode: self-signed names, the ACME order, the provided PEM checks
   monitoring: Prometheus, Alertmanager and Grafana as data (names, images, labels, commands, volumes, files,
               Grafana's environment), the receivers' secrets a stack lacks, the scrape plan once targets are known
   node_exporter: a host's node exporter (NodeExporterPlan): name, image, labels, flags and probe

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from fleet import ports
 from fleet.config import FLEET_KEY, FleetSettings
 from fleet.plans import gateway as gateway_plans
+from fleet.plans.dns import dns_plan
 from fleet.plans.monitoring import monitoring_plan, monitoring_problems, prometheus_scrape
 from fleet.plans.naming import container_name, monitoring_component
 from fleet.plans.network import network_plan
 from fleet.plans.scrape import placeholder_targets
+from fleet.plans.tls import certificate_plan
 from fleet.render import alertmanager, nginx, prometheus
 from fleet.stack_file import StackConfig, StackConfigError
 
@@ -48,6 +50,13 @@ def _gateway(stack: StackConfig) -> None:
     nginx.render_nginx(plan)
 
 
+def _edge(stack: StackConfig) -> None:
+    """The gateway's public name (AWS) and its certificate."""
+    if stack.settings.target == "aws":
+        dns_plan(stack.settings, stack.stack)
+    certificate_plan(stack.settings, stack.stack)
+
+
 def _monitoring(stack: StackConfig) -> None:
     settings = stack.settings
     if not settings.monitoring.enabled:
@@ -65,6 +74,7 @@ def _monitoring(stack: StackConfig) -> None:
 PLANNERS: tuple[tuple[str, Callable[[StackConfig], None]], ...] = (
     ("aws", _network),
     ("gateway", _gateway),
+    ("gateway", _edge),
     ("monitoring", _monitoring),
 )
 

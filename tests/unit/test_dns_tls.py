@@ -9,6 +9,7 @@ from aws_mocks import ZONE_ID, AwsMocks, deploy, plain, stack_settings
 from components.dns import Dns, DnsArgs
 from components.tls import GatewayCertificate, GatewayCertificateArgs
 from fleet.plans.dns import dns_plan
+from fleet.plans.tls import certificate_plan
 from fleet.stack_file import StackConfigError
 
 RECORD = "aws:route53/record:Record"
@@ -84,15 +85,13 @@ def test_zone_by_id_and_a_non_default_port_in_the_url():
         build_dns(outside, 1, stack="staging", mocks=AwsMocks(zones={"other.net": "Z0OTHERZONE999"}))
 
 
-def build_cert(settings, *, stack="staging", fqdn="llm-staging.example.com", zone=None, cert=None, key=None):
+def build_cert(settings, *, stack="staging", zone=None, cert=None, key=None):
     def build():
         certificate = GatewayCertificate(
             "cert",
             GatewayCertificateArgs(
-                settings=settings,
-                stack=stack,
-                fqdn=fqdn,
-                zone_id=pulumi.Output.from_input(zone) if zone else None,
+                plan=certificate_plan(settings, stack),
+                zone_id=zone,
                 provided_cert=pulumi.Output.secret(cert) if cert else None,
                 provided_key=pulumi.Output.secret(key) if key else None,
             ),
@@ -134,7 +133,7 @@ def test_provided_certificate_comes_from_secret_config_only():
 
 def test_acme_uses_a_dns01_challenge_in_the_route53_zone():
     settings = stack_settings("prod")
-    result, _ = build_cert(settings, stack="prod", fqdn="llm.example.com", zone=ZONE_ID)
+    result, _ = build_cert(settings, stack="prod", zone=ZONE_ID)
     provider = plain(result.one("pulumi:providers:acme").inputs)
     assert provider["serverUrl"] == "https://acme-v02.api.letsencrypt.org/directory"
     registration = result.one("acme:index/registration:Registration")
@@ -155,11 +154,11 @@ def test_acme_uses_a_dns01_challenge_in_the_route53_zone():
 
 def test_acme_without_a_route53_zone_is_a_config_error():
     with pytest.raises(StackConfigError, match=r"gateway.tls.mode: `acme` proves the domain with a DNS-01 challenge"):
-        build_cert(stack_settings("prod"), stack="prod", fqdn="llm.example.com", zone=None)
+        build_cert(stack_settings("prod"), stack="prod", zone=None)
 
 
 def test_tls_off_creates_nothing():
     settings = stack_settings("dev", {"gateway.tls.mode": "off"})
-    result, certificate = build_cert(settings, stack="dev", fqdn="localhost")
+    result, certificate = build_cert(settings, stack="dev")
     assert certificate.certificate_pem is None and certificate.private_key_pem is None
     assert not [r for r in result.resources if r.custom]

@@ -148,3 +148,16 @@ def test_fleet_preview_refuses_the_same_stack_and_previews_it_once_the_secret_is
     previewed = preview()
     assert previewed.returncode == 0, previewed.stdout + previewed.stderr
     assert "policy verdict: pass" in previewed.stdout
+
+
+@pytest.mark.parametrize("planner", ["dns_plan", "certificate_plan"])
+def test_the_gateway_name_and_certificate_planners_run_on_the_stack_file(monkeypatch, planner):
+    seen = []
+
+    def refuse(settings, stack):
+        seen.append(stack)
+        raise StackConfigError(f"Pulumi.{stack}.yaml", ["gateway.tls.mode: refused by the planner"])
+
+    monkeypatch.setattr(checks, planner, refuse)
+    assert checks.plan_problems(load_stack("prod")) == ["gateway.tls.mode: refused by the planner"]
+    assert seen == ["prod"]
