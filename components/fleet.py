@@ -11,6 +11,7 @@ from components.host import Host
 from components.secrets import Secrets, SecretsArgs
 from fleet import catalog
 from fleet.config import PROJECT, FleetSettings
+from fleet.plans.secrets import secrets_plan
 
 TOKEN = f"{PROJECT}:index:Fleet"
 
@@ -61,7 +62,7 @@ class Fleet(pulumi.ComponentResource):
 
         secrets = Secrets(
             f"{name}-secrets",
-            SecretsArgs(settings, args.api_keys_json, args.admin_key, args.grafana_password, args.prometheus_password),
+            SecretsArgs(secrets_plan(settings), args.api_keys_json, args.admin_key, args.grafana_password, args.prometheus_password),
             child,
         )
 

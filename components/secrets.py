@@ -1,34 +1,27 @@
-"""API keys, the admin key and the Grafana password: from secret config where set, generated otherwise."""
+"""API keys, the admin key and the Grafana and Prometheus passwords: from secret config where set, generated
+otherwise, as `fleet.plans.secrets` plans them."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_random as random
 
-from fleet.config import PROJECT, FleetSettings
+from fleet.config import PROJECT
+from fleet.plans.secrets import Generated, SecretsPlan
 
 TOKEN = f"{PROJECT}:index:Secrets"
 
 
 @dataclass
 class SecretsArgs:
-    settings: FleetSettings
+    plan: SecretsPlan  # fleet.plans.secrets.secrets_plan(settings)
     # Values read from secret config (`pulumi config set --secret ...`); None where the stack sets none.
-    api_keys_json: pulumi.Output[str] | None = None
-    admin_key: pulumi.Output[str] | None = None
-    grafana_password: pulumi.Output[str] | None = None
-    prometheus_password: pulumi.Output[str] | None = None
-
-
-def _generated(name: str, parent: pulumi.Resource, length: int = 40) -> pulumi.Output[str]:
-    # Letters and digits only: keys travel in HTTP headers and nginx `map` files unquoted.
-    password = random.RandomPassword(
-        name, length=length, special=False, opts=pulumi.ResourceOptions(parent=parent)
-    )
-    return password.result
+    api_keys_json: pulumi.Input[str] | None = None
+    admin_key: pulumi.Input[str] | None = None
+    grafana_password: pulumi.Input[str] | None = None
+    prometheus_password: pulumi.Input[str] | None = None
 
 
 class Secrets(pulumi.ComponentResource):
@@ -37,38 +30,29 @@ class Secrets(pulumi.ComponentResource):
     api_keys: pulumi.Output[dict[str, str]]
     admin_key: pulumi.Output[str]
     grafana_password: pulumi.Output[str]
+    prometheus_password: pulumi.Output[str]
+    prometheus_salt: pulumi.Output[str]
 
     def __init__(self, name: str, args: SecretsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TOKEN, name, None, opts)
-        clients = [c.name for c in args.settings.gateway.clients]
-        configured = args.api_keys_json.apply(json.loads) if args.api_keys_json is not None else pulumi.Output.from_input({})
-
-        generated = {client: _generated(f"{name}-key-{client}", self) for client in clients}
-
-        def merge(values: list) -> dict[str, str]:
-            given: dict[str, str] = values[0] or {}
-            unknown = sorted(set(given) - set(clients))
-            if unknown:
-                raise ValueError(
-                    f"{PROJECT}:apiKeys names clients that gateway.clients does not list: {', '.join(unknown)}"
-                )
-            keys = {client: given.get(client) or values[i + 1] for i, client in enumerate(clients)}
-            if len(set(keys.values())) != len(keys):
-                raise ValueError(f"{PROJECT}:apiKeys: two clients share one key; every client needs its own")
-            return keys
-
+        plan = args.plan
+        generated = [self._generated(name, secret) for secret in plan.client_keys]
         self.api_keys = pulumi.Output.secret(
-            pulumi.Output.all(configured, *[generated[c] for c in clients]).apply(merge)
+            pulumi.Output.all(args.api_keys_json, *generated).apply(lambda values: plan.api_keys(values[0], values[1:]))
         )
-        self.admin_key = pulumi.Output.secret(args.admin_key or _generated(f"{name}-admin-key", self, 48))
-        self.grafana_password = pulumi.Output.secret(
-            args.grafana_password or _generated(f"{name}-grafana-admin", self, 32)
-        )
-        self.prometheus_password = pulumi.Output.secret(
-            args.prometheus_password or _generated(f"{name}-prometheus", self, 32)
-        )
-        # The salt of Prometheus' bcrypt hash, kept in the state: the same password renders the same web config.
+        self.admin_key = self._given_or_generated(name, args.admin_key, plan.admin_key)
+        self.grafana_password = self._given_or_generated(name, args.grafana_password, plan.grafana_password)
+        self.prometheus_password = self._given_or_generated(name, args.prometheus_password, plan.prometheus_password)
         self.prometheus_salt = random.RandomId(
-            f"{name}-prometheus-salt", byte_length=16, opts=pulumi.ResourceOptions(parent=self)
+            f"{name}-{plan.prometheus_salt}", byte_length=plan.salt_bytes, opts=pulumi.ResourceOptions(parent=self)
         ).hex
         self.register_outputs({})
+
+    def _given_or_generated(self, name: str, given: pulumi.Input[str] | None, secret: Generated) -> pulumi.Output[str]:
+        return pulumi.Output.secret(given if given is not None else self._generated(name, secret))
+
+    def _generated(self, name: str, secret: Generated) -> pulumi.Output[str]:
+        password = random.RandomPassword(
+            f"{name}-{secret.resource}", length=secret.length, special=secret.special, opts=pulumi.ResourceOptions(parent=self)
+        )
+        return password.result

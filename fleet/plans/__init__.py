@@ -13,6 +13,7 @@ Modules:
   gateway:    nginx's plan for the deployed gateway, its client ports and URL, where token budgets live
   dns:        the gateway's Route 53 name: the zone lookup, the records and TTL, the failover health checks
   tls:        the gateway's certificate by TLS mode: self-signed names, the ACME order, the provided PEM checks
+  secrets:    the generated keys and passwords, the configured API keys merged in and checked
   monitoring: Prometheus, Alertmanager and Grafana as data (names, images, labels, commands, volumes, files,
               Grafana's environment), the receivers' secrets a stack lacks, the scrape plan once targets are known
   node_exporter: a host's node exporter (NodeExporterPlan): name, image, labels, flags and probe
