@@ -9,7 +9,6 @@ import pulumi_tls as tls
 
 from components.host import Host
 from components.secrets import Secrets, SecretsArgs
-from fleet import catalog
 from fleet.config import PROJECT, FleetSettings
 from fleet.plans.secrets import secrets_plan
 
@@ -242,6 +241,7 @@ class Fleet(pulumi.ComponentResource):
         from components.network import Network, NetworkArgs
         from fleet.plans import gateway as plans_gateway
         from fleet.plans.dns import dns_plan
+        from fleet.plans.hosts import host_plan
         from fleet.plans.network import network_plan
 
         settings = args.settings
@@ -257,21 +257,24 @@ class Fleet(pulumi.ComponentResource):
             host_name: str, role: str, instance_type: str, zone_index: int, volume_gb: int | None, root_volume_gb: int | None = None
         ) -> GpuHost:
             zone_index %= len(aws.zones)
+            plan = host_plan(
+                settings,
+                args.stack,
+                name=host_name,
+                role=role,
+                instance_type=instance_type,
+                zone=aws.zones[zone_index],
+                model_volume_gb=volume_gb,
+                root_volume_gb=root_volume_gb,
+            )
             return GpuHost(
                 host_name,
                 GpuHostArgs(
-                    settings=settings,
-                    stack=args.stack,
-                    role=role,
-                    instance_type=instance_type,
-                    zone=aws.zones[zone_index],
+                    plan=plan,
                     subnet_id=network.subnet_ids[zone_index],
                     security_group_ids=[network.gateway_sg_id if role == "gateway" else network.node_sg_id],
                     ssh_public_key=ssh_key.public_key_openssh,
                     ssh_private_key=pulumi.Output.secret(ssh_key.private_key_openssh),
-                    model_volume_gb=volume_gb,
-                    gpus=catalog.INSTANCES[instance_type].gpus if instance_type in catalog.INSTANCES else 0,
-                    root_volume_gb=root_volume_gb,
                     ami=ami if role == "node" else None,
                 ),
                 child,

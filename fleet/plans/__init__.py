@@ -17,6 +17,7 @@ Modules:
   monitoring: Prometheus, Alertmanager and Grafana as data (names, images, labels, commands, volumes, files,
               Grafana's environment), the receivers' secrets a stack lacks, the scrape plan once targets are known
   node_exporter: a host's node exporter (NodeExporterPlan): name, image, labels, flags and probe
+  hosts:      each AWS host: size, zone, volumes, AMI, tags, first-boot and readiness inputs, SSH lines and files
   scrape:     what Prometheus scrapes (ScrapeTargets: the stack's nodes, the gateway hosts' exporters)
               and the scrape plan built from it
   placement:  what placing containers takes from the stack (PlacementPlan) and the local Docker host's plan

@@ -4,13 +4,17 @@ The Docker provider and the readiness step run the OpenSSH client, which reads t
 the host's pinned key from files. `write_script` writes both, mode 0600 in a folder that must belong to the user
 with mode 0700; the contents come from the environment variables `KEY_VAR` and `KNOWN_HOSTS_VAR` (the key is a
 secret: it never appears in the script, on a command line or in the output). `remove_script` takes them away when
-the host goes. Pure functions: the scripts are POSIX sh, rendered here and run by `local.Command`.
+the host goes. The scripts are POSIX sh, rendered here and run by pulumi-command; `check_folder` is the same
+check as the write script's, for the program to refuse a bad folder before it registers anything.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from fleet.render.jinja import environment
 
@@ -49,3 +53,12 @@ def write_script(host_name: str, files: SshFiles) -> str:
 def remove_script(host_name: str, files: SshFiles) -> str:
     """Remove both files, and the folder when nothing else is left in it."""
     return _render("deployer-ssh/remove.sh.j2", host_name, files)
+
+
+def check_folder(folder: str | Path) -> None:
+    """Refuse a folder for SSH files that someone else owns or can read (a missing one is created private)."""
+    path = Path(folder)
+    if path.exists():
+        info = path.stat()
+        if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            raise PermissionError(f"{path} must belong to you with mode 0700 (it holds an SSH key)")

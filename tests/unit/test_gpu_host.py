@@ -12,9 +12,13 @@ import pytest
 import yaml
 from aws_mocks import GPU_AMI, UBUNTU_AMI, deploy, is_secret_input, plain, stack_settings
 
-from components.gpu_host import GPU_AMI_NAME, UBUNTU_AMI_NAME, GpuHost, GpuHostArgs
+from components.gpu_host import GpuHost, GpuHostArgs
 from components.host import Host
+from fleet.plans import hosts
+from fleet.plans.hosts import host_plan
 from fleet.render import ssh_files
+
+GPU_AMI_NAME, UBUNTU_AMI_NAME = hosts.GPU_AMI.name, hosts.UBUNTU_AMI.name
 
 INSTANCE = "aws:ec2/instance:Instance"
 VOLUME = "aws:ebs/volume:Volume"
@@ -33,24 +37,23 @@ def ssh_dir(tmp_path, monkeypatch):
     return folder
 
 
-def build_host(settings, *, stack="prod", role="node", gpus=1, volume_gb=200, instance_type="g6e.xlarge"):
+def build_host(settings, *, stack="prod", role="node", volume_gb=200, instance_type="g6e.xlarge"):
     box: dict = {}
+    plan = host_plan(
+        settings, stack, name=f"{role}-0", role=role, instance_type=instance_type, zone=settings.aws.zones[0],
+        model_volume_gb=volume_gb,
+    )  # fmt: skip
 
     def build():
         host = GpuHost(
             f"{role}-0",
             GpuHostArgs(
-                settings=settings,
-                stack=stack,
-                role=role,
-                instance_type=instance_type,
-                zone=settings.aws.zones[0],
-                subnet_id=pulumi.Output.from_input("subnet-0aaaaaaaaaaaaaaa1"),
-                security_group_ids=[pulumi.Output.from_input("sg-0aaaaaaaaaaaaaaa1")],
-                ssh_public_key=pulumi.Output.from_input(DEPLOYER_KEY),
+                plan=plan,
+                # Plain values: the args take Inputs, not only Outputs.
+                subnet_id="subnet-0aaaaaaaaaaaaaaa1",
+                security_group_ids=["sg-0aaaaaaaaaaaaaaa1"],
+                ssh_public_key=DEPLOYER_KEY,
                 ssh_private_key=pulumi.Output.secret(DEPLOYER_PRIVATE),
-                model_volume_gb=volume_gb,
-                gpus=gpus,
             ),
         )
         box["host"] = host
@@ -240,7 +243,7 @@ def test_node_ami_is_the_deep_learning_gpu_ami_unless_pinned():
 
 
 def test_gateway_host_has_a_stable_address_ubuntu_and_no_gpu_steps():
-    result, component = build_host(stack_settings("prod"), role="gateway", gpus=0, volume_gb=None, instance_type="t3.medium")
+    result, component = build_host(stack_settings("prod"), role="gateway", volume_gb=None, instance_type="t3.medium")
     (lookup,) = result.invoked("aws:ec2/getAmi:getAmi")
     assert lookup["owners"] == ["099720109477"]
     assert {f["name"]: f["values"] for f in lookup["filters"]}["name"] == [UBUNTU_AMI_NAME]
@@ -330,17 +333,19 @@ def _aws_site(settings, stack):
 
     def build():
         network = Network("net", NetworkArgs(plan=network_plan(settings, stack)))
-        for role, instance_type, gpus, volume, group in (
-            ("node", "g6e.xlarge", 1, 200, network.node_sg_id),
-            ("gateway", "t3.medium", 0, None, network.gateway_sg_id),
+        for role, instance_type, volume, group in (
+            ("node", "g6e.xlarge", 200, network.node_sg_id),
+            ("gateway", "t3.medium", None, network.gateway_sg_id),
         ):
+            plan = host_plan(
+                settings, stack, name=f"{role}-0", role=role, instance_type=instance_type, zone=settings.aws.zones[0],
+                model_volume_gb=volume,
+            )
             GpuHost(
                 f"{role}-0",
                 GpuHostArgs(
-                    settings=settings, stack=stack, role=role, instance_type=instance_type, zone=settings.aws.zones[0],
-                    subnet_id=network.subnet_ids[0], security_group_ids=[group],
-                    ssh_public_key=pulumi.Output.from_input(DEPLOYER_KEY),
-                    ssh_private_key=pulumi.Output.secret(DEPLOYER_PRIVATE), model_volume_gb=volume, gpus=gpus,
+                    plan=plan, subnet_id=network.subnet_ids[0], security_group_ids=[group],
+                    ssh_public_key=DEPLOYER_KEY, ssh_private_key=pulumi.Output.secret(DEPLOYER_PRIVATE),
                 ),
             )  # fmt: skip
 
