@@ -458,3 +458,22 @@ def _stack_resources(
             {key: [built[u] for u in urns if u in built] for key, urns in r.property_dependencies.items()}
         )
     return list(built.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fleet.preview.policy_runner config-path STACK`: print the policy config `config_path` picks, as
+    a path relative to the project (nothing when there is none), for CI's `--policy-pack-config`."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "config-path":
+        print("usage: python -m fleet.preview.policy_runner config-path STACK", file=sys.stderr)
+        return 2
+    path = config_path(args[1])
+    if path is not None:
+        print(path.relative_to(POLICIES_DIR.parent))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,9 +9,12 @@ commit=${DEPLOY_SHA:?DEPLOY_SHA names the commit being planned}
 export PULUMI_EXPERIMENTAL=true # update plans (--save-plan / --plan) are behind this switch
 mkdir -p "$out"
 printf '%s\n' "$commit" > "$out/commit"
+# The stack's policy config, or its environment's (a custom stack name: `prodeu` is judged as prod).
+policy=(--policy-pack policies)
+config=$(bash "$(dirname "${BASH_SOURCE[0]}")/policy-config.sh" "$stack")
+if [ -n "$config" ]; then policy+=(--policy-pack-config "$config"); fi
 set +e
-pulumi preview --stack "$stack" --non-interactive --refresh --diff \
-  --policy-pack policies --policy-pack-config "policies/config.$stack.json" \
+pulumi preview --stack "$stack" --non-interactive --refresh --diff "${policy[@]}" \
   --save-plan "$out/plan.json" > "$out/preview.txt" 2>&1
 code=$?
 set -e

@@ -18,6 +18,9 @@ if [ -n "${PLAN:-}" ]; then
 fi
 # A new deployment is not smoke-tested yet: drop the old claim before anything changes.
 pulumi stack tag rm fleet:smoke-tested-commit --stack "$stack" >/dev/null 2>&1 || true
-pulumi up --stack "$stack" --yes --non-interactive --refresh --diff --suppress-outputs \
-  --policy-pack policies --policy-pack-config "policies/config.$stack.json" "${plan[@]}"
+# The stack's policy config, or its environment's (a custom stack name: `prodeu` is judged as prod).
+policy=(--policy-pack policies)
+config=$(bash "$(dirname "${BASH_SOURCE[0]}")/policy-config.sh" "$stack")
+if [ -n "$config" ]; then policy+=(--policy-pack-config "$config"); fi
+pulumi up --stack "$stack" --yes --non-interactive --refresh --diff --suppress-outputs "${policy[@]}" "${plan[@]}"
 pulumi stack tag set fleet:deployed-commit "$commit" --stack "$stack"

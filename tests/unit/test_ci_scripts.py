@@ -105,6 +105,31 @@ def test_up_refreshes_applies_the_policy_pack_and_tags_the_commit(fake):
     assert (fake["dir"] / "tag-fleet:deployed-commit").read_text() == SHA
 
 
+@pytest.mark.parametrize(
+    "stack, config",
+    [("prod", "prod"), ("prodeu", "prod"), ("euprod", "prod"), ("preprod", "staging"), ("stg-ap", "staging"), ("usdev", "dev")],
+)
+def test_a_custom_stack_name_gets_its_environments_policy_config(fake, stack, config):
+    # The same fallback as fleet preview's: a stack without policies/config.<stack>.json is judged with the one of
+    # the environment its name decides, never with a path the Pulumi CLI cannot read.
+    done = run(fake, "policy-config.sh", stack)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"policies/config.{config}.json"
+    assert run(fake, "pulumi-up.sh", stack).returncode == 0
+    plan = run(fake, "pulumi-plan.sh", stack, str(fake["dir"] / "plan"))
+    assert plan.returncode == 0, plan.stderr
+    for command in (next(c for c in log(fake) if c.startswith(f"pulumi {verb} ")) for verb in ("up", "preview")):
+        assert f"--policy-pack policies --policy-pack-config policies/config.{config}.json" in command
+
+
+def test_a_stack_name_of_no_environment_runs_the_pack_at_its_own_levels(fake):
+    # No policy config at all: every policy at the pack's level (mandatory), not a missing file.
+    assert run(fake, "policy-config.sh", "sandbox").stdout == ""
+    assert run(fake, "pulumi-up.sh", "sandbox").returncode == 0
+    up = next(c for c in log(fake) if c.startswith("pulumi up "))
+    assert "--policy-pack policies" in up and "--policy-pack-config" not in up
+
+
 def test_a_failed_up_records_no_deployment(fake):
     done = run(fake, "pulumi-up.sh", "prod", FAKE_FAIL="255")
     assert done.returncode != 0

@@ -183,7 +183,9 @@ def test_pulumi_preview_runs_per_stack_with_refresh_diff_and_the_policy_pack(pr)
     preview = next(s for s in job["steps"] if s.get("id") == "preview")
     command = " ".join(preview["run"].replace("\\\n", " ").split())
     assert 'pulumi preview --stack "$STACK"' in command
-    for flag in ("--refresh", "--diff", "--policy-pack policies", '--policy-pack-config "policies/config.$STACK.json"'):
+    # The policy config is the stack's own or its environment's, picked as fleet preview picks it.
+    assert 'config=$(bash scripts/ci/policy-config.sh "$STACK")' in command
+    for flag in ("--refresh", "--diff", "--policy-pack policies", '${config:+--policy-pack-config "$config"}'):
         assert flag in command
     assert "--save-plan" not in command and "pulumi up" not in command
     # The program and the pack are installed, and the preview team's token fetched, before it runs.
