@@ -111,19 +111,23 @@ def _alert_state(plane, group: str) -> dict[str, dict]:
     return {a["labels"]["alertname"]: a["status"] for a in alerts}
 
 
+def _node_down_at_the_hook(hook, status: str, instance: str, what: str) -> list[dict]:
+    """Wait (up to 60 s) for the webhook to receive the node-down alert of `instance` with `status`."""
+
+    def received():
+        found = [a for a in hook.alerts(NODE_DOWN_ALERT, status) if a["labels"].get("instance") == instance]
+        return bool(found), found
+
+    return wait_until(received, what, 60)
+
+
 def test_a_killed_node_pages_the_receiver_then_resolves(plane, hook):
     plane.wait_for_targets(timeout=30)
     victim = plane.nodes[1]
     instance = victim.metrics_url.removeprefix("http://").removesuffix("/metrics")
     assert not hook.alerts(NODE_DOWN_ALERT, "firing")
     plane.kill(victim.name)
-    firing = wait_until(
-        lambda: (lambda found: (bool(found), found))(
-            [a for a in hook.alerts(NODE_DOWN_ALERT, "firing") if a["labels"].get("instance") == instance]
-        ),
-        "the node-down page at the webhook",
-        60,
-    )
+    firing = _node_down_at_the_hook(hook, "firing", instance, "the node-down page at the webhook")
     labels = firing[0]["labels"]
     assert labels["severity"] == "critical" and labels["group"] == victim.group.name
     assert instance in firing[0]["annotations"]["summary"]
@@ -134,13 +138,7 @@ def test_a_killed_node_pages_the_receiver_then_resolves(plane, hook):
         assert all(n["receiver"] == RECEIVER for n in hook.notifications)
 
     plane.restart(victim.name)
-    resolved = wait_until(
-        lambda: (lambda found: (bool(found), found))(
-            [a for a in hook.alerts(NODE_DOWN_ALERT, "resolved") if a["labels"].get("instance") == instance]
-        ),
-        "the resolution at the webhook",
-        60,
-    )
+    resolved = _node_down_at_the_hook(hook, "resolved", instance, "the resolution at the webhook")
     assert resolved[0]["endsAt"] > resolved[0]["startsAt"]
 
 

@@ -22,11 +22,11 @@ import httpx
 import ollama
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.local.dataplane import read_state, running_recorded, session_members
 from fleet.local.processes import LOOPBACK, port_is_open
 from fleet.render import nginx as ng
+from metric_samples import parse_samples, total
 from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -72,18 +72,8 @@ def _error(response: httpx.Response) -> str:
     return response.json()["error"]
 
 
-def _meter_samples(node) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(node.metrics_url, timeout=10).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def _meter_total(node, name: str, **labels) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, l), v in _meter_samples(node).items() if n == name and wanted <= set(l))
+    return total(parse_samples(httpx.get(node.metrics_url, timeout=10).text), name, **labels)
 
 
 def _inflight(plane) -> list[float]:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.exporters import gateway_log
 from fleet.local.dataplane import NGINX_BINARY, _nginx_user
@@ -25,6 +24,7 @@ from fleet.local.processes import LOOPBACK, ManagedProcess, clean_env, free_port
 from fleet.render import nginx as ng
 from fleet.render import rules
 from fleet.stack_file import load_stack
+from metric_samples import parse_samples, total
 from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -34,15 +34,7 @@ TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
 def _samples(url: str) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(url, timeout=10).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples
-    }
-
-
-def _total(samples, name: str, **labels) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, l), v in samples.items() if n == name and wanted <= set(l))
+    return parse_samples(httpx.get(url, timeout=10).text)
 
 
 def _wait(condition, what: str):
@@ -100,18 +92,18 @@ def test_rotation_by_the_deployed_script_and_nginx_reopen_loses_no_request(tmp_p
                 time.sleep(0.015)
         assert sent == Counter({401: 240})
         samples = _wait(
-            lambda: (lambda s: (_total(s, "fleet_gateway_refusals_total", reason="unauthorized") == 240, s))(
+            lambda: (lambda s: (total(s, "fleet_gateway_refusals_total", reason="unauthorized") == 240, s))(
                 _samples(metrics_url)),
             "240 unauthorized requests counted",
         )
     finally:
         for process in reversed(processes):
             process.stop()
-    rotations = _total(samples, "fleet_gateway_log_file_events_total", event="rotations")
+    rotations = total(samples, "fleet_gateway_log_file_events_total", event="rotations")
     print(f"\n240 requests over {rotations:.0f} rotations, all counted")
     assert rotations >= 2
-    assert _total(samples, "fleet_gateway_requests_total", client="unknown", status="401", route="read") == 240
-    assert _total(samples, "fleet_gateway_log_lines_total", result="malformed") == 0
+    assert total(samples, "fleet_gateway_requests_total", client="unknown", status="401", route="read") == 240
+    assert total(samples, "fleet_gateway_log_lines_total", result="malformed") == 0
     # Bounded on disk: the current file and one rotated file (the current one is missing only when the loop
     # was stopped between its rename and nginx's reopen).
     files = {p.name for p in (prefix / "logs").iterdir() if p.name.startswith("access.log")}
@@ -141,7 +133,7 @@ def _exporter_requests(plane) -> Counter:
 
 
 def _meter_inflight(plane) -> float:
-    return sum(_total(_samples(node.metrics_url), "ollama_inflight_requests") for node in plane.nodes)
+    return sum(total(_samples(node.metrics_url), "ollama_inflight_requests") for node in plane.nodes)
 
 
 def _shed(plane, model: str) -> list[int]:

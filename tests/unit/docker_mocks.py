@@ -10,6 +10,7 @@ is), so a test can tell a plain nginx.conf from the secret key file uploaded nex
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,20 @@ def settings_of(stack: str) -> FleetSettings:
 
 def is_wire_secret(value: Any) -> bool:
     return isinstance(value, dict) and value.get(SECRET_SIG_KEY) == SECRET_SIG
+
+
+def plain_values(value: Any) -> Iterator[Any]:
+    """Every leaf of a wire value that is not inside a secret."""
+    if is_wire_secret(value):
+        return
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from plain_values(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from plain_values(v)
+    else:
+        yield value
 
 
 def unwrap(value: Any) -> Any:

@@ -631,6 +631,12 @@ def _feed_bytewise(meter, raw: bytes) -> int:
     return firsts
 
 
+def _tokens_fed_bytewise(meter, raw: bytes) -> tuple[int | None, int | None]:
+    """Prompt and completion tokens the meter read from `raw` fed byte by byte (with one first-content moment)."""
+    assert _feed_bytewise(meter, raw) == 1
+    return meter.usage.prompt_tokens, meter.usage.completion_tokens
+
+
 def test_ndjson_meter_reads_lines_split_across_chunks():
     raw = (
         b'{"response":"","done":false}\n{"response":"Hi","done":false}\n'
@@ -650,8 +656,7 @@ def test_sse_meter_handles_crlf_events_zero_usage_and_done():
         b"data: [DONE]\r\n\r\n"
     )
     meter = SseMeter()
-    assert _feed_bytewise(meter, raw) == 1
-    assert (meter.usage.prompt_tokens, meter.usage.completion_tokens) == (9, 3)
+    assert _tokens_fed_bytewise(meter, raw) == (9, 3)
     assert meter.done
 
 
@@ -660,17 +665,13 @@ def test_sse_meter_reads_responses_and_messages_api_usage():
         b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}\n\n'
         b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":5,"output_tokens":2}}}\n\n'
     )
-    meter = SseMeter()
-    assert _feed_bytewise(meter, responses) == 1
-    assert (meter.usage.prompt_tokens, meter.usage.completion_tokens) == (5, 2)
+    assert _tokens_fed_bytewise(SseMeter(), responses) == (5, 2)
     messages = (
         b'data: {"type":"message_start","message":{"usage":{"input_tokens":7,"output_tokens":1}}}\n\n'
         b'data: {"type":"content_block_delta","delta":{"type":"text_delta","text":"Hi"}}\n\n'
         b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":4}}\n\n'
     )
-    meter = SseMeter()
-    assert _feed_bytewise(meter, messages) == 1
-    assert (meter.usage.prompt_tokens, meter.usage.completion_tokens) == (7, 4)
+    assert _tokens_fed_bytewise(SseMeter(), messages) == (7, 4)
 
 
 def test_json_meter_reads_counts_from_the_tail_of_an_oversized_body():

@@ -25,6 +25,7 @@ from docker_mocks import (
     WireMonitor,
     is_wire_secret,
     make_host,
+    plain_values,
     settings_of,
     unwrap,
     use_mocks,
@@ -144,20 +145,7 @@ def test_keys_certificate_and_private_key_are_uploaded_as_secrets(dev):
     # No secret reaches any other input of any resource in plain form.
     for resource in dev.monitor.registered:
         wire = dev.monitor.wire_inputs(resource)
-
-        def plain_strings(value):
-            if is_wire_secret(value):
-                return
-            if isinstance(value, dict):
-                for v in value.values():
-                    yield from plain_strings(v)
-            elif isinstance(value, list):
-                for v in value:
-                    yield from plain_strings(v)
-            elif isinstance(value, str):
-                yield value
-
-        for text in plain_strings(wire):
+        for text in (v for v in plain_values(wire) if isinstance(v, str)):
             for secret in (*API_KEYS.values(), ADMIN_KEY, "secretkeymaterial"):
                 assert secret not in text, f"{resource.name} carries a secret in plain form"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from metric_samples import parse_samples, total
 
 from fleet.exporters import gateway_log as gl
 from fleet import gateway_routes
@@ -322,24 +322,14 @@ def test_timings_only_for_inference_a_node_answered():
 
 
 def _samples(metrics: gl.GatewayLogMetrics) -> dict[tuple[str, tuple], float]:
-    text = generate_latest(metrics.registry).decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def _total(samples, name: str, **labels) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, l), v in samples.items() if n == name and wanted <= set(l))
+    return parse_samples(generate_latest(metrics.registry).decode())
 
 
 def test_metrics_count_each_line_once_under_bounded_labels():
     metrics = gl.GatewayLogMetrics("gateway-0", ["alpha"])
     before = _samples(metrics)
     # Refusal series exist from the start, at 0, for every client and reason.
-    assert _total(before, "fleet_gateway_refusals_total") == 0
+    assert total(before, "fleet_gateway_refusals_total") == 0
     assert {dict(l)["reason"] for (n, l) in before if n == "fleet_gateway_refusals_total"} == set(gl.REASONS)
     assert {dict(l)["client"] for (n, l) in before if n == "fleet_gateway_refusals_total"} == {"alpha", "_admin", "unknown"}
     # So do the 200/429/503 request series of authenticated clients: the alert's denominator.
@@ -360,16 +350,16 @@ def test_metrics_count_each_line_once_under_bounded_labels():
     for line in lines:
         metrics.observe_line(line)
     after = _samples(metrics)
-    refusals = {r: _total(after, "fleet_gateway_refusals_total", reason=r) for r in gl.REASONS}
+    refusals = {r: total(after, "fleet_gateway_refusals_total", reason=r) for r in gl.REASONS}
     assert refusals == {"unauthorized": 2, "forbidden": 1, "too_large": 1, "rate_limited": 1, "shed": 1}
-    assert _total(after, "fleet_gateway_refusals_total", client="unknown", reason="unauthorized") == 2
-    assert _total(after, "fleet_gateway_requests_total") == 8
-    assert _total(after, "fleet_gateway_requests_total", route="admin", status="403") == 1
-    assert _total(after, "fleet_gateway_requests_total", route="other", status="404") == 1
-    assert _total(after, "fleet_gateway_request_duration_seconds_count") == 1
-    assert _total(after, "fleet_gateway_upstream_header_seconds_sum") == pytest.approx(0.4)
-    assert _total(after, "fleet_gateway_log_lines_total", result="malformed") == 1
-    assert _total(after, "fleet_gateway_log_lines_total", result="counted") == 8
+    assert total(after, "fleet_gateway_refusals_total", client="unknown", reason="unauthorized") == 2
+    assert total(after, "fleet_gateway_requests_total") == 8
+    assert total(after, "fleet_gateway_requests_total", route="admin", status="403") == 1
+    assert total(after, "fleet_gateway_requests_total", route="other", status="404") == 1
+    assert total(after, "fleet_gateway_request_duration_seconds_count") == 1
+    assert total(after, "fleet_gateway_upstream_header_seconds_sum") == pytest.approx(0.4)
+    assert total(after, "fleet_gateway_log_lines_total", result="malformed") == 1
+    assert total(after, "fleet_gateway_log_lines_total", result="counted") == 8
     # Whatever a line carries in its client field, only configured names become labels.
     text = generate_latest(metrics.registry).decode()
     assert "sk-not-a-client-key" not in text
@@ -380,10 +370,7 @@ def test_metrics_count_each_line_once_under_bounded_labels():
 
 
 def _scrape(url: str) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(url, timeout=5).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples
-    }
+    return parse_samples(httpx.get(url, timeout=5).text)
 
 
 def _wait_for(condition, timeout: float = 20.0):
@@ -412,7 +399,7 @@ def test_the_command_follows_a_log_through_rotation_and_stops_on_sigterm(tmp_pat
         for _ in range(3):
             writer.write(_line(status=429, upstream_addr="", upstream_status="").decode() + "\n")
         # Rotations come minutes apart: the file has been read before it is renamed.
-        _wait_for(lambda: _total(_scrape(url), "fleet_gateway_refusals_total", reason="rate_limited") == 3)
+        _wait_for(lambda: total(_scrape(url), "fleet_gateway_refusals_total", reason="rate_limited") == 3)
         os.rename(log, tmp_path / "logs" / "access.log.1")
         writer.write(_line(status=429, upstream_addr="", upstream_status="").decode() + "\n")
         writer.reopen()
@@ -420,10 +407,10 @@ def test_the_command_follows_a_log_through_rotation_and_stops_on_sigterm(tmp_pat
             writer.write(_line(status=503, upstream_addr="fleet_cpu", upstream_status="502").decode() + "\n")
         writer.close()
         samples = _wait_for(
-            lambda: (lambda s: s if _total(s, "fleet_gateway_refusals_total", reason="shed") == 2 else None)(_scrape(url))
+            lambda: (lambda s: s if total(s, "fleet_gateway_refusals_total", reason="shed") == 2 else None)(_scrape(url))
         )
-        assert _total(samples, "fleet_gateway_refusals_total", client="alpha", reason="rate_limited") == 4
-        assert _total(samples, "fleet_gateway_log_file_events_total", event="rotations") == 1
+        assert total(samples, "fleet_gateway_refusals_total", client="alpha", reason="rate_limited") == 4
+        assert total(samples, "fleet_gateway_log_file_events_total", event="rotations") == 1
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:

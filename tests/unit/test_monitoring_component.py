@@ -19,6 +19,7 @@ from docker_mocks import (
     WireMonitor,
     is_wire_secret,
     make_host,
+    plain_values,
     settings_of,
     unwrap,
     use_mocks,
@@ -238,8 +239,8 @@ def test_grafana_password_stays_secret(dev):
     assert "GF_USERS_ALLOW_SIGN_UP=false" in plain and "GF_AUTH_ANONYMOUS_ENABLED=false" in plain
     assert dev.outputs["envs_secret"] is True
     for resource in dev.monitor.registered:
-        plain_values = str(list(_plain_values(dev.monitor.wire_inputs(resource))))
-        assert PASSWORD not in plain_values and PROMETHEUS_PASSWORD not in plain_values, resource.name
+        shown = str(list(plain_values(dev.monitor.wire_inputs(resource))))
+        assert PASSWORD not in shown and PROMETHEUS_PASSWORD not in shown, resource.name
 
 
 def test_prometheus_asks_for_a_password_that_its_clients_send(dev):
@@ -260,19 +261,6 @@ def test_prometheus_asks_for_a_password_that_its_clients_send(dev):
     )["datasources"][0]
     assert datasource["basicAuth"] is True and datasource["basicAuthUser"] == "fleet"
     assert datasource["secureJsonData"]["basicAuthPassword"] == f"$__env{{{grafana.PROMETHEUS_PASSWORD_ENV}}}"
-
-
-def _plain_values(value):
-    if is_wire_secret(value):
-        return
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _plain_values(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _plain_values(v)
-    else:
-        yield value
 
 
 def _published(built: Built) -> list[tuple[str, int]]:
@@ -348,7 +336,7 @@ def test_alertmanager_gets_prometheus_alerts_and_its_receivers_as_a_secret():
     assert is_wire_secret(upload["content"])
     assert unwrap(upload["content"]) == alertmanager.render_alertmanager(settings, secrets)
     for resource in built.monitor.registered:
-        assert RECEIVER_SECRET not in str(list(_plain_values(built.monitor.wire_inputs(resource)))), resource.name
+        assert RECEIVER_SECRET not in str(list(plain_values(built.monitor.wire_inputs(resource)))), resource.name
     # Prometheus sends its alerts to the Alertmanager container over the component's network.
     alerting = built.scrape_config()["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert alerting == [f"{container.inputs['name']}:{ports.ALERTMANAGER}"]
