@@ -19,3 +19,14 @@ def wait_until(condition: Callable[[], tuple[bool, Any]], what: str, timeout: fl
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float, interval: float = 0.2) -> Any:
+    """Poll `condition` every `interval` seconds until it returns a true value, and return that value; an error
+    naming `what` after `timeout` seconds."""
+
+    def checked() -> tuple[bool, Any]:
+        value = condition()
+        return bool(value), value
+
+    return wait_until(checked, what, timeout, interval)

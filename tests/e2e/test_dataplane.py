@@ -27,7 +27,7 @@ from fleet.local.dataplane import read_state, running_recorded, session_members
 from fleet.local.processes import LOOPBACK, port_is_open
 from fleet.render import nginx as ng
 from metric_samples import parse_samples, total
-from waiting import wait_until
+from waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -81,13 +81,7 @@ def _inflight(plane) -> list[float]:
 
 
 def _wait(condition, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return wait_for(condition, what, timeout, interval=0.1)
 
 
 def _logged(plane, before: int, request_ids: set[str]) -> list[dict]:

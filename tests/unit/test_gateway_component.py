@@ -19,17 +19,8 @@ import pytest
 from components import images
 from components.gateway import LOG_ROTATION_SCRIPT, Gateway, GatewayArgs
 from fleet.plans.gateway import gateway_plan
-from docker_mocks import (
-    PRIVATE_ADDRESS,
-    PUBLIC_ADDRESS,
-    WireMonitor,
-    is_wire_secret,
-    make_host,
-    plain_values,
-    settings_of,
-    unwrap,
-    use_mocks,
-)
+from docker_mocks import PRIVATE_ADDRESS, PUBLIC_ADDRESS, WireMonitor, is_wire_secret, make_host, settings_of, unwrap
+from docker_mocks import plain_values, use_mocks
 from fleet import contract, ports
 from fleet.exporters import gateway_log
 from fleet.capacity import max_conns_per_node

@@ -10,13 +10,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import generate_latest
 from metric_samples import parse_samples, total
+from waiting import wait_for
 
 from fleet.exporters import gateway_log as gl
 from fleet import gateway_routes
@@ -373,14 +373,8 @@ def _scrape(url: str) -> dict[tuple[str, tuple], float]:
     return parse_samples(httpx.get(url, timeout=5).text)
 
 
-def _wait_for(condition, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+def _wait_for(condition, what: str):
+    return wait_for(condition, what, 20.0, interval=0.05)
 
 
 def test_the_command_follows_a_log_through_rotation_and_stops_on_sigterm(tmp_path):
@@ -393,13 +387,13 @@ def test_the_command_follows_a_log_through_rotation_and_stops_on_sigterm(tmp_pat
     out = (tmp_path / "exporter.log").open("wb")
     process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "127.0.0.1"})
     try:
-        _wait_for(lambda: _try_scrape(url))
+        _wait_for(lambda: _try_scrape(url), "the exporter to answer")
         log.parent.mkdir()  # the folder and the file appear after the exporter started
         writer = AppendingWriter(log)
         for _ in range(3):
             writer.write(_line(status=429, upstream_addr="", upstream_status="").decode() + "\n")
         # Rotations come minutes apart: the file has been read before it is renamed.
-        _wait_for(lambda: total(_scrape(url), "fleet_gateway_refusals_total", reason="rate_limited") == 3)
+        _wait_for(lambda: total(_scrape(url), "fleet_gateway_refusals_total", reason="rate_limited") == 3, "3 rate-limited")
         os.rename(log, tmp_path / "logs" / "access.log.1")
         writer.write(_line(status=429, upstream_addr="", upstream_status="").decode() + "\n")
         writer.reopen()
@@ -407,7 +401,8 @@ def test_the_command_follows_a_log_through_rotation_and_stops_on_sigterm(tmp_pat
             writer.write(_line(status=503, upstream_addr="fleet_cpu", upstream_status="502").decode() + "\n")
         writer.close()
         samples = _wait_for(
-            lambda: (lambda s: s if total(s, "fleet_gateway_refusals_total", reason="shed") == 2 else None)(_scrape(url))
+            lambda: (lambda s: s if total(s, "fleet_gateway_refusals_total", reason="shed") == 2 else None)(_scrape(url)),
+            "2 shed after the rotation",
         )
         assert total(samples, "fleet_gateway_refusals_total", client="alpha", reason="rate_limited") == 4
         assert total(samples, "fleet_gateway_log_file_events_total", event="rotations") == 1

@@ -13,17 +13,8 @@ import pytest
 import yaml
 
 from components.monitoring import Monitoring, MonitoringArgs, resolve_targets
-from docker_mocks import (
-    PRIVATE_ADDRESS,
-    VOLUME,
-    WireMonitor,
-    is_wire_secret,
-    make_host,
-    plain_values,
-    settings_of,
-    unwrap,
-    use_mocks,
-)
+from docker_mocks import PRIVATE_ADDRESS, VOLUME, WireMonitor, is_wire_secret, make_host, settings_of, unwrap, use_mocks
+from docker_mocks import plain_values
 from fleet import contract, ports
 from fleet.config import FleetSettings
 from fleet.local.dataplane import load_settings
