@@ -24,7 +24,7 @@ from components.node_exporter import node_exporter
 from fleet import ports
 from fleet.config import PROJECT
 from fleet.node_runtime import MODELS_DIR, model_digests
-from fleet.plans.node import DCGM_EXPORTER, METER, NODE_EXPORTER, OLLAMA, NodePlan
+from fleet.plans.node import DCGM_EXPORTER, METER, OLLAMA, NodePlan
 
 TOKEN = f"{PROJECT}:index:OllamaNode"
 
