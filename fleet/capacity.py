@@ -19,7 +19,8 @@ flash-attention fallback and with one slot for embedding models. Placement follo
 Memory per GPU is what the driver reports (nvidia-smi's total less its idle reservation,
 `fleet.catalog.GPU_CARDS`); the policy headroom is taken from that. Models that stay loaded are placed
 one after the other, largest first, each GPU keeping the largest margin of the models on it. On a CPU
-host (`local-cpu`) the same terms are reported against system memory, with no VRAM verdict.
+host (`local-cpu`) the same terms are judged against the RAM the stack declares (`local.memoryGib`), with
+the same headroom; without it there is no memory verdict.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from fleet.capacity_terms import (  # noqa: F401 - re-exported: the capacity voc
     weight_bytes,
 )
 from fleet.catalog import GIB, MIB, GpuInstance, ModelArch
-from fleet.config import DEFAULT_QUEUE_PER_NODE, Gateway, Images, ModelSpec, NodeGroup, OllamaSettings
+from fleet.config import DEFAULT_QUEUE_PER_NODE, FleetSettings, Gateway, Images, ModelSpec, NodeGroup, OllamaSettings
 from fleet.ollama_rules import OllamaRules, OllamaVersionError, ollama_version_of, rules_for
 
 DEFAULT_HEADROOM = 0.10
@@ -601,8 +602,21 @@ def _precheck_problems(placed: list[ModelEstimate], gpus: list[_Gpu], share: flo
     return problems
 
 
+def host_memory(settings: FleetSettings, group: NodeGroup) -> int | None:
+    """RAM a CPU group's node may use, in bytes, as the stack declares it (`local.memoryGib`); None for a GPU group
+    or when the stack does not say."""
+    if instance_for(group).gpus or settings.local.memory_gib is None:
+        return None
+    return int(settings.local.memory_gib * GIB)
+
+
 def _estimate(
-    group: NodeGroup, headroom: float, root: Path | None = None, suggest: bool = True, ollama_version: str | None = None
+    group: NodeGroup,
+    headroom: float,
+    root: Path | None = None,
+    suggest: bool = True,
+    ollama_version: str | None = None,
+    memory: int | None = None,
 ) -> NodeEstimate:
     instance = instance_for(group)
     version = ollama_version or default_ollama_version()
@@ -643,7 +657,7 @@ def _estimate(
         group=group.name,
         instance_type=instance.name,
         gpu_model=instance.gpu_model,
-        memory=instance.memory,
+        memory=memory if memory and not instance.gpus else instance.memory,
         headroom=headroom,
         ollama_version=version,
         ollama_rules=rules.name,
@@ -705,13 +719,15 @@ def estimate_node(
     root: Path | None = None,
     ollama_version: str | None = None,
     suggest: bool = True,
+    host_memory: int | None = None,
 ) -> NodeEstimate:
     """All models of one node of `group` placed on its GPUs under the rules of `ollama_version` (default:
     the release of the default image); `.fits`, per-model terms in bytes, and (with `suggest`) what to
-    change when it does not fit."""
+    change when it does not fit. A CPU group is judged against `host_memory` (bytes, `host_memory()`), and
+    gets no verdict without it."""
     if not 0 <= headroom < 1:
         raise CapacityError("headroom must be in [0, 1)")
-    return _estimate(group, headroom, root, suggest=suggest, ollama_version=ollama_version)
+    return _estimate(group, headroom, root, suggest=suggest, ollama_version=ollama_version, memory=host_memory)
 
 
 def fits(group: NodeGroup, headroom: float = DEFAULT_HEADROOM, root: Path | None = None, ollama_version: str | None = None) -> bool:

@@ -655,6 +655,17 @@ class Local(Model):
         "127.0.0.1",
         description="IPv4 address the gateway and monitoring ports are published on; loopback unless `publishBeyondLoopback`.",
     )
+    memory_gib: float | None = Field(
+        None,
+        gt=0,
+        le=65536,
+        description=(
+            "RAM of the local Docker host that Ollama's models may use, in GiB. The `vram-fit` policy and `fleet plan` "
+            "judge `local-cpu` node groups against it (weights, KV cache and graph, with `policy.vramHeadroom` kept "
+            "free) as they judge GPU groups against VRAM; unset, a `local-cpu` group gets no memory verdict and "
+            "`vram-fit` reports that it cannot judge one."
+        ),
+    )
 
     @field_validator("bind_address")
     @classmethod

@@ -53,6 +53,7 @@ class LabelKeys:
     model_volume_gb: str = f"{PROJECT}.model-volume-gb"
     root_volume_gb: str = f"{PROJECT}.root-volume-gb"
     vram_headroom: str = f"{PROJECT}.vram-headroom"
+    host_memory: str = f"{PROJECT}.host-memory-bytes"  # a CPU node's RAM as declared; empty when undeclared
     ollama_image: str = f"{PROJECT}.ollama-image"
     # gateway
     tls_mode: str = f"{PROJECT}.tls-mode"
@@ -258,6 +259,7 @@ class NodeContract:
     node: str
     headroom: float
     ollama_image: str
+    host_memory: int | None = None  # bytes of RAM a CPU node may use (`local.memoryGib`); None: not declared
 
     @classmethod
     def of(cls, settings: FleetSettings, group: NodeGroup, node_index: int) -> "NodeContract":
@@ -271,6 +273,7 @@ class NodeContract:
             node=f"{group.name}-{node_index}",
             headroom=settings.policy.vram_headroom,
             ollama_image=settings.images.ollama,
+            host_memory=capacity.host_memory(settings, group),
         )
 
     @property
@@ -294,6 +297,7 @@ class NodeContract:
             LABELS.root_volume_gb: str(group.root_volume_gb),
             LABELS.vram_headroom: repr(self.headroom),
             LABELS.ollama_image: self.ollama_image,
+            LABELS.host_memory: "" if self.host_memory is None else str(self.host_memory),
         }
 
     def environment(self) -> dict[str, str]:
@@ -430,6 +434,20 @@ def _headroom(labels: Mapping[str, str]) -> float:
         raise ContractError(f"label {key}={raw!r}: {detail}") from None
 
 
+def _host_memory(labels: Mapping[str, str]) -> int | None:
+    """The RAM a CPU node may use (bytes), or None when the stack does not declare it (the label is empty)."""
+    key = LABELS.host_memory
+    if key not in labels:
+        raise ContractError(f"label {key} is missing")
+    raw = labels[key]
+    if raw == "":
+        return None
+    value = _whole(raw, f"label {key}")
+    if value <= 0:
+        raise ContractError(f"label {key}={raw!r}: must be a positive number of bytes")
+    return value
+
+
 def decode_node(labels: Mapping[str, str], env: Mapping[str, str]) -> NodeContract:
     """Read an Ollama container's labels and environment back into the node's contract."""
     models = decode_models(labels)
@@ -466,6 +484,7 @@ def decode_node(labels: Mapping[str, str], env: Mapping[str, str]) -> NodeContra
         node=_required(labels, LABELS.node),
         headroom=_headroom(labels),
         ollama_image=_required(labels, LABELS.ollama_image),
+        host_memory=_host_memory(labels),
     )
 
 

@@ -169,8 +169,39 @@ def _describe(estimate: capacity.NodeEstimate) -> str:
 
 
 def estimate(node: NodeContract, headroom: float) -> capacity.NodeEstimate:
-    """The node under the memory rules of the Ollama release its image runs."""
-    return capacity.estimate_node(node.group, headroom, PROJECT_ROOT, ollama_version=node.ollama_version)
+    """The node under the memory rules of the Ollama release its image runs (a CPU node against the RAM its
+    stack declares)."""
+    return capacity.estimate_node(
+        node.group, headroom, PROJECT_ROOT, ollama_version=node.ollama_version, host_memory=node.host_memory
+    )
+
+
+def _terms(estimate: capacity.NodeEstimate) -> str:
+    return (
+        f"weights {capacity.human(estimate.weights)}, KV {capacity.human(estimate.kv_cache)}, graph "
+        f"{capacity.human(estimate.graph)}"
+    )
+
+
+def _cpu_memory_problem(node: NodeContract, found: capacity.NodeEstimate, urn: str) -> str | None:
+    """Why a CPU node's models do not fit the RAM its stack declares, or that no RAM is declared to judge them by."""
+    where = f"{stack_file(urn)}: {contract.config_key('local.memoryGib')}: node group {found.group} on the local Docker host"
+    if node.host_memory is None:
+        return (
+            f"{where} needs {capacity.human(found.total)} of its RAM ({_terms(found)}), and the stack does not say how "
+            "much RAM the host gives Ollama, so there is no memory verdict; allowed: local.memoryGib, the GiB of RAM "
+            "the Docker host gives Ollama's models"
+        )
+    if found.fits:
+        return None
+    problems = "; ".join(found.problems)
+    return (
+        f"{where} needs {capacity.human(found.total)} ({_terms(found)}) of {capacity.human(found.usable)} usable "
+        f"of the {capacity.human(found.capacity)} RAM declared, with {found.headroom:.0%} headroom"
+        f"{'; ' + problems if problems else ''} (memory rules of Ollama {node.ollama_version}). Allowed: models, "
+        f"numCtx, numParallel and kvCacheType of {node.key()} whose estimate fits that RAM, or local.memoryGib "
+        "raised to the RAM the host really gives Ollama"
+    )
 
 
 def validate_vram_fit(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -185,6 +216,11 @@ def validate_vram_fit(args: ResourceValidationArgs, report: ReportViolation) -> 
     problem = ollama_rules.variant_problem(node.ollama_image, found.gpus)
     if problem:
         report(f"{stack_file(args.urn)}: {contract.config_key('images.ollama')}: {args.name}: {problem}", None)
+        return
+    if found.cpu_only:
+        problem = _cpu_memory_problem(node, found, args.urn)
+        if problem:
+            report(problem, None)
         return
     given = gpus_given(args.props)
     if found.gpus and given is not None and given < found.gpus:
@@ -225,7 +261,8 @@ def gpus_given(props: Mapping[str, Any]) -> int | None:
 vram_fit = ResourceValidationPolicy(
     name="vram-fit",
     description="Every model an Ollama node keeps loaded, with its KV cache for numCtx × numParallel, the compute "
-    "graph and per-GPU overhead, must fit the instance's GPUs with the configured headroom.",
+    "graph and per-GPU overhead, must fit the instance's GPUs with the configured headroom; on the local Docker "
+    "host (local-cpu), the RAM the stack declares (local.memoryGib), which must be declared.",
     validate=validate_vram_fit,
     severity=Severity.HIGH,
     config_schema=PolicyConfigSchema(

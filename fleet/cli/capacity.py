@@ -141,13 +141,15 @@ def plan_headroom(stack_config: StackConfig) -> float:
 
 
 def print_plan(console: Console, stack_config: StackConfig) -> bool:
-    """Print the capacity table of every node group; True when every group fits (CPU groups always pass)."""
+    """Print the capacity table of every node group; True when every group fits (a CPU group without `local.memoryGib` has no verdict and passes)."""
     settings = stack_config.settings
     headroom = plan_headroom(stack_config)
     version = capacity.version_of_image(settings.images.ollama)
     ok = True
     for group in settings.node_groups:
-        estimate = capacity.estimate_node(group, headroom, stack_config.path.parent, version)
+        estimate = capacity.estimate_node(
+            group, headroom, stack_config.path.parent, version, host_memory=capacity.host_memory(settings, group)
+        )
         title = f"{stack_config.stack}: node group {group.name}, {group.count} × {group.instance_type}"
         print_estimate(console, estimate, title, group_limits(group, headroom, stack_config.path.parent, version))
         queue = capacity.queue_per_node(group, settings.gateway)
@@ -196,7 +198,10 @@ def plan(
         if json_out:
             headroom = plan_headroom(config)
             version = capacity.version_of_image(config.settings.images.ollama)
-            estimates = [capacity.estimate_node(g, headroom, config.path.parent, version) for g in config.settings.node_groups]
+            estimates = [
+                capacity.estimate_node(g, headroom, config.path.parent, version, host_memory=capacity.host_memory(config.settings, g))
+                for g in config.settings.node_groups
+            ]
             payload = {
                 "stack": config.stack,
                 "ollamaVersion": version,

@@ -95,9 +95,38 @@ def test_vram_fit_respects_the_headroom_label_and_the_config_floor(resources_of)
     assert report.by_policy("vram-fit")
 
 
-def test_vram_fit_gives_no_verdict_on_a_cpu_host(resources_of):
-    resources = resources_of("dev", {"nodeGroups.0.models": [{"name": "llama3.1", "tag": "70b", "quantization": "fp16", "numCtx": 8192}]})
-    assert violations(resources, "dev", "vram-fit") == []
+BIG_ON_CPU = {"nodeGroups.0.models": [{"name": "llama3.1", "tag": "70b", "quantization": "fp16", "numCtx": 8192}]}
+
+
+def test_vram_fit_refuses_a_cpu_group_beyond_the_hosts_declared_ram(resources_of):
+    # dev declares local.memoryGib: 8; a 70B model at fp16 needs far more of the host's RAM.
+    found = violations(resources_of("dev", BIG_ON_CPU), "dev", "vram-fit")
+    assert len(found) == 1 and found[0].enforcement == "advisory"  # dev's policy config
+    message = found[0].message
+    assert message.startswith("Pulumi.dev.yaml: ollama-fleet:fleet.local.memoryGib: node group cpu on the local Docker host needs ")
+    assert "of 7.20 GiB usable of the 8.00 GiB RAM declared, with 10% headroom" in message
+    assert "ollama-fleet:fleet.nodeGroups[0]" in message
+    # The same stack under a mandatory config blocks; with the RAM it needs declared, it passes.
+    assert evaluate(resources_of("dev", BIG_ON_CPU), "dev", config={"all": "mandatory"}).mandatory_failed
+    assert violations(resources_of("dev", {**BIG_ON_CPU, "local.memoryGib": 256}), "dev", "vram-fit") == []
+
+
+def test_vram_fit_says_a_cpu_group_without_declared_ram_cannot_be_judged(resources_of):
+    found = violations(resources_of("dev", {"local.memoryGib": None}), "dev", "vram-fit")
+    assert len(found) == 1
+    message = found[0].message
+    assert message.startswith("Pulumi.dev.yaml: ollama-fleet:fleet.local.memoryGib: node group cpu on the local Docker host needs ")
+    assert "the stack does not say how much RAM the host gives Ollama, so there is no memory verdict" in message
+    assert "allowed: local.memoryGib" in message
+
+
+def test_the_declared_ram_travels_on_the_cpu_node_and_nowhere_else(resources_of):
+    (node,) = find(resources_of("dev"), CONTAINER, "ollama")
+    assert node_of(node).host_memory == 8 * 1024**3
+    assert all(node_of(n).host_memory is None for n in find(resources_of("prod"), CONTAINER, "ollama"))
+    set_label(node, contract.LABELS.host_memory, "lots")
+    found = violations([node], "dev", "vram-fit")
+    assert len(found) == 1 and f"label {contract.LABELS.host_memory}='lots' is not a whole number" in found[0].message
 
 
 @pytest.mark.parametrize(
