@@ -35,7 +35,6 @@ class _Site:
 
     gateway_hosts: list[Host]
     node_hosts: dict[str, list[Host]] = field(default_factory=dict)
-    server_name: str | None = None
     certificate: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
     # The public URL where DNS names the gateway; None means the gateway's own address.
     url: pulumi.Output[str] | None = None
@@ -69,7 +68,9 @@ class Fleet(pulumi.ComponentResource):
 
         from components.gateway import Gateway, GatewayArgs
         from components.ollama_node import OllamaNode, OllamaNodeArgs
-        from fleet.plans.gateway import serves_grafana
+        from components.containers import resolve_grouped
+        from fleet.plans.gateway import gateway_host_plan, nginx_plan, serves_grafana
+        from fleet.plans.naming import gateway_component
         from fleet.plans.node import node_plan
         from fleet.plans.scrape import GatewayScrape, gateway_name, node_name, scrape_targets
 
@@ -89,22 +90,24 @@ class Fleet(pulumi.ComponentResource):
         prometheus_url = self._prometheus_url(name, site) if settings.monitoring.enabled else None
         serve_grafana = serves_grafana(settings)
         grafana_upstream = self._grafana_upstream(name, site) if serve_grafana else None
+        # nginx's plan depends on the node addresses (known after their containers exist), not on any secret.
+        nginx = pulumi.Output.all(resolve_grouped(upstreams), grafana_upstream).apply(
+            lambda values: nginx_plan(settings, values[0], values[1])
+        )
         for index, host in enumerate(site.gateway_hosts):
+            gateway_plan = gateway_host_plan(settings, gateway_component(index, name), gateway_name(index))
             gateway = Gateway(
-                f"{name}-gateway-{index}",
+                gateway_plan.component,
                 GatewayArgs(
-                    settings=settings,
+                    plan=gateway_plan,
                     host=host,
-                    upstreams=upstreams,
+                    nginx=nginx,
                     api_keys=secrets.api_keys,
                     admin_key=secrets.admin_key,
                     certificate_pem=site.certificate[0] if site.certificate else None,
                     private_key_pem=site.certificate[1] if site.certificate else None,
-                    server_name=site.server_name,
-                    host_label=gateway_name(index),
                     prometheus_url=prometheus_url,
                     prometheus_password=secrets.prometheus_password,
-                    grafana_upstream=grafana_upstream,
                 ),
                 child,
             )
@@ -221,7 +224,6 @@ class Fleet(pulumi.ComponentResource):
 
     def _local(self, name: str, args: FleetArgs) -> _Site:
         from components.local_host import LocalHost, LocalHostArgs
-        from fleet.plans.gateway import server_name
         from fleet.plans.placement import LocalHostPlan
 
         settings = args.settings
@@ -231,7 +233,6 @@ class Fleet(pulumi.ComponentResource):
         return _Site(
             gateway_hosts=[local.host],
             node_hosts={g.name: [local.host] * g.count for g in settings.node_groups},
-            server_name=server_name(settings),
             certificate=certificate,
         )
 
@@ -310,7 +311,6 @@ class Fleet(pulumi.ComponentResource):
         return _Site(
             gateway_hosts=[h.host for h in gateway_hosts],
             node_hosts=node_hosts,
-            server_name=fqdn,
             certificate=certificate,
             url=dns.url if dns else None,
             node_ami=ami,

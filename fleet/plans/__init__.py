@@ -11,6 +11,7 @@ Modules:
   subnets:    one subnet CIDR per zone, carved from the VPC's
   network:    the security group rules (RuleSpec) and the network plan (VPC, subnets, rules, tags)
   gateway:    nginx's plan for the deployed gateway, its client ports and URL, where token budgets live
+              and whether they are enforced, each gateway host's containers (GatewayHostPlan)
   dns:        the gateway's Route 53 name: the zone lookup, the records and TTL, the failover health checks
   tls:        the gateway's certificate by TLS mode: self-signed names, the ACME order, the provided PEM checks
   secrets:    the generated keys and passwords, the configured API keys merged in and checked

@@ -16,9 +16,9 @@ from fleet.config import FLEET_KEY, FleetSettings
 from fleet.plans import gateway as gateway_plans
 from fleet.plans.dns import dns_plan
 from fleet.plans.monitoring import monitoring_plan, monitoring_problems, prometheus_scrape
-from fleet.plans.naming import container_name, monitoring_component
+from fleet.plans.naming import container_name, gateway_component, monitoring_component
 from fleet.plans.network import network_plan
-from fleet.plans.scrape import placeholder_targets
+from fleet.plans.scrape import gateway_name, placeholder_targets
 from fleet.plans.tls import certificate_plan
 from fleet.render import alertmanager, nginx, prometheus
 from fleet.stack_file import StackConfig, StackConfigError
@@ -34,20 +34,14 @@ def _network(stack: StackConfig) -> None:
 
 def _gateway(stack: StackConfig) -> None:
     settings = stack.settings
-    enforce_budgets = bool(gateway_plans.token_budgets(settings)) and settings.monitoring.enabled
     grafana_upstream = None
     if gateway_plans.serves_grafana(settings):
         grafana_upstream = (
             f"{container_name(monitoring_component(), 'grafana')}:{ports.GRAFANA}" if settings.target == "local" else f"198.51.100.10:{ports.GRAFANA}"
         )
-    plan = gateway_plans.gateway_plan(
-        settings,
-        nginx.placeholder_upstreams(settings),
-        gateway_plans.server_name(settings),
-        gateway_plans.gateway_paths(enforce_budgets),
-        grafana_upstream,
-    )
-    nginx.render_nginx(plan)
+    nginx.render_nginx(gateway_plans.nginx_plan(settings, nginx.placeholder_upstreams(settings), grafana_upstream))
+    for index in range(gateway_plans.gateway_hosts(settings)):
+        gateway_plans.gateway_host_plan(settings, gateway_component(index), gateway_name(index))
 
 
 def _edge(stack: StackConfig) -> None:

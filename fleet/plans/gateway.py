@@ -1,16 +1,23 @@
 """The deployed gateway's plan: nginx's plan for the stack's ports, TLS and networks, where the token budgets
-live, which ports clients reach, and the URL they use. components/gateway.py wires the containers from it.
+live, which ports clients reach, and the URL they use; and each gateway host's containers as data
+(`GatewayHostPlan`: names, images, labels, commands, files, volumes). components/gateway.py wires them.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from fleet import ports
+from fleet import contract, ports
 from fleet.config import FleetSettings
+from fleet.exporters import budget, gateway_log
+from fleet.plans.naming import container_name
+from fleet.plans.node_exporter import NodeExporterPlan, node_exporter_plan
+from fleet.plans.placement import PlacementPlan
 from fleet.render import nginx
+from fleet.render.prometheus_web import PROMETHEUS_USER
 
 # Shared by nginx and the token budget controller: the budget map files and nginx's pid file (the controller,
 # in nginx's PID namespace, reloads it with SIGHUP).
@@ -129,4 +136,144 @@ def gateway_plan(
         paths=paths,
         grafana_upstream=grafana_upstream,
         grafana_resolver=DOCKER_DNS if grafana_upstream and not _is_address(grafana_upstream) else None,
+    )
+
+
+# ---- a gateway host's containers ---------------------------------------------------------------------------
+
+# The roles of a gateway host's containers (fleet.contract.ROLES).
+GATEWAY, NGINX_EXPORTER, LOG_EXPORTER, BUDGET_CONTROLLER = "gateway", "nginx-exporter", "gateway-log-exporter", "budget-controller"
+# The container names' suffixes (the Docker name is `<component>-<suffix>`).
+CONTAINERS = {GATEWAY: "gateway", NGINX_EXPORTER: "nginx-exporter", LOG_EXPORTER: "gateway-log-exporter", BUDGET_CONTROLLER: "budget"}
+NGINX_CONF = "/etc/nginx/nginx.conf"
+# Run by the nginx image's entrypoint before nginx starts (official images run /docker-entrypoint.d/*.sh).
+LOG_ROTATION_SCRIPT = "/docker-entrypoint.d/40-fleet-log-rotate.sh"
+# The access-log file is renamed above this size (the volume holds at most about twice it), checked every minute.
+LOG_ROTATE_BYTES = 64 << 20
+LOG_ROTATE_INTERVAL_S = 60
+BUDGET_INTERVAL_S = 15
+# The Python modules the metering exporter's image runs beside nginx.
+LOG_EXPORTER_MODULE = "fleet.exporters.gateway_log"
+BUDGET_MODULE = "fleet.exporters.budget"
+
+
+@dataclass(frozen=True)
+class GatewayImages:
+    nginx: str
+    nginx_exporter: str
+    python: str  # the base of the metering exporter's image (the log exporter, the budget controller)
+
+
+@dataclass(frozen=True)
+class GatewayHostPlan:
+    """The gateway on one host, wired as component `component`: nginx, its exporter, the gateway log exporter,
+    the budget controller where budgets are enforced, and the host's node exporter where monitoring runs."""
+
+    component: str
+    tls_mode: str
+    client_ports: tuple[int, ...]  # published on the placement's public address
+    health_probe: tuple[str, ...]  # nginx's /health on the plain-HTTP server (busybox wget is in nginx:alpine)
+    # The name clients use (`server_name`: the domain, or localhost on the local host); None: the host's public
+    # (else private) address.
+    address: str | None
+    client_url: ClientUrl
+    images: GatewayImages
+    labels: Mapping[str, Mapping[str, str]]  # each container's labels, by role
+    paths: nginx.GatewayPaths  # nginx's files (the state volume's when budgets are enforced)
+    router_script: str  # the njs router nginx.conf imports (its routing table is in nginx.conf)
+    log_rotation: str  # the entrypoint script that rotates the access-log file
+    nginx_exporter_command: tuple[str, ...]
+    log_exporter_command: tuple[str, ...]
+    budgets: Mapping[str, int]  # client -> tokens per day, enforced by the budget controller; empty: none runs
+    node_exporter: NodeExporterPlan | None  # the host's own, where monitoring runs (and the host is its own)
+    placement: PlacementPlan
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_mode != "off"
+
+    @property
+    def log_dir(self) -> str:
+        """The access-log file's folder, a volume shared with the gateway log exporter (read-only there)."""
+        return posixpath.dirname(self.paths.access_log_file)
+
+    def container(self, role: str) -> str:
+        """The Docker name of the `role` container; on the shared network also its address."""
+        return container_name(self.component, CONTAINERS[role])
+
+    def check_certificate(self, given: bool) -> None:
+        if self.tls and not given:
+            raise ValueError(
+                f"gateway.tls.mode {self.tls_mode!r} needs a certificate and private key; only mode `off` runs without them"
+            )
+
+    def budget_command(self, prometheus_url: str, authenticated: bool) -> list[str]:
+        """The budget controller's arguments: it asks Prometheus at `prometheus_url` (as PROMETHEUS_USER when
+        `authenticated`; the password comes from the environment) and writes the map nginx reads."""
+        return budget.controller_arguments(
+            prometheus_url,
+            self.budgets,
+            f"{BUDGET_PATHS.budget_dir}/clients.map",
+            BUDGET_PATHS.pid,
+            BUDGET_INTERVAL_S,
+            prometheus_user=PROMETHEUS_USER if authenticated else None,
+        )
+
+
+def budgets_enforced(settings: FleetSettings) -> bool:
+    """Token budgets are enforced where some client has one and Prometheus (monitoring) counts the tokens."""
+    return bool(token_budgets(settings)) and settings.monitoring.enabled
+
+
+def nginx_plan(
+    settings: FleetSettings, upstreams: Mapping[str, Sequence[str]], grafana_upstream: str | None = None
+) -> nginx.GatewayPlan:
+    """nginx's plan on every gateway host of the stack, once the nodes' (and Grafana's) addresses are known."""
+    return gateway_plan(
+        settings, upstreams, server_name(settings), gateway_paths(budgets_enforced(settings)), grafana_upstream
+    )
+
+
+def gateway_host_plan(settings: FleetSettings, component: str, node: str) -> GatewayHostPlan:
+    """The gateway host wired as `component`, whose node exporter Prometheus labels `node` (`gateway-<i>`)."""
+    enforced = budgets_enforced(settings)
+    paths = gateway_paths(enforced)
+    gateway_contract = contract.GatewayContract.of(settings)
+    nginx_name = container_name(component, CONTAINERS[GATEWAY])
+    labels = {
+        GATEWAY: contract.container_labels(settings, GATEWAY, gateway_contract.labels()),
+        NGINX_EXPORTER: contract.container_labels(settings, NGINX_EXPORTER),
+        LOG_EXPORTER: contract.container_labels(settings, LOG_EXPORTER),
+        BUDGET_CONTROLLER: contract.container_labels(settings, BUDGET_CONTROLLER),
+    }
+    images = settings.images
+    return GatewayHostPlan(
+        component=component,
+        tls_mode=settings.gateway.tls.mode,
+        client_ports=tuple(client_ports(settings)),
+        health_probe=("CMD", "wget", "-qO", "/dev/null", f"http://127.0.0.1:{settings.gateway.http_port}/health"),
+        address=server_name(settings),
+        client_url=client_url(settings),
+        images=GatewayImages(images.nginx, images.nginx_exporter, images.python),
+        labels=labels,
+        paths=paths,
+        router_script=nginx.router_script(),
+        log_rotation=nginx.render_log_rotation(
+            paths.access_log_file, max_bytes=LOG_ROTATE_BYTES, interval_s=LOG_ROTATE_INTERVAL_S
+        ),
+        nginx_exporter_command=(
+            f"--nginx.scrape-uri=http://{nginx_name}:{ports.NGINX_STATUS}/stub_status",
+            f"--web.listen-address=:{ports.NGINX_EXPORTER}",
+        ),
+        log_exporter_command=tuple(
+            gateway_log.exporter_arguments(
+                paths.access_log_file,
+                f"0.0.0.0:{ports.GATEWAY_LOG_EXPORTER}",
+                component,
+                [c.name for c in settings.gateway.clients],
+            )
+        ),
+        budgets=token_budgets(settings) if enforced else {},
+        node_exporter=node_exporter_plan(settings, component, node) if settings.monitoring.enabled else None,
+        placement=PlacementPlan.of(settings),
     )

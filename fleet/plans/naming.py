@@ -23,3 +23,8 @@ def container_name(component: str, role: str) -> str:
 def monitoring_component(fleet: str = FLEET) -> str:
     """The name of the fleet's `Monitoring` component (Prometheus, Alertmanager and Grafana run on its network)."""
     return f"{fleet}-monitoring"
+
+
+def gateway_component(index: int, fleet: str = FLEET) -> str:
+    """The name of the fleet's `Gateway` component on gateway host `index`."""
+    return f"{fleet}-gateway-{index}"

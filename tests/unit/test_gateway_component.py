@@ -17,8 +17,8 @@ import pulumi
 import pytest
 
 from components import images
-from components.gateway import LOG_ROTATION_SCRIPT, Gateway, GatewayArgs
-from fleet.plans.gateway import gateway_plan
+from components.gateway import Gateway, GatewayArgs
+from fleet.plans.gateway import LOG_ROTATION_SCRIPT, gateway_host_plan, gateway_plan, nginx_plan
 from docker_mocks import PRIVATE_ADDRESS, PUBLIC_ADDRESS, WireMonitor, is_wire_secret, make_host, settings_of, unwrap
 from docker_mocks import plain_values, use_mocks
 from fleet import contract, ports
@@ -55,7 +55,6 @@ def build_gateway(
     *,
     settings: FleetSettings | None = None,
     tls: bool = True,
-    server_name: str | None = "localhost",
     prometheus_url: str | None = None,
     prometheus_password: str | None = None,
     grafana_upstream: str | None = None,
@@ -70,17 +69,15 @@ def build_gateway(
         gateway = Gateway(
             "ollama-gateway-0",
             GatewayArgs(
-                settings=settings,
+                plan=gateway_host_plan(settings, "ollama-gateway-0", "gateway-0"),
                 host=make_host(**host),
-                upstreams={g: [pulumi.Output.from_input(a) for a in addresses] for g, addresses in upstreams.items()},
-                api_keys=pulumi.Output.secret(API_KEYS),
-                admin_key=pulumi.Output.secret(ADMIN_KEY),
-                certificate_pem=pulumi.Output.secret(CERT) if tls else None,
-                private_key_pem=pulumi.Output.secret(KEY) if tls else None,
-                server_name=server_name,
+                nginx=nginx_plan(settings, upstreams, grafana_upstream),
+                api_keys=API_KEYS,
+                admin_key=ADMIN_KEY,
+                certificate_pem=CERT if tls else None,
+                private_key_pem=KEY if tls else None,
                 prometheus_url=prometheus_url,
-                prometheus_password=pulumi.Output.secret(prometheus_password) if prometheus_password else None,
-                grafana_upstream=grafana_upstream,
+                prometheus_password=prometheus_password,
             ),
         )
 
@@ -108,7 +105,7 @@ def dev() -> Built:
 
 @pytest.fixture
 def prod() -> Built:
-    return build_gateway("prod", PROD_UPSTREAMS, server_name="llm.example.com", transport="ssh")
+    return build_gateway("prod", PROD_UPSTREAMS, transport="ssh")
 
 
 def test_nginx_conf_is_plain_and_is_the_rendered_config(dev):
@@ -277,7 +274,9 @@ def test_aws_gateway_is_public_on_its_client_ports_only(prod):
 
 
 def test_without_dns_the_url_is_the_public_address():
-    built = build_gateway("prod", PROD_UPSTREAMS, server_name=None, transport="ssh")
+    prod = settings_of("prod")
+    unnamed = prod.model_copy(update={"gateway": prod.gateway.model_copy(update={"domain": None, "hosted_zone": None})})
+    built = build_gateway("prod", PROD_UPSTREAMS, settings=unnamed, transport="ssh")
     assert built.outputs["url"] == f"https://{PUBLIC_ADDRESS}"
 
 
@@ -401,7 +400,7 @@ def test_grafana_is_served_on_the_tls_server_from_where_this_host_reaches_it():
     assert f"set $fleet_grafana_upstream http://{grafana};" in tls_server
     # on AWS at the first gateway host's private address (no lookup)
     aws = build_gateway(
-        "prod", PROD_UPSTREAMS, server_name="llm.example.com", grafana_upstream=f"{PRIVATE_ADDRESS}:{ports.GRAFANA}", transport="ssh"
+        "prod", PROD_UPSTREAMS, grafana_upstream=f"{PRIVATE_ADDRESS}:{ports.GRAFANA}", transport="ssh"
     )
     aws_conf = aws.uploads()["/etc/nginx/nginx.conf"]["content"]
     assert f"proxy_pass http://{PRIVATE_ADDRESS}:{ports.GRAFANA};" in _servers(aws_conf, aws.settings.gateway)[1]
