@@ -475,3 +475,35 @@ def test_token_budgets_run_a_controller_that_shares_nginx_state_and_pid_namespac
 
 def test_no_budget_no_controller(dev):
     assert not [c for c in dev.monitor.containers() if c.label_map.get(contract.LABELS.role) == "budget-controller"]
+
+
+def test_enforced_budgets_without_prometheus_are_a_clear_error():
+    from fleet.local.dataplane import load_settings
+
+    settings = load_settings("dev", {"gateway.clients": [{"name": "dev", "tokensPerDay": 5000}]})
+    with pytest.raises(ValueError, match="token budgets are enforced with Prometheus' URL; none was given"):
+        build_gateway("dev", DEV_UPSTREAMS, settings=settings, transport="local")
+
+
+def test_a_gateway_wired_under_another_name_than_planned_is_refused():
+    monitor = use_mocks("dev")
+    settings = settings_of("dev")
+
+    @pulumi.runtime.test
+    def program():
+        Gateway(
+            "ollama-gateway-1",
+            GatewayArgs(
+                plan=gateway_host_plan(settings, "ollama-gateway-0", "gateway-0"),
+                host=make_host(transport="local"),
+                nginx=nginx_plan(settings, DEV_UPSTREAMS),
+                api_keys=API_KEYS,
+                admin_key=ADMIN_KEY,
+                certificate_pem=CERT,
+                private_key_pem=KEY,
+            ),
+        )
+
+    with pytest.raises(ValueError, match="the gateway planned as 'ollama-gateway-0' is wired as 'ollama-gateway-1'"):
+        program()
+    assert not monitor.containers()
