@@ -87,6 +87,10 @@ def test_a_gateway_host_plan_names_its_containers_after_the_component_and_labels
     # the host's node exporter, labelled as Prometheus names the host
     assert plan.node_exporter.labels[contract.LABELS.node] == "gateway-1"
     assert plan.node_exporter.name == "ollama-gateway-1-node-exporter"
+    # the component's name as the program and fleet validate give it
+    from fleet.plans.naming import gateway_component
+
+    assert gateway_component(1) == "ollama-gateway-1" and gateway_component(0, "other") == "other-gateway-0"
 
 
 def test_budgets_are_enforced_only_where_prometheus_counts_the_tokens():
