@@ -14,7 +14,11 @@ import ast
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.usefixtures("no_collection_during_parse")
 
 PULUMI = ("pulumi", "pulumi_*", "pulumiverse_*")  # the SDK, its providers and the policy SDK
 # Parts of the core that assemble the layers above it, and why each must (a path ending in "/" is a package).

@@ -528,6 +528,7 @@ def test_meter_runs_the_exporter_image_built_on_the_host_from_the_pinned_python(
     assert dev.monitor.container("meter").inputs["image"] == image.outputs["repoDigest"]
 
 
+@pytest.mark.usefixtures("no_collection_during_parse")
 def test_the_exporter_build_context_is_the_dockerignore_list_and_holds_every_module_it_imports():
     sources = images.exporter_sources()
     assert sources[:2] == ("exporter/Dockerfile", "exporter/requirements.txt")
@@ -613,6 +614,7 @@ def _closure(roots: list[str]) -> set[str]:
     return seen
 
 
+@pytest.mark.usefixtures("no_collection_during_parse")
 def test_exporter_requirements_are_the_hashed_closure_at_the_project_pins():
     pins = _requirements()
     constraints = {}
