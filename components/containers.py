@@ -15,9 +15,6 @@ import pulumi
 import pulumi_docker as docker
 
 from components.host import Host
-from fleet import contract
-from fleet.config import FleetSettings
-from fleet.plans.naming import container_name
 from fleet.plans.placement import PlacementPlan
 
 RESTART = "unless-stopped"
@@ -35,13 +32,6 @@ def resolve_grouped(groups: Mapping[str, Sequence[pulumi.Input[str]]]) -> pulumi
     return pulumi.Output.all(*[pulumi.Output.all(*groups[key]) for key in keys]).apply(
         lambda lists: {key: list(values) for key, values in zip(keys, lists)}
     )
-
-
-def labels(
-    settings: FleetSettings, role: str, extra: Mapping[str, pulumi.Input[str]] | None = None
-) -> list[docker.ContainerLabelArgs]:
-    """The contract's labels of every container (role, environment) plus `extra` (`fleet.contract` keys)."""
-    return label_args(contract.container_labels(settings, role, extra))
 
 
 def label_args(values: Mapping[str, pulumi.Input[str]]) -> list[docker.ContainerLabelArgs]:
@@ -77,8 +67,8 @@ def healthcheck(test: pulumi.Input[Sequence[str]], *, interval: str = "30s", tim
 class Placement:
     """Where one component's containers sit on a host, which ports they publish and how peers address them."""
 
-    def __init__(self, component: str, settings: FleetSettings | PlacementPlan, host: Host, parent: pulumi.Resource):
-        self.plan = settings if isinstance(settings, PlacementPlan) else PlacementPlan.of(settings)
+    def __init__(self, component: str, plan: PlacementPlan, host: Host, parent: pulumi.Resource):
+        self.plan = plan
         self.host = host
         self.shared = host.shared_network is not None
         if host.shared_network is not None:

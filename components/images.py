@@ -21,7 +21,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.containers import Placement
-from fleet.config import PROJECT, FleetSettings
+from fleet.config import PROJECT
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTER_DOCKERFILE = "exporter/Dockerfile"
@@ -66,11 +66,6 @@ def pinned_image(name: str, reference: str, placement: Placement, parent: pulumi
         keep_locally=True,
         opts=placement.resource_options(parent),
     )
-
-
-def exporter_image(name: str, settings: FleetSettings, placement: Placement, parent: pulumi.Resource) -> docker.Image:
-    """The metering exporter image, built on the placement's host from exporter/Dockerfile."""
-    return exporter_image_on(name, settings.images.python, placement, parent)
 
 
 def exporter_image_on(name: str, python_image: str, placement: Placement, parent: pulumi.Resource) -> docker.Image:
