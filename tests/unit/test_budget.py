@@ -100,33 +100,38 @@ def test_clients_at_or_over_their_budget_are_blocked_until_midnight():
 
 def test_the_map_is_written_and_nginx_reloaded_only_on_change(prom, tmp_path):
     map_file, pid_file = tmp_path / "budget" / "clients.map", tmp_path / "nginx.pid"
-    # A stand-in nginx master that counts SIGHUPs.
+    # A stand-in nginx master that counts SIGHUPs, printing each as it handles it; it says when its handler is in
+    # place, since a SIGHUP before that would end it, and says when SIGTERM ends it. It exits by itself after
+    # 30 s, so a read never hangs.
     child = subprocess.Popen([sys.executable, "-c", (
         "import signal, sys, time\n"
         "n = 0\n"
         "def hup(*_):\n    global n; n += 1; print(n, flush=True)\n"
         "signal.signal(signal.SIGHUP, hup)\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (print('end', flush=True), sys.exit(0)))\n"
+        "print('ready', flush=True)\n"
         "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
+        assert child.stdout.readline().strip() == "ready"
         pid_file.write_text(f"{child.pid}\n")
         controller = BudgetController(PrometheusApi(prom.url), {"team-a": 100}, map_file, pid_file)
         prom.results["increase"] = [({"client": "team-a"}, 50.0)]
         assert controller.run_once(NOON).blocked == {}
+        assert child.stdout.readline().strip() == "1"  # the first map: one reload
         first = map_file.read_text()
         assert controller.run_once(NOON).blocked == {} and map_file.read_text() == first
         prom.results["increase"] = [({"client": "team-a"}, 150.0)]
         assert controller.run_once(NOON).blocked == {"team-a": "Thu, 03 Dec 2026 00:00:00 GMT"}
+        assert child.stdout.readline().strip() == "2"  # team-a crossed its budget: the second
         assert '"team-a"' in map_file.read_text()
-        controller.run_once(NOON)  # same decision: no second reload
+        controller.run_once(NOON)  # same decision: no further reload
         prom.fail = True  # Prometheus away: the last decision stays
         assert controller.run_once(NOON) is None and '"team-a"' in map_file.read_text()
-        time.sleep(0.3)
     finally:
         child.send_signal(signal.SIGTERM)
         out, _ = child.communicate(timeout=10)
-    # One reload for the first map, one when team-a crossed its budget.
-    assert out.split() == ["1", "2"]
+    # No reload after the second one: a SIGHUP sent before the SIGTERM is handled before it (lower number first).
+    assert out.split() == ["end"]
     assert oct(map_file.stat().st_mode & 0o777) == "0o644"
 
 
