@@ -868,6 +868,21 @@ def running_recorded(state: Mapping[str, Any]) -> list[dict]:
     return [p for p in state.get("processes", []) if _same_process(p)]
 
 
+def _signal_group(leader: int, sig: signal.Signals) -> bool:
+    """Signal the process group `leader` leads; False when it is gone or not ours."""
+    try:
+        os.killpg(leader, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _wait_while(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def stop_recorded(state: Mapping[str, Any], timeout: float = 15.0) -> list[str]:
     """Stop a detached data plane: SIGTERM to each recorded process group, newest first, SIGKILL to what
     remains after `timeout` seconds. Returns the names of the processes that were still running."""
@@ -876,21 +891,11 @@ def stop_recorded(state: Mapping[str, Any], timeout: float = 15.0) -> list[str]:
     for entry in alive:
         stopped.append(entry["name"])
         # Each process leads its own process group (it was started in a new session).
-        try:
-            os.killpg(entry["pid"], signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            continue
-        deadline = time.monotonic() + timeout
-        while _same_process(entry) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if _signal_group(entry["pid"], signal.SIGTERM):
+            _wait_while(lambda: _same_process(entry), timeout)
     # Children (model runners, nginx workers) and anything that ignored SIGTERM.
     sessions = {p["pid"] for p in alive}
     for entry in alive:
-        try:
-            os.killpg(entry["pid"], signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + timeout
-    while session_members(sessions) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        _signal_group(entry["pid"], signal.SIGKILL)
+    _wait_while(lambda: bool(session_members(sessions)), timeout)
     return stopped
