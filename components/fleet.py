@@ -70,7 +70,7 @@ class Fleet(pulumi.ComponentResource):
         from components.ollama_node import OllamaNode, OllamaNodeArgs
         from components.containers import resolve_grouped
         from fleet.plans.gateway import gateway_host_plan, nginx_plan, serves_grafana
-        from fleet.plans.naming import gateway_component
+        from fleet.plans.naming import gateway_component, node_component
         from fleet.plans.node import node_plan
         from fleet.plans.scrape import GatewayScrape, gateway_name, node_name, scrape_targets
 
@@ -79,7 +79,7 @@ class Fleet(pulumi.ComponentResource):
         digests: dict[str, pulumi.Output[dict[str, str]]] = {}
         for group in settings.node_groups:
             for index, host in enumerate(site.node_hosts[group.name]):
-                plan = node_plan(settings, group, index, f"{name}-{group.name}-{index}", host.config_path)
+                plan = node_plan(settings, group, index, node_component(group.name, index, name), host.config_path)
                 node = OllamaNode(plan.component, OllamaNodeArgs(plan=plan, host=host), child)
                 upstreams.setdefault(group.name, []).append(node.upstream_address)
                 digests.setdefault(group.name, node.model_digests)  # every node of a group pulls the same

@@ -61,7 +61,7 @@ def checked_stack(stack: str) -> StackConfig:
 @app.command()
 def validate(stack: str = typer.Option("dev", "--stack", "-s", help="Stack name (Pulumi.<stack>.yaml).")) -> None:
     """Check a stack file: known keys, types, allowed values, secrets stored encrypted, and what the program's
-    planners would refuse (network, gateway, monitoring, alert receivers' secrets)."""
+    planners would refuse (network, Ollama nodes, gateway, monitoring, alert receivers' secrets)."""
     config = checked_stack(stack)
     console.print(f"{config.path.name}: valid ({counted(config.settings.node_count, 'node')}, target {config.settings.target})")
 

@@ -16,11 +16,12 @@ from fleet.config import FLEET_KEY, FleetSettings
 from fleet.plans import gateway as gateway_plans
 from fleet.plans.dns import dns_plan
 from fleet.plans.monitoring import monitoring_plan, monitoring_problems, prometheus_scrape
-from fleet.plans.naming import container_name, gateway_component, monitoring_component
+from fleet.plans.naming import container_name, gateway_component, monitoring_component, node_component
 from fleet.plans.network import network_plan
+from fleet.plans.node import node_plan
 from fleet.plans.scrape import gateway_name, placeholder_targets
 from fleet.plans.tls import certificate_plan
-from fleet.render import alertmanager, nginx, prometheus
+from fleet.render import alertmanager, cloud_init, nginx, prometheus
 from fleet.stack_file import StackConfig, StackConfigError
 
 # A planner's message that starts with a key of the stack (`gateway.domain: ...`).
@@ -30,6 +31,21 @@ _KEYED = re.compile(r"^(?:aws|gateway|local|monitoring|nodeGroups|policy)(?:[.\[
 def _network(stack: StackConfig) -> None:
     if stack.settings.target == "aws":
         network_plan(stack.settings, stack.stack)
+
+
+def _nodes(stack: StackConfig) -> None:
+    """Every node's plan (its containers, labels, model steps), on a host whose files live where the program's do."""
+    settings = stack.settings
+    for group_index, group in enumerate(settings.node_groups):
+        for index in range(group.count):
+            try:
+                node_plan(settings, group, index, node_component(group.name, index), cloud_init.CONFIG_PATH)
+            except ValueError as error:
+                if _KEYED.match(str(error)):
+                    raise
+                raise ValueError(
+                    f"nodeGroups[{group_index}]: node {index} of group {group.name!r} cannot be planned: {error}"
+                ) from error
 
 
 def _gateway(stack: StackConfig) -> None:
@@ -67,6 +83,7 @@ def _monitoring(stack: StackConfig) -> None:
 # Each planner with the section of the stack it plans from (named when its message names no key).
 PLANNERS: tuple[tuple[str, Callable[[StackConfig], None]], ...] = (
     ("aws", _network),
+    ("nodeGroups", _nodes),
     ("gateway", _gateway),
     ("gateway", _edge),
     ("monitoring", _monitoring),

@@ -28,3 +28,8 @@ def monitoring_component(fleet: str = FLEET) -> str:
 def gateway_component(index: int, fleet: str = FLEET) -> str:
     """The name of the fleet's `Gateway` component on gateway host `index`."""
     return f"{fleet}-gateway-{index}"
+
+
+def node_component(group: str, index: int, fleet: str = FLEET) -> str:
+    """The name of the fleet's `OllamaNode` component for node `index` of node group `group`."""
+    return f"{fleet}-{group}-{index}"

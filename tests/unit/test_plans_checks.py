@@ -161,3 +161,42 @@ def test_the_gateway_name_and_certificate_planners_run_on_the_stack_file(monkeyp
     monkeypatch.setattr(checks, planner, refuse)
     assert checks.plan_problems(load_stack("prod")) == ["gateway.tls.mode: refused by the planner"]
     assert seen == ["prod"]
+
+
+
+def test_every_nodes_plan_runs_on_the_stack_file_and_its_refusal_names_the_group(monkeypatch):
+    from fleet.plans import node as node_plans
+
+    stack = load_stack("prod")
+    real = node_plans.warm_script
+    planned = []
+
+    def warm(container, group):
+        planned.append(container)
+        return real(container, group)
+
+    monkeypatch.setattr(node_plans, "warm_script", warm)
+    assert checks.plan_problems(stack) == []
+    expected = [f"ollama-{g.name}-{i}-ollama" for g in stack.settings.node_groups for i in range(g.count)]
+    assert planned == expected and len(expected) > 1
+
+    group_index = len(stack.settings.node_groups) - 1
+    last = stack.settings.node_groups[group_index]
+    refused_message = "the warm-up cannot be written"
+
+    def refuse(container, group):
+        if container == f"ollama-{last.name}-{last.count - 1}-ollama":
+            raise ValueError(refused_message)
+        return real(container, group)
+
+    monkeypatch.setattr(node_plans, "warm_script", refuse)
+    assert checks.plan_problems(stack) == [
+        f"{FLEET_KEY}.nodeGroups[{group_index}]: node {last.count - 1} of group {last.name!r} cannot be planned: "
+        f"{refused_message}"
+    ]
+    # A refusal that names its key keeps it; `fleet validate` reports it as a config error of the stack file.
+    refused_message = f"nodeGroups[{group_index}].ollama.keepAlive: refused by the planner"
+    with pytest.raises(StackConfigError) as raised:
+        checks.check_plans(stack)
+    assert raised.value.stack_file == "Pulumi.prod.yaml"
+    assert raised.value.problems == [f"{FLEET_KEY}.{refused_message}"]
