@@ -10,6 +10,8 @@ import pulumi_tls as tls
 from components.host import Host
 from components.secrets import Secrets, SecretsArgs
 from fleet.config import PROJECT, FleetSettings
+from fleet.plans.monitoring import MonitoringPlan, ServicePlan, monitoring_plan
+from fleet.plans.naming import monitoring_component
 from fleet.plans.secrets import secrets_plan
 
 TOKEN = f"{PROJECT}:index:Fleet"
@@ -54,8 +56,18 @@ class Fleet(pulumi.ComponentResource):
     deployed: pulumi.Output[dict]
 
     def __init__(self, name: str, args: FleetArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(TOKEN, name, None, opts)
         settings = args.settings
+        # The monitoring's plan first: what it refuses (a receiver whose secret the stack does not set) stops the
+        # program before any resource is registered.
+        planned_monitoring: MonitoringPlan | None = None
+        if settings.monitoring.enabled:
+            planned_monitoring = monitoring_plan(
+                settings,
+                args.stack,
+                receiver_secrets_set=args.alert_receiver_secrets_json is not None,
+                component=monitoring_component(name),
+            )
+        super().__init__(TOKEN, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
         secrets = Secrets(
@@ -87,9 +99,9 @@ class Fleet(pulumi.ComponentResource):
 
         gateways = []
         gateway_exporters: list[GatewayScrape[pulumi.Output[str]]] = []
-        prometheus_url = self._prometheus_url(name, site) if settings.monitoring.enabled else None
+        prometheus_url = self._prometheus_url(planned_monitoring, site) if planned_monitoring else None
         serve_grafana = serves_grafana(settings)
-        grafana_upstream = self._grafana_upstream(name, site) if serve_grafana else None
+        grafana_upstream = self._grafana_upstream(planned_monitoring, site) if serve_grafana and planned_monitoring else None
         # nginx's plan depends on the node addresses (known after their containers exist), not on any secret.
         nginx = pulumi.Output.all(resolve_grouped(upstreams), grafana_upstream).apply(
             lambda values: nginx_plan(settings, values[0], values[1])
@@ -119,27 +131,20 @@ class Fleet(pulumi.ComponentResource):
         self.gateway_url = site.url or gateways[0].url
         self.grafana_url = None
         self.prometheus_url = None
-        if settings.monitoring.enabled:
+        if planned_monitoring is not None:
             from fleet.gateway_routes import GRAFANA_PATH
             from fleet.plans import monitoring as monitoring_plans
-            from fleet.plans.naming import monitoring_component
 
             from components.monitoring import Monitoring, MonitoringArgs, resolve_targets
 
-            plan = monitoring_plans.monitoring_plan(
-                settings,
-                args.stack,
-                receiver_secrets_set=args.alert_receiver_secrets_json is not None,
-                component=monitoring_component(name),
-            )
             targets = resolve_targets(scrape_targets(settings, node_addresses, gateway_exporters))
             receiver_secrets = args.alert_receiver_secrets_json or pulumi.Output.from_input("")
             monitoring = Monitoring(
-                plan.component,
+                planned_monitoring.component,
                 MonitoringArgs(
-                    plan=plan,
+                    plan=planned_monitoring,
                     host=site.gateway_hosts[0],
-                    scrape=targets.apply(lambda t: monitoring_plans.prometheus_scrape(settings, args.stack, plan, t)),
+                    scrape=targets.apply(lambda t: monitoring_plans.prometheus_scrape(settings, args.stack, planned_monitoring, t)),
                     alertmanager_config=receiver_secrets.apply(lambda text: monitoring_plans.alertmanager_file(settings, text)),
                     grafana_password=secrets.grafana_password,
                     prometheus_password=secrets.prometheus_password,
@@ -175,30 +180,26 @@ class Fleet(pulumi.ComponentResource):
         )
 
     @staticmethod
-    def _prometheus_url(name: str, site: _Site) -> pulumi.Output[str]:
-        """Prometheus as the gateways' containers reach it (it runs on the first gateway host)."""
-        from fleet import ports
-
-        return Fleet._monitoring_service(name, site, "prometheus", ports.PROMETHEUS).apply(lambda service: f"http://{service}")
+    def _prometheus_url(plan: MonitoringPlan, site: _Site) -> pulumi.Output[str]:
+        """The planned Prometheus as the gateways' containers reach it (it runs on the first gateway host)."""
+        return Fleet._monitoring_service(plan.prometheus, site).apply(lambda service: f"http://{service}")
 
     @staticmethod
-    def _grafana_upstream(name: str, site: _Site) -> pulumi.Output[str]:
-        """Grafana as the gateways' nginx reaches it (it runs on the first gateway host; the security group admits
-        no one else at its port). The private address rather than a Docker network shared by the two components:
-        the second gateway host of an HA stack reaches it the same way."""
-        from fleet import ports
-
-        return Fleet._monitoring_service(name, site, "grafana", ports.GRAFANA)
+    def _grafana_upstream(plan: MonitoringPlan, site: _Site) -> pulumi.Output[str]:
+        """The planned Grafana as the gateways' nginx reaches it (it runs on the first gateway host; the security
+        group admits no one else at its port). The private address rather than a Docker network shared by the two
+        components: the second gateway host of an HA stack reaches it the same way."""
+        return Fleet._monitoring_service(plan.grafana, site)
 
     @staticmethod
-    def _monitoring_service(name: str, site: _Site, role: str, port: int) -> pulumi.Output[str]:
-        """`address:port` of a monitoring container for the gateways' containers: by container name on a shared
-        Docker network, else at the first gateway host's private address, where it is published."""
-        from fleet.plans.naming import container_name, monitoring_component
-
+    def _monitoring_service(service: ServicePlan, site: _Site) -> pulumi.Output[str]:
+        """`address:port` of a planned monitoring container for the gateways' containers: its planned address
+        (container name) on a shared Docker network, else the first gateway host's private address at its planned
+        port, where it is published."""
         host = site.gateway_hosts[0]
         if host.shared_network is not None:
-            return pulumi.Output.from_input(f"{container_name(monitoring_component(name), role)}:{port}")
+            return pulumi.Output.from_input(service.address)
+        port = service.port
         return pulumi.Output.from_input(host.private_address).apply(lambda address: f"{address}:{port}")
 
     def _certificate(

@@ -11,12 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from fleet import ports
 from fleet.config import FLEET_KEY, FleetSettings
 from fleet.plans import gateway as gateway_plans
 from fleet.plans.dns import dns_plan
 from fleet.plans.monitoring import monitoring_plan, monitoring_problems, prometheus_scrape
-from fleet.plans.naming import container_name, gateway_component, monitoring_component, node_component
+from fleet.plans.naming import gateway_component, node_component
 from fleet.plans.network import network_plan
 from fleet.plans.node import node_plan
 from fleet.plans.scrape import gateway_name, placeholder_targets
@@ -52,9 +51,9 @@ def _gateway(stack: StackConfig) -> None:
     settings = stack.settings
     grafana_upstream = None
     if gateway_plans.serves_grafana(settings):
-        grafana_upstream = (
-            f"{container_name(monitoring_component(), 'grafana')}:{ports.GRAFANA}" if settings.target == "local" else f"198.51.100.10:{ports.GRAFANA}"
-        )
+        # The planned Grafana: by its address on the local host's shared network, else at a host's private address.
+        grafana = monitoring_plan(settings, stack.stack, receiver_secrets_set=True).grafana
+        grafana_upstream = grafana.address if settings.target == "local" else f"198.51.100.10:{grafana.port}"
     nginx.render_nginx(gateway_plans.nginx_plan(settings, nginx.placeholder_upstreams(settings), grafana_upstream))
     for index in range(gateway_plans.gateway_hosts(settings)):
         gateway_plans.gateway_host_plan(settings, gateway_component(index), gateway_name(index))
