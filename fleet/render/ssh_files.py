@@ -14,7 +14,10 @@ import os
 import shlex
 import stat
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+import jinja2
 
 from fleet.render.jinja import environment
 
@@ -32,10 +35,16 @@ class SshFiles:
     known_hosts_file: str
 
 
-def _render(template: str, host_name: str, files: SshFiles) -> str:
+@lru_cache(maxsize=1)
+def _shell_environment() -> jinja2.Environment:
+    """The renderers' environment with a shell-quoting filter; made once, so each template compiles once."""
     env = environment().overlay()
     env.filters["q"] = lambda value: shlex.quote(str(value))
-    return env.get_template(template).render(
+    return env
+
+
+def _render(template: str, host_name: str, files: SshFiles) -> str:
+    return _shell_environment().get_template(template).render(
         host_name=host_name,
         folder=files.folder,
         key_file=files.key_file,
