@@ -643,6 +643,10 @@ class Aws(Model):
         return self
 
 
+# The most RAM `local.memoryGib` (and `fleet fit --memory-gib`) may declare, in GiB.
+MAX_MEMORY_GIB = 65536
+
+
 class Local(Model):
     """The local Docker host used by the dev stack."""
 
@@ -658,7 +662,7 @@ class Local(Model):
     memory_gib: float | None = Field(
         None,
         gt=0,
-        le=65536,
+        le=MAX_MEMORY_GIB,
         description=(
             "RAM of the local Docker host that Ollama's models may use, in GiB. The `vram-fit` policy and `fleet plan` "
             "judge `local-cpu` node groups against it (weights, KV cache and graph, with `policy.vramHeadroom` kept "

@@ -16,6 +16,7 @@ from fleet.capacity import CapacityError, NodeEstimate, human
 from fleet.capacity_limits import GroupLimits, group_limits
 from fleet.capacity_limits import describe as describe_limits
 from fleet.catalog import GIB, MIB
+from fleet.config import MAX_MEMORY_GIB
 from fleet.cli.errors import EXIT_CONFIG, fail
 from fleet.cli.console import print_table
 from fleet.stack_file import StackConfig, StackConfigError, load_stack, show_value
@@ -240,11 +241,18 @@ def fit(
         None, "--ollama-version", show_default=False,
         help="Ollama release whose memory rules apply. [default: the release of the default image]",
     ),
+    memory_gib: float | None = typer.Option(
+        None, "--memory-gib", show_default=False,
+        help="With --instance local-cpu: the GiB of RAM the host gives Ollama's models (a stack's local.memoryGib), "
+        "judged like VRAM. [default: none, no memory verdict]",
+    ),
 ) -> None:
     """Does one model fit one instance type at this quantization, context and concurrency?"""
     out = Console()
     if not 0 <= headroom < 1:
         fail(f"--headroom {headroom:g}: must be from 0 up to (not including) 1 (a share of VRAM, 0.1 = 10%)", EXIT_CONFIG)
+    if memory_gib is not None and not 0 < memory_gib <= MAX_MEMORY_GIB:
+        fail(f"--memory-gib {memory_gib:g}: must be more than 0 and at most {MAX_MEMORY_GIB:g} (GiB of RAM)", EXIT_CONFIG)
     given = Path(model).expanduser()
     if given.is_dir():
         fail(f"--model {model}: is a folder, not a GGUF file", EXIT_CONFIG)
@@ -252,7 +260,12 @@ def fit(
         fail(f"--model {model}: no such GGUF file; give a model `name:tag` of `fleet catalog` or the path of a .gguf file", EXIT_CONFIG)
     try:
         group = capacity.single_model_group(model, quant, num_ctx, num_parallel, instance, kv_cache_type, flash_attention)
-        estimate = capacity.estimate_node(group, headroom, Path.cwd(), ollama_version)
+        memory = None
+        if memory_gib is not None:
+            if capacity.instance_for(group).gpus:
+                fail(f"--memory-gib: only for a CPU instance (local-cpu); {instance} is judged by its GPUs' memory", EXIT_CONFIG)
+            memory = int(memory_gib * GIB)
+        estimate = capacity.estimate_node(group, headroom, Path.cwd(), ollama_version, host_memory=memory)
     except ValidationError as error:
         fail(_validation_message(error), EXIT_CONFIG)
     except (CapacityError, ValueError) as error:

@@ -423,22 +423,28 @@ def _stage(plan: PromotionPlan, root: Path, folder: Path) -> Path:
 
 
 def _capacity_problems(config: StackConfig, root: Path) -> list[str]:
-    from fleet.capacity import CapacityError, estimate_node
+    """Each node group that does not fit its instance: a GPU group its VRAM, a CPU group the RAM the stack declares
+    (`local.memoryGib`; none declared, no verdict), as `fleet plan` and the policy pack judge them."""
+    from fleet.capacity import CapacityError, estimate_node, host_memory
 
     problems = []
     headroom = config.settings.policy.vram_headroom
     for group in config.settings.node_groups:
         try:
-            estimate = estimate_node(group, headroom, root)
+            estimate = estimate_node(group, headroom, root, host_memory=host_memory(config.settings, group))
         except CapacityError as error:
             problems.append(f"node group {group.name!r}: {error}")
             continue
         if estimate.has_verdict and not estimate.fits:
             detail = "; ".join(estimate.problems) or f"needs {estimate.total / 2**30:.1f} GiB of {estimate.usable / 2**30:.1f} GiB usable"
             hint = f" (try: {'; '.join(estimate.suggestions[:2])})" if estimate.suggestions else ""
+            where = (
+                f"{estimate.memory / 2**30:.1f} GiB of RAM declared in local.memoryGib"
+                if estimate.cpu_only
+                else f"{estimate.gpus} × {estimate.vram_per_gpu / 2**30:.0f} GiB"
+            )
             problems.append(
-                f"node group {group.name!r} does not fit {group.instance_type} "
-                f"({estimate.gpus} × {estimate.vram_per_gpu / 2**30:.0f} GiB, {headroom:.0%} headroom): {detail}{hint}"
+                f"node group {group.name!r} does not fit {group.instance_type} ({where}, {headroom:.0%} headroom): {detail}{hint}"
             )
     return problems
 

@@ -567,6 +567,25 @@ def test_fit_reads_a_gguf_file(capacity_cli):
     assert data["verdict"] == "no VRAM verdict (CPU)" and data["models"][0]["quantization"] == "q4_1"
 
 
+def test_fit_judges_a_cpu_instance_against_the_ram_it_is_given(capacity_cli):
+    """`--memory-gib` is the stack's `local.memoryGib`: the same verdict `fleet plan` and vram-fit give."""
+    args = ("fit", "--model", "llama3.1:8b", "--quant", "q4_K_M", "--num-ctx", "8192", "--instance", "local-cpu", "--json")
+    undeclared = json.loads(capacity_cli(*args).output)
+    assert undeclared["verdict"] == "no VRAM verdict (CPU)" and undeclared["capacity"] == 0
+    needed = undeclared["total"]
+    group = capacity.single_model_group("llama3.1:8b", "q4_K_M", 8192, 1, "local-cpu", "f16", True)
+    for gib, fits in ((needed / 0.9 / GIB * 1.01, True), (needed / 0.9 / GIB * 0.99, False)):
+        result = capacity_cli(*args, "--memory-gib", f"{gib:.4f}")
+        assert result.exit_code == (0 if fits else 1), result.output
+        data = json.loads(result.output)
+        memory = int(float(f"{gib:.4f}") * GIB)
+        assert data["fits"] is fits and data["capacity"] == memory and data["usable"] == int(memory * 0.9)
+        assert data["total"] == needed  # the RAM changes the verdict, not the estimate
+        assert data["fits"] == capacity.estimate_node(group, 0.1, host_memory=memory).fits
+    text = capacity_cli(*args[:-1], "--memory-gib", "4")
+    assert text.exit_code == 1 and "RAM 4.00 GiB" in text.output and "no fit" in text.output
+
+
 # ---- against a real Ollama ----------------------------------------------------------------------------------
 
 

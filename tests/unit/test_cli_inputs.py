@@ -60,6 +60,7 @@ def assert_refused(result, *expected: str, one_line: bool = True) -> None:
 
 
 FIT = ["fit", "--model", "llama3.1:8b", "--instance", "g6e.xlarge"]
+CPU_FIT = ["fit", "--model", "llama3.2:1b", "--instance", "local-cpu"]
 OPTION_CASES = {
     "fit num-ctx zero": (FIT + ["--num-ctx", "0"], ["--num-ctx", "greater than or equal to 256"]),
     "fit num-ctx huge": (FIT + ["--num-ctx", "99999999999999999999"], ["--num-ctx"]),
@@ -72,6 +73,10 @@ OPTION_CASES = {
     "fit ollama version shell": (FIT + ["--ollama-version", "$(id)"], ["is not an Ollama version"]),
     "fit ollama version with more": (FIT + ["--ollama-version", "0.24.0\nrm -rf"], ["is not an Ollama version"]),
     "fit ollama version too old": (FIT + ["--ollama-version", "0.0.1"], ["not supported"]),
+    "fit memory zero": (CPU_FIT + ["--memory-gib", "0"], ["--memory-gib 0", "more than 0"]),
+    "fit memory nan": (CPU_FIT + ["--memory-gib", "nan"], ["--memory-gib nan"]),
+    "fit memory huge": (CPU_FIT + ["--memory-gib", "99999999"], ["--memory-gib 1e+08", "at most 65536"]),
+    "fit memory on a gpu": (FIT + ["--memory-gib", "16"], ["--memory-gib", "only for a CPU instance"]),
     "fit unknown instance": (["fit", "--model", "llama3.1:8b", "--instance", "x1.nope"], ["--instance", "unknown instance type"]),
     "fit unknown quant": (FIT + ["--quant", "q3"], ["--quant"]),
     "fit kv cache": (FIT + ["--kv-cache-type", "q2"], ["--kv-cache-type"]),

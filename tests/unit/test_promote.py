@@ -256,6 +256,20 @@ def test_refused_when_the_promoted_models_do_not_fit_the_target_gpus(project, mo
     assert (project / "Pulumi.prod.yaml").read_bytes() == before
 
 
+def test_a_cpu_group_is_judged_against_the_ram_its_stack_declares(project):
+    """As `fleet plan` and vram-fit judge it: a `local-cpu` group against `local.memoryGib`, no verdict without it."""
+    path = project / "Pulumi.dev.yaml"
+    edit(path, ("            tag: 135m\n            quantization: q4_1\n", "            tag: 8b\n            quantization: fp16\n"))
+    edit(path, ("          - name: smollm2\n", "          - name: llama3.1\n"))
+    config = load_stack_file(path)
+    (problem,) = promote._capacity_problems(config, project)
+    assert problem.startswith("node group 'cpu' does not fit local-cpu (8.0 GiB of RAM declared in local.memoryGib, 10% headroom)")
+    edit(path, ("      memoryGib: 8 ", "      memoryGib: 64 "))
+    assert promote._capacity_problems(load_stack_file(path), project) == []
+    edit(path, ("      memoryGib: 64 ", "      # memoryGib: 64 "))
+    assert promote._capacity_problems(load_stack_file(path), project) == []
+
+
 def test_refused_when_a_mandatory_policy_fails_on_the_target(project, monkeypatch):
     """An image without a digest passes staging's policies but not prod's pinned-images (digest required in prod)."""
     edit(project / "Pulumi.staging.yaml", ("    gateway:\n", "    images:\n      ollama: ollama/ollama:0.13.1\n    gateway:\n"))
