@@ -4,6 +4,8 @@ consumer (config load, the policies, the preview's and CI's policy config) appli
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from policy_builders import ROOT, program_resources, restack
@@ -11,7 +13,7 @@ from policy_builders import ROOT, program_resources, restack
 from fleet.preview import policy_runner
 from fleet.preview.policy_runner import evaluate
 from fleet.stack_file import StackConfigError, load_stack_file
-from fleet.stack_names import environment_of_stack, words_of
+from fleet.stack_names import ENVIRONMENT_WORDS, QUALIFIERS, environment_of_stack, words_of
 
 NAMES = {
     # glued to a region or place, before or after, with digits anywhere
@@ -68,3 +70,24 @@ def test_a_glued_prod_stack_running_dev_containers_gets_prods_rules():
 def test_a_glued_stack_name_takes_its_environments_policy_config(stack, config):
     assert policy_runner.config_path(stack).name == f"config.{config}.json"
     assert policy_runner.config_path("nonprod") is None
+
+
+def test_the_runbook_states_exactly_the_words_the_rule_reads():
+    """docs/runbook.md spells the rule out: its environment words (with their environment) and its qualifiers are
+    exactly those of fleet/stack_names.py, each listed once."""
+    runbook = " ".join((ROOT / "docs" / "runbook.md").read_text().split())
+    start = runbook.index("2. A word is read when")
+    rule = runbook[start : runbook.index(" So `", start)]
+    environments, qualifiers = rule.split("Qualifiers, which decide nothing:")
+    stated = {}
+    for listed, environment in re.findall(r"((?:`[a-z]+`,? )+)\((dev|staging|prod)\)", environments):
+        for word in re.findall(r"`([a-z]+)`", listed):
+            assert word not in stated, f"docs/runbook.md lists the environment word {word!r} twice"
+            stated[word] = environment
+    assert stated == ENVIRONMENT_WORDS
+    words = [word for span in re.findall(r"`([a-z ]+)`", qualifiers) for word in span.split()]
+    assert len(words) == len(set(words)), f"docs/runbook.md repeats a qualifier: {sorted(words)}"
+    assert set(words) == QUALIFIERS, (
+        f"docs/runbook.md lacks {sorted(QUALIFIERS - set(words))} and lists {sorted(set(words) - QUALIFIERS)} beyond "
+        "fleet/stack_names.py's QUALIFIERS"
+    )
