@@ -77,3 +77,25 @@ def test_a_moved_file_or_renamed_function_is_caught(tmp_path):
     assert not name_resolves("fleet.config.NoSuchThing")
     assert not name_resolves("fleet.no_such_module")
     assert cited_names("label `ollama-fleet.role`, key ollama-fleet:fleet.nodeGroups, `fleet.ports`") == [(1, "fleet.ports")]
+
+
+def layout_block(readme: str) -> str:
+    """The tree drawn under the README's Layout heading."""
+    section = readme.split("## Layout", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_the_readme_layout_names_every_module_and_package_of_the_core():
+    block = layout_block((ROOT / "README.md").read_text())
+    words = set(re.findall(r"[\w*]+(?:\.py)?/?", block))
+    globbed = [w for w in words if "*" in w]
+    missing = []
+    for entry in sorted((ROOT / "fleet").iterdir()):
+        if entry.name.startswith(("_", ".")) or entry.name == "__pycache__":
+            continue
+        name = entry.name + "/" if entry.is_dir() else entry.name
+        if entry.is_dir() and not (entry / "__init__.py").exists():
+            continue
+        if name not in words and not any(Path(name).match(g) for g in globbed):
+            missing.append(f"fleet/{name}")
+    assert not missing, "the README's layout does not name: " + ", ".join(missing)
