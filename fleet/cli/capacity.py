@@ -17,6 +17,7 @@ from fleet.capacity_limits import GroupLimits, group_limits
 from fleet.capacity_limits import describe as describe_limits
 from fleet.catalog import GIB, MIB
 from fleet.config import MAX_MEMORY_GIB
+from fleet.policy_config import judged_headroom
 from fleet.cli.errors import EXIT_CONFIG, fail
 from fleet.cli.console import print_table
 from fleet.stack_file import StackConfig, StackConfigError, load_stack, show_value
@@ -130,15 +131,9 @@ def stack_ollama_version(config: StackConfig) -> str:
 
 
 def plan_headroom(stack_config: StackConfig) -> float:
-    """The headroom the policy pack judges this stack with: the stack's `policy.vramHeadroom`, raised to the
-    `minHeadroom` of vram-fit in the stack's policy config (policies/config.<stack>.json), so that what the plan
-    calls a fit, and every change it suggests, passes vram-fit too."""
-    from fleet.preview.policy_runner import load_config_file
-
-    headroom = stack_config.settings.policy.vram_headroom
-    entry = load_config_file(stack_config.stack).get("vram-fit")
-    floor = entry.get("minHeadroom") if isinstance(entry, dict) else None
-    return max(headroom, float(floor)) if isinstance(floor, (int, float)) and not isinstance(floor, bool) else headroom
+    """The headroom the policy pack judges this stack with (fleet.policy_config.judged_headroom), so that what the
+    plan calls a fit, and every change it suggests, passes vram-fit too."""
+    return judged_headroom(stack_config.stack, stack_config.settings.policy.vram_headroom)
 
 
 def print_plan(console: Console, stack_config: StackConfig) -> bool:

@@ -424,14 +424,21 @@ def _stage(plan: PromotionPlan, root: Path, folder: Path) -> Path:
 
 def _capacity_problems(config: StackConfig, root: Path) -> list[str]:
     """Each node group that does not fit its instance: a GPU group its VRAM, a CPU group the RAM the stack declares
-    (`local.memoryGib`; none declared, no verdict), as `fleet plan` and the policy pack judge them."""
-    from fleet.capacity import CapacityError, estimate_node, host_memory
+    (`local.memoryGib`; none declared, no verdict), as `fleet plan` and the policy pack judge them: with the
+    rules of the Ollama release the stack's image deploys and the headroom its policy config sets."""
+    from fleet.capacity import CapacityError, estimate_node, host_memory, version_of_image
+    from fleet.policy_config import judged_headroom
 
     problems = []
-    headroom = config.settings.policy.vram_headroom
-    for group in config.settings.node_groups:
+    settings = config.settings
+    headroom = judged_headroom(config.stack, settings.policy.vram_headroom)
+    try:
+        version = version_of_image(settings.images.ollama)
+    except CapacityError as error:
+        return [f"images.ollama: {error}"]
+    for group in settings.node_groups:
         try:
-            estimate = estimate_node(group, headroom, root, host_memory=host_memory(config.settings, group))
+            estimate = estimate_node(group, headroom, root, version, host_memory=host_memory(settings, group))
         except CapacityError as error:
             problems.append(f"node group {group.name!r}: {error}")
             continue

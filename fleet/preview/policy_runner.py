@@ -37,14 +37,12 @@ from pulumi_policy.proxy import (
     unknown_checking_proxy,
 )
 
+from fleet.policy_config import PolicyConfigError, load_config_file
 from fleet.resources import RegisteredResource
-from fleet.stack_names import environment_of_stack
 
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 _RESOURCE_REF_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
 _OUTPUT_VALUE_SIG = "d0e6a833031e9bbcd3f4e8bde6ca49a4"
-
-POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 
 _JSON_TYPES = {
     "string": str,
@@ -54,10 +52,6 @@ _JSON_TYPES = {
     "array": list,
     "object": dict,
 }
-
-
-class PolicyConfigError(ValueError):
-    """A policy config file that the Pulumi CLI would refuse."""
 
 
 @dataclass(frozen=True)
@@ -148,29 +142,6 @@ class PolicyReport:
 
 
 # ------------------------------------------------------------------------------------------- config
-
-
-def config_path(stack: str, folder: Path = POLICIES_DIR) -> Path | None:
-    """The policy config of a stack: policies/config.<stack>.json, else the one of the environment the stack's
-    name decides (`prod-eu` and `production` are judged as `prod`, `stg` as `staging`), else None."""
-    for name in (stack, environment_of_stack(stack)):
-        if name and (folder / f"config.{name}.json").is_file():
-            return folder / f"config.{name}.json"
-    return None
-
-
-def load_config_file(stack: str, folder: Path = POLICIES_DIR) -> dict[str, Any]:
-    """The stack's policy config (`config_path`), or {} when there is none (every policy at its default level)."""
-    path = config_path(stack, folder)
-    if path is None:
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PolicyConfigError(f"{path.name}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise PolicyConfigError(f"{path.name}: must be a JSON object of policy name -> level or settings")
-    return data
 
 
 def _level(value: Any, where: str) -> EnforcementLevel:
@@ -458,22 +429,3 @@ def _stack_resources(
             {key: [built[u] for u in urns if u in built] for key, urns in r.property_dependencies.items()}
         )
     return list(built.values())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m fleet.preview.policy_runner config-path STACK`: print the policy config `config_path` picks, as
-    a path relative to the project (nothing when there is none), for CI's `--policy-pack-config`."""
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "config-path":
-        print("usage: python -m fleet.preview.policy_runner config-path STACK", file=sys.stderr)
-        return 2
-    path = config_path(args[1])
-    if path is not None:
-        print(path.relative_to(POLICIES_DIR.parent))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

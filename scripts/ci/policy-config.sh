@@ -7,4 +7,4 @@
 set -euo pipefail
 stack=${1:?usage: policy-config.sh STACK}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$root/.venv/bin/python" -m fleet.preview.policy_runner config-path "$stack"
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$root/.venv/bin/python" -m fleet.policy_config config-path "$stack"

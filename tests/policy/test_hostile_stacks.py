@@ -19,8 +19,8 @@ from policy_builders import (
 )
 
 from fleet import address_ranges, contract
-from fleet.preview import policy_runner
-from fleet.preview.policy_runner import load_config_file
+from fleet import policy_config
+from fleet.policy_config import load_config_file
 
 DIGEST = "@sha256:" + "5" * 64
 
@@ -30,9 +30,9 @@ DIGEST = "@sha256:" + "5" * 64
 
 @pytest.mark.parametrize("stack, config", [("stg", "staging"), ("staging-eu", "staging"), ("prod-eu", "prod"), ("Production", "prod")])
 def test_a_stack_without_its_own_policy_config_takes_its_environments(stack, config):
-    assert policy_runner.config_path(stack).name == f"config.{config}.json"
+    assert policy_config.config_path(stack).name == f"config.{config}.json"
     assert load_config_file(stack) == load_config_file(config)
-    assert policy_runner.config_path("sandbox") is None and load_config_file("sandbox") == {}
+    assert policy_config.config_path("sandbox") is None and load_config_file("sandbox") == {}
 
 
 def test_a_staging_stack_of_another_name_needs_digests_as_staging_does(resources_of):

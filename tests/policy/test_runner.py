@@ -16,13 +16,8 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 from rich.console import Console
 
 from fleet import contract
-from fleet.preview.policy_runner import (
-    PolicyConfigError,
-    evaluate,
-    load_config_file,
-    plain,
-    reconcile,
-)
+from fleet.policy_config import PolicyConfigError, load_config_file
+from fleet.preview.policy_runner import evaluate, plain, reconcile
 from fleet.stack_file import load_stack
 from policies import rules
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from policy_builders import ROOT, program_resources, restack
 
-from fleet.preview import policy_runner
+from fleet import policy_config
 from fleet.preview.policy_runner import evaluate
 from fleet.stack_file import StackConfigError, load_stack_file
 from fleet.stack_names import ENVIRONMENT_WORDS, QUALIFIERS, environment_of_stack, words_of
@@ -68,8 +68,8 @@ def test_a_glued_prod_stack_running_dev_containers_gets_prods_rules():
 
 @pytest.mark.parametrize("stack, config", [("prodeu", "prod"), ("preprod", "staging"), ("stgap", "staging"), ("usdev", "dev")])
 def test_a_glued_stack_name_takes_its_environments_policy_config(stack, config):
-    assert policy_runner.config_path(stack).name == f"config.{config}.json"
-    assert policy_runner.config_path("nonprod") is None
+    assert policy_config.config_path(stack).name == f"config.{config}.json"
+    assert policy_config.config_path("nonprod") is None
 
 
 def test_the_runbook_states_exactly_the_words_the_rule_reads():

@@ -391,3 +391,20 @@ def test_the_tested_version_is_promoted_not_a_later_edit(project, monkeypatch):
     assert result.exit_code == 0, result.output
     assert load_stack_file(project / "Pulumi.prod.yaml", "prod").settings.node_groups[0].ollama.num_parallel == 3
     assert "has changed since staging was tested" in result.output
+
+
+def test_the_capacity_check_judges_as_fleet_plan_does(project):
+    # The same verdict and headroom as `fleet plan`: the stack's Ollama release, and vram-fit's minHeadroom of
+    # the stack's policy config (prod: 10%) over a stack file that asks for none.
+    from fleet.cli.capacity import plan_headroom
+    from fleet.policy_config import load_config_file
+
+    path = project / "Pulumi.prod.yaml"
+    edit(path, ("numCtx: 8192", "numCtx: 131072"), ("vramHeadroom: 0.10", "vramHeadroom: 0"))
+    config = load_stack_file(path)
+    floor = load_config_file("prod")["vram-fit"]["minHeadroom"]
+    assert config.settings.policy.vram_headroom == 0 and plan_headroom(config) == floor > 0
+    group = config.settings.node_groups[0]
+    assert estimate_node(group, 0.0, project).fits and not estimate_node(group, floor, project).fits
+    (problem,) = promote._capacity_problems(config, project)
+    assert f"{floor:.0%} headroom" in problem and repr(group.name) in problem
