@@ -3,12 +3,15 @@ stream, error classification, bounds, and the files it writes."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
+import threading
 
 import pytest
 from fake_ollama import Behavior, FakeOllama
 from typer.testing import CliRunner
+from waiting import wait_for
 
 from fleet.ops import loadtest as lt
 from fleet.local.processes import free_port  # nothing listens on it
@@ -233,18 +236,52 @@ def test_cli_loadtest_fails_when_nothing_succeeds(load_cli):
 
 
 def test_clients_send_from_the_given_source_addresses():
+    # Closed loop: the four clients each send their first request before any answer can arrive, and keep
+    # their connection for the next ones, however slow the answers.
     with FakeOllama(Behavior(tokens=1)) as server:
         result = lt.run_load(spec(server.url, concurrency=(4,), requests=8, source_addresses=("127.0.0.2", "127.0.0.3")))
         peers = dict(server.stats.connections_by_peer)
     assert result.levels[0].ok == 8
     assert peers == {"127.0.0.2": 2, "127.0.0.3": 2}  # four clients, one kept-alive connection each
-    # open loop: every request takes the next address, however few are in flight
+    # Open loop: every request takes the next address. The fake holds them until all six have arrived, so each
+    # was sent while the others were in flight and has a connection of its own, whatever the machine's speed.
     with FakeOllama(Behavior(tokens=1)) as server:
-        lt.run_load(spec(server.url, rate=(50.0,), requests=6, source_addresses=("127.0.0.4", "127.0.0.5", "127.0.0.6")))
+        server.hold()
+        releaser = threading.Thread(target=_release_when_received, args=(server, 6), daemon=True)
+        releaser.start()
+        held = lt.run_load(spec(server.url, rate=(50.0,), requests=6, source_addresses=("127.0.0.4", "127.0.0.5", "127.0.0.6")))
+        releaser.join(timeout=10)
         by_request = dict(server.stats.connections_by_peer)
-    assert by_request == {"127.0.0.4": 1, "127.0.0.5": 1, "127.0.0.6": 1}  # one connection per address, reused
+    assert held.levels[0].ok == 6
+    assert by_request == {"127.0.0.4": 2, "127.0.0.5": 2, "127.0.0.6": 2}
     with pytest.raises(lt.LoadSpecError, match="--source-ip"):
         spec(server.url, requests=1, source_addresses=("nope",)).validate()
+
+
+def _release_when_received(server: FakeOllama, count: int) -> None:
+    wait_for(lambda: len(server.received) >= count, f"{count} requests at the fake", timeout=10)
+    server.release()
+
+
+def test_open_loop_requests_take_the_next_address_and_reuse_a_free_client():
+    # One request at a time (each finished before the next starts): the addresses still take turns, and a
+    # client whose request has finished is used again for its address instead of opening another connection.
+    clients = lt._Clients(spec("http://127.0.0.1:1", rate=(1.0,), requests=6,
+                               source_addresses=("127.0.0.4", "127.0.0.5", "127.0.0.6")))
+    used = []
+    for _ in range(6):
+        client = clients.acquire()
+        used.append(client)
+        clients.release(client)
+    try:
+        assert len({id(c) for c in used}) == 3
+        assert used[3:] == used[:3]  # the fourth request is the first address again, on the first's client
+        # while one is in flight, the next request on its address gets a client (and connection) of its own
+        busy = clients.acquire()
+        assert busy is used[0] and clients.acquire() is used[1] and clients.acquire() is used[2]
+        assert clients.acquire() not in used
+    finally:
+        asyncio.run(clients.aclose())
 
 
 def test_a_level_ends_on_time_and_reports_what_it_cut():
