@@ -82,11 +82,14 @@ def make_ollama_server(ollama_binary, model_gguf, model_name, ollama_models_dir,
 from fleet.local.dataplane import DataPlane  # noqa: E402
 
 # Small overrides of Pulumi.dev.yaml (dotted camelCase paths), so the tests can reach every limit quickly:
-# two nodes; `alpha` is the rate-limited key, `beta` the one the other tests use; one queued request per
-# node (max_conns = numParallel 2 + 1); a body limit that a test can exceed cheaply.
+# two nodes; `alpha` and `gamma` are rate-limited keys (one request a minute, so a used-up burst stays used up
+# for the session), each used up by one test only: `alpha` by test_dataplane's 429 test, which needs a full
+# burst, `gamma` by test_gateway_log_real's refusal count, so neither depends on which runs first; `beta` is
+# the key the other tests use; one queued request per node (max_conns = numParallel 2 + 1); a body limit that
+# a test can exceed cheaply.
 DATAPLANE_OVERRIDES = {
     "nodeGroups.0.count": 2,
-    "gateway.clients": [{"name": "alpha", "perMinute": 1}, {"name": "beta"}],
+    "gateway.clients": [{"name": "alpha", "perMinute": 1}, {"name": "beta"}, {"name": "gamma", "perMinute": 1}],
     "gateway.rateLimits.perKeyPerMinute": 6000,
     "gateway.rateLimits.perKeyBurst": 20,
     "gateway.rateLimits.perIpPerMinute": 60000,

@@ -189,10 +189,10 @@ def test_refusals_by_reason_are_exactly_the_answers_clients_got(dataplane, serve
         got[beta.get("/api/version").status_code] += 1  # 200
         got[beta.post("/api/generate", json={"model": served_model, "prompt": "Hi", "stream": False,
                                              "options": {"temperature": 0, "num_predict": 4}}).status_code] += 1  # 200
-    with _client(dataplane, "alpha") as alpha:
-        # alpha refills one request a minute: its burst is used up (here or by earlier tests), then 429.
+    with _client(dataplane, "gamma") as gamma:
+        # gamma refills one request a minute and only this test uses it: its burst is used up here, then 429.
         while got[429] < 4:
-            got[alpha.get("/api/version").status_code] += 1
+            got[gamma.get("/api/version").status_code] += 1
             assert sum(got.values()) < 200
     for status in _shed(dataplane, served_model):
         got[status] += 1
