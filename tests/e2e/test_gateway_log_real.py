@@ -170,10 +170,23 @@ def _shed(plane, model: str) -> list[int]:
     return statuses
 
 
+def _exporter_state(plane) -> tuple[int, dict[str, float]]:
+    """Lines the exporter has read, and its refusal totals by reason, from its own /metrics."""
+    samples = _samples(plane.gateway_log_url)
+    reasons = {dict(labels)["reason"] for (name, labels) in samples if name == "fleet_gateway_refusals_total"}
+    lines = total(samples, "fleet_gateway_log_lines_total")
+    return int(lines), {reason: total(samples, "fleet_gateway_refusals_total", reason=reason) for reason in reasons}
+
+
 def test_refusals_by_reason_are_exactly_the_answers_clients_got(dataplane, served_model):
-    _wait(lambda: (lambda v: (len(v) == 5, v))(_refusals(dataplane)), "refusal series of every reason in Prometheus")
-    time.sleep(1.5)  # Prometheus holds the exporter's current totals
-    before = _refusals(dataplane)
+    # Start from a settled state: the exporter has read every line nginx logged before this test, and Prometheus
+    # holds its totals (an earlier test's last refusals may be logged but not read, or read but not scraped).
+    def settled():
+        lines, counted = _exporter_state(dataplane)
+        scraped = _refusals(dataplane)
+        return lines == len(dataplane.access_log()) and len(scraped) == 5 and scraped == counted, scraped
+
+    before = _wait(settled, "Prometheus to hold the exporter's refusal totals of every logged line")
     before_requests = _exporter_requests(dataplane)
     log_before = len(dataplane.access_log())
 

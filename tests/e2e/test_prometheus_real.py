@@ -5,7 +5,6 @@ query and alert rule evaluates — the panels with data once traffic has flowed.
 from __future__ import annotations
 
 import math
-import time
 
 import httpx
 import ollama
@@ -15,6 +14,7 @@ from openai import OpenAI
 from fleet.render import prometheus as prom
 from fleet.render.grafana import dashboard_queries, panel_queries
 from fleet.render.rules import RULE_GROUP, alerts
+from metric_samples import parse_samples, total
 from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -69,11 +69,18 @@ def test_every_target_is_scraped(dataplane):
     assert "scrape_interval: 1s" in config and "stack: dev" in config
 
 
+def _meter_tokens(plane) -> dict[str, float]:
+    """The meters' own token totals by type, read from their /metrics (what Prometheus will scrape next)."""
+    pages = [parse_samples(httpx.get(node.metrics_url, timeout=10).text) for node in plane.nodes]
+    return {t: sum(total(page, "ollama_inference_tokens_total", type=t) for page in pages) for t in ("prompt", "completion")}
+
+
 def test_metering_carries_the_token_counts_the_clients_received(dataplane, served_model):
-    # Start from a settled state: nothing in flight, Prometheus has the meters' current totals.
+    # Start from a settled state: nothing in flight, Prometheus has the meters' current totals (an earlier
+    # test's last answer may be counted by a meter but not scraped yet: waiting for the scrape, not a time).
     _wait(lambda: (lambda v: (sum(v.values()) == 0, v))(_vector(dataplane, "ollama_inflight_requests")), "no request in flight")
-    time.sleep(2.5)  # two more scrapes at 1s
-    before = _tokens(dataplane)
+    before = _wait(lambda: (lambda meters, scraped: ({t: scraped.get(t, 0) for t in meters} == meters, scraped))(
+        _meter_tokens(dataplane), _tokens(dataplane)), "Prometheus to hold the meters' token totals")
 
     native, compatible = _clients(dataplane)
     options = {"temperature": 0, "num_predict": 10}
@@ -110,22 +117,26 @@ def test_dashboard_queries_and_alert_rules_evaluate_with_data_after_traffic(data
         parts = list(native.generate(model=served_model, prompt=f"Tell me fact {i} about rivers.", stream=True,
                                      options={"temperature": 0, "num_predict": 12}))
         assert parts[-1].done
-    time.sleep(3)  # a few scrapes, and a rule evaluation, at 1s
 
     queries = dashboard_queries(dataplane.settings, rate_interval=RATE_WINDOW)
     assert len(queries) == len(panel_queries()) + len(alerts(dataplane.settings))
-    empty_panels = []
-    for where, expr in queries:
-        values = _vector(dataplane, expr)  # raises with Prometheus' error for a query it cannot evaluate
-        if not where.startswith("panel:"):
-            continue
-        if not values:
-            empty_panels.append((where, expr))
-        elif "histogram_quantile" in expr or "rate(" in expr:
-            # Right after traffic every rate and quantile is a number (NaN would mean no samples in the window).
-            assert all(math.isfinite(v) for v in values.values()), (where, expr, values)
-    unexpected = [(w, e) for w, e in empty_panels if not any(marker in e for marker in MAY_BE_EMPTY)]
-    assert not unexpected, f"panels without data after traffic: {unexpected}"
+
+    def evaluated():
+        empty_panels, not_finite = [], []
+        for where, expr in queries:
+            values = _vector(dataplane, expr)  # raises with Prometheus' error for a query it cannot evaluate
+            if not where.startswith("panel:"):
+                continue
+            if not values:
+                empty_panels.append((where, expr))
+            elif ("histogram_quantile" in expr or "rate(" in expr) and not all(math.isfinite(v) for v in values.values()):
+                not_finite.append((where, expr, values))  # NaN: no increase in the window's samples (yet)
+        unexpected = [(w, e) for w, e in empty_panels if not any(marker in e for marker in MAY_BE_EMPTY)]
+        return not unexpected and not not_finite, (empty_panels, unexpected, not_finite)
+
+    # Prometheus scrapes every second: the traffic shows in its samples after a scrape or two, however long
+    # those take on a busy machine. Then every panel has data and every rate and quantile is a number.
+    empty_panels, _, _ = _wait(evaluated, "every panel to have data, every rate and quantile a number, after traffic")
     print(f"\n{len(queries)} queries evaluated; empty (no GPU, no node refusal, no failure): {[w for w, _ in empty_panels]}")
 
     tokens = _vector(dataplane, f"sum by (model, type) (rate(ollama_inference_tokens_total[{RATE_WINDOW}]))")
