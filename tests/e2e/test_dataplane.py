@@ -344,6 +344,12 @@ def test_node_killed_mid_run_others_serve_and_nothing_hangs(dataplane, served_mo
     print("upstreams tried: " + "; ".join(e["upstream_addr"] for e in recent))
 
 
+def _entries_of(dataplane, request_ids: list[str]) -> list[dict] | None:
+    """The access-log entries of these requests, once every one is there (else None)."""
+    entries = [e for e in dataplane.access_log() if e["request_id"] in request_ids]
+    return entries if {e["request_id"] for e in entries} == set(request_ids) else None
+
+
 def test_restarted_node_is_back_in_rotation(dataplane, served_model, crashed_node):
     victim = crashed_node.get("node")
     if victim is None:
@@ -354,19 +360,21 @@ def test_restarted_node_is_back_in_rotation(dataplane, served_model, crashed_nod
     # nginx tries a failed node again after fail_timeout; requests then reach it (its fresh meter counts them).
     deadline = time.monotonic() + dataplane.gateway_plan.fail_timeout_s + WAIT_S
     served_by_victim = 0.0
-    sent = 0
+    sent: list[str] = []  # the request ids of the answers (X-Request-ID, the access log's request_id)
     while time.monotonic() < deadline and not served_by_victim:
         with _client(dataplane, timeout=httpx.Timeout(LONG_S, connect=10.0)) as client:
             response = client.post("/api/generate", json={"model": served_model, "prompt": "Hi", "stream": False,
                                                           "options": {"temperature": 0, "num_predict": 2}})
         assert response.status_code == 200
-        sent += 1
+        sent.append(response.headers["x-request-id"])
         served_by_victim = _meter_total(victim, "ollama_inference_requests_total", status="200")
         if not served_by_victim:
             time.sleep(0.5)
-    print(f"\n{victim.name} served again after {sent} requests")
+    print(f"\n{victim.name} served again after {len(sent)} requests")
     assert served_by_victim >= 1
-    assert any(e["upstream_addr"] == victim.upstream and e["status"] == 200 for e in dataplane.access_log()[-sent:])
+    # nginx writes a request's access-log entry as it finalizes the request, a moment after the client has it.
+    logged = wait_for(lambda: _entries_of(dataplane, sent), "the access-log entries of these requests", WAIT_S)
+    assert any(e["upstream_addr"] == victim.upstream and e["status"] == 200 for e in logged)
 
 
 # ---- fleet local up / down --------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 from fake_ollama import NODE_HEADER, Behavior, FakeOllama
 from render_tools import NGINX, make_prefix, nginx_user, require_tool
+from waiting import wait_for
+from waiting import wait_until as poll
 
 from fleet.config import Client
 from fleet.local.processes import free_port
@@ -101,6 +103,7 @@ class Gateway:
         (root / "nginx.conf").write_text(ng.render_nginx(self.plan))
         Path(paths.api_keys_include).write_text(ng.render_api_keys(KEYS, ADMIN_KEY))
         self.access_log = Path(paths.access_log)
+        self.answered: set[str] = set()  # request ids of the answers its clients had
         self.tls = ssl.create_default_context(cafile=paths.certificate)
         self.process = subprocess.Popen(
             [binary, "-c", str(root / "nginx.conf"), "-p", str(root), "-g", "daemon off;"],
@@ -122,10 +125,29 @@ class Gateway:
     def client(self, key: str | None = None, local_address: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         transport = httpx.HTTPTransport(verify=self.tls, local_address=local_address)
-        return httpx.Client(base_url=self.base, headers=headers, transport=transport, timeout=WAIT_S)
+        return httpx.Client(base_url=self.base, headers=headers, transport=transport, timeout=WAIT_S,
+                            event_hooks={"response": [self._answered]})
+
+    def _answered(self, response: httpx.Response) -> None:
+        # Every answer names its request (X-Request-ID, the log's request_id); /health is never logged.
+        request_id = response.headers.get("x-request-id")
+        if request_id and response.request.url.path != "/health":
+            self.answered.add(request_id)
+
+    def entries(self) -> list[dict]:
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
 
     def log(self) -> list[dict]:
-        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+        """The access log once it holds every request this bed's clients had an answer to: nginx writes an entry
+        as it finalizes the request, a moment after the client has the answer."""
+        def settled() -> tuple[bool, list[dict]]:
+            entries = self.entries()
+            return self.answered <= {e["request_id"] for e in entries}, entries
+
+        try:
+            return poll(settled, "access-log entries of every answered request", WAIT_S)
+        except AssertionError:
+            return self.entries()  # what is there: the test's own assertion says what is missing
 
     def stop(self) -> None:
         self.process.terminate()
@@ -142,8 +164,5 @@ def error_message(response: httpx.Response) -> str:
 
 
 def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    """Poll `condition` (a true value when done) often, up to the bed's WAIT_S."""
+    wait_for(condition, what, WAIT_S, interval=0.01)
