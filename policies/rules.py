@@ -625,18 +625,20 @@ def _exposed(from_port: Any, to_port: Any, protocol: Any, private: Sequence[int]
 
 
 class _Groups:
-    """Security groups, one key each, however a resource names one: by the URN the engine's property dependencies
-    give (all a preview knows of a group not created yet), by its id or by its name. The key of a group is its
-    URN when the stack holds it, else the id or name written (a group of another stack)."""
+    """Resources of one type (security groups, or network interfaces), one key each, however another resource
+    names one: by the URN the engine's property dependencies give (all a preview knows of one not created yet),
+    or by one of its `attributes` (id, name). The key is the URN when the stack holds the resource, else the value
+    written (one of another stack)."""
 
-    def __init__(self, resources: Sequence[Any]):
+    def __init__(self, resources: Sequence[Any], resource_type: str = SECURITY_GROUP,
+                 attributes: Sequence[str] = ("id", "name")):
         self._parent: dict[str, str] = {}
-        self.names: dict[str, str] = {}  # URN -> the group's resource name, to show
+        self.names: dict[str, str] = {}  # URN -> the resource's name, to show
         for resource in resources:
-            if resource.resource_type != SECURITY_GROUP:
+            if resource.resource_type != resource_type:
                 continue
             self.names[resource.urn] = resource.name
-            for attribute in ("id", "name"):
+            for attribute in attributes:
                 try:
                     value = _get(resource.props, attribute)
                 except UnknownValueError:
@@ -727,16 +729,7 @@ def _host_groups(resource: Any, groups: _Groups) -> set[str]:
 
 def _attached_groups(resources: Sequence[Any], groups: _Groups) -> dict[str, set[str]]:
     """Network interface (URN, id) -> groups that separate attachments add to it."""
-    interfaces = _Groups([])
-    interfaces.names = {r.urn: r.name for r in resources if r.resource_type == NETWORK_INTERFACE}
-    for resource in resources:
-        if resource.resource_type == NETWORK_INTERFACE:
-            try:
-                value = _get(resource.props, "id")
-            except UnknownValueError:
-                continue
-            if isinstance(value, str) and value:
-                interfaces._union(resource.urn, value)
+    interfaces = _Groups(resources, NETWORK_INTERFACE, ("id",))
     added: dict[str, set[str]] = {}
     for resource in resources:
         if resource.resource_type != SG_ATTACHMENT:
