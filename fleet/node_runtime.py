@@ -23,12 +23,6 @@ SERVER_WAIT_S = 180
 WARM_PROMPT = "Reply with the single word OK."
 
 
-def ollama_environment(group: NodeGroup) -> dict[str, str]:
-    """The Ollama container's environment: where it listens and keeps models, and the knobs the contract writes
-    (fleet.contract: only knobs Ollama reads, every one from the config)."""
-    return _container_environment(contract.ollama_environment(group))
-
-
 def _container_environment(knobs: Mapping[str, str]) -> dict[str, str]:
     return {"OLLAMA_HOST": f"0.0.0.0:{ports.OLLAMA}", "OLLAMA_MODELS": MODELS_DIR, **knobs}
 
@@ -170,7 +164,8 @@ class NodeRuntime:
         return cls(dict(contract.ollama_environment(group)), served, meter)
 
     def container_environment(self) -> dict[str, str]:
-        """The Ollama container's environment: where it listens and keeps models, then the knobs."""
+        """The Ollama container's environment: where it listens and keeps models, then the knobs the contract
+        writes (fleet.contract: only knobs Ollama reads, every one from the config)."""
         return _container_environment(self.environment)
 
     def served(self, name: str) -> ServedModel:
@@ -179,11 +174,6 @@ class NodeRuntime:
             if model.name == name:
                 return model
         raise KeyError(f"{name} is not served here; served: {', '.join(m.name for m in self.models)}")
-
-
-def meter_command(ollama_container: str, node: str, group: NodeGroup, clients: Iterable[str] = ()) -> list[str]:
-    """Arguments of `python -m fleet.exporters.meter` on a deployed node (`MeterOptions`)."""
-    return NodeRuntime.of(group, node, clients, ollama_container).meter.argv()
 
 
 def cli_keep_alive(value: str) -> str:

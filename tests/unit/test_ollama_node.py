@@ -22,7 +22,7 @@ from packaging.requirements import Requirement
 from components import images
 from components.local_host import LocalHost, LocalHostArgs
 from components.ollama_node import OllamaNode, OllamaNodeArgs
-from fleet.node_runtime import WARM_PROMPT, meter_command, modelfile, ollama_environment, pull_script, warm_script
+from fleet.node_runtime import WARM_PROMPT, NodeRuntime, modelfile, pull_script, warm_script
 from fleet.plans.node import node_plan
 from fleet.plans.placement import LocalHostPlan
 from docker_mocks import (
@@ -142,9 +142,9 @@ def test_context_length_is_left_to_ollama_only_when_the_config_names_none():
     group = settings_of("dev").node_groups[0]
     model = group.models[0].model_copy(update={"num_ctx": None})
     bare = group.model_copy(update={"models": [model]})
-    assert "OLLAMA_CONTEXT_LENGTH" not in ollama_environment(bare)
+    assert "OLLAMA_CONTEXT_LENGTH" not in NodeRuntime.of(bare, "cpu-0").container_environment()
     pinned = bare.model_copy(update={"ollama": bare.ollama.model_copy(update={"context_length": 2048})})
-    assert ollama_environment(pinned)["OLLAMA_CONTEXT_LENGTH"] == "2048"
+    assert NodeRuntime.of(pinned, "cpu-0").container_environment()["OLLAMA_CONTEXT_LENGTH"] == "2048"
 
 
 def test_gpus_are_requested_only_on_gpu_hosts(dev, staging):
@@ -236,7 +236,7 @@ def test_addresses_of_the_node_for_the_gateway_and_prometheus(dev, staging):
 
 def test_meter_command_is_accepted_by_the_exporter_cli(dev):
     command = dev.monitor.container("meter").inputs["command"]
-    assert command == meter_command(f"{dev.name}-ollama", "cpu-0", dev.group, ["dev"])
+    assert command == NodeRuntime.of(dev.group, "cpu-0", ["dev"], f"{dev.name}-ollama").meter.argv()
     assert command[-2:] == ["--client", "dev"]
     args = build_parser().parse_args(command)
     assert args.upstream == f"http://{dev.name}-ollama:{ports.OLLAMA}"
@@ -250,7 +250,7 @@ def test_meter_command_is_accepted_by_the_exporter_cli(dev):
 def test_meter_command_names_each_alias_with_its_model():
     group = dev_group()
     model = group.models[0].model_copy(update={"aliases": ["chat", "gpt-4o-mini"]})
-    command = meter_command("c", "cpu-0", group.model_copy(update={"models": [model]}))
+    command = NodeRuntime.of(group.model_copy(update={"models": [model]}), "cpu-0", (), "c").meter.argv()
     args = build_parser().parse_args(command)
     assert args.model == [model.ref] and args.alias == [("chat", model.ref), ("gpt-4o-mini", model.ref)]
 
